@@ -1,0 +1,59 @@
+"""The ``ykt`` command: one command, subcommands contributed by each area.
+
+Each module in :data:`SUBCOMMAND_MODULES` defines ``register(sub)`` that adds its
+subcommands to the argparse sub-parsers and sets ``func`` (returning an exit code).
+Every subcommand prints human text by default and JSON with ``--json``.
+Exit codes: 0 success, 1 failure reported, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
+
+SUBCOMMAND_MODULES = [
+    "agent.cli_agent",    # ykt agent run / config validate / journal verify / status
+    "agent.cli_demo",     # ykt demo
+    "agent.cli_card",     # ykt card read
+    "agent.cli_qr",       # ykt qr decode / issue
+    "agent.cli_policy",   # ykt hub policy …
+    "sync.hub.cli",       # ykt hub run / export / report / fleet
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ykt", description="Yikatong Edge terminal and hub")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""The durable, hash-chained journal of every decision, and the per-holder counters.
+
+One SQLite file in WAL mode with ``synchronous=FULL``: :meth:`Journal.append` returns only
+after the record (and the counters it changes) are committed to disk, so the gate may open
+or the buzzer sound. Sequence numbers start at 1 and have no gaps; each record's ``prev``
+is the previous record's hash. The exact canonical encoding is in ``docs/protocol.md``.
+
+Records are never deleted before the hub has acknowledged them (:meth:`mark_acked`), and
+then only after a retention period (:meth:`prune`). The newest record is always kept so
+the chain can continue after a prune.
+
+Thread safety: one writer lock for appends/acks/prunes; readers (the uplink) use their own
+connection, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.model import JournalRecord
+
+__all__ = [
+    "GENESIS",
+    "ChainBreak",
+    "Journal",
+    "JournalError",
+    "canonical",
+    "record_hash",
+    "utc_stamp",
+    "verify_chain",
+]
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+"""The ``prev`` of record 1."""
+
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq  INTEGER PRIMARY KEY,
+    body TEXT    NOT NULL,
+    hash TEXT    NOT NULL,
+    ts   REAL    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    holder_key TEXT NOT NULL, counter TEXT NOT NULL, day TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (holder_key, counter, day)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_taps (
+    credential_key TEXT NOT NULL, scope TEXT NOT NULL, ts REAL NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (credential_key, scope)
+) WITHOUT ROWID;
+"""
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be written or is inconsistent (wrong terminal, broken file)."""
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    """Canonical encoding of a record body: UTF-8 JSON, keys sorted, no spaces, no floats.
+
+    Raises ``ValueError`` if the body holds a float (floats have no single canonical text).
+    """
+    _reject_floats(body)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(body: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of :func:`canonical` of ``body`` (which includes ``prev``)."""
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def utc_stamp(epoch: float) -> str:
+    """RFC 3339 UTC time with milliseconds, e.g. ``2026-11-25T02:00:00.123Z``."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _reject_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise ValueError(f"floats are not allowed in journal records: {value!r}")
+    if isinstance(value, Mapping):
+        for v in value.values():
+            _reject_floats(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _reject_floats(v)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """Where a chain fails to verify: ``seq`` and what is wrong there."""
+
+    seq: int
+    problem: str
+
+
+def verify_chain(records: Iterator[JournalRecord] | list[JournalRecord],
+                 prev: str = GENESIS, first_seq: int = 1) -> list[ChainBreak]:
+    """Check hashes, ``prev`` links and gapless ``seq`` of consecutive records.
+
+    ``prev``/``first_seq`` say where the checked range starts (after a prune, the hash of
+    the record before it). Returns the breaks found (empty when the chain verifies).
+    """
+    breaks: list[ChainBreak] = []
+    expected_seq = first_seq
+    for rec in records:
+        if rec.seq != expected_seq:
+            breaks.append(ChainBreak(rec.seq, f"gap: expected seq {expected_seq}"))
+        if rec.body.get("seq") != rec.seq:
+            breaks.append(ChainBreak(rec.seq, "body seq differs from record seq"))
+        if rec.body.get("prev") != prev:
+            breaks.append(ChainBreak(rec.seq, "prev does not match the previous hash"))
+        if record_hash(rec.body) != rec.hash:
+            breaks.append(ChainBreak(rec.seq, "hash does not match body"))
+        prev = rec.hash
+        expected_seq = rec.seq + 1
+    return breaks
+
+
+class Journal:
+    """Append-only journal for one terminal, in the SQLite file at ``path``.
+
+    Raises :class:`JournalError` if the file belongs to another terminal.
+    """
+
+    def __init__(self, path: str | Path, terminal: str, *, clock: Any = time.time) -> None:
+        self.path = Path(path)
+        self.terminal = terminal
+        self._clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = self._connect()
+        self._db.executescript(_SCHEMA)
+        owner = self._meta("terminal")
+        if owner is None:
+            with self._db:
+                self._db.execute("INSERT INTO meta VALUES ('terminal', ?)", (terminal,))
+        elif owner != terminal:
+            raise JournalError(
+                f"{self.path} is the journal of terminal {owner!r}, not {terminal!r}"
+            )
+        row = self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        self._last_seq, self._last_hash = (row[0], row[1]) if row else (0, GENESIS)
+        self._acked = int(self._meta("acked_seq") or 0)
+        self._reader_lock = threading.Lock()
+        self._reader = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- writing -------------------------------------------------------------------------
+    def append(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        counters: Mapping[tuple[str, str, str], int] | None = None,
+        last_tap: tuple[str, str] | None = None,
+        at: float | None = None,
+    ) -> JournalRecord:
+        """Durably append one record and apply counter changes in the same transaction.
+
+        ``fields`` are the record's content (see ``docs/protocol.md``); ``terminal``,
+        ``seq``, ``prev``, ``time`` and ``v`` are filled in here. ``counters`` maps
+        ``(holder_key, counter, day)`` to a delta; ``last_tap`` is ``(credential_key, scope)``
+        to remember for passback. ``at`` is the wall time (epoch seconds) of the record.
+        Returns the committed record. Raises :class:`JournalError` when the disk refuses.
+        """
+        ts = self._clock() if at is None else at
+        with self._lock:
+            seq = self._last_seq + 1
+            body = dict(fields)
+            body.setdefault("clock", "synced")
+            body.update(v=FORMAT_VERSION, terminal=self.terminal, seq=seq, prev=self._last_hash,
+                        time=utc_stamp(ts))
+            digest = record_hash(body)
+            text = canonical(body).decode()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("INSERT INTO records VALUES (?,?,?,?)", (seq, text, digest, ts))
+                    for (holder, counter, day), delta in (counters or {}).items():
+                        self._db.execute(
+                            "INSERT INTO counters VALUES (?,?,?,?) ON CONFLICT DO UPDATE "
+                            "SET count = max(0, count + excluded.count)",
+                            (holder, counter, day, delta),
+                        )
+                    if last_tap is not None:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO last_taps VALUES (?,?,?,?)",
+                            (last_tap[0], last_tap[1], ts, seq),
+                        )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise JournalError(f"cannot append to journal {self.path}: {err}") from err
+            self._last_seq, self._last_hash = seq, digest
+        return JournalRecord(seq=seq, body=body, hash=digest)
+
+    def mark_acked(self, seq: int) -> int:
+        """Record that the hub has durably stored every record up to ``seq``.
+
+        Acks never go backwards; an ack beyond the last record is refused (logged) since
+        the hub cannot have stored what was never written. Returns the acked sequence.
+        """
+        with self._lock:
+            if seq > self._last_seq:
+                log.error("hub acked seq %d beyond last journaled seq %d: ignored",
+                          seq, self._last_seq)
+                return self._acked
+            if seq <= self._acked:
+                return self._acked
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked_seq', ?)", (str(seq),))
+            self._acked = seq
+            return seq
+
+    def prune(self, retention_s: float) -> int:
+        """Delete acknowledged records older than ``retention_s`` seconds; keep the newest.
+
+        Returns how many records were deleted.
+        """
+        cutoff = self._clock() - retention_s
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "DELETE FROM records WHERE seq <= ? AND seq < ? AND ts < ?",
+                (self._acked, self._last_seq, cutoff),
+            )
+            day_cut = utc_stamp(cutoff - 2 * 86400)[:10]
+            self._db.execute("DELETE FROM counters WHERE day < ?", (day_cut,))
+            self._db.execute("DELETE FROM last_taps WHERE ts < ?", (cutoff,))
+            return cur.rowcount
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def acked_seq(self) -> int:
+        return self._acked
+
+    @property
+    def pending_count(self) -> int:
+        """Records journaled but not yet acknowledged by the hub (the outbox depth)."""
+        return self._last_seq - self._acked
+
+    def records(self, after: int = 0, limit: int = 1000) -> list[JournalRecord]:
+        """Up to ``limit`` records with ``seq > after``, in order (uses the reader connection)."""
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [JournalRecord(seq=s, body=json.loads(b), hash=h) for s, b, h in rows]
+
+    def raw_records(self, after: int = 0, limit: int = 1000) -> list[tuple[int, str, str]]:
+        """Like :meth:`records` but ``(seq, canonical body text, hash)``, without parsing."""
+        with self._reader_lock:
+            return self._reader.execute(
+                "SELECT seq, body, hash FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+
+    def count(self, holder_key: str, counter: str, day: str) -> int:
+        """Current value of a per-holder counter for a local day (``YYYY-MM-DD``)."""
+        row = self._db.execute(
+            "SELECT count FROM counters WHERE holder_key=? AND counter=? AND day=?",
+            (holder_key, counter, day),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def last_tap(self, credential_key: str, scope: str) -> float | None:
+        """Wall time (epoch s) of this credential's last counted tap in ``scope``, if any."""
+        row = self._db.execute(
+            "SELECT ts FROM last_taps WHERE credential_key=? AND scope=?", (credential_key, scope)
+        ).fetchone()
+        return float(row[0]) if row else None
+
+    def verify(self) -> list[ChainBreak]:
+        """Verify the whole chain that is still on disk. Returns the breaks (empty = good)."""
+        first = self._db.execute("SELECT min(seq) FROM records").fetchone()[0]
+        if first is None:
+            return []
+        prev = GENESIS
+        if first > 1:
+            # after a prune the first kept record's prev is trusted as the anchor
+            prev = json.loads(
+                self._db.execute("SELECT body FROM records WHERE seq=?", (first,)).fetchone()[0]
+            )["prev"]
+        breaks: list[ChainBreak] = []
+        after = first - 1
+        while True:
+            batch = self.records(after, 5000)
+            if not batch:
+                break
+            breaks += verify_chain(batch, prev, after + 1)
+            prev, after = batch[-1].hash, batch[-1].seq
+        return breaks
+
+    def close(self) -> None:
+        """Close both connections. Safe to call twice."""
+        with self._lock, self._reader_lock:
+            for db in (self._db, self._reader):
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass

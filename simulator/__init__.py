@@ -1,0 +1,1 @@
+"""Simulators: card population, virtual cards behind PC/SC, phones, camera feeds, a broker launcher."""

@@ -1,0 +1,123 @@
+"""Start a real Mosquitto broker on a free loopback port, for the demo and the tests.
+
+The broker is a child process with its own config and (optional) persistence directory;
+``stop()``/``start()`` keep the same port so clients can reconnect, which is how tests
+and the demo simulate a broker outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = ["Mosquitto", "free_port"]
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """A Mosquitto broker on ``127.0.0.1:port``.
+
+    Raises ``FileNotFoundError`` if ``mosquitto`` is not installed and ``TimeoutError``
+    if it does not accept connections within ``start_timeout`` seconds.
+    """
+
+    def __init__(self, port: int | None = None, *, workdir: str | Path | None = None,
+                 persistence: bool = True, start_timeout: float = 10.0) -> None:
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
+                                            if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+        self.exe = exe
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ykt-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.persistence = persistence
+        self.start_timeout = start_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.conf = self.workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            f"persistence {'true' if persistence else 'false'}\n"
+            f"persistence_location {self.workdir}/\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the broker (no-op if running) and wait until it accepts connections."""
+        if self.running:
+            return
+        log_file = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by proc
+        self._proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
+                                      stdout=log_file, stderr=log_file)
+        log_file.close()
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}; see "
+                                   f"{self.workdir / 'mosquitto.log'}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"mosquitto did not listen on port {self.port}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the broker (SIGTERM, or SIGKILL with ``kill``). Safe twice."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and remove the working directory if it was a temporary one."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
