@@ -100,11 +100,12 @@ class Population:
         today = today or date.today()
         holders: list[CardHolder] = []
         for i in range(size):
-            roll = rnd.random()
+            # the first five cover every kind, so even a small population has each
+            roll = (0.0, 0.31, 0.39, 0.44, 0.6)[i] if i < 5 else rnd.random()
             cats: tuple[str, ...] = ()
             if roll < 0.30:
                 age, tags = rnd.randint(65, 90), ("elderly",)
-                if rnd.random() < 0.5:
+                if i > 0 and rnd.random() < 0.5:
                     cats = ("elderly",)
             elif roll < 0.38:
                 age, tags, cats = rnd.randint(20, 70), ("disabled",), ("disabled",)

@@ -1,0 +1,146 @@
+"""The terminal's configuration file (TOML), validated with pydantic (``extra="forbid"``).
+
+Every field has a default, so an empty file (or none) runs on embedded defaults — a bus
+validator with the ``sim`` card source, suitable for the demo. Secrets never live in the
+file: the pseudonymisation key comes from ``$YKT_PSEUDONYM_KEY`` (hex) or
+``$CREDENTIALS_DIRECTORY/pseudonym-key`` (systemd ``LoadCredential=``); only with
+``demo = true`` may a built-in demo key be used. See ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.model import Location
+from agent.tomlconf import ConfigFileError, load_toml_model
+
+__all__ = ["AgentConfig", "ConfigFileError", "load_config", "read_secret"]
+
+log = logging.getLogger(__name__)
+
+DEMO_PSEUDONYM_KEY = bytes.fromhex("59696b61746f6e672d64656d6f2d6b65792d6e6f742d666f722d757365")
+"""The demo deployment's key ("Yikatong-demo-key-not-for-use"): for demos and tests only."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TerminalSection(_Section):
+    id: str = Field("BUS-DEMO-0001", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$",
+                    description="terminal id: unique in the fleet, used in MQTT topics")
+    profile: str = Field("bus_validator", description="profile name in profiles/ or a path")
+    data_dir: Path = Field(Path("var/ykt"), description="journal and store live here")
+    demo: bool = Field(False, description="allow the built-in demo pseudonymisation key")
+
+
+class LocationSection(_Section):
+    site: str = ""
+    route: str = Field("", description="bus route, e.g. '19路'")
+    vehicle: str = Field("", description="vehicle id; the passback scope on buses")
+    stop: str = ""
+    gate: str = Field("", description="gate id; the passback scope at gates")
+    direction: Literal["in", "out", ""] = ""
+
+    def build(self) -> Location:
+        return Location(self.site, self.route, self.vehicle, self.stop, self.gate, self.direction)
+
+
+class DriverSection(_Section):
+    """A driver: its backend name and backend-specific options."""
+
+    backend: str = Field("sim", description="backend name, see drivers/registry.py")
+    enabled: bool = True
+    options: dict[str, Any] = Field(default_factory=dict, description="backend options")
+
+
+class CodesSection(DriverSection):
+    enabled: bool = False
+    trust_file: Path | None = Field(None, description="trusted issuer keys for dynamic codes")
+    window_back_s: int = Field(60, ge=1, description="accept codes up to this old (s)")
+    window_ahead_s: int = Field(30, ge=0, description="accept codes this far ahead (s)")
+
+
+class JournalSection(_Section):
+    retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
+
+
+class MqttSection(_Section):
+    enabled: bool = Field(True, description="sync with the hub over MQTT")
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    settings: dict[str, Any] = Field(default_factory=dict,
+                                     description="further sync.link.MqttSettings fields")
+
+
+class AgentConfig(_Section):
+    terminal: TerminalSection = Field(default_factory=TerminalSection)
+    location: LocationSection = Field(default_factory=lambda: LocationSection(
+        route="19路", vehicle="鲁B-D0001"))
+    cards: DriverSection = Field(default_factory=DriverSection)
+    codes: CodesSection = Field(default_factory=CodesSection)
+    prompt: DriverSection = Field(default_factory=lambda: DriverSection(backend="log"))
+    gate: DriverSection = Field(default_factory=lambda: DriverSection(enabled=False))
+    gpio: DriverSection = Field(default_factory=lambda: DriverSection(backend="mock",
+                                                                      enabled=False))
+    journal: JournalSection = Field(default_factory=JournalSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+
+    @model_validator(mode="after")
+    def _checks(self) -> AgentConfig:
+        if self.codes.enabled and self.codes.trust_file is None:
+            raise ValueError("codes.enabled needs codes.trust_file (trusted issuer keys)")
+        return self
+
+    @property
+    def journal_path(self) -> Path:
+        return self.terminal.data_dir / "journal.db"
+
+    @property
+    def store_path(self) -> Path:
+        return self.terminal.data_dir / "store.db"
+
+    def pseudonym_key(self) -> bytes:
+        """The deployment's pseudonymisation key. Raises ``ConfigFileError``-style
+        ``ValueError`` if none is provided and ``demo`` is off."""
+        secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
+        if secret:
+            try:
+                return bytes.fromhex(secret.strip())
+            except ValueError:
+                raise ValueError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
+                                 "$CREDENTIALS_DIRECTORY/pseudonym-key)") from None
+        if self.terminal.demo:
+            log.warning("using the built-in DEMO pseudonymisation key: not for production")
+            return DEMO_PSEUDONYM_KEY
+        raise ValueError("no pseudonymisation key: set YKT_PSEUDONYM_KEY or provide "
+                         "$CREDENTIALS_DIRECTORY/pseudonym-key (or terminal.demo = true)")
+
+
+def read_secret(name: str, env: str) -> str | None:
+    """A secret from ``$env`` or ``$CREDENTIALS_DIRECTORY/name``; None if neither is set."""
+    if os.environ.get(env):
+        return os.environ[env]
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        p = Path(cred_dir) / name
+        if p.exists():
+            return p.read_text(encoding="utf-8").strip()
+    return None
+
+
+def load_config(path: str | Path | None) -> AgentConfig:
+    """Load and validate a config file; ``None`` gives the embedded defaults (demo mode).
+
+    Raises :class:`ConfigFileError` naming the file, line and key of every problem.
+    """
+    if path is None:
+        cfg = AgentConfig()
+        cfg.terminal.demo = True
+        return cfg
+    return load_toml_model(path, AgentConfig)

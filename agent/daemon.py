@@ -1,0 +1,262 @@
+"""The terminal daemon: drivers → decide → journal → actuators → uplink.
+
+Components start in an explicit order and stop in reverse (:data:`Terminal.START_ORDER`).
+Hardware threads only put presentations on a queue; one worker thread decides them in
+arrival order, so decisions, counters and the journal's sequence never race. Actuators
+run after the journal commit; an actuator that raises is logged and the next still runs.
+The uplink is notified after each record and never sits on the decision path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from agent.clock import clock_quality
+from agent.config import AgentConfig
+from agent.engine import Engine, Outcome
+from agent.journal import Journal
+from agent.model import Presentation
+from agent.pseudonym import Pseudonymizer
+from agent.rules import RuleSet, load_ruleset
+from agent.sdnotify import notify
+from agent.store import PolicyStore
+from drivers.base import Actuator, PresentationSource
+from drivers.registry import load_backend
+from profiles import profile_path
+
+__all__ = ["Terminal"]
+
+log = logging.getLogger(__name__)
+
+OutcomeListener = Callable[[Outcome], None]
+
+
+class Terminal:
+    """One running terminal. Build from config; :meth:`start`, then :meth:`stop` (safe twice).
+
+    ``sources``/``actuators`` override the ones the config names (tests, the demo).
+    Raises ``ConfigFileError``/``RuleSetError`` before anything starts if the profile is
+    invalid: the daemon never runs with half a config.
+    """
+
+    START_ORDER = ("journal", "store", "engine", "actuators", "uplink", "worker", "sources")
+
+    def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
+                 actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
+                 ruleset: RuleSet | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.ruleset = ruleset or load_ruleset(profile_path(cfg.terminal.profile))
+        self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key())
+        self._sources_override = sources
+        self._actuators_override = actuators
+        self.sources: list[PresentationSource] = []
+        self.actuators: list[Actuator] = []
+        self.journal: Journal | None = None
+        self.store: PolicyStore | None = None
+        self.engine: Engine | None = None
+        self.uplink: Any = None
+        self._queue: queue.Queue[Presentation | None] = queue.Queue(maxsize=1000)
+        self._worker: threading.Thread | None = None
+        self._listeners: list[OutcomeListener] = []
+        self._started: list[str] = []
+        self._stopped = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every component in :data:`START_ORDER`; on failure stop what started."""
+        try:
+            for name in self.START_ORDER:
+                getattr(self, f"_start_{name}")()
+                self._started.append(name)
+                log.debug("started %s", name)
+        except BaseException:
+            self.stop()
+            raise
+        notify("READY=1", f"STATUS=deciding as {self.cfg.terminal.id}")
+        log.info("terminal %s started (profile %s, policy %s)", self.cfg.terminal.id,
+                 self.ruleset.profile.name, self.store.info.label if self.store else "?")
+
+    def stop(self) -> None:
+        """Stop components in reverse start order. Safe to call twice."""
+        if self._started:
+            notify("STOPPING=1")
+        while self._started:
+            name = self._started.pop()
+            try:
+                getattr(self, f"_stop_{name}")()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        self._stopped.set()
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGTERM/SIGINT; stop cleanly."""
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping", signum)
+            self._stopped.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self._stopped.clear()
+        self.start()
+        self._stopped.clear()
+        while not self._stopped.wait(5.0):
+            notify("WATCHDOG=1")
+        self.stop()
+
+    # -- public --------------------------------------------------------------------------
+    def submit(self, p: Presentation) -> None:
+        """Queue a presentation for decision (called from driver threads)."""
+        try:
+            self._queue.put(p, timeout=1.0)
+        except queue.Full:
+            log.error("presentation queue full: dropping a %s from %s", p.kind, p.source)
+
+    def add_listener(self, fn: OutcomeListener) -> None:
+        """Call ``fn(outcome)`` after each decision is journaled and acted on."""
+        self._listeners.append(fn)
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued presentation has been decided."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.005)
+        return False
+
+    def status(self) -> dict[str, Any]:
+        """Heartbeat fields: profile, policy, clock quality, journal position."""
+        j, s = self.journal, self.store
+        return {
+            "terminal": self.cfg.terminal.id, "profile": self.ruleset.profile.name,
+            "policy": s.info.label if s else "", "clock": clock_quality().value,
+            "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
+            "time": self.clock(),
+        }
+
+    # -- components ------------------------------------------------------------------------
+    def _start_journal(self) -> None:
+        self.journal = Journal(self.cfg.journal_path, self.cfg.terminal.id, clock=self.clock)
+
+    def _stop_journal(self) -> None:
+        if self.journal:
+            self.journal.close()
+
+    def _start_store(self) -> None:
+        self.store = PolicyStore(self.cfg.store_path)
+
+    def _stop_store(self) -> None:
+        if self.store:
+            self.store.close()
+
+    def _start_engine(self) -> None:
+        assert self.journal and self.store
+        self.engine = Engine(self.ruleset, self.store, self.journal,
+                             location=self.cfg.location.build(), clock=self.clock,
+                             verifier=self._make_verifier())
+
+    def _stop_engine(self) -> None:
+        pass
+
+    def _make_verifier(self) -> Any:
+        if not self.cfg.codes.enabled:
+            return None
+        from agent.codes import build_verifier  # imported only when codes are configured
+
+        return build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.clock)
+
+    def _start_actuators(self) -> None:
+        if self._actuators_override is not None:
+            self.actuators = list(self._actuators_override)
+            return
+        for section, kind in ((self.cfg.prompt, "prompt"), (self.cfg.gate, "gate")):
+            if section.enabled:
+                cls = load_backend(kind, section.backend)
+                self.actuators.append(cls(**section.options))
+
+    def _stop_actuators(self) -> None:
+        for a in reversed(self.actuators):
+            try:
+                a.close()
+            except Exception:
+                log.exception("closing %s failed", a.name)
+
+    def _start_uplink(self) -> None:
+        if not self.cfg.mqtt.enabled:
+            return
+        from sync.link import MqttSettings
+        from sync.uplink import Uplink
+
+        assert self.journal
+        settings = MqttSettings(host=self.cfg.mqtt.host, port=self.cfg.mqtt.port,
+                                **self.cfg.mqtt.settings)
+        self.uplink = Uplink(self.journal, settings, self.cfg.terminal.id, status=self.status,
+                             retention_s=self.cfg.journal.retention_days * 86400)
+        self.uplink.start()
+
+    def _stop_uplink(self) -> None:
+        if self.uplink is not None:
+            self.uplink.stop()
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="decide", daemon=True)
+        self._worker.start()
+
+    def _stop_worker(self) -> None:
+        self._queue.put(None)
+        if self._worker:
+            self._worker.join(10)
+
+    def _start_sources(self) -> None:
+        if self._sources_override is not None:
+            self.sources = list(self._sources_override)
+        else:
+            for section, kind in ((self.cfg.cards, "cards"), (self.cfg.codes, "codes")):
+                if section.enabled:
+                    cls = load_backend(kind, section.backend)
+                    self.sources.append(cls(self.pseudonymizer, **section.options)
+                                        if kind == "cards" else cls(**section.options))
+        for s in self.sources:
+            s.start(self.submit)
+
+    def _stop_sources(self) -> None:
+        for s in reversed(self.sources):
+            s.stop()
+
+    # -- the decision loop ---------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            p = self._queue.get()
+            try:
+                if p is None:
+                    return
+                self._decide(p)
+            except Exception:
+                log.exception("worker failed on a presentation")
+            finally:
+                self._queue.task_done()
+
+    def _decide(self, p: Presentation) -> None:
+        assert self.engine is not None
+        outcome = self.engine.handle(p)   # journaled durably before anything acts
+        if outcome.actionable:
+            for a in self.actuators:
+                try:
+                    a.act(outcome.decision, outcome.record)
+                except Exception:
+                    log.exception("actuator %s failed", a.name)
+        if self.uplink is not None and outcome.record is not None:
+            self.uplink.notify()
+        for fn in self._listeners:
+            try:
+                fn(outcome)
+            except Exception:
+                log.exception("outcome listener failed")

@@ -1,0 +1,221 @@
+"""The decision engine: one presentation in, one durably journaled decision out.
+
+:meth:`Engine.handle` resolves the presentation to a credential (cards arrive already
+read; codes are verified here), looks up the facts locally (store, journal counters,
+clock), evaluates the rule set, and appends the journal record — all before returning,
+so whoever acts on the decision acts on something already on disk. Nothing here touches
+the network. Any unexpected error becomes a journaled ``internal_error`` denial; if even
+the journal fails, the outcome has no record and must not open anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from agent.clock import clock_quality as system_clock_quality
+from agent.journal import Journal, JournalError
+from agent.model import (
+    ClockQuality,
+    Credential,
+    Decision,
+    JournalRecord,
+    Location,
+    Presentation,
+    PresentationKind,
+    Prompt,
+    Reason,
+    Rejection,
+)
+from agent.rules import Facts, RuleSet, age_on
+from agent.store import PolicyStore
+
+__all__ = ["CodeVerifierLike", "Engine", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+
+class CodeVerifierLike(Protocol):
+    """What the engine needs from a dynamic-code verifier (see :mod:`agent.codes`)."""
+
+    def verify(self, text: str, *, now: float | None = None,
+               clock_quality: str = "synced") -> Credential | Rejection: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decision and its journal record (None only when nothing may be acted on)."""
+
+    decision: Decision
+    record: JournalRecord | None
+    credential: Credential | None = None
+    presentation: Presentation | None = None
+
+    @property
+    def actionable(self) -> bool:
+        """True when the decision is journaled (or is a non-event such as "tap again")."""
+        return self.record is not None or self.decision.reason is Reason.CARD_REMOVED
+
+
+_FAILSAFE = Prompt("设备故障 请稍后", "error")
+
+
+class Engine:
+    """Decides presentations for one terminal.
+
+    ``ruleset``/``store`` may be swapped at runtime by policy updates (:meth:`swap`);
+    ``clock`` returns epoch seconds; ``gate_ok`` tells whether the gate can open.
+    """
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        store: PolicyStore,
+        journal: Journal,
+        *,
+        location: Location = Location(),
+        verifier: CodeVerifierLike | None = None,
+        clock: Callable[[], float] = time.time,
+        clock_quality: Callable[[], ClockQuality] = system_clock_quality,
+        gate_ok: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.ruleset = ruleset
+        self.store = store
+        self.journal = journal
+        self.location = location
+        self.verifier = verifier
+        self._clock = clock
+        self._clock_quality = clock_quality
+        self._gate_ok = gate_ok
+        self._tz = ZoneInfo(ruleset.profile.timezone)
+
+    def swap(self, *, ruleset: RuleSet | None = None, verifier: CodeVerifierLike | None = None,
+             store: PolicyStore | None = None) -> None:
+        """Replace rules, verifier or store atomically (attribute assignment) between taps."""
+        if ruleset is not None:
+            self._tz = ZoneInfo(ruleset.profile.timezone)
+            self.ruleset = ruleset
+        if verifier is not None:
+            self.verifier = verifier
+        if store is not None:
+            self.store = store
+
+    # ---------------------------------------------------------------------------------
+    def handle(self, p: Presentation) -> Outcome:
+        """Decide ``p`` and journal the decision durably. Never raises."""
+        now = self._clock()
+        quality = self._clock_quality()
+        ruleset, store = self.ruleset, self.store
+        cred: Credential | None = None
+        try:
+            resolved = self._resolve(p, now, quality)
+            if isinstance(resolved, Rejection):
+                return self._reject(p, resolved, now, quality)
+            cred = resolved
+            facts, today = self._facts(cred, now, ruleset, store)
+            decision = ruleset.evaluate(facts)
+            if facts.policy_stale and ruleset.profile.stale_policy == "deny_all":
+                decision = Decision(False, Reason.POLICY_STALE, rule_id="pre:stale-policy",
+                                    prompt=ruleset.prompt_for(Reason.POLICY_STALE))
+        except Exception as err:  # a bug or a broken store must not crash the daemon
+            log.exception("deciding a %s presentation from %s failed", p.kind, p.source)
+            return self._reject(p, Rejection(Reason.INTERNAL_ERROR, type(err).__name__),
+                                now, quality)
+        decision = Decision(decision.accepted, decision.reason, decision.product,
+                            decision.amount_cents, decision.prompt, decision.rule_id,
+                            store.info.label, decision.counters)
+        counters = {(cred.holder_key, c, today.isoformat()): 1 for c in decision.counters}
+        last_tap = ((cred.credential_key, self.location.passback_scope)
+                    if decision.reason is Reason.ACCEPTED else None)
+        fields = self._fields(p, quality, decision, cred.journal_fields(), "",
+                              policy_stale=facts.policy_stale)
+        record = self._append(fields, counters, last_tap, now)
+        if record is None:
+            return Outcome(Decision(False, Reason.INTERNAL_ERROR, prompt=_FAILSAFE,
+                                    rule_id="pre:journal-failed", policy_version=store.info.label),
+                           None, cred, p)
+        return Outcome(decision, record, cred, p)
+
+    def journal_event(self, fields: dict[str, Any]) -> JournalRecord | None:
+        """Journal a non-decision event (gate not entered, fire alarm) with common fields."""
+        base = {"profile": self.ruleset.profile.name, "loc": self.location.as_dict(),
+                "clock": self._clock_quality().value, "policy": self.store.info.label}
+        base.update(fields)
+        return self._append(base, None, None, self._clock())
+
+    # ---------------------------------------------------------------------------------
+    def _resolve(self, p: Presentation, now: float, quality: ClockQuality
+                 ) -> Credential | Rejection:
+        if p.kind is PresentationKind.CARD:
+            if p.credential is not None:
+                return p.credential
+            return p.rejection or Rejection(Reason.READ_ERROR, "card presentation without data")
+        if p.text is None:
+            return Rejection(Reason.MALFORMED_CODE, "empty code")
+        if self.verifier is None:
+            return Rejection(Reason.UNSUPPORTED_CODE, "no code verifier configured")
+        return self.verifier.verify(p.text, now=now, clock_quality=quality.value)
+
+    def _facts(self, cred: Credential, now: float, ruleset: RuleSet, store: PolicyStore
+               ) -> tuple[Facts, date]:
+        local = datetime.fromtimestamp(now, self._tz)
+        today = local.date()
+        hot = store.hotlisted(cred.credential_key, cred.holder_key)
+        ents = store.entitlements(cred.holder_key, today) | cred.categories
+        expired = ((cred.valid_until is not None and cred.valid_until < today)
+                   or (cred.valid_from is not None and cred.valid_from > today))
+        last = self.journal.last_tap(cred.credential_key, self.location.passback_scope)
+        counters = {c: self.journal.count(cred.holder_key, c, today.isoformat())
+                    for c in ruleset.counters}
+        expires = store.info.expires
+        stale = bool(expires) and datetime.fromisoformat(expires.replace("Z", "+00:00")
+                                                         ).timestamp() < now
+        facts = Facts(
+            now=local, kind=cred.kind, hotlisted=hot is not None, expired=expired,
+            age=age_on(cred.birth_date, today) if cred.birth_date else None,
+            entitlements=ents, since_last_tap_s=None if last is None else now - last,
+            counters=counters, policy_stale=stale, gate_in_service=self._gate_ok(),
+        )
+        return facts, today
+
+    def _reject(self, p: Presentation, r: Rejection, now: float, quality: ClockQuality
+                ) -> Outcome:
+        decision = Decision(False, r.reason, prompt=self.ruleset.prompt_for(r.reason),
+                            rule_id=f"pre:{r.reason.value}", policy_version=self.store.info.label)
+        if not r.journal:
+            return Outcome(decision, None, None, p)
+        cred = {"kind": r.kind or ("ssc_card" if p.kind is PresentationKind.CARD else "code"),
+                "credential_key": r.credential_key, "holder_key": r.holder_key}
+        record = self._append(self._fields(p, quality, decision, cred, r.detail), None, None, now)
+        if record is None:
+            return Outcome(Decision(False, Reason.INTERNAL_ERROR, prompt=_FAILSAFE,
+                                    rule_id="pre:journal-failed"), None, None, p)
+        return Outcome(decision, record, None, p)
+
+    def _fields(self, p: Presentation, quality: ClockQuality, d: Decision,
+                cred: dict[str, Any], detail: str, *, policy_stale: bool = False
+                ) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "profile": self.ruleset.profile.name, "loc": self.location.as_dict(),
+            "clock": quality.value, "src": p.source, "pres": p.kind.value, "cred": cred,
+            "accepted": d.accepted, "reason": d.reason.value, "product": d.product,
+            "amount": d.amount_cents, "rule": d.rule_id, "policy": d.policy_version,
+        }
+        if detail:
+            fields["detail"] = detail[:200]
+        if policy_stale:
+            fields["policy_stale"] = True
+        return fields
+
+    def _append(self, fields: dict[str, Any], counters: dict[tuple[str, str, str], int] | None,
+                last_tap: tuple[str, str] | None, now: float) -> JournalRecord | None:
+        try:
+            return self.journal.append(fields, counters=counters, last_tap=last_tap, at=now)
+        except (JournalError, ValueError):
+            log.critical("journal append failed: decision not acted on", exc_info=True)
+            return None

@@ -1,0 +1,71 @@
+"""The in-process ``sim`` card source: taps from a population, no reader hardware.
+
+It produces exactly what the PC/SC driver produces after a successful read and
+authentication (a :class:`~agent.model.Credential` of keyed hashes), so the decision
+path, journal and sync are exercised unchanged. Use :meth:`SimCardSource.tap` to tap a
+given holder (tests, the demo) or ``rate_per_min`` for random taps (``ykt agent run``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from agent.model import Credential, Presentation, PresentationKind, Reason, Rejection
+from agent.pseudonym import Pseudonymizer, mask_id, mask_name
+from drivers.base import PresentationSource
+from simulator.population import CardHolder, Population
+
+__all__ = ["SimCardSource", "credential_from_holder"]
+
+
+def credential_from_holder(h: CardHolder, pseudonymizer: Pseudonymizer) -> Credential:
+    """The credential a genuine read of ``h``'s card yields."""
+    return Credential(
+        kind="ssc_card", credential_key=pseudonymizer.card_key(h.card_id),
+        holder_key=pseudonymizer.holder_key(h.ssn), region=h.region, generation=h.generation,
+        valid_from=h.issued, valid_until=h.expires, birth_date=h.birth_date,
+        authenticated_by="sim", masked_id=mask_id(h.ssn), masked_name=mask_name(h.name),
+    )
+
+
+class SimCardSource(PresentationSource):
+    """Simulated card reader.
+
+    ``rate_per_min`` > 0 taps random holders of ``population`` at that average rate
+    (exponential gaps); 0 taps only when :meth:`tap` is called.
+    """
+
+    name = "cards:sim"
+
+    def __init__(self, pseudonymizer: Pseudonymizer, *, population: Population | None = None,
+                 population_size: int = 60, seed: int = 7, rate_per_min: float = 0.0) -> None:
+        super().__init__()
+        self._pseudo = pseudonymizer
+        self.population = population or Population.generate(population_size, seed=seed)
+        self._rnd = random.Random(seed)
+        self.rate_per_min = rate_per_min
+
+    def tap(self, holder: CardHolder) -> Presentation:
+        """Present ``holder``'s card now; returns the emitted presentation."""
+        p = Presentation(PresentationKind.CARD, "sim:reader0", time.monotonic_ns(),
+                         credential=credential_from_holder(holder, self._pseudo), apdus=0)
+        self.emit(p)
+        return p
+
+    def pull_mid_read(self) -> Presentation:
+        """A card pulled away during the read: nothing decided, the holder taps again."""
+        p = Presentation(PresentationKind.CARD, "sim:reader0", time.monotonic_ns(),
+                         rejection=Rejection(Reason.CARD_REMOVED, "card left the field",
+                                             journal=False))
+        self.emit(p)
+        return p
+
+    def _run(self) -> None:
+        while not self.stopping:
+            if self.rate_per_min <= 0:
+                self._stop.wait(0.5)
+                continue
+            if self._stop.wait(self._rnd.expovariate(self.rate_per_min / 60.0)):
+                break
+            self.tap(self._rnd.choice(self.population.holders))
