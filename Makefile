@@ -1,0 +1,58 @@
+# Yikatong Edge — the two commands: `make demo` and `make test`.
+# Each does its own setup: missing Debian packages (sudo when not root), a virtual
+# environment in .venv, the project with its extras. Running either twice is quick.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make \
+                python3-venv python3-dev
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck bench deb venv firmware clean
+
+demo: $(STAMP)
+	$(BIN)/ykt demo
+
+test: $(STAMP) firmware
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP) firmware
+	@for b in bench/bench_*.py; do m=$${b%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit 1; done
+
+firmware:
+	@if [ -f firmware_stubs/gate_controller/Makefile ]; then $(MAKE) -s -C firmware_stubs/gate_controller; fi
+
+# Debian packages: install only the missing ones.
+deb:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml | deb
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[all,test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	@if [ -f firmware_stubs/gate_controller/Makefile ]; then $(MAKE) -s -C firmware_stubs/gate_controller clean; fi
