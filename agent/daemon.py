@@ -247,6 +247,11 @@ class Terminal:
     def _decide(self, p: Presentation) -> None:
         assert self.engine is not None
         outcome = self.engine.handle(p)   # journaled durably before anything acts
+        d = outcome.decision
+        log.info("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
+                 outcome.record.seq if outcome.record else "-",
+                 "accept" if d.accepted else "deny", d.reason.value, d.product or "-",
+                 d.amount_cents, d.rule_id)
         if outcome.actionable:
             for a in self.actuators:
                 try:

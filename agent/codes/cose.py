@@ -6,11 +6,10 @@ header a bstr-wrapped map. Decoding accepts the message with or without CBOR tag
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import io
 
 import cbor2
 
@@ -99,7 +98,7 @@ def decode_sign1(data: bytes) -> Sign1:
         if obj.tag != COSE_SIGN1_TAG:
             raise CoseError("bad_cose", f"CBOR tag {obj.tag} is not COSE_Sign1 (18)")
         obj = obj.value
-    if not isinstance(obj, list) or len(obj) != 4:
+    if not isinstance(obj, list | tuple) or len(obj) != 4:
         raise CoseError("bad_cose", "COSE_Sign1 must be an array of 4")
     protected_raw, unprotected, payload, signature = obj
     if not (isinstance(protected_raw, bytes) and isinstance(unprotected, Mapping)

@@ -1,0 +1,177 @@
+"""``ykt agent run|status``, ``ykt config validate``, ``ykt journal verify|show``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, ConfigFileError, load_config
+from agent.journal import Journal
+from agent.rules import RuleSetError, load_ruleset
+from profiles import profile_path
+
+__all__ = ["register"]
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
+
+
+def _load(args: argparse.Namespace) -> AgentConfig | None:
+    try:
+        return load_config(args.config)
+    except ConfigFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.daemon import Terminal
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    try:
+        terminal = Terminal(cfg)
+    except (ConfigFileError, RuleSetError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}\nthe terminal did not start", file=sys.stderr)
+        return 2
+    terminal.run_forever()
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Validate a config file and the profile it names (rules + test vectors)."""
+    problems: list[str] = []
+    cfg = None
+    if args.config:
+        try:
+            cfg = load_config(args.config)
+        except ConfigFileError as err:
+            problems += err.problems
+    profiles = list(args.profile or [])
+    if cfg is not None and not profiles:
+        profiles = [cfg.terminal.profile]
+    for name in profiles:
+        try:
+            rs = load_ruleset(profile_path(name))
+            if not args.json:
+                print(f"{rs.source}: ok ({len(rs.rules)} rules, {len(rs.spec.vector)} vectors)")
+        except ConfigFileError as err:
+            problems += err.problems
+        except (RuleSetError, FileNotFoundError) as err:
+            problems.append(str(err))
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}, ensure_ascii=False))
+    else:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        if not problems and args.config:
+            print(f"{args.config}: ok")
+    return 1 if problems else 0
+
+
+def _journal_path(args: argparse.Namespace) -> tuple[Path, str] | None:
+    cfg = _load(args)
+    if cfg is None:
+        return None
+    return cfg.journal_path, cfg.terminal.id
+
+
+def _verify(args: argparse.Namespace) -> int:
+    where = _journal_path(args)
+    if where is None:
+        return 2
+    path, terminal = where
+    if not path.exists():
+        print(f"error: no journal at {path}", file=sys.stderr)
+        return 2
+    j = Journal(path, terminal)
+    breaks = j.verify()
+    data = {"journal": str(path), "last_seq": j.last_seq, "acked_seq": j.acked_seq,
+            "outbox": j.pending_count, "breaks": [{"seq": b.seq, "problem": b.problem}
+                                                  for b in breaks]}
+    text = (f"{path}: {j.last_seq} records, acked up to {j.acked_seq}, "
+            f"{j.pending_count} pending; chain " + ("verifies" if not breaks else
+                                                     f"BROKEN at {len(breaks)} place(s)"))
+    for b in breaks[:20]:
+        text += f"\n  seq {b.seq}: {b.problem}"
+    _emit(args, data, text)
+    j.close()
+    return 1 if breaks else 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    where = _journal_path(args)
+    if where is None:
+        return 2
+    path, terminal = where
+    j = Journal(path, terminal)
+    recs = j.records(max(0, j.last_seq - args.last), args.last)
+    if args.json:
+        print(json.dumps([{"seq": r.seq, "hash": r.hash, "body": r.body} for r in recs],
+                         ensure_ascii=False, indent=2))
+    else:
+        for r in recs:
+            b = r.body
+            print(f"{r.seq:>7} {b.get('time', '')} {'ACCEPT' if b.get('accepted') else 'DENY  '} "
+                  f"{b.get('reason', ''):<16} {b.get('product', ''):<14} "
+                  f"{b.get('amount', 0) / 100:>6.2f} {b.get('rule', '')}")
+    j.close()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.store import PolicyStore
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    data: dict[str, Any] = {"terminal": cfg.terminal.id, "profile": cfg.terminal.profile}
+    if cfg.journal_path.exists():
+        j = Journal(cfg.journal_path, cfg.terminal.id)
+        data.update(last_seq=j.last_seq, acked_seq=j.acked_seq, outbox=j.pending_count)
+        j.close()
+    if cfg.store_path.exists():
+        s = PolicyStore(cfg.store_path)
+        data.update(policy=s.info.label, **s.counts())
+        s.close()
+    _emit(args, data, "\n".join(f"{k:>12}: {v}" for k, v in data.items()))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+        p.add_argument("--config", "-c", required=config_required,
+                       help="terminal config file (TOML); default: embedded demo defaults")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    agent = sub.add_parser("agent", help="run or inspect the terminal daemon")
+    asub = agent.add_subparsers(dest="agent_cmd", metavar="ACTION", required=True)
+    p = asub.add_parser("run", help="run the terminal daemon until SIGTERM")
+    common(p)
+    p.set_defaults(func=_run)
+    p = asub.add_parser("status", help="journal position, outbox depth, applied policy")
+    common(p)
+    p.set_defaults(func=_status)
+
+    config = sub.add_parser("config", help="configuration files")
+    csub = config.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
+    p = csub.add_parser("validate", help="validate a config file and its profile's rules")
+    p.add_argument("config", nargs="?", help="terminal config file (TOML)")
+    p.add_argument("--profile", action="append", help="also validate this profile (name/path)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_validate)
+
+    journal = sub.add_parser("journal", help="the local journal")
+    jsub = journal.add_subparsers(dest="journal_cmd", metavar="ACTION", required=True)
+    p = jsub.add_parser("verify", help="verify the hash chain and sequence")
+    common(p)
+    p.set_defaults(func=_verify)
+    p = jsub.add_parser("show", help="the latest records (no personal data is stored)")
+    common(p)
+    p.add_argument("--last", type=int, default=20, help="how many records (default 20)")
+    p.set_defaults(func=_show)

@@ -1,0 +1,219 @@
+"""The end-to-end demo: a broker, a hub process and a terminal deciding taps live.
+
+A simulated morning on a bus: a population of card holders taps (elderly, disabled, 优抚,
+students, standard fares, a lost card, an expired card, a double tap, a card pulled away
+mid-read); a third of the way through, the broker goes down; taps go on offline; the
+broker comes back; the backlog drains. The summary counts what the terminal decided,
+what reached the hub, and what was lost or duplicated (both must be zero).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import DEMO_PSEUDONYM_KEY, AgentConfig
+from agent.daemon import Terminal
+from agent.engine import Outcome
+from agent.pseudonym import Pseudonymizer
+from agent.store import PolicyInfo, PolicyStore
+from drivers.prompt import SimPrompter
+from simulator.broker import Mosquitto
+from simulator.cards import SimCardSource
+from simulator.population import Population
+
+__all__ = ["DemoSummary", "run_demo", "seed_store"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoSummary:
+    """What happened in a demo run. ``lost`` and ``duplicated`` must be 0."""
+
+    terminal: str
+    taps: int = 0
+    decided: int = 0
+    journaled: int = 0
+    accepted: int = 0
+    denied: int = 0
+    not_journaled: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    by_product: dict[str, int] = field(default_factory=dict)
+    fares_cents: int = 0
+    taps_during_outage: int = 0
+    records_at_hub: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    chain_verifies: bool = False
+    synced_in_s: float = 0.0
+    decision_ms_p50: float = 0.0
+    decision_ms_p99: float = 0.0
+    workdir: str = ""
+
+
+def seed_store(store: PolicyStore, population: Population, pseudo: Pseudonymizer) -> None:
+    """Load the population's entitlements and hotlist, as the hub's policy bundle would."""
+    ents = [{"holder_key": pseudo.holder_key(h.ssn), "name": c, "valid_from": "",
+             "valid_until": ""} for h in population for c in h.categories]
+    hot = [{"key": pseudo.card_key(h.card_id), "kind": "card", "reason": "lost",
+            "listed": ""} for h in population if h.hotlisted]
+    store.apply(entitlements=ents, hotlist=hot, replace=True,
+                info=PolicyInfo("demo/370302/bus", 1, "embedded", ""))
+
+
+def _script(pop: Population, taps: int, rnd: random.Random) -> list[str | int]:
+    """Tap order: indices into the population, plus "pull" for a card pulled mid-read."""
+    special = {h: i for i, h in enumerate(pop.holders)}
+    order: list[str | int] = [rnd.randrange(len(pop)) for _ in range(taps)]
+    if taps >= 10:
+        order[3] = special[pop.tagged("hotlisted")[0]]
+        order[6] = special[pop.tagged("expired")[0]]
+        order[8] = order[7]                       # a double tap
+        order[9] = "pull"                         # pulled away mid-read
+    return order
+
+
+class _Hub:
+    """The hub as a real second process (``ykt hub run``)."""
+
+    def __init__(self, db: Path, port: int, workdir: Path) -> None:
+        self.db = db
+        self._log = open(workdir / "hub.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "-v", "hub", "run", "--db", str(db),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=self._log, stderr=self._log)
+
+    def export(self) -> list[dict[str, Any]]:
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "hub", "export", "--db",
+                              str(self.db), "--format", "jsonl"],
+                             capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
+             workdir: str | Path | None = None, gap_s: float = 0.01,
+             on_outcome: Callable[[Outcome, str], None] | None = None,
+             on_event: Callable[[str], None] | None = None) -> DemoSummary:
+    """Run the whole demo; returns its summary. ``gap_s`` is the real pause between taps.
+
+    Simulated time: each tap advances a simulated clock by 5–40 s, ending near now.
+    Raises ``RuntimeError`` if the backlog does not reach the hub within 60 s.
+    """
+    rnd = random.Random(seed)
+    work = Path(workdir or tempfile.mkdtemp(prefix="ykt-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say = on_event or (lambda _msg: None)
+    pop = Population.generate(60, seed=seed)
+    sim_now = [time.time() - taps * 22.5]
+    broker = Mosquitto(workdir=work / "broker")
+    broker.start()
+    hub = _Hub(work / "hub.db", broker.port, work)
+    cfg = AgentConfig.model_validate({
+        "terminal": {"id": "BUS-DEMO-0001", "data_dir": str(work / "terminal"), "demo": True},
+        "location": {"route": "19路", "vehicle": "鲁B-D0001", "stop": "泉城广场"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+    })
+    pseudo = Pseudonymizer(DEMO_PSEUDONYM_KEY)
+    cards = SimCardSource(pseudo, population=pop)
+    prompter = SimPrompter()
+    terminal = Terminal(cfg, sources=[cards], actuators=[prompter], clock=lambda: sim_now[0])
+    summary = DemoSummary(terminal=cfg.terminal.id, workdir=str(work))
+    reasons: Counter[str] = Counter()
+    products: Counter[str] = Counter()
+    latencies: list[float] = []
+    offline = [False]
+
+    def collect(o: Outcome) -> None:
+        if o.presentation is not None:
+            latencies.append((time.monotonic_ns() - o.presentation.seen_ns) / 1e6)
+        summary.decided += 1
+        reasons[o.decision.reason.value] += 1
+        if o.record is None:
+            summary.not_journaled += 1
+        else:
+            summary.journaled += 1
+            if offline[0]:
+                summary.taps_during_outage += 1
+        if o.decision.accepted:
+            summary.accepted += 1
+            products[o.decision.product] += 1
+            summary.fares_cents += o.decision.amount_cents
+        else:
+            summary.denied += 1
+        if on_outcome is not None:
+            who = (f"{o.credential.masked_name} {o.credential.masked_id}"
+                   if o.credential else "")
+            on_outcome(o, who)
+
+    terminal.add_listener(collect)
+    try:
+        seed_store(PolicyStore(cfg.store_path), pop, pseudo)
+        terminal.start()
+        say(f"terminal {cfg.terminal.id} on route 19路 deciding; broker 127.0.0.1:{broker.port};"
+            f" hub pid {hub.proc.pid}")
+        for i, step in enumerate(_script(pop, taps, rnd)):
+            if outage and i == taps // 3:
+                broker.stop(kill=True)
+                offline[0] = True
+                say("broker DOWN: taps go on offline, journaled locally")
+            if outage and i == (2 * taps) // 3:
+                broker.start()
+                offline[0] = False
+                say("broker back UP: the backlog drains to the hub")
+            sim_now[0] += rnd.uniform(5, 40)
+            if step == "pull":
+                cards.pull_mid_read()
+            else:
+                cards.tap(pop.holders[int(step)])
+            summary.taps += 1
+            terminal.drain(5)
+            time.sleep(gap_s)
+        t0 = time.monotonic()
+        if terminal.uplink is not None and not terminal.uplink.wait_synced(60):
+            raise RuntimeError("the backlog did not reach the hub within 60 s; see "
+                               f"{work / 'hub.log'}")
+        summary.synced_in_s = round(time.monotonic() - t0, 3)
+        assert terminal.journal is not None
+        summary.chain_verifies = terminal.journal.verify() == []
+        last_seq = terminal.journal.last_seq
+    finally:
+        terminal.stop()
+        hub.stop()
+        broker.close()
+    rows = [r for r in hub.export() if r.get("terminal") == cfg.terminal.id]
+    seqs = Counter(int(r["seq"]) for r in rows)
+    summary.records_at_hub = len(seqs)
+    summary.duplicated = sum(n - 1 for n in seqs.values())
+    summary.lost = sum(1 for s in range(1, last_seq + 1) if s not in seqs)
+    summary.by_reason = dict(reasons.most_common())
+    summary.by_product = dict(products.most_common())
+    if latencies:
+        latencies.sort()
+        summary.decision_ms_p50 = round(latencies[len(latencies) // 2], 3)
+        summary.decision_ms_p99 = round(latencies[min(len(latencies) - 1,
+                                                      int(len(latencies) * 0.99))], 3)
+    return summary
+
+
+def summary_dict(s: DemoSummary) -> dict[str, Any]:
+    return asdict(s)
