@@ -1,0 +1,75 @@
+"""Rule files: validation errors name file, line and key; vectors gate activation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.rules import Facts, RuleSetError, age_on, load_ruleset
+from agent.tomlconf import ConfigFileError, key_lines
+from profiles import PROFILE_DIR, profile_path
+
+BUS = profile_path("bus_validator")
+
+
+@pytest.mark.parametrize("path", sorted(PROFILE_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_profile_loads_and_passes_its_vectors(path: Path) -> None:
+    rs = load_ruleset(path)
+    assert rs.spec.vector, f"{path} ships no test vectors"
+
+
+def test_typo_in_a_rule_names_file_line_and_key(tmp_path: Path) -> None:
+    text = BUS.read_text(encoding="utf-8").replace("repeat_within_s = 60", "repeat_within = 60")
+    p = tmp_path / "bus.toml"
+    p.write_text(text, encoding="utf-8")
+    line = next(n for n, s in enumerate(text.splitlines(), 1) if "repeat_within = 60" in s)
+    with pytest.raises(ConfigFileError) as err:
+        load_ruleset(p)
+    assert f"{p}:{line}: rule[2].when.repeat_within: Extra inputs are not permitted" in str(err.value)
+
+
+def test_wrong_types_and_unknown_reasons_are_reported(tmp_path: Path) -> None:
+    p = tmp_path / "x.toml"
+    p.write_text('[profile]\nname = "x"\nkind = "bus_validator"\n\n[[rule]]\nid = "a"\n'
+                 'deny = "no_such_reason"\n\n[[rule]]\nid = "b"\naccept = "accepted"\n'
+                 'amount_cents = -5\n', encoding="utf-8")
+    with pytest.raises(ConfigFileError) as err:
+        load_ruleset(p)
+    msg = str(err.value)
+    assert f"{p}:7: rule[0].deny" in msg and f"{p}:12: rule[1].amount_cents" in msg
+
+
+def test_no_vectors_or_a_failing_vector_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "x.toml"
+    p.write_text('[profile]\nname = "x"\nkind = "bus_validator"\n[[rule]]\nid = "all"\n'
+                 'accept = "accepted"\n', encoding="utf-8")
+    with pytest.raises(RuleSetError, match="no test vectors"):
+        load_ruleset(p)
+    p.write_text(p.read_text() + '[[vector]]\nname = "v"\ntime = 2026-01-01T08:00:00+08:00\n'
+                 'expect_reason = "hotlisted"\n', encoding="utf-8")
+    with pytest.raises(RuleSetError, match="vector 'v': reason accepted != hotlisted"):
+        load_ruleset(p)
+
+
+def test_first_match_and_hours() -> None:
+    rs = load_ruleset(BUS)
+    tz = ZoneInfo("Asia/Shanghai")
+    d = rs.evaluate(Facts(now=datetime(2026, 11, 25, 8, tzinfo=tz), age=70, hotlisted=True,
+                          since_last_tap_s=5))
+    assert d.rule_id == "hotlisted"       # hotlist beats passback and concessions
+
+
+def test_age_on_birthdays() -> None:
+    from datetime import date
+
+    assert age_on(date(1960, 11, 26), date(2026, 11, 25)) == 65
+    assert age_on(date(1960, 11, 25), date(2026, 11, 25)) == 66
+    assert age_on(date(1960, 2, 29), date(2026, 2, 28)) == 65
+
+
+def test_key_lines_maps_arrays_of_tables_and_inline_tables() -> None:
+    lines = key_lines('[a]\nx = 1\n[[r]]\nid = "1"\n[[r]]\nwhen = { k = 1 }\n')
+    assert lines[("a", "x")] == 2 and lines[("r", 1, "when")] == 6 and lines[("r", 0)] == 3
