@@ -63,6 +63,8 @@ class Outcome:
 
 
 _FAILSAFE = Prompt("设备故障 请稍后", "error")
+SITE = "*"
+"""Holder key of terminal-wide counters (time-slot capacity, queue numbers)."""
 
 
 class Engine:
@@ -117,8 +119,9 @@ class Engine:
             if isinstance(resolved, Rejection):
                 return self._reject(p, resolved, now, quality)
             cred = resolved
-            facts, today = self._facts(cred, now, ruleset, store)
-            decision = ruleset.evaluate(facts)
+            facts, today, slot = self._facts(cred, now, ruleset, store, p.service)
+            rule = ruleset.match(facts)
+            decision = rule.decision
             if facts.policy_stale and ruleset.profile.stale_policy == "deny_all":
                 decision = Decision(False, Reason.POLICY_STALE, rule_id="pre:stale-policy",
                                     prompt=ruleset.prompt_for(Reason.POLICY_STALE))
@@ -126,14 +129,28 @@ class Engine:
             log.exception("deciding a %s presentation from %s failed", p.kind, p.source)
             return self._reject(p, Rejection(Reason.INTERNAL_ERROR, type(err).__name__),
                                 now, quality)
+        day = today.isoformat()
+        counters = {(cred.holder_key, c, day): 1 for c in decision.counters}
+        prompt = decision.prompt
+        extra: dict[str, Any] = {}
+        if decision.accepted:
+            counters.update({(SITE, f"{c}@{slot}", day): 1 for c in rule.count_site})
+            if rule.queue:   # single worker thread: read-then-increment cannot race
+                number = self.journal.count(SITE, f"queue:{rule.queue}", day) + 1
+                counters[(SITE, f"queue:{rule.queue}", day)] = 1
+                extra["queue_no"] = f"{rule.queue}{number:03d}"
+                prompt = Prompt(prompt.text.replace("{queue}", extra["queue_no"]), prompt.sound,
+                                prompt.voice)
         decision = Decision(decision.accepted, decision.reason, decision.product,
-                            decision.amount_cents, decision.prompt, decision.rule_id,
+                            decision.amount_cents, prompt, decision.rule_id,
                             store.info.label, decision.counters)
-        counters = {(cred.holder_key, c, today.isoformat()): 1 for c in decision.counters}
         last_tap = ((cred.credential_key, self.location.passback_scope)
                     if decision.reason is Reason.ACCEPTED else None)
         fields = self._fields(p, quality, decision, cred.journal_fields(), "",
                               policy_stale=facts.policy_stale)
+        fields.update(extra)
+        if p.service:
+            fields["service"] = p.service
         record = self._append(fields, counters, last_tap, now)
         if record is None:
             return Outcome(Decision(False, Reason.INTERNAL_ERROR, prompt=_FAILSAFE,
@@ -141,12 +158,30 @@ class Engine:
                            None, cred, p)
         return Outcome(decision, record, cred, p)
 
-    def journal_event(self, fields: dict[str, Any]) -> JournalRecord | None:
-        """Journal a non-decision event (gate not entered, fire alarm) with common fields."""
-        base = {"profile": self.ruleset.profile.name, "loc": self.location.as_dict(),
-                "clock": self._clock_quality().value, "policy": self.store.info.label}
-        base.update(fields)
-        return self._append(base, None, None, self._clock())
+    def journal_event(self, event: str, fields: dict[str, Any] | None = None, *,
+                      undo: JournalRecord | None = None) -> JournalRecord | None:
+        """Journal a non-decision event (``not_entered``, ``fire_alarm``, ``gate_fault``).
+
+        ``undo`` names an accepted decision whose daily counters this event gives back
+        (a visitor who did not pass the gate keeps the day's entry). Returns the record,
+        or None if the journal failed (logged).
+        """
+        now = self._clock()
+        base: dict[str, Any] = {
+            "event": event, "profile": self.ruleset.profile.name,
+            "loc": self.location.as_dict(), "clock": self._clock_quality().value,
+            "policy": self.store.info.label}
+        base.update(fields or {})
+        counters = None
+        if undo is not None:
+            base["ref_seq"] = undo.seq
+            holder = str(undo.body.get("cred", {}).get("holder_key", ""))
+            rule = next((r for r in self.ruleset.rules if r.id == undo.body.get("rule")), None)
+            day = datetime.fromisoformat(str(undo.body["time"]).replace("Z", "+00:00")
+                                         ).astimezone(self._tz).date().isoformat()
+            if rule is not None and holder:
+                counters = {(holder, c, day): -1 for c in rule.decision.counters}
+        return self._append(base, counters, None, now)
 
     # ---------------------------------------------------------------------------------
     def _resolve(self, p: Presentation, now: float, quality: ClockQuality
@@ -161,10 +196,15 @@ class Engine:
             return Rejection(Reason.UNSUPPORTED_CODE, "no code verifier configured")
         return self.verifier.verify(p.text, now=now, clock_quality=quality.value)
 
-    def _facts(self, cred: Credential, now: float, ruleset: RuleSet, store: PolicyStore
-               ) -> tuple[Facts, date]:
+    def _facts(self, cred: Credential, now: float, ruleset: RuleSet, store: PolicyStore,
+               service: str) -> tuple[Facts, date, str]:
         local = datetime.fromtimestamp(now, self._tz)
         today = local.date()
+        minutes = local.hour * 60 + local.minute
+        start = minutes - minutes % ruleset.profile.slot_minutes
+        slot = f"{start // 60:02d}:{start % 60:02d}"
+        site = {c: self.journal.count(SITE, f"{c}@{slot}", today.isoformat())
+                for c in ruleset.site_counters}
         hot = store.hotlisted(cred.credential_key, cred.holder_key)
         ents = store.entitlements(cred.holder_key, today) | cred.categories
         expired = ((cred.valid_until is not None and cred.valid_until < today)
@@ -180,8 +220,9 @@ class Engine:
             age=age_on(cred.birth_date, today) if cred.birth_date else None,
             entitlements=ents, since_last_tap_s=None if last is None else now - last,
             counters=counters, policy_stale=stale, gate_in_service=self._gate_ok(),
+            site_counters=site, service=service,
         )
-        return facts, today
+        return facts, today, slot
 
     def _reject(self, p: Presentation, r: Rejection, now: float, quality: ClockQuality
                 ) -> Outcome:

@@ -114,6 +114,7 @@ class Presentation:
     credential: Credential | None = None
     rejection: Rejection | None = None
     apdus: int = 0                   # APDUs exchanged (cards), for benchmarks
+    service: str = ""                # kiosk: the service type chosen (取号), e.g. "A"
 
 
 @dataclass(frozen=True, slots=True)

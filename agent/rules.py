@@ -32,6 +32,9 @@ class RuleSetError(ValueError):
 class Facts:
     """Everything a rule may look at for one credential, looked up before evaluation.
 
+    ``site_counters`` are terminal-wide counts in the current time slot (museum capacity);
+    ``service`` is the service type chosen at a kiosk (取号), "" elsewhere.
+
     ``now`` is local wall time (timezone-aware). ``since_last_tap_s`` is seconds since this
     credential's last counted tap in this scope (vehicle/gate), None if none.
     ``counters`` are today's per-holder counts; ``entitlements`` the names the holder is
@@ -48,6 +51,8 @@ class Facts:
     counters: dict[str, int] = field(default_factory=dict)
     policy_stale: bool = False
     gate_in_service: bool = True
+    site_counters: dict[str, int] = field(default_factory=dict)
+    service: str = ""
 
 
 # ----------------------------------------------------------------------------- schema
@@ -85,6 +90,9 @@ class When(_Strict):
         None, description="matches once today's count has reached max")
     hours_outside: str | None = Field(None, description="local 'HH:MM-HH:MM'; matches outside")
     hours_within: str | None = Field(None, description="local 'HH:MM-HH:MM'; matches inside")
+    slot_count_at_least: DailyLimit | None = Field(
+        None, description="terminal-wide count in the current time slot has reached max")
+    service: list[str] | None = Field(None, description="kiosk service types (取号)")
 
     @field_validator("hours_outside", "hours_within")
     @classmethod
@@ -112,6 +120,9 @@ class RuleSpec(_Strict):
     product: str = Field("", description="product / fare class")
     amount_cents: int = Field(0, ge=0, description="price in fen (0.01 CNY)")
     count: list[str] = Field(default_factory=list, description="daily counters to consume")
+    count_site: list[str] = Field(default_factory=list,
+                                  description="terminal-wide time-slot counters to consume")
+    queue: str = Field("", description="issue a queue number of this series (e.g. 'A')")
     prompt: PromptSpec | None = None
 
     @model_validator(mode="after")
@@ -135,6 +146,8 @@ class VectorSpec(_Strict):
     counters: dict[str, int] = Field(default_factory=dict)
     policy_stale: bool = False
     gate_in_service: bool = True
+    site_counters: dict[str, int] = Field(default_factory=dict)
+    service: str = ""
     expect_reason: Reason
     expect_product: str | None = None
     expect_amount_cents: int | None = None
@@ -149,6 +162,7 @@ class ProfileSpec(_Strict):
     currency: str = "CNY"
     stale_policy: Literal["keep_deciding", "deny_all"] = Field(
         "keep_deciding", description="what to do when the policy bundle has expired")
+    slot_minutes: int = Field(60, ge=1, le=1440, description="length of a capacity time slot")
 
 
 class RuleFile(_Strict):
@@ -218,6 +232,12 @@ def _compile_when(w: When) -> list[Predicate]:
     if w.hours_outside is not None:
         a, b = _parse_hours(w.hours_outside)
         preds.append(lambda f: not (a <= f.now.time() < b))
+    if w.slot_count_at_least is not None:
+        full = w.slot_count_at_least
+        preds.append(lambda f: f.site_counters.get(full.counter, 0) >= full.max)
+    if w.service is not None:
+        services = frozenset(w.service)
+        preds.append(lambda f: f.service in services)
     if w.hours_within is not None:
         a2, b2 = _parse_hours(w.hours_within)
         preds.append(lambda f: a2 <= f.now.time() < b2)
@@ -229,6 +249,8 @@ class CompiledRule:
     id: str
     predicates: tuple[Predicate, ...]
     decision: Decision
+    count_site: tuple[str, ...] = ()
+    queue: str = ""
 
     def matches(self, facts: Facts) -> bool:
         return all(p(facts) for p in self.predicates)
@@ -255,6 +277,10 @@ class RuleSet:
         self._prompts = {k: p.build() for k, p in spec.prompts.items()}
         self.rules: tuple[CompiledRule, ...] = tuple(self._compile(r) for r in spec.rule)
         self.counters = frozenset(c for r in spec.rule for c in r.count)
+        self.site_counters = frozenset(
+            [c for r in spec.rule for c in r.count_site]
+            + [r.when.slot_count_at_least.counter for r in spec.rule
+               if r.when.slot_count_at_least is not None])
 
     def _compile(self, r: RuleSpec) -> CompiledRule:
         reason = Reason(r.accept) if r.accept is not None else r.deny
@@ -263,7 +289,8 @@ class RuleSet:
         decision = Decision(accepted=reason.accepting, reason=reason, product=r.product,
                             amount_cents=r.amount_cents if reason.accepting else 0,
                             prompt=prompt, rule_id=r.id, counters=tuple(r.count))
-        return CompiledRule(r.id, tuple(_compile_when(r.when)), decision)
+        return CompiledRule(r.id, tuple(_compile_when(r.when)), decision, tuple(r.count_site),
+                            r.queue)
 
     def prompt_for(self, reason: Reason, product: str = "") -> Prompt:
         """The prompt for a product (if configured) or else a reason."""
@@ -276,11 +303,16 @@ class RuleSet:
 
     def evaluate(self, facts: Facts) -> Decision:
         """First matching rule's decision; NOT_ENTITLED (rule ``default-deny``) if none."""
+        return self.match(facts).decision
+
+    def match(self, facts: Facts) -> CompiledRule:
+        """The first matching rule (a ``default-deny`` rule if none matches)."""
         for rule in self.rules:
             if rule.matches(facts):
-                return rule.decision
-        return Decision(False, Reason.NOT_ENTITLED, prompt=self.prompt_for(Reason.NOT_ENTITLED),
-                        rule_id="default-deny")
+                return rule
+        return CompiledRule("default-deny", (), Decision(
+            False, Reason.NOT_ENTITLED, prompt=self.prompt_for(Reason.NOT_ENTITLED),
+            rule_id="default-deny"))
 
     def check_vectors(self) -> list[str]:
         """Run the test vectors; return one message per failure (empty = all pass)."""
@@ -289,7 +321,8 @@ class RuleSet:
             facts = Facts(now=v.time, kind=v.kind, hotlisted=v.hotlisted, expired=v.expired,
                           age=v.age, entitlements=frozenset(v.entitlements),
                           since_last_tap_s=v.since_last_tap_s, counters=dict(v.counters),
-                          policy_stale=v.policy_stale, gate_in_service=v.gate_in_service)
+                          policy_stale=v.policy_stale, gate_in_service=v.gate_in_service,
+                          site_counters=dict(v.site_counters), service=v.service)
             d = self.evaluate(facts)
             wrong = []
             if d.reason != v.expect_reason:
