@@ -124,6 +124,51 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def journal_stats(j: Journal, by: str, tz: str = "Asia/Shanghai") -> dict[str, int]:
+    """Count journaled decisions by local ``hour`` (accepted entries), ``reason`` or
+    ``product`` (accepted only). Events (not_entered, fire_alarm) are counted by ``event``."""
+    from collections import Counter
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(tz)
+    counts: Counter[str] = Counter()
+    after = 0
+    while batch := j.records(after, 5000):
+        for r in batch:
+            b = r.body
+            if by == "event":
+                if "event" in b:
+                    counts[str(b["event"])] += 1
+            elif "event" in b:
+                continue
+            elif by == "reason":
+                counts[str(b.get("reason"))] += 1
+            elif b.get("accepted"):
+                if by == "product":
+                    counts[str(b.get("product"))] += 1
+                else:
+                    t = datetime.fromisoformat(str(b["time"]).replace("Z", "+00:00"))
+                    counts[t.astimezone(zone).strftime("%Y-%m-%d %H:00")] += 1
+        after = batch[-1].seq
+    return dict(sorted(counts.items()))
+
+
+def _stats(args: argparse.Namespace) -> int:
+    where = _journal_path(args)
+    if where is None:
+        return 2
+    path, terminal = where
+    if not path.exists():
+        print(f"error: no journal at {path}", file=sys.stderr)
+        return 2
+    j = Journal(path, terminal)
+    counts = journal_stats(j, args.by)
+    j.close()
+    _emit(args, counts, "\n".join(f"{k:<20} {v:>7}" for k, v in counts.items()) or "(none)")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from agent.store import PolicyStore
 
@@ -175,3 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common(p)
     p.add_argument("--last", type=int, default=20, help="how many records (default 20)")
     p.set_defaults(func=_show)
+    p = jsub.add_parser("stats", help="counts: accepted entries per hour, by reason/product")
+    common(p)
+    p.add_argument("--by", choices=["hour", "reason", "product", "event"], default="hour")
+    p.set_defaults(func=_stats)

@@ -93,3 +93,17 @@ def test_kiosk_expired_card_gets_a_renewal_number(tmp_path: Path) -> None:
     eng.store.apply(hotlist=[{"key": "x" * 32, "kind": "card", "reason": "lost", "listed": ""}])
     out = eng.handle(Presentation(PresentationKind.CARD, "t", 0, credential=hot))
     assert out.decision.reason is Reason.HOTLISTED
+
+
+def test_museum_visitor_counts_per_hour(tmp_path: Path) -> None:
+    from agent.cli_agent import journal_stats
+
+    eng, clock = _engine(tmp_path, "museum_gate")
+    for i in range(3):
+        _tap(eng, i)
+        clock[0] += 600
+    clock[0] += 3600
+    _tap(eng, 5)
+    _tap(eng, 5)                                   # passback: not a visitor
+    assert journal_stats(eng.journal, "hour") == {"2026-11-25 10:00": 3, "2026-11-25 11:00": 1}
+    assert journal_stats(eng.journal, "reason") == {"accepted": 4, "passback": 1}
