@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.model import Location
+from sync.link import MqttSettings
 from agent.tomlconf import ConfigFileError, load_toml_model
 
 __all__ = ["AgentConfig", "ConfigFileError", "load_config", "read_secret"]
@@ -70,12 +71,13 @@ class JournalSection(_Section):
     retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
 
 
-class MqttSection(_Section):
+class MqttSection(MqttSettings):
+    """The MQTT link to the hub (all of :class:`sync.link.MqttSettings`) plus ``enabled``."""
+
     enabled: bool = Field(True, description="sync with the hub over MQTT")
-    host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
-    settings: dict[str, Any] = Field(default_factory=dict,
-                                     description="further sync.link.MqttSettings fields")
+
+    def link_settings(self) -> MqttSettings:
+        return MqttSettings.model_validate(self.model_dump(exclude={"enabled"}))
 
 
 class AgentConfig(_Section):

@@ -192,12 +192,10 @@ class Terminal:
     def _start_uplink(self) -> None:
         if not self.cfg.mqtt.enabled:
             return
-        from sync.link import MqttSettings
         from sync.uplink import Uplink
 
         assert self.journal
-        settings = MqttSettings(host=self.cfg.mqtt.host, port=self.cfg.mqtt.port,
-                                **self.cfg.mqtt.settings)
+        settings = self.cfg.mqtt.link_settings()
         self.uplink = Uplink(self.journal, settings, self.cfg.terminal.id, status=self.status,
                              retention_s=self.cfg.journal.retention_days * 86400)
         self.uplink.start()

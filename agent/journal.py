@@ -157,6 +157,8 @@ class Journal:
                 f"{self.path} is the journal of terminal {owner!r}, not {terminal!r}"
             )
         row = self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        self._last_seq: int
+        self._last_hash: str
         self._last_seq, self._last_hash = (row[0], row[1]) if row else (0, GENESIS)
         self._acked = int(self._meta("acked_seq") or 0)
         self._reader_lock = threading.Lock()

@@ -201,28 +201,35 @@ def _kind_matches(patterns: list[str]) -> Predicate:
     return match
 
 
+def _flag(get: Callable[[Facts], bool], want: bool) -> Predicate:
+    return lambda f: get(f) == want
+
+
 def _compile_when(w: When) -> list[Predicate]:
     preds: list[Predicate] = []
     if w.hotlisted is not None:
-        preds.append(lambda f, v=w.hotlisted: f.hotlisted == v)
+        preds.append(_flag(lambda f: f.hotlisted, w.hotlisted))
     if w.expired is not None:
-        preds.append(lambda f, v=w.expired: f.expired == v)
+        preds.append(_flag(lambda f: f.expired, w.expired))
     if w.policy_stale is not None:
-        preds.append(lambda f, v=w.policy_stale: f.policy_stale == v)
+        preds.append(_flag(lambda f: f.policy_stale, w.policy_stale))
     if w.gate_out_of_service is not None:
-        preds.append(lambda f, v=w.gate_out_of_service: (not f.gate_in_service) == v)
+        preds.append(_flag(lambda f: not f.gate_in_service, w.gate_out_of_service))
     if w.kind is not None:
         preds.append(_kind_matches(w.kind))
     if w.entitled_any is not None:
         names = frozenset(w.entitled_any)
         preds.append(lambda f: not names.isdisjoint(f.entitlements))
     if w.age_at_least is not None:
-        preds.append(lambda f, n=w.age_at_least: f.age is not None and f.age >= n)
+        min_age = w.age_at_least
+        preds.append(lambda f: f.age is not None and f.age >= min_age)
     if w.age_below is not None:
-        preds.append(lambda f, n=w.age_below: f.age is not None and f.age < n)
+        max_age = w.age_below
+        preds.append(lambda f: f.age is not None and f.age < max_age)
     if w.repeat_within_s is not None:
-        preds.append(lambda f, s=w.repeat_within_s: f.since_last_tap_s is not None
-                     and 0 <= f.since_last_tap_s < s)
+        window = w.repeat_within_s
+        preds.append(lambda f: f.since_last_tap_s is not None
+                     and 0 <= f.since_last_tap_s < window)
     if w.daily_limit is not None:
         lim = w.daily_limit
         preds.append(lambda f: f.counters.get(lim.counter, 0) < lim.max)

@@ -1,0 +1,170 @@
+"""``ykt hub run | export | report``.
+
+Other modules add more ``ykt hub …`` subcommands through :func:`hub_subparsers`, which
+creates the ``hub`` command once and returns its sub-parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sync.hub.service import Hub
+from sync.hub.store import SqliteHubStore
+from sync.link import MqttSettings
+from sync.topics import validate_terminal_id
+
+__all__ = ["hub_subparsers", "register"]
+
+_ATTR = "_ykt_hub_subparsers"
+
+
+def hub_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """The sub-parsers of ``ykt hub``, creating the ``hub`` command on first use."""
+    hub = sub.choices.get("hub")
+    if hub is None:
+        hub = sub.add_parser("hub", help="the hub: ingest, store, report",
+                             description="The hub that terminals sync with.")
+        hub.set_defaults(func=lambda _args: (hub.print_help(), 2)[1])
+    action = getattr(hub, _ATTR, None)
+    if action is None:
+        action = hub.add_subparsers(dest="hub_command", metavar="HUB_COMMAND")
+        setattr(hub, _ATTR, action)
+    return action
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``hub run``, ``hub export`` and ``hub report`` to the ``ykt`` parser."""
+    hs = hub_subparsers(sub)
+    run = hs.add_parser("run", help="run the hub until SIGTERM/SIGINT")
+    run.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    run.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
+    run.add_argument("--port", default=None, type=int, help="broker port (default 1883)")
+    run.add_argument("--terminals", default=None,
+                     help="comma-separated terminal ids allowed to send (default: any)")
+    run.add_argument("--share-group", default="ykt-hub",
+                     help="MQTT shared-subscription group of the hub instances")
+    run.set_defaults(func=_run)
+
+    exp = hs.add_parser("export", help="dump every stored record")
+    exp.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    exp.add_argument("--format", choices=["jsonl"], default="jsonl",
+                     help="one JSON object per line (terminal, seq, hash, flagged, body)")
+    exp.set_defaults(func=_export)
+
+    rep = hs.add_parser("report", help="counts by terminal, product and reason; problems")
+    rep.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    rep.add_argument("--json", action="store_true", help="print JSON")
+    rep.set_defaults(func=_report)
+
+
+def _err(msg: str) -> int:
+    print(f"ykt hub: {msg}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = MqttSettings(**overrides)
+    except ValidationError as err:
+        return _err(f"invalid broker settings: {err}")
+    known: set[str] | None = None
+    if args.terminals:
+        try:
+            known = {validate_terminal_id(t.strip()) for t in args.terminals.split(",")
+                     if t.strip()}
+        except ValueError as err:
+            return _err(f"--terminals: {err}")
+    store = SqliteHubStore(args.db)
+    hub = Hub(store, settings, known, share_group=args.share_group)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    hub.start()
+    try:
+        while not hub.wait_ready(1.0):
+            if done.is_set():
+                return 0
+        print(f"hub ready: db={args.db} broker={settings.host}:{settings.port}", flush=True)
+        done.wait()
+    finally:
+        hub.stop()
+        store.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if not args.db.exists():
+        return _err(f"{args.db}: no such hub database")
+    store = SqliteHubStore(args.db)
+    try:
+        out = sys.stdout
+        for line in store.export():
+            out.write(line)
+            out.write("\n")
+    finally:
+        store.close()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    if not args.db.exists():
+        return _err(f"{args.db}: no such hub database")
+    store = SqliteHubStore(args.db)
+    try:
+        rep = store.report()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rep, indent=2, ensure_ascii=False))
+        return 0
+    print(_human(rep))
+    return 0
+
+
+def _human(rep: dict[str, Any]) -> str:
+    t = rep["totals"]
+    lines = [f"records: {t['records']}  terminals: {t['terminals']}  "
+             f"duplicates rejected: {t['duplicates_rejected']}  "
+             f"chain breaks: {t['chain_breaks']}  terminals with gaps: "
+             f"{t['terminals_with_gaps']}"]
+    if t["rejected"]:
+        lines.append("rejected: " + ", ".join(f"{k} {n}" for k, n in
+                                             sorted(t["rejected"].items())))
+    lines.append("")
+    lines.append(f"{'terminal':<20} {'records':>8} {'contig':>8} {'dups':>6} {'breaks':>6}  gap")
+    for name, term in rep["terminals"].items():
+        gap = term.get("gap")
+        gap_s = f"missing {gap['missing_from']}..{gap['missing_to']}" if gap else "-"
+        lines.append(f"{name:<20} {term.get('records', 0):>8} "
+                     f"{term.get('contiguous_seq', 0):>8} "
+                     f"{term.get('duplicates_rejected', 0):>6} "
+                     f"{term.get('chain_breaks', 0):>6}  {gap_s}")
+    lines.append("")
+    lines.append(f"{'terminal':<20} {'product':<16} {'reason':<20} {'count':>8}")
+    for c in rep["counts"]:
+        lines.append(f"{c['terminal']:<20} {c['product'] or '-':<16} "
+                     f"{c['reason'] or '-':<20} {c['count']:>8}")
+    if rep["chain_breaks"]:
+        lines.append("")
+        lines.append("chain breaks:")
+        lines += [f"  {b['terminal']} seq {b['seq']}: {b['problem']}"
+                  for b in rep["chain_breaks"]]
+    if rep["rejects"]:
+        lines.append("")
+        lines.append("rejects:")
+        lines += [f"  {r['kind']:<18} {r['terminal'] or '?':<20} {r['count']:>6}  "
+                  f"latest: {r['last_detail']}" for r in rep["rejects"]]
+    return "\n".join(lines)

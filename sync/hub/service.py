@@ -1,0 +1,227 @@
+"""The hub service: receive tx batches, validate, commit, then acknowledge.
+
+:class:`Hub` subscribes to ``$share/{group}/ykt/v1/t/+/tx`` (an MQTT 5 shared subscription,
+so several hub instances can split the load) and ``ykt/v1/t/+/status``. For each tx
+message it:
+
+1. validates the payload (:func:`parse_batch`): JSON, version, the payload's terminal
+   equals the topic's, the terminal is known (when a list is configured), each record
+   well formed; anything wrong is logged and counted in the store (``hub report``);
+2. stores the valid records in one transaction (:meth:`HubStore.ingest`), which verifies
+   the hash chain and flags breaks;
+3. only after the commit, publishes ``{"v":1,"seq":N}`` on ``t/{terminal}/ack`` (QoS 1),
+   N being the highest contiguous seq stored.
+
+Fault injection: with ``YKT_HUB_CRASH_AFTER_COMMIT=N`` in the environment the process
+exits with ``os._exit(9)`` right after its Nth commit, before acknowledging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.hub.store import HubStore, IncomingRecord
+from sync.link import Link, MqttSettings, NotConnected
+from sync.topics import TerminalTopics, parse_terminal_topic
+
+__all__ = ["CRASH_ENV", "MAX_BATCH_RECORDS", "Hub", "ParsedBatch", "parse_batch"]
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "YKT_HUB_CRASH_AFTER_COMMIT"
+MAX_BATCH_RECORDS = 10_000
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """A tx payload after validation: the good records and why the others were dropped."""
+
+    terminal: str
+    records: list[IncomingRecord] = field(default_factory=list)
+    bad_records: list[str] = field(default_factory=list)
+
+
+def _record(terminal: str, i: int, raw: Any) -> IncomingRecord:
+    if not isinstance(raw, dict):
+        raise ValueError(f"record #{i} is not an object")
+    seq, body, digest = raw.get("seq"), raw.get("body"), raw.get("hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise ValueError(f"record #{i}: seq is not a positive integer")
+    if not isinstance(body, dict):
+        raise ValueError(f"record seq {seq}: body is not an object")
+    if not isinstance(digest, str) or not _HASH_RE.match(digest):
+        raise ValueError(f"record seq {seq}: hash is not 64 lowercase hex digits")
+    if body.get("terminal") != terminal:
+        raise ValueError(f"record seq {seq}: body terminal differs from the sender")
+    try:
+        text = _canonical_text(body)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"record seq {seq}: body has no canonical form (floats are not "
+                         "allowed in journal records)") from err
+    raw_text = text.encode()
+    return IncomingRecord(seq, digest, body, text, hashlib.sha256(raw_text).hexdigest())
+
+
+class _NotCanonical:
+    """Stands in for a float / NaN / Infinity parsed from a payload; it cannot be encoded,
+    so :func:`_canonical_text` refuses the record holding it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<float>"
+
+
+def _not_canonical(_text: str) -> _NotCanonical:
+    return _NotCanonical()
+
+
+_decode = json.JSONDecoder(parse_float=_not_canonical, parse_constant=_not_canonical).decode
+_canonical_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                   allow_nan=False).encode
+"""Same text as :func:`agent.journal.canonical` for bodies parsed by :data:`_decode` (which
+turns floats into :class:`_NotCanonical` so encoding fails instead of scanning for floats);
+``tests/test_hub.py`` checks the two agree."""
+
+
+def parse_batch(topic_terminal: str, payload: bytes) -> ParsedBatch:
+    """Validate a tx payload sent on ``t/{topic_terminal}/tx``.
+
+    Raises ``ValueError`` (with a message naming what is wrong, without record contents)
+    when the whole message must be rejected; single bad records are listed in
+    :attr:`ParsedBatch.bad_records` and the rest are kept.
+    """
+    try:
+        msg = _decode(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"payload is not JSON: {err}") from err
+    if not isinstance(msg, dict):
+        raise ValueError("payload is not a JSON object")
+    if msg.get("v") != 1:
+        raise ValueError(f"unsupported payload version {msg.get('v')!r}")
+    if msg.get("terminal") != topic_terminal:
+        raise ValueError("payload terminal differs from the topic's terminal")
+    records = msg.get("records")
+    if not isinstance(records, list) or not records:
+        raise ValueError("records is not a non-empty list")
+    if len(records) > MAX_BATCH_RECORDS:
+        raise ValueError(f"more than {MAX_BATCH_RECORDS} records in one batch")
+    batch = ParsedBatch(topic_terminal)
+    for i, raw in enumerate(records):
+        try:
+            batch.records.append(_record(topic_terminal, i, raw))
+        except ValueError as err:
+            batch.bad_records.append(str(err))
+    return batch
+
+
+class Hub:
+    """Ingest service: ``store`` is where batches go; ``known_terminals`` (if given) is the
+    list of terminals allowed to send; others are rejected and reported.
+
+    ``crash_after_commit`` defaults to ``$YKT_HUB_CRASH_AFTER_COMMIT`` (tests only).
+    """
+
+    def __init__(self, store: HubStore, settings: MqttSettings,
+                 known_terminals: set[str] | None = None, *, share_group: str = "ykt-hub",
+                 client_id: str | None = None, crash_after_commit: int | None = None) -> None:
+        self.store = store
+        self.known_terminals = None if known_terminals is None else set(known_terminals)
+        env = os.environ.get(CRASH_ENV)
+        self.crash_after_commit = crash_after_commit if crash_after_commit is not None else (
+            int(env) if env else None)
+        self.commits = 0
+        self.stats: dict[str, int] = {"batches": 0, "records": 0, "acks": 0, "rejected": 0,
+                                      "ack_failures": 0}
+        self._lock = threading.Lock()
+        self.link = Link(settings, client_id or f"ykt-hub-{os.getpid()}")
+        self.link.subscribe(TerminalTopics.all_of("tx"), self._on_tx, qos=1,
+                            share_group=share_group)
+        # Not shared: a hub wants every retained status on start (they are small).
+        self.link.subscribe(TerminalTopics.all_of("status"), self._on_status, qos=1)
+
+    def start(self) -> None:
+        """Connect in the background and start ingesting. Safe to call twice."""
+        self.link.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until connected and subscribed."""
+        return self.link.wait_connected(timeout)
+
+    def stop(self) -> None:
+        """Disconnect. Safe to call twice. The store stays open (the caller owns it)."""
+        self.link.stop()
+
+    # -- message handlers (link thread) --------------------------------------------------
+    def _reject(self, terminal: str, kind: str, detail: str) -> None:
+        self.stats["rejected"] += 1
+        log.warning("rejected %s from terminal %s: %s", kind, terminal or "?", detail)
+        self.store.record_reject(terminal, kind, detail)
+
+    def _known(self, terminal: str) -> bool:
+        return self.known_terminals is None or terminal in self.known_terminals
+
+    def _on_tx(self, topic: str, payload: bytes) -> None:
+        parsed = parse_terminal_topic(topic)
+        if parsed is None:
+            self._reject("", "bad_topic", f"not a valid terminal topic: {topic[:100]!r}")
+            return
+        terminal = parsed[0]
+        if not self._known(terminal):
+            self._reject(terminal, "unknown_terminal", "terminal not in the configured list")
+            return
+        try:
+            batch = parse_batch(terminal, payload)
+        except ValueError as err:
+            self._reject(terminal, "malformed_payload", str(err))
+            return
+        for problem in batch.bad_records:
+            self._reject(terminal, "malformed_record", problem)
+        with self._lock:
+            result = self.store.ingest(terminal, batch.records)
+            self.commits += 1
+            if self.crash_after_commit is not None and self.commits >= self.crash_after_commit:
+                log.critical("fault injection: exiting after commit %d, before the ack",
+                             self.commits)
+                os._exit(9)
+        log.debug("terminal %s: stored %d, duplicates %d, acking %d", terminal,
+                  result.stored, result.duplicates, result.contiguous_seq)
+        self.stats["batches"] += 1
+        self.stats["records"] += result.stored
+        ack = json.dumps({"v": 1, "seq": result.contiguous_seq}, separators=(",", ":"))
+        try:
+            self.link.publish(TerminalTopics(terminal).ack, ack, qos=1)
+            self.stats["acks"] += 1
+        except NotConnected:
+            # the terminal resends after its ack timeout; the store already has the batch
+            self.stats["ack_failures"] += 1
+            log.warning("could not ack terminal %s (seq %d): not connected", terminal,
+                        result.contiguous_seq)
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        parsed = parse_terminal_topic(topic)
+        if parsed is None:
+            self._reject("", "bad_topic", f"not a valid terminal topic: {topic[:100]!r}")
+            return
+        terminal = parsed[0]
+        if not self._known(terminal):
+            self._reject(terminal, "unknown_terminal", "status from a terminal not in the list")
+            return
+        try:
+            status = json.loads(payload)
+            if not isinstance(status, dict):
+                raise ValueError("status is not a JSON object")
+        except (UnicodeDecodeError, ValueError) as err:
+            self._reject(terminal, "malformed_status", str(err)[:200])
+            return
+        self.store.record_status(terminal, status)

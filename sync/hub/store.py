@@ -1,0 +1,347 @@
+"""Where the hub keeps what terminals send: the :class:`HubStore` interface and SQLite.
+
+A store ingests one validated batch of one terminal in **one transaction**: records are
+inserted idempotently on (terminal, seq); the terminal's contiguous sequence is advanced
+as far as records are present, verifying each link of the hash chain on the way
+(:func:`chain_problems`); breaks are recorded and the records flagged (never dropped).
+:meth:`HubStore.ingest` returns after the commit, with the contiguous seq to acknowledge.
+
+The chain logic is backend-neutral so a PostgreSQL store can reuse it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.journal import GENESIS, record_hash, utc_stamp
+
+__all__ = ["HubStore", "IncomingRecord", "IngestResult", "SqliteHubStore", "chain_problems",
+           "decision_fields"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRecord:
+    """One structurally valid record of a tx batch.
+
+    ``canonical`` is the canonical body text the hub re-encoded, ``computed_hash`` its
+    SHA-256; ``hash`` is what the terminal claims.
+    """
+
+    seq: int
+    hash: str
+    body: dict[str, Any]
+    canonical: str
+    computed_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one committed batch did. ``contiguous_seq`` is what the hub acknowledges."""
+
+    contiguous_seq: int
+    stored: int
+    duplicates: int
+    breaks: int
+    beyond_gap: int
+
+
+def decision_fields(body: dict[str, Any]) -> tuple[str, str]:
+    """``(product, reason)`` of a record body, from ``decision.{product,reason}`` or the
+    top-level ``product``/``reason``; empty strings when absent."""
+    src = body.get("decision") if isinstance(body.get("decision"), dict) else body
+    assert isinstance(src, dict)
+    product, reason = src.get("product", ""), src.get("reason", "")
+    return (product if isinstance(product, str) else str(product),
+            reason if isinstance(reason, str) else str(reason))
+
+
+def chain_problems(seq: int, body: dict[str, Any], claimed: str, computed: str,
+                   prev_hash: str) -> list[str]:
+    """What is wrong with record ``seq`` given the hash of record ``seq-1`` (``prev_hash``,
+    :data:`~agent.journal.GENESIS` for seq 1). Empty when the link verifies."""
+    problems = []
+    if body.get("seq") != seq:
+        problems.append("body seq differs from record seq")
+    if body.get("prev") != prev_hash:
+        problems.append(f"prev does not match the hash of seq {seq - 1}")
+    if computed != claimed:
+        problems.append("hash does not match body")
+    return problems
+
+
+class HubStore(abc.ABC):
+    """The hub's durable store. Every method may raise ``OSError``/backend errors."""
+
+    @abc.abstractmethod
+    def ingest(self, terminal: str, records: Sequence[IncomingRecord]) -> IngestResult:
+        """Store ``records`` of ``terminal`` idempotently in one transaction, verify the chain
+        as far as it is contiguous, commit, and return what to acknowledge."""
+
+    @abc.abstractmethod
+    def contiguous_seq(self, terminal: str) -> int:
+        """Highest seq such that every record 1..seq of ``terminal`` is stored (0 if none)."""
+
+    @abc.abstractmethod
+    def record_reject(self, terminal: str, kind: str, detail: str) -> None:
+        """Count a rejected message or record (``kind`` e.g. ``malformed_payload``,
+        ``unknown_terminal``); ``detail`` is kept as the latest example (no personal data)."""
+
+    @abc.abstractmethod
+    def record_status(self, terminal: str, status: dict[str, Any]) -> None:
+        """Remember a terminal's latest status heartbeat and when it was seen."""
+
+    @abc.abstractmethod
+    def export(self) -> Iterator[str]:
+        """Every stored record as one JSON line (no newline), ordered by terminal and seq."""
+
+    @abc.abstractmethod
+    def report(self) -> dict[str, Any]:
+        """Counts by terminal, product and reason; duplicates; breaks; gaps; rejects."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the store. Safe to call twice."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    terminal TEXT NOT NULL, seq INTEGER NOT NULL, hash TEXT NOT NULL, body TEXT NOT NULL,
+    product TEXT NOT NULL, reason TEXT NOT NULL, flagged INTEGER NOT NULL DEFAULT 0,
+    received REAL NOT NULL,
+    PRIMARY KEY (terminal, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS terminals (
+    terminal TEXT PRIMARY KEY, contiguous_seq INTEGER NOT NULL DEFAULT 0,
+    contiguous_hash TEXT NOT NULL, batches INTEGER NOT NULL DEFAULT 0,
+    records INTEGER NOT NULL DEFAULT 0, duplicates INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL, status TEXT, status_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chain_breaks (
+    id INTEGER PRIMARY KEY, terminal TEXT NOT NULL, seq INTEGER NOT NULL,
+    problem TEXT NOT NULL, detected REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejects (
+    terminal TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL,
+    last_detail TEXT NOT NULL, last_at REAL NOT NULL,
+    PRIMARY KEY (terminal, kind)
+) WITHOUT ROWID;
+"""
+
+
+class SqliteHubStore(HubStore):
+    """:class:`HubStore` in one SQLite file (WAL, ``synchronous=FULL``). Thread-safe."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def _terminal_row(self, terminal: str) -> tuple[int, str]:
+        row = self._db.execute(
+            "SELECT contiguous_seq, contiguous_hash FROM terminals WHERE terminal=?",
+            (terminal,)).fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO terminals (terminal, contiguous_hash) VALUES (?, ?)",
+                             (terminal, GENESIS))
+            return 0, GENESIS
+        return int(row[0]), str(row[1])
+
+    def ingest(self, terminal: str, records: Sequence[IncomingRecord]) -> IngestResult:
+        now = time.time()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._ingest(terminal, records, now)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return result
+
+    def _ingest(self, terminal: str, records: Sequence[IncomingRecord],
+                now: float) -> IngestResult:
+        db = self._db
+        contig, chash = self._terminal_row(terminal)
+        existing: dict[int, str] = {}
+        if records:
+            lo = min(r.seq for r in records)
+            hi = max(r.seq for r in records)
+            existing = dict(db.execute(
+                "SELECT seq, hash FROM records WHERE terminal=? AND seq BETWEEN ? AND ?",
+                (terminal, lo, hi)).fetchall())
+        new: dict[int, IncomingRecord] = {}
+        duplicates = 0
+        breaks: list[tuple[int, str]] = []
+        for r in records:
+            old = existing.get(r.seq)
+            if old is None and r.seq not in new:
+                new[r.seq] = r
+                continue
+            duplicates += 1
+            other = old if old is not None else new[r.seq].hash
+            if other != r.hash:
+                breaks.append((r.seq, "conflicting duplicate: a different record with this "
+                                      "seq was already stored (the first is kept)"))
+        rows = []
+        for r in new.values():
+            product, reason = decision_fields(r.body)
+            rows.append((terminal, r.seq, r.hash, r.canonical, product, reason, now))
+        db.executemany("INSERT OR IGNORE INTO records (terminal, seq, hash, body, product, "
+                       "reason, received) VALUES (?,?,?,?,?,?,?)", rows)
+        # advance the contiguous sequence, verifying each link of the chain
+        flagged: list[int] = []
+        while True:
+            nxt = contig + 1
+            rec = new.get(nxt)
+            if rec is not None:
+                body, claimed, computed = rec.body, rec.hash, rec.computed_hash
+            else:
+                row = db.execute("SELECT body, hash FROM records WHERE terminal=? AND seq=?",
+                                 (terminal, nxt)).fetchone()
+                if row is None:
+                    break
+                body, claimed = json.loads(row[0]), str(row[1])
+                computed = record_hash(body)
+            problems = chain_problems(nxt, body, claimed, computed, chash)
+            if problems:
+                flagged.append(nxt)
+                breaks += [(nxt, p) for p in problems]
+            contig, chash = nxt, claimed
+        beyond = sum(1 for s in new if s > contig)
+        if breaks:
+            db.executemany("INSERT INTO chain_breaks (terminal, seq, problem, detected) "
+                           "VALUES (?,?,?,?)", [(terminal, s, p, now) for s, p in breaks])
+            for s, p in breaks:
+                log.warning("chain break: terminal %s seq %d: %s", terminal, s, p)
+        if flagged:
+            db.executemany("UPDATE records SET flagged=1 WHERE terminal=? AND seq=?",
+                           [(terminal, s) for s in flagged])
+        if beyond:
+            log.warning("terminal %s: %d records stored beyond a gap after seq %d",
+                        terminal, beyond, contig)
+        db.execute("UPDATE terminals SET contiguous_seq=?, contiguous_hash=?, "
+                   "batches=batches+1, records=records+?, duplicates=duplicates+?, "
+                   "last_seen=? WHERE terminal=?",
+                   (contig, chash, len(new), duplicates, now, terminal))
+        return IngestResult(contig, len(new), duplicates, len(breaks), beyond)
+
+    def contiguous_seq(self, terminal: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT contiguous_seq FROM terminals WHERE terminal=?",
+                                   (terminal,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def record_reject(self, terminal: str, kind: str, detail: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO rejects VALUES (?,?,1,?,?) ON CONFLICT (terminal, kind) DO UPDATE "
+                "SET count=count+1, last_detail=excluded.last_detail, last_at=excluded.last_at",
+                (terminal, kind, detail[:500], time.time()))
+
+    def record_status(self, terminal: str, status: dict[str, Any]) -> None:
+        now = time.time()
+        text = json.dumps(status, separators=(",", ":"), ensure_ascii=False)
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO terminals (terminal, contiguous_hash, last_seen, status, status_at) "
+                "VALUES (?,?,?,?,?) ON CONFLICT (terminal) DO UPDATE SET "
+                "last_seen=excluded.last_seen, status=excluded.status, "
+                "status_at=excluded.status_at", (terminal, GENESIS, now, text, now))
+
+    def export(self) -> Iterator[str]:
+        reader = sqlite3.connect(self.path)
+        try:
+            cur = reader.execute("SELECT terminal, seq, hash, flagged, body FROM records "
+                                 "ORDER BY terminal, seq")
+            for terminal, seq, digest, flagged, body in cur:
+                yield (f'{{"terminal":{json.dumps(terminal)},"seq":{seq},"hash":"{digest}",'
+                       f'"flagged":{"true" if flagged else "false"},"body":{body}}}')
+        finally:
+            reader.close()
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            db = self._db
+            terminals: dict[str, Any] = {}
+            for (t, contig, batches, n, dups, seen, status) in db.execute(
+                    "SELECT terminal, contiguous_seq, batches, records, duplicates, last_seen, "
+                    "status FROM terminals ORDER BY terminal"):
+                beyond, first_beyond, max_seq = db.execute(
+                    "SELECT count(*), min(seq), max(seq) FROM records "
+                    "WHERE terminal=? AND seq>?", (t, contig)).fetchone()
+                terminals[t] = {
+                    "records": n, "contiguous_seq": contig, "max_seq": max_seq or contig,
+                    "batches": batches, "duplicates_rejected": dups,
+                    "gap": None if not beyond else {"missing_from": contig + 1,
+                                                    "missing_to": first_beyond - 1,
+                                                    "records_beyond": beyond},
+                    "chain_breaks": 0, "flagged_records": 0,
+                    "last_seen": None if seen is None else utc_stamp(seen),
+                    "status": None if status is None else json.loads(status),
+                }
+            for t, n in db.execute("SELECT terminal, count(*) FROM chain_breaks GROUP BY 1"):
+                terminals.setdefault(t, {})["chain_breaks"] = n
+            for t, n in db.execute("SELECT terminal, count(*) FROM records WHERE flagged=1 "
+                                   "GROUP BY 1"):
+                terminals.setdefault(t, {})["flagged_records"] = n
+            counts = [{"terminal": t, "product": p, "reason": r, "count": n}
+                      for t, p, r, n in db.execute(
+                          "SELECT terminal, product, reason, count(*) FROM records "
+                          "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")]
+            breaks = [{"terminal": t, "seq": s, "problem": p} for t, s, p in db.execute(
+                "SELECT terminal, seq, problem FROM chain_breaks ORDER BY id LIMIT 200")]
+            rejects = [{"terminal": t, "kind": k, "count": n, "last_detail": d}
+                       for t, k, n, d in db.execute(
+                           "SELECT terminal, kind, count, last_detail FROM rejects "
+                           "ORDER BY kind, terminal")]
+        by_product: dict[str, int] = {}
+        by_reason: dict[str, int] = {}
+        for c in counts:
+            by_product[c["product"]] = by_product.get(c["product"], 0) + c["count"]
+            by_reason[c["reason"]] = by_reason.get(c["reason"], 0) + c["count"]
+        rejected: dict[str, int] = {}
+        for r in rejects:
+            rejected[r["kind"]] = rejected.get(r["kind"], 0) + r["count"]
+        return {
+            "totals": {
+                "records": sum(c["count"] for c in counts),
+                "terminals": len(terminals),
+                "duplicates_rejected": sum(t.get("duplicates_rejected", 0)
+                                           for t in terminals.values()),
+                "chain_breaks": sum(t.get("chain_breaks", 0) for t in terminals.values()),
+                "terminals_with_gaps": sum(1 for t in terminals.values() if t.get("gap")),
+                "rejected": rejected,
+            },
+            "terminals": terminals,
+            "by_product": by_product,
+            "by_reason": by_reason,
+            "counts": counts,
+            "chain_breaks": breaks,
+            "rejects": rejects,
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass

@@ -1,0 +1,314 @@
+"""The MQTT connection shared by the uplink and the hub.
+
+:class:`MqttSettings` is the ``[mqtt]`` section of the agent's config (and the hub's
+connection settings). :class:`Link` wraps a paho-mqtt 2.x client (MQTT 5) running its
+network loop in a thread:
+
+* it reconnects forever with exponential backoff and jitter
+  (``reconnect_min_s`` doubling up to ``reconnect_max_s``, each wait drawn uniformly
+  from ``[d/2, d]``);
+* it re-subscribes its filters after every (re)connect (sessions are clean: whoever
+  needs data after an outage resends it — the journal is the store-and-forward buffer);
+* it can carry a retained status topic with a retained last will;
+* every callback it calls is wrapped: an exception is logged, never kills the loop.
+
+:meth:`Link.publish` raises :class:`NotConnected` while disconnected instead of queueing
+or silently dropping: callers decide (the uplink simply resends from the journal later).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sync.topics import Topic, TopicFilter
+
+__all__ = ["PASSWORD_ENV", "PASSWORD_CREDENTIAL", "Link", "MessageHandler", "MqttSettings",
+           "NotConnected"]
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "YKT_MQTT_PASSWORD"
+"""Environment variable holding the MQTT password (never the config file)."""
+PASSWORD_CREDENTIAL = "mqtt-password"
+"""File name of the password in systemd's ``$CREDENTIALS_DIRECTORY``."""
+
+MessageHandler = Callable[[str, bytes], None]
+"""``handler(topic, payload)`` for messages matching a subscription."""
+
+
+class NotConnected(ConnectionError):
+    """The link is not connected to the broker; nothing was published."""
+
+
+class MqttSettings(BaseModel):
+    """How to reach the broker (the ``[mqtt]`` config section).
+
+    The password is never part of the config: it comes from the environment variable
+    ``YKT_MQTT_PASSWORD`` or the file ``$CREDENTIALS_DIRECTORY/mqtt-password``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port (8883 for TLS)")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) to verify the broker; enables TLS")
+    tls_cert_file: Path | None = Field(
+        default=None, description="this client's certificate (PEM) for mutual TLS")
+    tls_key_file: Path | None = Field(
+        default=None, description="this client's private key (PEM) for mutual TLS")
+    username: str | None = Field(
+        default=None, description="MQTT user name; the password comes from YKT_MQTT_PASSWORD or "
+                          "$CREDENTIALS_DIRECTORY/mqtt-password")
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=600,
+                                   description="first reconnect wait, seconds")
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600,
+                                   description="longest reconnect wait, seconds")
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            raise ValueError("tls_cert_file needs tls_ca_file (mutual TLS needs TLS)")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    def password(self) -> str | None:
+        """The password from ``$YKT_MQTT_PASSWORD`` or ``$CREDENTIALS_DIRECTORY/mqtt-password``.
+
+        Returns ``None`` when neither is set. Raises ``OSError`` if the credentials file
+        exists but cannot be read.
+        """
+        env = os.environ.get(PASSWORD_ENV)
+        if env:
+            return env
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir:
+            path = Path(cred_dir) / PASSWORD_CREDENTIAL
+            if path.exists():
+                return path.read_text(encoding="utf-8").rstrip("\r\n")
+        return None
+
+
+class Link:
+    """One MQTT 5 client with a loop thread, reconnect with backoff+jitter, retained status.
+
+    ``status_topic``/``will_payload``: when given, the broker publishes ``will_payload``
+    retained on ``status_topic`` if the connection drops, and :meth:`stop` publishes it
+    itself. ``on_connect``/``on_disconnect`` are called (in the loop thread) after each
+    connect (subscriptions already requested) and after each loss of connection.
+    """
+
+    def __init__(self, settings: MqttSettings, client_id: str, *,
+                 status_topic: Topic | None = None, will_payload: bytes = b'{"state":"offline"}',
+                 on_connect: Callable[[], None] | None = None,
+                 on_disconnect: Callable[[], None] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self._status_topic = status_topic
+        self._will = will_payload
+        self._on_connect_cb = on_connect
+        self._on_disconnect_cb = on_disconnect
+        self._rng = rng or random.Random()
+        self._subs: list[tuple[str, TopicFilter, int, MessageHandler]] = []
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._pending_subs: set[int] = set()
+        self._lock = threading.Lock()
+        self._attempt = 0
+        self._started = False
+        self._stopping = False
+        self.connects = 0
+        """How many times a connection was established (for tests and status)."""
+        self.callback_errors = 0
+        """How many callback exceptions were caught and logged."""
+        self._client = self._make_client()
+        self._next_delay()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=mqtt.MQTTv5)
+        c.suppress_exceptions = True
+        c.enable_logger(logging.getLogger("sync.paho"))
+        if s.tls_ca_file is not None:
+            c.tls_set(ca_certs=str(s.tls_ca_file),
+                      certfile=None if s.tls_cert_file is None else str(s.tls_cert_file),
+                      keyfile=None if s.tls_key_file is None else str(s.tls_key_file))
+        if s.username is not None:
+            c.username_pw_set(s.username, s.password())
+        if self._status_topic is not None:
+            c.will_set(str(self._status_topic), self._will, qos=1, retain=True)
+        c.max_inflight_messages_set(32)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        return c
+
+    def subscribe(self, topic_filter: TopicFilter, handler: MessageHandler, *, qos: int = 1,
+                  share_group: str | None = None) -> None:
+        """Subscribe (now if connected, and after every reconnect); call ``handler`` on match.
+
+        With ``share_group`` the subscription is ``$share/{group}/{filter}`` (MQTT 5 shared).
+        """
+        sub = topic_filter.shared(share_group) if share_group else str(topic_filter)
+        with self._lock:
+            self._subs.append((sub, topic_filter, qos, handler))
+        if self._connected.is_set():
+            self._client.subscribe(sub, qos=qos)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start connecting in the background (returns at once). Safe to call twice."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._stopping = False
+        self._client.enable_logger(logging.getLogger("sync.paho"))
+        s = self.settings
+        props = Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True,
+                                   properties=props)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish the offline status (if any), disconnect and join the loop. Safe twice."""
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False
+        if self._status_topic is not None and self._connected.is_set():
+            try:
+                info = self._client.publish(str(self._status_topic), self._will, qos=1,
+                                            retain=True)
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as err:
+                log.warning("could not publish offline status: %s", err)
+        self._stopping = True
+        self._client.disable_logger()  # paho logs a spurious error for its last loop pass
+        self._client.drop_out_messages()
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a connection whose subscriptions are granted."""
+        return self._connected.wait(timeout) and self._subscribed.wait(timeout)
+
+    # -- publishing ----------------------------------------------------------------------
+    def publish(self, topic: Topic, payload: bytes | str, *, qos: int = 1,
+                retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish; raises :class:`NotConnected` if the link is down (nothing is queued)."""
+        if not self._connected.is_set():
+            raise NotConnected(f"not connected to {self.settings.host}:{self.settings.port}")
+        info = self._client.publish(str(topic), payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            raise NotConnected("connection lost while publishing")
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"publish failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    # -- paho callbacks (loop thread) ----------------------------------------------------
+    def _next_delay(self) -> None:
+        s = self.settings
+        cap = min(s.reconnect_max_s, s.reconnect_min_s * (2 ** min(self._attempt, 30)))
+        delay = self._rng.uniform(cap / 2, cap)
+        self._attempt += 1
+        # paho waits exactly this long before its next attempt (min == max == delay)
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+
+    def _guard(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("%s callback failed (link %s); continuing", what, self.client_id)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.warning("broker %s:%s refused connection: %s", self.settings.host,
+                        self.settings.port, reason)
+            self._guard("reconnect-delay", self._next_delay)
+            return
+        self._attempt = 0
+        self._guard("reconnect-delay", self._next_delay)
+        self.connects += 1
+        log.info("connected to %s:%s as %s", self.settings.host, self.settings.port,
+                 self.client_id)
+        with self._lock:
+            subs = list(self._subs)
+            self._pending_subs.clear()
+            if not subs:
+                self._subscribed.set()
+            else:
+                self._subscribed.clear()
+        for sub, _flt, qos, _h in subs:
+            rc, mid = client.subscribe(sub, qos=qos)
+            if mid is not None:
+                self._pending_subs.add(mid)
+        self._connected.set()
+        if self._on_connect_cb is not None:
+            self._guard("on_connect", self._on_connect_cb)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reasons: list[ReasonCode], properties: Properties | None) -> None:
+        for r in reasons:
+            if r.is_failure:
+                log.error("broker refused a subscription of %s: %s", self.client_id, r)
+        self._pending_subs.discard(mid)
+        if not self._pending_subs:
+            self._subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self._subscribed.clear()
+        # Unacknowledged QoS 1 messages are not resent by paho: the caller resends
+        # from its own durable store, so nothing is sent twice for the same reason.
+        client.drop_out_messages()
+        self._guard("reconnect-delay", self._next_delay)
+        if was and not self._stopping:
+            log.warning("disconnected from %s:%s (%s); reconnecting with backoff",
+                        self.settings.host, self.settings.port, reason)
+            if self._on_disconnect_cb is not None:
+                self._guard("on_disconnect", self._on_disconnect_cb)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        log.debug("connection to %s:%s failed; retrying", self.settings.host,
+                  self.settings.port)
+        self._guard("reconnect-delay", self._next_delay)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for _sub, flt, _qos, handler in subs:
+            if flt.matches(msg.topic):
+                self._guard(f"message {msg.topic}", handler, msg.topic, msg.payload)

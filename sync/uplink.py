@@ -1,0 +1,302 @@
+"""Uplink: send the journal to the hub, resend until the hub acknowledges.
+
+The journal is the store-and-forward buffer. The uplink keeps no copy of its own: it
+reads records after ``journal.acked_seq`` and publishes them in batches on
+``ykt/v1/t/{terminal}/tx`` (QoS 1), keeping a sliding window of several batches in flight.
+Only the hub's ``ack`` (``{"v":1,"seq":N}``: every record up to N is durably committed at
+the hub) calls :meth:`agent.journal.Journal.mark_acked`; a broker PUBACK never does.
+
+After a reconnect, or when the oldest batch in flight is not acknowledged within
+``ack_timeout_s``, sending restarts from ``acked_seq + 1``; the hub is idempotent on
+(terminal, seq), so a resend never duplicates. The wire format is in ``docs/protocol.md``.
+
+The uplink also publishes a retained status heartbeat and prunes acknowledged records
+older than ``retention_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.journal import Journal, JournalError, utc_stamp
+from sync.link import Link, MqttSettings, NotConnected
+from sync.topics import TerminalTopics, TopicFilter
+
+__all__ = ["PROTOCOL_VERSION", "Uplink", "UplinkSettings", "encode_batch", "parse_ack"]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+"""The ``v`` of tx, ack and status payloads."""
+
+
+class UplinkSettings(BaseModel):
+    """Tuning of the uplink (an optional ``[uplink]`` config section)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_records: int = Field(default=500, ge=1, le=5000, description="records per tx message")
+    window_batches: int = Field(default=8, ge=1, le=32,
+                                description="tx messages in flight before waiting for acks")
+    ack_timeout_s: float = Field(default=10.0, gt=0, description="resend from the last ack if the "
+                                 "oldest batch in flight is not acknowledged in this many s")
+    status_interval_s: float = Field(default=30.0, gt=0, description="status heartbeat period, s")
+    retention_s: float = Field(default=7 * 86400.0, ge=0, description="keep acknowledged records "
+                               "this many seconds before pruning them")
+    prune_interval_s: float = Field(default=600.0, gt=0, description="how often to prune, s")
+
+
+@dataclass(slots=True)
+class _Batch:
+    first: int
+    last: int
+    sent_at: float
+
+
+def encode_batch(terminal: str, rows: list[tuple[int, str, str]]) -> bytes:
+    """The tx payload for ``rows`` of ``(seq, canonical body text, hash)``.
+
+    The canonical body text is embedded verbatim (it is JSON), so nothing is re-encoded.
+    """
+    parts = ",".join(f'{{"seq":{seq},"body":{body},"hash":"{digest}"}}'
+                     for seq, body, digest in rows)
+    return (f'{{"v":{PROTOCOL_VERSION},"terminal":{json.dumps(terminal)},'
+            f'"records":[{parts}]}}').encode()
+
+
+def parse_ack(payload: bytes) -> int:
+    """The ``seq`` of an ack payload ``{"v":1,"seq":N}``. Raises ``ValueError`` if malformed."""
+    try:
+        msg = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"ack is not JSON: {err}") from err
+    if not isinstance(msg, dict):
+        raise ValueError("ack is not a JSON object")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ValueError(f"ack has unsupported version {msg.get('v')!r}")
+    seq = msg.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ValueError("ack seq is not a non-negative integer")
+    return seq
+
+
+class Uplink:
+    """Sends ``journal`` to the hub as ``terminal`` over the broker in ``settings``.
+
+    ``status`` returns extra fields for the status heartbeat (policy version, clock…);
+    its exceptions are logged and ignored. ``retention_s`` (seconds) overrides
+    ``options.retention_s``. ``ValueError`` if ``terminal`` is not a valid id. Start with :meth:`start`, call :meth:`notify`
+    after each append, stop with :meth:`stop` (both safe twice).
+    """
+
+    def __init__(self, journal: Journal, settings: MqttSettings, terminal: str,
+                 status: Callable[[], dict[str, Any]] | None = None, *,
+                 options: UplinkSettings | None = None, retention_s: float | None = None,
+                 client_id: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.journal = journal
+        self.terminal = terminal
+        self.topics = TerminalTopics(terminal)
+        self.options = options or UplinkSettings()
+        if retention_s is not None:  # shortcut for the one option every agent sets
+            self.options = self.options.model_copy(update={"retention_s": float(retention_s)})
+        self._status_fn = status
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._wake = False
+        self._resend = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._inflight: deque[_Batch] = deque()
+        self._next_seq = journal.acked_seq + 1
+        self._acked_seen = journal.acked_seq
+        self._timeouts_in_row = 0
+        self.stats: dict[str, int] = {"batches_sent": 0, "records_sent": 0, "resends": 0,
+                                      "acks": 0, "malformed_acks": 0, "acks_beyond": 0,
+                                      "pruned": 0}
+        """Counters (monotonic over this uplink's life), also sent in the heartbeat."""
+        self.link = Link(settings, client_id or f"ykt-t-{terminal}",
+                         status_topic=self.topics.status,
+                         on_connect=self._on_connect, on_disconnect=self._on_disconnect)
+        self.link.subscribe(TopicFilter(str(self.topics.ack)), self._on_ack, qos=1)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background and start sending. Safe to call twice."""
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name=f"uplink-{self.terminal}",
+                                            daemon=True)
+            self._thread.start()
+        self.link.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending, publish the offline status and disconnect. Safe to call twice."""
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._stopping = True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join(timeout)
+        self.link.stop(timeout)
+
+    def notify(self) -> None:
+        """Wake the sender: a record was appended. Cheap; never blocks on the network."""
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until the hub has acknowledged every record journaled so
+        far (``journal.last_seq`` at the time of the call). Returns whether it has."""
+        target = self.journal.last_seq
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.journal.acked_seq < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
+    # -- status --------------------------------------------------------------------------
+    def status_payload(self) -> dict[str, Any]:
+        """The heartbeat published retained on ``t/{terminal}/status``."""
+        extra: dict[str, Any] = {}
+        if self._status_fn is not None:
+            try:
+                extra = dict(self._status_fn())
+            except Exception:
+                log.exception("status callable failed; heartbeat sent without its fields")
+        j = self.journal
+        extra.update(v=PROTOCOL_VERSION, state="online", terminal=self.terminal,
+                     time=utc_stamp(time.time()), last_seq=j.last_seq, acked_seq=j.acked_seq,
+                     outbox=j.pending_count, uplink=dict(self.stats))
+        return extra
+
+    def publish_status(self) -> bool:
+        """Publish the heartbeat now (retained, QoS 1). Returns False when not connected."""
+        try:
+            payload = json.dumps(self.status_payload(), separators=(",", ":"))
+            self.link.publish(self.topics.status, payload, qos=1, retain=True)
+        except NotConnected:
+            return False
+        return True
+
+    # -- callbacks (link thread) ---------------------------------------------------------
+    def _on_connect(self) -> None:
+        self.publish_status()
+        with self._cond:
+            self._resend = True
+            self._wake = True
+            self._cond.notify_all()
+
+    def _on_disconnect(self) -> None:
+        self.notify()
+
+    def _on_ack(self, topic: str, payload: bytes) -> None:
+        try:
+            seq = parse_ack(payload)
+        except ValueError as err:
+            self.stats["malformed_acks"] += 1
+            log.warning("malformed ack on %s (%d bytes) ignored: %s", topic, len(payload), err)
+            return
+        self.stats["acks"] += 1
+        if seq > self.journal.last_seq:
+            self.stats["acks_beyond"] += 1
+            log.error("hub acked seq %d beyond last journaled seq %d: ignored", seq,
+                      self.journal.last_seq)
+            return
+        try:
+            self.journal.mark_acked(seq)
+        except (JournalError, OSError) as err:
+            log.error("cannot record ack %d in the journal: %s", seq, err)
+            return
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    # -- sender thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        opts = self.options
+        next_status = self._clock() + opts.status_interval_s
+        next_prune = self._clock()
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                if not self._wake:
+                    self._cond.wait(0.25)
+                self._wake = False
+                if self._stopping:
+                    return
+                resend, self._resend = self._resend, False
+            now = self._clock()
+            try:
+                if self.link.connected:
+                    self._pump(now, resend)
+                    if now >= next_status:
+                        self.publish_status()
+                        next_status = now + opts.status_interval_s
+                elif resend:
+                    with self._cond:
+                        self._resend = True
+                if now >= next_prune:
+                    next_prune = now + opts.prune_interval_s
+                    pruned = self.journal.prune(opts.retention_s)
+                    self.stats["pruned"] += pruned
+                    if pruned:
+                        log.info("pruned %d acknowledged journal records", pruned)
+            except Exception:
+                log.exception("uplink step failed; retrying")
+                with self._cond:
+                    self._resend = True
+                time.sleep(0.5)
+
+    def _pump(self, now: float, resend: bool) -> None:
+        opts = self.options
+        acked = self.journal.acked_seq
+        inflight = self._inflight
+        while inflight and inflight[0].last <= acked:
+            inflight.popleft()
+        if acked > self._acked_seen:
+            self._acked_seen, self._timeouts_in_row = acked, 0
+        if inflight and now - inflight[0].sent_at > opts.ack_timeout_s:
+            # warn once per stall (the hub may be down for hours), then only at debug level
+            log.log(logging.WARNING if self._timeouts_in_row == 0 else logging.DEBUG,
+                    "no ack for seq %d..%d within %.1f s; resending from %d",
+                    inflight[0].first, inflight[0].last, opts.ack_timeout_s, acked + 1)
+            self._timeouts_in_row += 1
+            self.stats["resends"] += 1
+            resend = True
+        if resend:
+            inflight.clear()
+            self._next_seq = acked + 1
+        self._next_seq = max(self._next_seq, acked + 1)
+        last = self.journal.last_seq
+        while len(inflight) < opts.window_batches and self._next_seq <= last:
+            rows = self.journal.raw_records(self._next_seq - 1, opts.batch_records)
+            if not rows:
+                break
+            if rows[0][0] != self._next_seq:
+                log.error("journal has no record %d (next is %d); sending from there",
+                          self._next_seq, rows[0][0])
+            try:
+                self.link.publish(self.topics.tx, encode_batch(self.terminal, rows), qos=1)
+            except NotConnected:
+                return  # resent after the reconnect; the journal still holds them
+            inflight.append(_Batch(rows[0][0], rows[-1][0], now))
+            self._next_seq = rows[-1][0] + 1
+            self.stats["batches_sent"] += 1
+            self.stats["records_sent"] += len(rows)
