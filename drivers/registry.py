@@ -18,10 +18,33 @@ __all__ = ["BACKENDS", "backend_names", "load_backend"]
 BACKENDS: dict[str, dict[str, str]] = {
     "cards": {
         "sim": "simulator.cards:SimCardSource",
+        "pcsc": "drivers.pcsc:PcscCardSource",
+    },
+    "codes": {
+        "camera": "drivers.camera:CameraSource",
+        "scanner": "drivers.scanner:SerialScannerSource",
+        "sim": "simulator.phone:SimCodeSource",
+    },
+    "qr_decoder": {
+        "zxing": "drivers.qrdecode:ZxingDecoder",
+        "zbar": "drivers.qrdecode:ZbarDecoder",
+        "opencv": "drivers.qrdecode:OpenCVDecoder",
     },
     "prompt": {
         "sim": "drivers.prompt:SimPrompter",
         "log": "drivers.prompt:LogPrompter",
+        "gpio": "drivers.prompt:BuzzerPrompter",
+    },
+    "gate": {
+        "serial": "drivers.gate:SerialGate",
+        "sim": "simulator.gate:SimGate",
+    },
+    # every GPIO backend is a GpioBoard; its [gpio] table's ``backend`` picks the pin factory
+    "gpio": {
+        "mock": "drivers.gpio:GpioBoard",
+        "lgpio": "drivers.gpio:GpioBoard",
+        "rpigpio": "drivers.gpio:GpioBoard",
+        "native": "drivers.gpio:GpioBoard",
     },
 }
 

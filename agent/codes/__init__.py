@@ -15,7 +15,7 @@ from agent.codes.online import OnlineScheme, OnlineVerifyClient
 from agent.codes.replay import ReplayCache
 from agent.codes.scheme import CodeScheme, SchemeRegistry
 from agent.codes.trust import IssuerKey, TrustSnapshot, TrustStore, TrustStoreError
-from agent.codes.verifier import CodeVerifier, redact
+from agent.codes.verifier import CodeVerifier, build_verifier, redact
 from agent.codes.ykt1 import KIND, PREFIX, Ykt1Scheme, issue_certificate, sign_code
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "algorithm",
     "b45decode",
     "b45encode",
+    "build_verifier",
     "issue_certificate",
     "redact",
     "sign_code",

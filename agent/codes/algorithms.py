@@ -138,7 +138,7 @@ class ES256(SignatureAlgorithm):
 
     name, cose_id = "ES256", -7
 
-    def generate(self) -> ec.EllipticCurvePrivateKey:
+    def generate(self) -> Any:
         return ec.generate_private_key(ec.SECP256R1())
 
     def public_key(self, private_key: Any) -> Any:
@@ -202,7 +202,7 @@ class EdDSA(ES256):
 
     name, cose_id = "EdDSA", -8
 
-    def generate(self) -> ed25519.Ed25519PrivateKey:
+    def generate(self) -> Any:
         return ed25519.Ed25519PrivateKey.generate()
 
     def sign(self, private_key: Any, data: bytes) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from agent.codes.replay import ReplayCache
 from agent.codes.scheme import CodeScheme, SchemeRegistry
@@ -21,7 +22,7 @@ from agent.codes.ykt1 import MAX_TEXT, Ykt1Scheme
 from agent.model import Credential, Reason, Rejection
 from agent.pseudonym import Pseudonymizer
 
-__all__ = ["CodeVerifier", "redact"]
+__all__ = ["CodeVerifier", "build_verifier", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,18 @@ class CodeVerifier:
             log.info("code %s refused: %s (%s)", redact(text), result.reason.value,
                      result.detail)
         return result
+
+
+def build_verifier(section: Any, pseudonymizer: Pseudonymizer | None = None, *,
+                   clock: Callable[[], float] = time.time) -> CodeVerifier:
+    """A :class:`CodeVerifier` from the agent config's ``codes`` section (attributes
+    ``trust_file``, ``window_back_s``, ``window_ahead_s``; optional ``allowance_s``).
+
+    Raises :class:`~agent.codes.trust.TrustStoreError` (a ``ValueError``) naming the trust
+    file and key at fault.
+    """
+    trust = TrustStore.load(section.trust_file)
+    return CodeVerifier(trust, window_back_s=float(getattr(section, "window_back_s", 60)),
+                        window_ahead_s=float(getattr(section, "window_ahead_s", 30)),
+                        allowance_s=getattr(section, "allowance_s", None),
+                        clock=clock, pseudonymizer=pseudonymizer)

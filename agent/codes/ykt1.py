@@ -170,8 +170,8 @@ class Ykt1Scheme:
     keys the credential key (otherwise an unkeyed hash of the certificate id is used).
     """
 
-    kind = KIND
-    prefixes = (PREFIX,)
+    kind: str = KIND
+    prefixes: tuple[str, ...] = (PREFIX,)
 
     def __init__(
         self,

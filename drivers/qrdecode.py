@@ -1,0 +1,155 @@
+"""QR decoders behind one interface: zxing-cpp (default), pyzbar (ZBar), OpenCV.
+
+All are restricted to QR codes. Each takes a grayscale (H×W ``uint8``) or BGR (H×W×3)
+numpy image and returns the decoded texts (empty list: nothing found). The default,
+``zxing``, was chosen by measurement (``bench/bench_qr.py``): it finds the most codes on
+the generated corpus and is the fastest on a 640×480 frame. :class:`RetryDecoder` tries a
+second decoder when the first finds nothing.
+
+Libraries are imported when a decoder is constructed, so a missing one fails with
+:class:`~drivers.exceptions.DriverUnavailable` only when configured.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any
+
+from drivers.exceptions import ConfigError, DriverUnavailable
+
+__all__ = [
+    "DEFAULT_DECODER",
+    "DECODER_NAMES",
+    "OpenCVDecoder",
+    "QRDecoder",
+    "RetryDecoder",
+    "ZbarDecoder",
+    "ZxingDecoder",
+    "make_decoder",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DECODER = "zxing"
+DECODER_NAMES = ("zxing", "zbar", "opencv")
+
+
+def _require(module: str, extra: str = "camera") -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise DriverUnavailable(
+            f"QR decoder needs {module!r}, which is not installed; "
+            f"install it with: pip install 'yikatong-edge[{extra}]'") from err
+
+
+class QRDecoder(abc.ABC):
+    """Finds and decodes QR codes in one image."""
+
+    name: str = "decoder"
+
+    def decode(self, image: Any) -> list[str]:
+        """Texts of the QR codes found in ``image`` (never raises on image content)."""
+        if image is None or getattr(image, "size", 0) == 0:
+            return []
+        try:
+            return self._decode(image)
+        except Exception:
+            log.exception("%s decoder failed on a %s frame", self.name,
+                          getattr(image, "shape", "?"))
+            return []
+
+    @abc.abstractmethod
+    def _decode(self, image: Any) -> list[str]:
+        """Backend primitive: decode ``image`` (may raise; :meth:`decode` catches)."""
+
+
+class ZxingDecoder(QRDecoder):
+    """zxing-cpp, QR only. ``try_harder`` enables rotation/inversion/downscale searches."""
+
+    name = "zxing"
+
+    def __init__(self, *, try_harder: bool = True) -> None:
+        self._zx = _require("zxingcpp")
+        self._fmt = self._zx.BarcodeFormat.QRCode
+        self._harder = try_harder
+
+    def _decode(self, image: Any) -> list[str]:
+        res = self._zx.read_barcodes(image, formats=self._fmt, try_rotate=self._harder,
+                                     try_downscale=self._harder, try_invert=False)
+        return [r.text for r in res if r.valid and r.text]
+
+
+class ZbarDecoder(QRDecoder):
+    """ZBar through pyzbar (needs the system library libzbar0), QR only."""
+
+    name = "zbar"
+
+    def __init__(self) -> None:
+        pyzbar = _require("pyzbar.pyzbar")
+        self._decode_fn = pyzbar.decode
+        self._symbols = [pyzbar.ZBarSymbol.QRCODE]
+        self._np = _require("numpy")
+        self._cv2 = _require("cv2")
+
+    def _decode(self, image: Any) -> list[str]:
+        if image.ndim == 3:
+            image = self._cv2.cvtColor(image, self._cv2.COLOR_BGR2GRAY)
+        out = []
+        for r in self._decode_fn(image, symbols=self._symbols):
+            try:
+                out.append(r.data.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(r.data.decode("latin-1"))
+        return out
+
+
+class OpenCVDecoder(QRDecoder):
+    """OpenCV's ``QRCodeDetector`` (one code per frame)."""
+
+    name = "opencv"
+
+    def __init__(self) -> None:
+        self._cv2 = _require("cv2")
+        self._det = self._cv2.QRCodeDetector()
+
+    def _decode(self, image: Any) -> list[str]:
+        text, _points, _straight = self._det.detectAndDecode(image)
+        return [text] if text else []
+
+
+class RetryDecoder(QRDecoder):
+    """``primary``; on a miss, ``secondary`` (costs the secondary's time on empty frames)."""
+
+    def __init__(self, primary: QRDecoder, secondary: QRDecoder) -> None:
+        self.primary, self.secondary = primary, secondary
+        self.name = f"{primary.name}+{secondary.name}"
+
+    def _decode(self, image: Any) -> list[str]:
+        return self.primary.decode(image) or self.secondary.decode(image)
+
+
+_CLASSES: dict[str, type[QRDecoder]] = {
+    "zxing": ZxingDecoder, "zbar": ZbarDecoder, "opencv": OpenCVDecoder,
+}
+
+
+def make_decoder(name: str = DEFAULT_DECODER, retry_with: str | None = None) -> QRDecoder:
+    """The decoder called ``name``, optionally retrying a miss with ``retry_with``.
+
+    Raises :class:`~drivers.exceptions.ConfigError` for an unknown name and
+    :class:`~drivers.exceptions.DriverUnavailable` when its library is missing.
+    """
+    def one(n: str) -> QRDecoder:
+        cls = _CLASSES.get(n)
+        if cls is None:
+            raise ConfigError(f"unknown QR decoder {n!r} (known: {', '.join(DECODER_NAMES)})")
+        return cls()
+
+    dec = one(name)
+    if retry_with and retry_with != name:
+        return RetryDecoder(dec, one(retry_with))
+    return dec

@@ -1,0 +1,134 @@
+"""The serial scanner source over a real pseudo-terminal: whole, split, noisy and long lines."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+import tty
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agent.codes import CodeVerifier
+from agent.model import Credential, Presentation, PresentationKind
+from drivers.exceptions import ConfigError
+from drivers.registry import load_backend
+from drivers.scanner import SerialScannerSource
+from simulator.phone import Phone
+from tests.fixtures.qr import QR_NOW
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[int, str]]:
+    """(master fd to write scanner output into, slave device path for the source)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)  # no line discipline: bytes pass as a USB-CDC port would
+    path = os.ttyname(slave)
+    yield master, path
+    os.close(master)
+    os.close(slave)
+
+
+@pytest.fixture
+def scanner(pty_pair: tuple[int, str]) -> Iterator[tuple[int, SerialScannerSource,
+                                                          queue.Queue[Presentation]]]:
+    master, path = pty_pair
+    src = SerialScannerSource(path, max_line=1500, stale_partial_s=0.3, debounce_s=0.5)
+    got: queue.Queue[Presentation] = queue.Queue()
+    src.start(got.put)
+    time.sleep(0.1)  # let it open the port
+    yield master, src, got
+    src.stop()
+
+
+def _take(q: queue.Queue[Presentation], n: int, timeout: float = 3.0) -> list[str]:
+    out = []
+    for _ in range(n):
+        p = q.get(timeout=timeout)
+        assert p.kind == PresentationKind.CODE and p.source.startswith("scanner:")
+        assert p.text is not None
+        out.append(p.text)
+    return out
+
+
+def _nothing_more(q: queue.Queue[Presentation], wait: float = 0.3) -> None:
+    with pytest.raises(queue.Empty):
+        q.get(timeout=wait)
+
+
+def test_lines_with_cr_lf_crlf(scanner: tuple[int, SerialScannerSource, queue.Queue[Presentation]],
+                               qr_phone: Callable[..., Phone], qr_verifier: CodeVerifier) -> None:
+    master, _src, got = scanner
+    codes = [qr_phone().new_code(QR_NOW) for _ in range(3)]
+    os.write(master, (codes[0] + "\r").encode())
+    os.write(master, (codes[1] + "\n" + codes[2] + "\r\n").encode())
+    texts = _take(got, 3)
+    assert texts == codes
+    assert all(isinstance(qr_verifier.verify(t), Credential) for t in texts)
+
+
+def test_partial_lines_are_joined(scanner: tuple[int, SerialScannerSource,
+                                                 queue.Queue[Presentation]],
+                                  qr_phone: Callable[..., Phone]) -> None:
+    master, _src, got = scanner
+    code = qr_phone().new_code(QR_NOW)
+    for i in range(0, len(code), 37):
+        os.write(master, code[i:i + 37].encode())
+        time.sleep(0.01)
+    _nothing_more(got, 0.1)
+    os.write(master, b"\r\n")
+    assert _take(got, 1) == [code]
+
+
+def test_garbage_long_and_stale(scanner: tuple[int, SerialScannerSource,
+                                               queue.Queue[Presentation]],
+                                qr_phone: Callable[..., Phone]) -> None:
+    master, src, got = scanner
+    code = qr_phone().new_code(QR_NOW)
+    os.write(master, b"\xff\xfe\x00\x81garbage\r\n")          # line noise: dropped
+    os.write(master, b"X" * 4000 + b"\r\n")                   # too long: dropped whole
+    os.write(master, b"\r\n\r\n")                              # empty lines: skipped
+    os.write(master, b"hello scanner\r")                       # printable text: emitted
+    os.write(master, (code + "\n").encode())
+    assert _take(got, 2) == ["hello scanner", code]
+    assert src.stats["noise"] == 1 and src.stats["too_long"] == 1
+    os.write(master, b"YKT1:FRAGMENT-OF-A-REPLUG")             # never terminated
+    time.sleep(0.6)
+    os.write(master, (code[:-1] + "Z\r").encode())
+    assert _take(got, 1) == [code[:-1] + "Z"]                  # fragment did not prefix it
+    assert src.stats["stale"] == 1
+
+
+def test_debounce_repeated_scans(scanner: tuple[int, SerialScannerSource,
+                                                queue.Queue[Presentation]]) -> None:
+    master, _src, got = scanner
+    for _ in range(5):
+        os.write(master, b"YKT1:SAME\r")
+        time.sleep(0.02)
+    assert _take(got, 1) == ["YKT1:SAME"]
+    _nothing_more(got)
+
+
+def test_loop_url_and_registry() -> None:
+    cls = load_backend("codes", "scanner")
+    src = cls("loop://", debounce_s=0.0)
+    got: queue.Queue[Presentation] = queue.Queue()
+    src.start(got.put)
+    deadline = time.monotonic() + 2
+    while src._port is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    src._port.write(b"ABC\r\n")
+    assert _take(got, 1) == ["ABC"]
+    src.stop()
+    src.stop()  # safe twice
+    with pytest.raises(ConfigError):
+        SerialScannerSource("loop://", max_line=2)
+
+
+def test_missing_port_retries_without_crashing() -> None:
+    src = SerialScannerSource("/dev/does-not-exist-ykt", reconnect_s=0.05)
+    src.start(lambda p: None)
+    time.sleep(0.2)
+    assert src._thread is not None and src._thread.is_alive()
+    src.stop()
