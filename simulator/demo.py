@@ -92,7 +92,7 @@ class _Hub:
         self._log = open(workdir / "hub.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "-v", "hub", "run", "--db", str(db),
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--host", "127.0.0.1", "--port", str(port), "--reconnect-max", "1"],
             stdout=self._log, stderr=self._log)
 
     def export(self) -> list[dict[str, Any]]:
@@ -131,7 +131,8 @@ def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
     cfg = AgentConfig.model_validate({
         "terminal": {"id": "BUS-DEMO-0001", "data_dir": str(work / "terminal"), "demo": True},
         "location": {"route": "19路", "vehicle": "鲁B-D0001", "stop": "泉城广场"},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2,
+                 "reconnect_max_s": 1.0},
     })
     pseudo = Pseudonymizer(DEMO_PSEUDONYM_KEY)
     cards = SimCardSource(pseudo, population=pop)

@@ -125,6 +125,8 @@ class Link:
         self._will = will_payload
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
+        self.on_subscribed: Callable[[], None] | None = None
+        """Called (link thread) once every subscription of a new connection is granted."""
         self._rng = rng or random.Random()
         self._subs: list[tuple[str, TopicFilter, int, MessageHandler]] = []
         self._connected = threading.Event()
@@ -282,8 +284,10 @@ class Link:
             if r.is_failure:
                 log.error("broker refused a subscription of %s: %s", self.client_id, r)
         self._pending_subs.discard(mid)
-        if not self._pending_subs:
+        if not self._pending_subs and not self._subscribed.is_set():
             self._subscribed.set()
+            if self.on_subscribed is not None:
+                self._guard("on_subscribed", self.on_subscribed)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                        reason: ReasonCode, properties: Properties | None) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "HUB_STATUS_ALL",
     "PREFIX",
     "TERMINAL_ID_MAX",
     "TerminalTopicKind",
@@ -24,6 +25,7 @@ __all__ = [
     "Topic",
     "TopicFilter",
     "parse_terminal_topic",
+    "hub_status",
     "policy_manifest",
     "validate_channel",
     "validate_terminal_id",
@@ -165,6 +167,19 @@ class TerminalTopics:
         if kind not in _KINDS:
             raise ValueError(f"unknown terminal topic kind {kind!r}")
         return TopicFilter(f"{PREFIX}/t/+/{kind}")
+
+
+def hub_status(instance: str) -> Topic:
+    """``ykt/v1/hub/{instance}/status``: a hub instance's retained online/offline status.
+
+    Terminals watch ``ykt/v1/hub/+/status`` and resend their outbox at once when a hub
+    comes (back) online, instead of waiting for an ack timeout.
+    """
+    return Topic(f"{PREFIX}/hub/{_validate_id(instance, 'hub instance')}/status")
+
+
+HUB_STATUS_ALL = TopicFilter(f"{PREFIX}/hub/+/status")
+"""Every hub instance's status topic."""
 
 
 def policy_manifest(channel: str) -> Topic:

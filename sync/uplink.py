@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.journal import Journal, JournalError, utc_stamp
 from sync.link import Link, MqttSettings, NotConnected
-from sync.topics import TerminalTopics, TopicFilter
+from sync.topics import HUB_STATUS_ALL, TerminalTopics, TopicFilter
 
 __all__ = ["PROTOCOL_VERSION", "Uplink", "UplinkSettings", "encode_batch", "parse_ack"]
 
@@ -128,6 +128,7 @@ class Uplink:
                          status_topic=self.topics.status,
                          on_connect=self._on_connect, on_disconnect=self._on_disconnect)
         self.link.subscribe(TopicFilter(str(self.topics.ack)), self._on_ack, qos=1)
+        self.link.subscribe(HUB_STATUS_ALL, self._on_hub_status, qos=1)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -204,6 +205,19 @@ class Uplink:
 
     def _on_disconnect(self) -> None:
         self.notify()
+
+    def _on_hub_status(self, topic: str, payload: bytes) -> None:
+        """A hub came (back) online and subscribed: resend the outbox now, not at timeout."""
+        try:
+            state = json.loads(payload).get("state")
+        except (ValueError, AttributeError):
+            log.warning("malformed hub status on %s (%d bytes) ignored", topic, len(payload))
+            return
+        if state == "online" and self.journal.pending_count:
+            with self._cond:
+                self._resend = True
+                self._wake = True
+                self._cond.notify_all()
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
         try:

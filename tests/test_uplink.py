@@ -165,3 +165,22 @@ def test_malformed_acks_are_counted_and_reported(broker: Mosquitto, hub: Hub,
                    "the malformed-ack count in the hub's report")
     finally:
         up.stop()
+
+
+def test_a_hub_coming_online_triggers_an_immediate_resend(
+        broker: Mosquitto, hub_process: HubProcess, tmp_path: Path) -> None:
+    """With an ack timeout of 5 minutes, only the hub's retained "online" status can make
+    the terminal resend batches it already sent while no hub was subscribed."""
+    journal = Journal(tmp_path / "j.db", "bus-2")
+    fill(journal, 300)
+    up = make_uplink(journal, broker, ack_timeout_s=300.0)
+    up.start()
+    try:
+        wait_until(lambda: up.stats["records_sent"] >= 300, 20, "the batches to be sent")
+        assert journal.acked_seq == 0            # nobody was listening
+        hub_process.start()
+        assert up.wait_synced(30), "the hub's online status did not trigger a resend"
+        assert up.stats["resends"] == 0, "synced by the ack timeout, not by the hub status"
+    finally:
+        up.stop()
+    assert_exactly_once(hub_process.export(), journal)

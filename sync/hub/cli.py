@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
     run.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
     run.add_argument("--port", default=None, type=int, help="broker port (default 1883)")
+    run.add_argument("--reconnect-max", default=None, type=float,
+                     help="longest wait between broker reconnects, seconds (default 30)")
     run.add_argument("--terminals", default=None,
                      help="comma-separated terminal ids allowed to send (default: any)")
     run.add_argument("--share-group", default="ykt-hub",
@@ -76,6 +78,9 @@ def _run(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    if args.reconnect_max is not None:
+        overrides["reconnect_max_s"] = args.reconnect_max
+        overrides["reconnect_min_s"] = min(0.5, args.reconnect_max)
     try:
         settings = MqttSettings(**overrides)
     except ValidationError as err:

@@ -24,12 +24,13 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from sync.hub.store import HubStore, IncomingRecord
 from sync.link import Link, MqttSettings, NotConnected
-from sync.topics import TerminalTopics, parse_terminal_topic
+from sync.topics import TerminalTopics, hub_status, parse_terminal_topic
 
 __all__ = ["CRASH_ENV", "MAX_BATCH_RECORDS", "Hub", "ParsedBatch", "parse_batch"]
 
@@ -142,7 +143,10 @@ class Hub:
         self.stats: dict[str, int] = {"batches": 0, "records": 0, "acks": 0, "rejected": 0,
                                       "ack_failures": 0}
         self._lock = threading.Lock()
-        self.link = Link(settings, client_id or f"ykt-hub-{os.getpid()}")
+        self.instance = client_id or f"ykt-hub-{os.getpid()}"
+        self.status_topic = hub_status(self.instance)
+        self.link = Link(settings, self.instance, status_topic=self.status_topic)
+        self.link.on_subscribed = self._announce
         self.link.subscribe(TerminalTopics.all_of("tx"), self._on_tx, qos=1,
                             share_group=share_group)
         # Not shared: a hub wants every retained status on start (they are small).
@@ -159,6 +163,15 @@ class Hub:
     def stop(self) -> None:
         """Disconnect. Safe to call twice. The store stays open (the caller owns it)."""
         self.link.stop()
+
+    def _announce(self) -> None:
+        """Tell terminals this hub is (back) online and subscribed: they resend at once."""
+        payload = json.dumps({"v": 1, "state": "online", "instance": self.instance,
+                              "since": round(time.time(), 3)}).encode()
+        try:
+            self.link.publish(self.status_topic, payload, qos=1, retain=True)
+        except NotConnected:
+            log.debug("could not announce hub status: disconnected again")
 
     # -- message handlers (link thread) --------------------------------------------------
     def _reject(self, terminal: str, kind: str, detail: str) -> None:

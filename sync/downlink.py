@@ -1,0 +1,228 @@
+"""Downlink: policy bundles from the hub to this terminal.
+
+:class:`Downlink` subscribes to the retained ``ykt/v1/policy/{channel}/manifest``; each
+envelope that arrives (at connect: the retained one) is handed to a worker thread, which
+runs :meth:`agent.policy.PolicyApplier.offer`. Only the newest envelope matters: one
+arriving during an apply replaces any still waiting. A refused bundle is not retried
+(the reason is in :meth:`Downlink.status`); a failed apply (download, interrupted stage)
+is retried with exponential backoff (``retry_min_s`` doubling to ``retry_max_s``).
+
+Small parts come inline in the envelope; large ones from the URL the manifest names via
+:class:`HttpPartFetcher`, which resumes a dropped transfer with ``Range`` from the bytes
+already on disk (``<sha256>.partial``) and checks size and SHA-256 before handing the
+part over. Nothing here is on the tap path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.policy.apply import PolicyApplier
+from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
+from agent.policy.manifest import PartRef, manifest_topic
+from sync.link import Link, MqttSettings
+from sync.topics import TopicFilter
+
+__all__ = ["Downlink", "HttpPartFetcher"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 256 * 1024
+
+
+class HttpPartFetcher:
+    """Downloads parts over HTTP(S) with resume.
+
+    ``attempts`` connections per part (each resuming where the last stopped, waiting
+    ``backoff_s`` × attempt between them); ``timeout_s`` per socket operation; ``cafile``
+    to verify an HTTPS server. ``bytes_transferred`` counts body bytes received.
+    """
+
+    def __init__(self, *, attempts: int = 5, backoff_s: float = 0.5, timeout_s: float = 30.0,
+                 cafile: str | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self._ctx = ssl.create_default_context(cafile=cafile) if cafile else None
+        self._sleep = sleep
+        self.bytes_transferred = 0
+        self.resumes = 0
+
+    def fetch(self, ref: PartRef, url: str, dest: Path) -> None:
+        """Download ``url`` to ``dest`` (``dest.partial`` meanwhile). Raises
+        :class:`BundleRefused` (``part_hash_mismatch``: wrong size or hash; the partial
+        file is discarded) or :class:`ApplyFailed` (``fetch_failed``: keep the partial
+        file for the next attempt)."""
+        partial = dest.with_name(dest.name + ".partial")
+        last_err = ""
+        for attempt in range(1, self.attempts + 1):
+            have = partial.stat().st_size if partial.exists() else 0
+            if have > ref.size:
+                partial.unlink()
+                have = 0
+            if have < ref.size:
+                try:
+                    self._get(url, partial, have)
+                except (OSError, urllib.error.URLError, TimeoutError) as err:
+                    last_err = f"{type(err).__name__}: {err}"
+                    log.warning("part %s: transfer interrupted at %d of %d bytes (%s); "
+                                "resuming", ref.name, partial.stat().st_size if
+                                partial.exists() else 0, ref.size, last_err)
+                    self._sleep(self.backoff_s * attempt)
+                    continue
+            if partial.exists() and partial.stat().st_size >= ref.size:
+                break
+        else:
+            raise ApplyFailed(Refusal.FETCH_FAILED, f"part {ref.name} from {url}: {last_err}")
+        if partial.stat().st_size != ref.size or _file_sha256(partial) != ref.sha256:
+            partial.unlink()
+            raise BundleRefused(Refusal.PART_HASH_MISMATCH,
+                                f"part {ref.name} from {url} does not match its manifest hash")
+        os.replace(partial, dest)
+
+    def _get(self, url: str, partial: Path, offset: int) -> None:
+        req = urllib.request.Request(url)
+        if offset:
+            req.add_header("Range", f"bytes={offset}-")
+            self.resumes += 1
+        with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._ctx) as resp:
+            status = resp.status
+            mode = "ab"
+            if offset and status == 200:          # server ignored the Range: start over
+                mode = "wb"
+            elif status not in (200, 206):
+                raise urllib.error.URLError(f"HTTP {status}")
+            with open(partial, mode) as f:
+                while True:
+                    chunk = resp.read(_CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    self.bytes_transferred += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Downlink:
+    """Follows one policy channel for one terminal.
+
+    ``link`` may be shared with the uplink (the subscription is added to it); without it
+    the downlink opens its own connection from ``settings`` as ``client_id``.
+    :meth:`start`/:meth:`stop` (safe twice). Listen for applied policies with
+    ``applier.add_listener``.
+    """
+
+    def __init__(self, applier: PolicyApplier, *, settings: MqttSettings | None = None,
+                 link: Link | None = None, client_id: str = "ykt-downlink",
+                 fetcher: HttpPartFetcher | None = None, retry_min_s: float = 1.0,
+                 retry_max_s: float = 300.0) -> None:
+        if link is None and settings is None:
+            raise ValueError("Downlink needs a link or MQTT settings")
+        self.applier = applier
+        self._own_link = link is None
+        self.link = link if link is not None else Link(settings, client_id)  # type: ignore[arg-type]
+        self.fetcher = fetcher or HttpPartFetcher()
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self._cond = threading.Condition()
+        self._pending: bytes | None = None
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.state = "idle"
+        self.refusal: str = ""
+        self.refusal_detail: str = ""
+        self.applied_count = 0
+        self.link.subscribe(TopicFilter(manifest_topic(applier.channel)), self._on_manifest)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop = False
+        self._thread = threading.Thread(target=self._work, name="policy-downlink", daemon=True)
+        self._thread.start()
+        if self._own_link:
+            self.link.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._own_link:
+            self.link.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def offer(self, payload: bytes) -> None:
+        """Queue an envelope as if it came from the broker (tools, tests)."""
+        self._on_manifest("", payload)
+
+    def status(self) -> dict[str, Any]:
+        """Fields for the status heartbeat: applied policy, state, last refusal."""
+        info = self.applier.store.info
+        return {"policy": info.label, "policy_hash": info.hash[:16],
+                "policy_expires": info.expires, "policy_state": self.state,
+                "policy_refusal": self.refusal, "policy_refusal_detail": self.refusal_detail[:200]}
+
+    def _on_manifest(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return                      # retained message cleared
+        with self._cond:
+            self._pending = bytes(payload)
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        delay = self.retry_min_s
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                payload, self._pending = self._pending, None
+            assert payload is not None
+            self.state = "applying"
+            try:
+                result = self.applier.offer(payload, self.fetcher)
+            except BundleRefused as err:
+                self._refused(err, "refused")
+                continue
+            except Exception as err:   # ApplyFailed, or a bug: keep the policy, retry later
+                if not isinstance(err, PolicyError):
+                    log.exception("policy apply crashed; will retry")
+                    err = ApplyFailed(Refusal.APPLY_FAILED, repr(err))
+                self._refused(err, "retrying")
+                with self._cond:
+                    if self._pending is None:
+                        self._pending = payload   # retry unless something newer arrived
+                    self._cond.wait_for(lambda: self._stop, timeout=delay)
+                delay = min(self.retry_max_s, delay * 2)
+                continue
+            delay = self.retry_min_s
+            self.state = "applied"
+            self.refusal = self.refusal_detail = ""
+            if result is not None:
+                self.applied_count += 1
+
+    def _refused(self, err: PolicyError, state: str) -> None:
+        self.state = state
+        self.refusal = err.refusal.value
+        self.refusal_detail = err.detail
