@@ -1,7 +1,20 @@
-"""Passenger prompts: a display line, a beep pattern and an optional voice clip.
+"""Passenger prompts: a display line, a beep pattern per outcome and an optional voice clip.
 
-Backends: ``sim`` records everything shown and played (with monotonic timestamps) so tests
-can assert what a passenger saw and heard; ``log`` writes prompts to the log.
+A :class:`~agent.model.Prompt` names what to show (``text``), the beep pattern (``sound``,
+a key of :data:`BEEP_PATTERNS`) and a voice clip (``voice``, a key of :data:`VOICE_CLIPS`,
+e.g. ``"elderly"`` → "老年卡", as Chinese buses announce concession cards).
+
+Backends (registry kind ``prompt``):
+
+* ``sim`` — records every prompt in :attr:`SimPrompter.history` (display line as fitted
+  to the display, pattern, voice clip) so tests assert what a passenger saw and heard;
+* ``log`` — like ``sim`` and logs each prompt (headless terminals, the demo);
+* ``gpio`` — like ``sim`` and plays the pattern on a GPIO buzzer (:mod:`drivers.gpio`),
+  with an optional ``voice_player`` callable for the clips.
+
+The beep pattern of a decision comes from its prompt; a denial whose prompt still says
+``"ok"`` (the default) gets its outcome's pattern from :data:`SOUND_FOR_REASON` instead,
+so a denied passenger never hears the accept beep.
 """
 
 from __future__ import annotations
@@ -9,57 +22,187 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from agent.model import Decision, JournalRecord, Prompt
+from agent.model import Decision, JournalRecord, Prompt, Reason
 from drivers.base import Actuator
+from drivers.exceptions import ConfigError
 
-__all__ = ["BEEP_PATTERNS", "LogPrompter", "PromptEvent", "SimPrompter"]
+__all__ = ["BEEP_PATTERNS", "SOUND_FOR_REASON", "VOICE_CLIPS", "BuzzerPrompter", "LogPrompter",
+           "PromptEvent", "SimPrompter", "VoiceClip", "display_width", "fit_display"]
 
 log = logging.getLogger(__name__)
 
-#: beep pattern name → (on ms, off ms, …)
+#: beep pattern name → (on ms, off ms, on ms, …)
 BEEP_PATTERNS: dict[str, tuple[int, ...]] = {
     "ok": (80,),
     "ok_concession": (80, 60, 80),
+    "ok_free": (80, 60, 80, 60, 80),
     "deny": (400,),
+    "deny_hotlist": (400, 100, 400, 100, 400),
+    "retry": (60, 60, 60),
+    "ticket": (80, 80, 200),
     "error": (150, 80, 150, 80, 150),
+    "out_of_service": (600, 200, 600),
     "none": (),
+}
+
+#: the pattern for a decision whose prompt does not choose one (accepted → "ok")
+SOUND_FOR_REASON: dict[Reason, str] = {
+    Reason.ACCEPTED: "ok",
+    Reason.ALREADY_PAID: "ok",
+    Reason.HOTLISTED: "deny_hotlist",
+    Reason.MULTIPLE_CARDS: "retry",
+    Reason.CARD_REMOVED: "retry",
+    Reason.READ_ERROR: "retry",
+    Reason.GATE_OUT_OF_SERVICE: "out_of_service",
+    Reason.INTERNAL_ERROR: "error",
 }
 
 
 @dataclass(frozen=True, slots=True)
+class VoiceClip:
+    """A voice clip: what it says (``text``) and its file name under the voice directory."""
+
+    text: str
+    file: str
+
+
+#: voice clip name → clip; profiles may add or override clips
+VOICE_CLIPS: dict[str, VoiceClip] = {
+    "elderly": VoiceClip("老年卡", "elderly.wav"),
+    "student": VoiceClip("学生卡", "student.wav"),
+    "disabled": VoiceClip("爱心卡", "disabled.wav"),
+    "preferential": VoiceClip("优待卡", "preferential.wav"),
+    "welcome": VoiceClip("欢迎光临", "welcome.wav"),
+    "thanks": VoiceClip("谢谢", "thanks.wav"),
+    "invalid": VoiceClip("无效卡", "invalid.wav"),
+    "hotlisted": VoiceClip("已挂失", "hotlisted.wav"),
+    "single_card": VoiceClip("请单张刷卡", "single_card.wav"),
+    "tap_again": VoiceClip("请重新刷卡", "tap_again.wav"),
+    "gate_out_of_service": VoiceClip("闸机故障 请走人工通道", "gate_out_of_service.wav"),
+    "queue_number": VoiceClip("请取号", "queue_number.wav"),
+}
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a character display: wide (CJK) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def fit_display(text: str, columns: int) -> str:
+    """``text`` on one line of ``columns`` columns, cut with "…" when it does not fit."""
+    line = " ".join(text.split())
+    if display_width(line) <= columns:
+        return line
+    out, width = "", 0
+    for c in line:
+        w = display_width(c)
+        if width + w > columns - 1:
+            break
+        out, width = out + c, width + w
+    return out + "…"
+
+
+@dataclass(frozen=True, slots=True)
 class PromptEvent:
-    """One prompt as shown/played, with ``at_ns`` = ``time.monotonic_ns()``."""
+    """One prompt as shown/played, with ``at_ns`` = ``time.monotonic_ns()``.
+
+    ``display`` is the line as fitted to the display; ``voice_text`` and ``clip`` (a path,
+    "" if none) describe the voice clip played, if any.
+    """
 
     at_ns: int
     text: str
     sound: str
     voice: str
     pattern: tuple[int, ...]
+    display: str = ""
+    voice_text: str = ""
+    clip: str = ""
 
 
 class SimPrompter(Actuator):
-    """Records prompts in :attr:`history` instead of driving a display and a buzzer."""
+    """Records prompts in :attr:`history` instead of driving a display and a buzzer.
+
+    Options (profile ``[prompt]`` keys): ``display_columns`` (default 20), ``voice_dir``
+    (where clip files live), ``voices`` ({name: text or {text, file}}), ``patterns``
+    ({name: [ms, …]}), ``sounds`` ({reason: pattern name}). Raises :class:`ConfigError`
+    for malformed options.
+    """
 
     name = "prompt:sim"
 
-    def __init__(self, **_: object) -> None:
+    def __init__(self, *, display_columns: int = 20, voice_dir: str | Path | None = None,
+                 voices: Mapping[str, Any] | None = None,
+                 patterns: Mapping[str, Any] | None = None,
+                 sounds: Mapping[str, str] | None = None, **_: object) -> None:
+        if display_columns < 4:
+            raise ConfigError(f"prompt display_columns must be >= 4, got {display_columns}")
+        self.display_columns = display_columns
+        self.voice_dir = Path(voice_dir) if voice_dir else None
+        self.patterns = dict(BEEP_PATTERNS)
+        self.voices = dict(VOICE_CLIPS)
+        self.sounds = dict(SOUND_FOR_REASON)
+        try:
+            for k, v in (patterns or {}).items():
+                self.patterns[k] = tuple(int(ms) for ms in v)
+            for k, v in (voices or {}).items():
+                self.voices[k] = (VoiceClip(v, f"{k}.wav") if isinstance(v, str)
+                                  else VoiceClip(str(v["text"]), str(v.get("file", f"{k}.wav"))))
+            for k, v in (sounds or {}).items():
+                if v not in self.patterns:
+                    raise ConfigError(f"prompt sounds.{k}: unknown beep pattern {v!r}")
+                self.sounds[Reason(k)] = v
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"prompt options: {err}") from err
         self.history: list[PromptEvent] = []
         self._lock = threading.Lock()
 
     def act(self, decision: Decision, record: JournalRecord | None) -> None:
-        self.show(decision.prompt)
+        self.show(self.prompt_for(decision))
 
-    def show(self, prompt: Prompt) -> None:
-        """Show/play ``prompt`` now. Unknown beep patterns are logged and played as "error"."""
-        pattern = BEEP_PATTERNS.get(prompt.sound)
+    def prompt_for(self, decision: Decision) -> Prompt:
+        """The decision's prompt, with the outcome's beep pattern if it did not choose one."""
+        p = decision.prompt
+        if not decision.accepted and p.sound in ("", "ok"):
+            return Prompt(p.text, self.sounds.get(decision.reason, "deny"), p.voice)
+        if not p.sound:
+            return Prompt(p.text, self.sounds.get(decision.reason, "ok"), p.voice)
+        return p
+
+    def show(self, prompt: Prompt) -> PromptEvent:
+        """Show/play ``prompt`` now. Unknown patterns play as "error", unknown voices are skipped
+        (both logged). Returns the recorded event."""
+        pattern = self.patterns.get(prompt.sound)
         if pattern is None:
             log.warning("unknown beep pattern %r", prompt.sound)
-            pattern = BEEP_PATTERNS["error"]
+            pattern = self.patterns["error"]
+        clip = self.voices.get(prompt.voice) if prompt.voice else None
+        if prompt.voice and clip is None:
+            log.warning("unknown voice clip %r", prompt.voice)
+        path = ""
+        if clip is not None:
+            path = str(self.voice_dir / clip.file) if self.voice_dir else clip.file
+        event = PromptEvent(time.monotonic_ns(), prompt.text, prompt.sound, prompt.voice, pattern,
+                            fit_display(prompt.text, self.display_columns),
+                            clip.text if clip else "", path)
         with self._lock:
-            self.history.append(PromptEvent(time.monotonic_ns(), prompt.text, prompt.sound,
-                                            prompt.voice, pattern))
+            self.history.append(event)
+        self._output(event)
+        return event
+
+    def _output(self, event: PromptEvent) -> None:
+        """Backend primitive: drive the display, buzzer and speaker (sim: nothing)."""
+
+    @property
+    def last(self) -> PromptEvent | None:
+        with self._lock:
+            return self.history[-1] if self.history else None
 
 
 class LogPrompter(SimPrompter):
@@ -67,7 +210,47 @@ class LogPrompter(SimPrompter):
 
     name = "prompt:log"
 
-    def show(self, prompt: Prompt) -> None:
-        super().show(prompt)
-        log.info("prompt %s [%s%s]", prompt.text, prompt.sound,
-                 f", voice {prompt.voice}" if prompt.voice else "")
+    def _output(self, event: PromptEvent) -> None:
+        log.info("prompt %s [%s%s]", event.display, event.sound,
+                 f", voice {event.voice_text}" if event.voice_text else "")
+
+
+class BuzzerPrompter(SimPrompter):
+    """``gpio`` backend: records like ``sim`` and plays each beep pattern on a GPIO buzzer.
+
+    Give either ``board`` (a :class:`drivers.gpio.GpioBoard` with a buzzer named
+    ``buzzer``) or ``gpio`` (a ``[gpio]`` table to build one; then this prompter owns and
+    closes it). ``voice_player(path)`` plays a clip file (errors are logged, never raised).
+    """
+
+    name = "prompt:gpio"
+
+    def __init__(self, *, board: Any = None, gpio: Mapping[str, Any] | None = None,
+                 buzzer: str = "main", scheduler: Any = None,
+                 voice_player: Callable[[str], None] | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        from drivers.gpio import GpioBoard
+
+        if board is None:
+            if gpio is None:
+                raise ConfigError("prompt backend 'gpio' needs a gpio board or a [gpio] table")
+            board = GpioBoard(gpio, scheduler=scheduler)
+            self._owns_board = True
+        else:
+            self._owns_board = False
+        self.board = board
+        self.buzzer = board.buzzer(buzzer)
+        self.voice_player = voice_player
+
+    def _output(self, event: PromptEvent) -> None:
+        self.buzzer.play(event.pattern)
+        if event.clip and self.voice_player is not None:
+            try:
+                self.voice_player(event.clip)
+            except Exception:
+                log.exception("playing voice clip %s failed", event.clip)
+
+    def close(self) -> None:
+        if self._owns_board:
+            self.board.close()
+            self._owns_board = False
