@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.model import Location
-from sync.link import MqttSettings
 from agent.tomlconf import ConfigFileError, load_toml_model
+from sync.link import MqttSettings
 
 __all__ = ["AgentConfig", "ConfigFileError", "load_config", "read_secret"]
 

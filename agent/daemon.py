@@ -14,6 +14,7 @@ import queue
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -22,7 +23,7 @@ from agent.clock import clock_quality
 from agent.config import AgentConfig
 from agent.engine import Engine, Outcome
 from agent.journal import Journal
-from agent.model import Presentation
+from agent.model import JournalRecord, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify
@@ -46,7 +47,8 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("journal", "store", "engine", "actuators", "uplink", "worker", "sources")
+    START_ORDER = ("journal", "store", "engine", "actuators", "gpio", "uplink", "worker",
+                   "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
@@ -63,7 +65,10 @@ class Terminal:
         self.store: PolicyStore | None = None
         self.engine: Engine | None = None
         self.uplink: Any = None
-        self._queue: queue.Queue[Presentation | None] = queue.Queue(maxsize=1000)
+        self.gates: list[Any] = []          # drivers.gate.GateActuator
+        self.gpio: Any = None               # drivers.gpio.GpioBoard
+        self._recent: OrderedDict[int, JournalRecord] = OrderedDict()  # accepted, for undo
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._worker: threading.Thread | None = None
         self._listeners: list[OutcomeListener] = []
         self._started: list[str] = []
@@ -161,7 +166,8 @@ class Terminal:
         assert self.journal and self.store
         self.engine = Engine(self.ruleset, self.store, self.journal,
                              location=self.cfg.location.build(), clock=self.clock,
-                             verifier=self._make_verifier())
+                             verifier=self._make_verifier(),
+                             gate_ok=lambda: all(g.available for g in self.gates))
 
     def _stop_engine(self) -> None:
         pass
@@ -176,11 +182,19 @@ class Terminal:
     def _start_actuators(self) -> None:
         if self._actuators_override is not None:
             self.actuators = list(self._actuators_override)
-            return
-        for section, kind in ((self.cfg.prompt, "prompt"), (self.cfg.gate, "gate")):
-            if section.enabled:
-                cls = load_backend(kind, section.backend)
-                self.actuators.append(cls(**section.options))
+        elif self.cfg.prompt.enabled:
+            cls = load_backend("prompt", self.cfg.prompt.backend)
+            self.actuators.append(cls(**self.cfg.prompt.options))
+        if self.cfg.gate.enabled:
+            from drivers.gate import GateActuator
+
+            gate = GateActuator.from_profile({"backend": self.cfg.gate.backend,
+                                              **self.cfg.gate.options})
+            self.actuators.append(gate)
+        for a in self.actuators:
+            if hasattr(a, "subscribe") and hasattr(a, "available"):   # a gate
+                self.gates.append(a)
+                a.subscribe(self._queue.put)
 
     def _stop_actuators(self) -> None:
         for a in reversed(self.actuators):
@@ -188,6 +202,18 @@ class Terminal:
                 a.close()
             except Exception:
                 log.exception("closing %s failed", a.name)
+
+    def _start_gpio(self) -> None:
+        if not self.cfg.gpio.enabled:
+            return
+        from drivers.gpio import GpioBoard
+
+        self.gpio = GpioBoard({"backend": self.cfg.gpio.backend, **self.cfg.gpio.options})
+        self.gpio.subscribe(self._queue.put)
+
+    def _stop_gpio(self) -> None:
+        if self.gpio is not None:
+            self.gpio.close()
 
     def _start_uplink(self) -> None:
         if not self.cfg.mqtt.enabled:
@@ -236,11 +262,54 @@ class Terminal:
             try:
                 if p is None:
                     return
-                self._decide(p)
+                if isinstance(p, Presentation):
+                    self._decide(p)
+                else:
+                    self._hardware_event(p)
             except Exception:
-                log.exception("worker failed on a presentation")
+                log.exception("worker failed on %s", type(p).__name__)
             finally:
                 self._queue.task_done()
+
+    def _hardware_event(self, ev: Any) -> None:
+        """Journal what a gate or a GPIO input reported; give back entries not used."""
+        from drivers.gate import GateEventKind
+
+        assert self.engine is not None
+        kind = getattr(ev, "kind", None)
+        record: JournalRecord | None = None
+        if kind is None:                                   # a GPIO InputEvent
+            if ev.name == "fire_alarm":
+                for g in self.gates:
+                    g.gate.emergency(ev.active)
+                record = self.engine.journal_event("fire_alarm", {"active": ev.active,
+                                                                  "input": "gpio"})
+            elif ev.name == "tamper" and ev.active:
+                record = self.engine.journal_event("tamper", {"input": "gpio"})
+        elif kind in (GateEventKind.TIMED_OUT, GateEventKind.ABORTED,
+                      GateEventKind.OPEN_FAILED) and ev.record_seq is not None:
+            undo = self._recent.pop(ev.record_seq, None)
+            record = self.engine.journal_event(
+                "not_entered", {"gate": ev.gate, "detail": ev.detail[:80] or kind.value},
+                undo=undo)
+        elif kind is GateEventKind.PASSED and ev.record_seq is not None:
+            self._recent.pop(ev.record_seq, None)
+        elif kind is GateEventKind.ALARM:
+            if ev.alarm == "fire" and ev.active:
+                for g in self.gates:
+                    g.gate.emergency(True)
+            record = self.engine.journal_event("alarm", {"gate": ev.gate, "alarm": ev.alarm,
+                                                         "active": bool(ev.active)})
+        elif kind in (GateEventKind.EMERGENCY, GateEventKind.OUT_OF_SERVICE,
+                      GateEventKind.IN_SERVICE, GateEventKind.REBOOTED):
+            fields: dict[str, Any] = {"gate": ev.gate}
+            if ev.active is not None:
+                fields["active"] = bool(ev.active)
+            record = self.engine.journal_event(f"gate_{kind.value}", fields)
+        if record is not None:
+            log.info("journaled event seq=%d %s", record.seq, record.body.get("event"))
+            if self.uplink is not None:
+                self.uplink.notify()
 
     def _decide(self, p: Presentation) -> None:
         assert self.engine is not None
@@ -256,6 +325,10 @@ class Terminal:
                     a.act(outcome.decision, outcome.record)
                 except Exception:
                     log.exception("actuator %s failed", a.name)
+        if outcome.record is not None and d.accepted and self.gates:
+            self._recent[outcome.record.seq] = outcome.record
+            while len(self._recent) > 1000:
+                self._recent.popitem(last=False)
         if self.uplink is not None and outcome.record is not None:
             self.uplink.notify()
         for fn in self._listeners:

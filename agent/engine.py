@@ -122,6 +122,12 @@ class Engine:
             facts, today, slot = self._facts(cred, now, ruleset, store, p.service)
             rule = ruleset.match(facts)
             decision = rule.decision
+            if decision.accepted and not facts.gate_in_service:
+                # safety net for profiles without a gate rule: never take a fare or an
+                # entry for a gate that will not open
+                decision = Decision(False, Reason.GATE_OUT_OF_SERVICE,
+                                    prompt=ruleset.prompt_for(Reason.GATE_OUT_OF_SERVICE),
+                                    rule_id="pre:gate-out-of-service")
             if facts.policy_stale and ruleset.profile.stale_policy == "deny_all":
                 decision = Decision(False, Reason.POLICY_STALE, rule_id="pre:stale-policy",
                                     prompt=ruleset.prompt_for(Reason.POLICY_STALE))

@@ -46,10 +46,11 @@ class SimCardSource(PresentationSource):
         self._rnd = random.Random(seed)
         self.rate_per_min = rate_per_min
 
-    def tap(self, holder: CardHolder) -> Presentation:
-        """Present ``holder``'s card now; returns the emitted presentation."""
+    def tap(self, holder: CardHolder, *, service: str = "") -> Presentation:
+        """Present ``holder``'s card now (at a kiosk, for ``service``); returns it."""
         p = Presentation(PresentationKind.CARD, "sim:reader0", time.monotonic_ns(),
-                         credential=credential_from_holder(holder, self._pseudo), apdus=0)
+                         credential=credential_from_holder(holder, self._pseudo), apdus=0,
+                         service=service)
         self.emit(p)
         return p
 
