@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from agent.engine import Outcome
 
@@ -14,8 +15,8 @@ __all__ = ["register"]
 
 def _line(o: Outcome, who: str) -> str:
     d = o.decision
-    t = datetime.fromisoformat(str(o.record.body["time"]).replace("Z", "+00:00")).astimezone()\
-        .strftime("%H:%M:%S") if o.record else "--:--:--"
+    t = datetime.fromisoformat(str(o.record.body["time"]).replace("Z", "+00:00")).astimezone(
+        ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S") if o.record else "--:--:--"
     mark = "✔" if d.accepted else "✘"
     seq = f"#{o.record.seq}" if o.record else "(not journaled)"
     return (f"{t} {mark} {d.prompt.text:<14}\t{d.reason.value:<13} {d.product:<13} "
@@ -36,10 +37,11 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"--- {msg}", flush=True)
 
     try:
-        s = run_demo(args.taps, seed=args.seed, outage=not args.no_outage,
+        taps = args.taps or (120 if args.profile == "bus_validator" else 40)
+        s = run_demo(taps, profile=args.profile, seed=args.seed, outage=not args.no_outage,
                      workdir=args.workdir, gap_s=args.gap,
                      on_outcome=on_outcome, on_event=on_event)
-    except (RuntimeError, FileNotFoundError, TimeoutError) as err:
+    except (RuntimeError, FileNotFoundError, TimeoutError, ValueError) as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1
     data = summary_dict(s)
@@ -51,7 +53,10 @@ def _demo(args: argparse.Namespace) -> int:
               f"journaled {s.journaled}, not journaled {s.not_journaled} (tap again)")
         print("by reason:  " + ", ".join(f"{k} {v}" for k, v in s.by_reason.items()))
         print("by product: " + ", ".join(f"{k} {v}" for k, v in s.by_product.items()))
-        print(f"fares to settle: {s.fares_cents / 100:.2f} CNY")
+        if s.fares_cents:
+            print(f"fares to settle: {s.fares_cents / 100:.2f} CNY")
+        if s.events:
+            print("events:     " + ", ".join(f"{k} {v}" for k, v in s.events.items()))
         print(f"taps journaled while the broker was down: {s.taps_during_outage}")
         print(f"records at hub {s.records_at_hub}, lost {s.lost}, duplicated {s.duplicated}, "
               f"chain {'verifies' if s.chain_verifies else 'BROKEN'}, "
@@ -65,7 +70,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="run a bus validator, a hub and a broker with simulated taps")
-    p.add_argument("--taps", type=int, default=120, help="number of taps (default 120)")
+    p.add_argument("--profile", default="bus_validator",
+                   choices=["bus_validator", "scenic_gate", "museum_gate", "service_kiosk"],
+                   help="terminal profile to run (default bus_validator)")
+    p.add_argument("--taps", type=int, default=None,
+                   help="number of taps (default 120 on a bus, 40 elsewhere)")
     p.add_argument("--seed", type=int, default=7, help="population and script seed")
     p.add_argument("--no-outage", action="store_true", help="skip the broker outage")
     p.add_argument("--gap", type=float, default=0.03, help="real seconds between taps")

@@ -295,9 +295,9 @@ class Terminal:
         elif kind is GateEventKind.PASSED and ev.record_seq is not None:
             self._recent.pop(ev.record_seq, None)
         elif kind is GateEventKind.ALARM:
-            if ev.alarm == "fire" and ev.active:
-                for g in self.gates:
-                    g.gate.emergency(True)
+            if ev.alarm == "fire" and ev.active is not None:
+                for g in self.gates:     # every gate opens for evacuation, and closes after
+                    g.gate.emergency(bool(ev.active))
             record = self.engine.journal_event("alarm", {"gate": ev.gate, "alarm": ev.alarm,
                                                          "active": bool(ev.active)})
         elif kind in (GateEventKind.EMERGENCY, GateEventKind.OUT_OF_SERVICE,

@@ -1,6 +1,6 @@
 """The end-to-end demo: a broker, a hub process and a terminal deciding taps live.
 
-A simulated morning on a bus: a population of card holders taps (elderly, disabled, 优抚,
+A simulated morning on a bus (or at a scenic gate, a museum gate, a service-hall kiosk): a population of card holders taps (elderly, disabled, 优抚,
 students, standard fares, a lost card, an expired card, a double tap, a card pulled away
 mid-read); a third of the way through, the broker goes down; taps go on offline; the
 broker comes back; the backlog drains. The summary counts what the terminal decided,
@@ -19,9 +19,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from agent.cli_agent import journal_stats
 from agent.config import DEMO_PSEUDONYM_KEY, AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome
@@ -52,6 +55,8 @@ class DemoSummary:
     by_product: dict[str, int] = field(default_factory=dict)
     fares_cents: int = 0
     taps_during_outage: int = 0
+    profile: str = "bus_validator"
+    events: dict[str, int] = field(default_factory=dict)
     records_at_hub: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -62,10 +67,19 @@ class DemoSummary:
     workdir: str = ""
 
 
-def seed_store(store: PolicyStore, population: Population, pseudo: Pseudonymizer) -> None:
-    """Load the population's entitlements and hotlist, as the hub's policy bundle would."""
+def seed_store(store: PolicyStore, population: Population, pseudo: Pseudonymizer,
+               *, tickets: dict[str, str] | None = None) -> None:
+    """Load the population's entitlements and hotlist, as the hub's policy bundle would.
+
+    ``tickets`` maps a ticket entitlement name to a day (ISO date): every second holder
+    without a concession gets that pre-booked ticket (scenic gates).
+    """
     ents = [{"holder_key": pseudo.holder_key(h.ssn), "name": c, "valid_from": "",
              "valid_until": ""} for h in population for c in h.categories]
+    for name, day in (tickets or {}).items():
+        ents += [{"holder_key": pseudo.holder_key(h.ssn), "name": name, "valid_from": day,
+                  "valid_until": day}
+                 for i, h in enumerate(population) if not h.categories and i % 2 == 0]
     hot = [{"key": pseudo.card_key(h.card_id), "kind": "card", "reason": "lost",
             "listed": ""} for h in population if h.hotlisted]
     store.apply(entitlements=ents, hotlist=hot, replace=True,
@@ -110,7 +124,21 @@ class _Hub:
         self._log.close()
 
 
-def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
+_PROFILES: dict[str, dict[str, Any]] = {
+    "bus_validator": {"id": "BUS-DEMO-0001", "start": "07:00", "gate": False,
+                      "location": {"route": "19路", "vehicle": "鲁B-D0001", "stop": "泉城广场"}},
+    "scenic_gate": {"id": "GATE-DEMO-0001", "start": "09:00", "gate": True,
+                    "location": {"site": "taishan", "gate": "E1", "direction": "in"}},
+    "museum_gate": {"id": "MUSEUM-DEMO-0001", "start": "09:10", "gate": True,
+                    "location": {"site": "shandong-museum", "gate": "M1", "direction": "in"}},
+    "service_kiosk": {"id": "KIOSK-DEMO-0001", "start": "09:00", "gate": False,
+                      "location": {"site": "jinan-hall-1"}},
+}
+PROFILES = tuple(_PROFILES)
+
+
+def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
+             outage: bool = True,
              workdir: str | Path | None = None, gap_s: float = 0.01,
              on_outcome: Callable[[Outcome, str], None] | None = None,
              on_event: Callable[[str], None] | None = None) -> DemoSummary:
@@ -119,32 +147,45 @@ def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
     Simulated time: each tap advances a simulated clock by 5–40 s, ending near now.
     Raises ``RuntimeError`` if the backlog does not reach the hub within 60 s.
     """
+    if profile not in _PROFILES:
+        raise ValueError(f"unknown demo profile {profile!r} (known: {', '.join(PROFILES)})")
+    spec = _PROFILES[profile]
     rnd = random.Random(seed)
     work = Path(workdir or tempfile.mkdtemp(prefix="ykt-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     say = on_event or (lambda _msg: None)
     pop = Population.generate(60, seed=seed)
-    sim_now = [time.time() - taps * 22.5]
+    tz = ZoneInfo("Asia/Shanghai")
+    today = datetime.now(tz).date()
+    hh, mm = (int(x) for x in spec["start"].split(":"))
+    sim_now = [datetime(today.year, today.month, today.day, hh, mm, tzinfo=tz).timestamp()]
     broker = Mosquitto(workdir=work / "broker")
     broker.start()
     hub = _Hub(work / "hub.db", broker.port, work)
-    cfg = AgentConfig.model_validate({
-        "terminal": {"id": "BUS-DEMO-0001", "data_dir": str(work / "terminal"), "demo": True},
-        "location": {"route": "19路", "vehicle": "鲁B-D0001", "stop": "泉城广场"},
+    cfg_dict: dict[str, Any] = {
+        "terminal": {"id": spec["id"], "profile": profile, "data_dir": str(work / "terminal"),
+                     "demo": True},
+        "location": spec["location"],
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2,
                  "reconnect_max_s": 1.0},
-    })
+    }
+    if spec["gate"]:
+        cfg_dict["gate"] = {"enabled": True, "backend": "sim",
+                            "options": {"direction": "in", "open_ms": 700}}
+    cfg = AgentConfig.model_validate(cfg_dict)
     pseudo = Pseudonymizer(DEMO_PSEUDONYM_KEY)
     cards = SimCardSource(pseudo, population=pop)
     prompter = SimPrompter()
     terminal = Terminal(cfg, sources=[cards], actuators=[prompter], clock=lambda: sim_now[0])
-    summary = DemoSummary(terminal=cfg.terminal.id, workdir=str(work))
+    summary = DemoSummary(terminal=cfg.terminal.id, workdir=str(work), profile=profile)
+    outcomes: list[Outcome] = []
     reasons: Counter[str] = Counter()
     products: Counter[str] = Counter()
     latencies: list[float] = []
     offline = [False]
 
     def collect(o: Outcome) -> None:
+        outcomes.append(o)
         if o.presentation is not None:
             latencies.append((time.monotonic_ns() - o.presentation.seen_ns) / 1e6)
         summary.decided += 1
@@ -168,10 +209,15 @@ def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
 
     terminal.add_listener(collect)
     try:
-        seed_store(PolicyStore(cfg.store_path), pop, pseudo)
+        store = PolicyStore(cfg.store_path)
+        seed_store(store, pop, pseudo, tickets={"ticket:taishan": today.isoformat()})
+        store.close()
         terminal.start()
-        say(f"terminal {cfg.terminal.id} on route 19路 deciding; broker 127.0.0.1:{broker.port};"
+        where = ", ".join(f"{k} {v}" for k, v in spec["location"].items())
+        say(f"{profile} {cfg.terminal.id} ({where}) deciding; broker 127.0.0.1:{broker.port};"
             f" hub pid {hub.proc.pid}")
+        controller = terminal.gates[0].gate.controller if terminal.gates else None
+        services = "AABAC"
         for i, step in enumerate(_script(pop, taps, rnd)):
             if outage and i == taps // 3:
                 broker.stop(kill=True)
@@ -182,12 +228,26 @@ def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
                 offline[0] = False
                 say("broker back UP: the backlog drains to the hub")
             sim_now[0] += rnd.uniform(5, 40)
+            if controller is not None and i == taps - 3:
+                say("FIRE ALARM at the gate controller: all ways open, journaled")
+                controller.fire_alarm(True)
+                controller.wait_barrier("open_both", 3)
+                controller.fire_alarm(False)
+                controller.wait_barrier("closed", 3)
+            before = len(outcomes)
             if step == "pull":
                 cards.pull_mid_read()
             else:
-                cards.tap(pop.holders[int(step)])
+                cards.tap(pop.holders[int(step)],
+                          service=services[i % 5] if profile == "service_kiosk" else "")
             summary.taps += 1
             terminal.drain(5)
+            if controller is not None and len(outcomes) > before \
+                    and outcomes[before].decision.accepted:
+                controller.wait_barrier("open_in", 3)
+                if rnd.random() < 0.85:          # most visitors walk through
+                    controller.pass_through("in")
+                controller.wait_barrier("closed", 3)   # else the gate times out
             time.sleep(gap_s)
         t0 = time.monotonic()
         if terminal.uplink is not None and not terminal.uplink.wait_synced(60):
@@ -195,7 +255,12 @@ def run_demo(taps: int = 200, *, seed: int = 7, outage: bool = True,
                                f"{work / 'hub.log'}")
         summary.synced_in_s = round(time.monotonic() - t0, 3)
         assert terminal.journal is not None
+        time.sleep(0.2)    # let the last gate events be journaled
+        terminal.drain(5)
+        if terminal.uplink is not None:
+            terminal.uplink.wait_synced(30)
         summary.chain_verifies = terminal.journal.verify() == []
+        summary.events = journal_stats(terminal.journal, "event")
         last_seq = terminal.journal.last_seq
     finally:
         terminal.stop()

@@ -73,3 +73,15 @@ def test_age_on_birthdays() -> None:
 def test_key_lines_maps_arrays_of_tables_and_inline_tables() -> None:
     lines = key_lines('[a]\nx = 1\n[[r]]\nid = "1"\n[[r]]\nwhen = { k = 1 }\n')
     assert lines[("a", "x")] == 2 and lines[("r", 1, "when")] == 6 and lines[("r", 0)] == 3
+
+
+@pytest.mark.parametrize("path", sorted(PROFILE_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_profile_prompts_use_known_sounds_and_voices(path: Path) -> None:
+    from drivers.prompt import BEEP_PATTERNS, VOICE_CLIPS
+
+    rs = load_ruleset(path)
+    prompts = [p.build() for p in rs.spec.prompts.values()]
+    prompts += [r.decision.prompt for r in rs.rules]
+    for p in prompts:
+        assert p.sound in BEEP_PATTERNS, f"{path.name}: unknown beep pattern {p.sound!r}"
+        assert not p.voice or p.voice in VOICE_CLIPS, f"{path.name}: unknown voice {p.voice!r}"

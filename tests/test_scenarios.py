@@ -164,6 +164,10 @@ def test_fire_alarm_opens_the_gate_and_is_journaled(rig: Rig) -> None:
     wait_until(lambda: bool(rig.events("alarm")), 5, "the alarm record")
     assert rig.events("alarm")[0]["alarm"] == "fire"
     rig.controller.fire_alarm(False)
+    gate = rig.terminal.gates[0]
+    wait_until(lambda: gate.available, 10, "the gates to leave the emergency after the alarm")
+    assert rig.controller.wait_barrier("closed", 5)
+    assert rig.tap(_holder(rig, "disabled")).decision.accepted
     j = rig.terminal.journal
     assert j is not None and j.verify() == []
 
@@ -193,4 +197,4 @@ def test_kiosk_shows_and_announces_the_queue_number(rig: Rig) -> None:
     assert a.record is not None and b.record is not None
     assert (a.record.body["queue_no"], b.record.body["queue_no"]) == ("A001", "A002")
     assert rig.prompter.history[-1].text == "社保卡业务 A002号 请到等候区"
-    assert rig.prompter.history[-1].voice == "queue"
+    assert rig.prompter.history[-1].voice == "queue_number"
