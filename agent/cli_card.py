@@ -1,0 +1,100 @@
+"""``ykt card read``: wait for a social security card on a PC/SC reader and show it, masked.
+
+Prints the masked holder (``张*``, ``3701**********1234``), region, generation, validity
+and the keyed hashes — never a raw number or name. ``--json`` for scripts. The
+pseudonymisation key comes from ``$YKT_PSEUDONYM_KEY`` (hex) like the agent's; without it
+a throw-away key is used and the keys shown match nothing (a warning says so).
+
+Exit codes: 0 card read, 1 card refused or no card before ``--timeout``, 2 setup error
+(pcscd not running, no PSAM, bad option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    """Add ``card read`` to the ``ykt`` sub-parsers."""
+    card = sub.add_parser("card", help="social security cards on PC/SC readers")
+    actions = card.add_subparsers(dest="card_command", metavar="ACTION")
+    read = actions.add_parser("read", help="wait for a card and show its fields, masked")
+    read.add_argument("--reader", default="", help="reader name or part of it (default: any)")
+    read.add_argument("--psam", default=os.environ.get("YKT_PSAM", "pcsc"),
+                      choices=["pcsc", "soft", "test"],
+                      help="PSAM: a card in --psam-reader, in-process keys from "
+                           "$YKT_PSAM_KEYS, or the published test keys")
+    read.add_argument("--psam-reader", default=os.environ.get("YKT_PSAM_READER", ""),
+                      help="the PSAM's reader (with --psam pcsc)")
+    read.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for a card")
+    read.add_argument("--json", action="store_true", help="print JSON")
+    read.set_defaults(func=_read)
+    card.set_defaults(func=lambda _a: (card.print_help(), 2)[1])
+
+
+def _pseudonymizer() -> Any:
+    from agent.pseudonym import Pseudonymizer
+
+    key = os.environ.get("YKT_PSEUDONYM_KEY", "")
+    if key:
+        return Pseudonymizer(bytes.fromhex(key))
+    log.warning("YKT_PSEUDONYM_KEY not set: keys shown use a throw-away key")
+    return Pseudonymizer(os.urandom(16))
+
+
+def _read(args: argparse.Namespace) -> int:
+    from drivers.exceptions import DriverError
+    from drivers.registry import load_backend
+
+    try:
+        source_cls = load_backend("cards", "pcsc")
+        source = source_cls(_pseudonymizer(), reader=args.reader, psam=args.psam,
+                            psam_reader=args.psam_reader,
+                            needs=frozenset({"valid_until", "valid_from", "region",
+                                             "birth_date", "name"}))
+    except (DriverError, ValueError) as err:
+        print(f"ykt card read: {err}", file=sys.stderr)
+        return 2
+    try:
+        presentation = source.wait_for_card(args.timeout)
+    except DriverError as err:
+        print(f"ykt card read: {err} (is pcscd running?)", file=sys.stderr)
+        return 2
+    finally:
+        source.stop()
+    if presentation is None:
+        print(f"ykt card read: no card within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    out = _describe(presentation)
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:>15}: {v}")
+    return 0 if presentation.credential is not None else 1
+
+
+def _describe(p: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"reader": p.source.removeprefix("pcsc:"), "apdus": p.apdus}
+    cred, rej = p.credential, p.rejection
+    if cred is not None:
+        out.update(
+            result="ok", name=cred.masked_name, id=cred.masked_id, region=cred.region,
+            generation=cred.generation,
+            valid_from=cred.valid_from.isoformat() if cred.valid_from else None,
+            valid_until=cred.valid_until.isoformat() if cred.valid_until else None,
+            birth_year=cred.birth_date.year if cred.birth_date else None,
+            authenticated_by=cred.authenticated_by, credential_key=cred.credential_key,
+            holder_key=cred.holder_key)
+    elif rej is not None:
+        out.update(result=rej.reason.value, detail=rej.detail)
+    return out

@@ -1,0 +1,467 @@
+"""The social security card (SSC) application: APDUs, TLV records, status words, reading.
+
+The card application is selected by AID ``7378312E73682EC9E7BBE1B1A3D5CF`` ("sx1.sh." +
+GBK 社会保障). Personal data sits in two record files, one TLV per record, the record
+number being the tag (``00 B2 <tag> <SFI<<3|4> <Le>``):
+
+========  ====  =======================================================
+file      tag   field (value length in bytes, encoding)
+========  ====  =======================================================
+EF05 (5)  01    卡识别码 card identification code (16, binary)
+          02    卡类别 card type (1)
+          03    规范版本 spec version, e.g. "3.00" (4, ASCII)
+          04    初始化机构编号 issuer (8, BCD; first 6 digits = region)
+          05    发卡日期 issue date (4, BCD YYYYMMDD)
+          06    卡有效期 expiry date (4, BCD YYYYMMDD)
+          07    卡号 card number (9, ASCII)
+EF06 (6)  08    社会保障号码 (18, ASCII)
+          09    姓名 name (30, GBK, padded with spaces or NULs)
+          0A    性别 sex (1), 0B 民族 (1), 0C 出生地 (3, BCD)
+          0D    出生日期 birth date (4, BCD YYYYMMDD)
+========  ====  =======================================================
+
+3.0 cards release EF06 only after external authentication (see :mod:`drivers.psam`).
+T=0 cards answer ``61xx`` (fetch with GET RESPONSE) and ``6Cxx`` (resend with Le=xx);
+:meth:`SscCard.command` handles both.
+
+Which records a tap reads depends on the profile's ``needs`` (see :func:`read_ssc` and
+``docs/card.md``). Errors (all :class:`CardError`, each mapping to one
+:class:`~agent.model.Reason`)::
+
+    CardError (DriverError)
+     ├── CardRemoved          card left the field / link lost mid-read → CARD_REMOVED
+     ├── NotSsc               no SSC application (foreign card)         → NOT_SSC
+     ├── CardAuthFailed       internal/external authentication failed   → CARD_AUTH_FAILED
+     └── CardReadError        (ValueError) unreadable card              → READ_ERROR
+          ├── StatusWordError   an unexpected status word (``sw``)
+          └── MalformedResponse truncated TLV, wrong length, bad encoding
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import TypeVar
+
+from agent.model import Reason
+from drivers.exceptions import DriverError
+from drivers.psam import (
+    CHALLENGE_LEN,
+    CRYPTOGRAM_LEN,
+    KEY_REF_EXTERNAL,
+    KEY_REF_INTERNAL,
+    ApduTransport,
+    Psam,
+)
+
+__all__ = [
+    "AID",
+    "ALL_NEEDS",
+    "DEFAULT_NEEDS",
+    "FIELDS",
+    "CardAuthFailed",
+    "CardError",
+    "CardReadError",
+    "CardRemoved",
+    "FieldSpec",
+    "MalformedResponse",
+    "NotSsc",
+    "SscCard",
+    "SscData",
+    "StatusWordError",
+    "decode_bcd_date",
+    "parse_tlv",
+    "read_ssc",
+    "split_sw",
+]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+AID = bytes.fromhex("7378312E73682EC9E7BBE1B1A3D5CF")
+
+
+# -- errors -------------------------------------------------------------------------------
+class CardError(DriverError):
+    """A card could not be turned into a credential; ``reason`` is the decision reason."""
+
+    reason: Reason = Reason.READ_ERROR
+    #: 卡识别码 (hex) if it was read before the failure, so a clone can be hotlisted
+    card_id: str = ""
+
+
+class CardRemoved(CardError):
+    """The card left the field (or the reader link dropped) before the read finished."""
+
+    reason = Reason.CARD_REMOVED
+
+
+class NotSsc(CardError):
+    """The card has no SSC application (bank card, transit card, …)."""
+
+    reason = Reason.NOT_SSC
+
+
+class CardAuthFailed(CardError):
+    """The card failed internal authentication (clone) or refused external authentication."""
+
+    reason = Reason.CARD_AUTH_FAILED
+
+
+class CardReadError(CardError, ValueError):
+    """The card answered, but not something we can use."""
+
+    reason = Reason.READ_ERROR
+
+
+class StatusWordError(CardReadError):
+    """An unexpected status word; ``sw`` holds it."""
+
+    def __init__(self, message: str, sw: int) -> None:
+        super().__init__(message)
+        self.sw = sw
+
+
+class MalformedResponse(CardReadError):
+    """Truncated TLV, wrong length, bad BCD/GBK/ASCII, garbage."""
+
+
+SW_TEXT = {
+    0x6281: "data may be corrupted", 0x6283: "file invalidated", 0x6581: "memory failure",
+    0x6700: "wrong length", 0x6882: "secure messaging not supported",
+    0x6982: "security status not satisfied", 0x6983: "authentication method blocked",
+    0x6984: "reference data invalidated", 0x6985: "conditions of use not satisfied",
+    0x6986: "command not allowed", 0x6988: "incorrect secure messaging data",
+    0x6A80: "incorrect data", 0x6A81: "function not supported", 0x6A82: "file not found",
+    0x6A83: "record not found", 0x6A86: "incorrect P1-P2", 0x6A88: "data not found",
+    0x6D00: "instruction not supported", 0x6E00: "class not supported",
+    0x6F00: "no precise diagnosis", 0x9303: "application permanently locked",
+}
+
+
+def sw_text(sw: int) -> str:
+    """Human text for a status word (``63Cx`` included)."""
+    if sw & 0xFFF0 == 0x63C0:
+        return f"verification failed, {sw & 0xF} tries left"
+    return SW_TEXT.get(sw, "unknown status word")
+
+
+# -- record layout -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One record of EF05/EF06: its tag, file, name and value length (bytes)."""
+
+    tag: int
+    sfi: int
+    label: str
+    length: int
+
+    @property
+    def where(self) -> str:
+        return f"EF{self.sfi:02X}/{self.tag:02X} {self.label}"
+
+
+FIELDS: dict[int, FieldSpec] = {f.tag: f for f in (
+    FieldSpec(0x01, 5, "卡识别码", 16), FieldSpec(0x02, 5, "卡类别", 1),
+    FieldSpec(0x03, 5, "规范版本", 4), FieldSpec(0x04, 5, "初始化机构编号", 8),
+    FieldSpec(0x05, 5, "发卡日期", 4), FieldSpec(0x06, 5, "卡有效期", 4),
+    FieldSpec(0x07, 5, "卡号", 9), FieldSpec(0x08, 6, "社会保障号码", 18),
+    FieldSpec(0x09, 6, "姓名", 30), FieldSpec(0x0A, 6, "性别", 1),
+    FieldSpec(0x0B, 6, "民族", 1), FieldSpec(0x0C, 6, "出生地", 3),
+    FieldSpec(0x0D, 6, "出生日期", 4),
+)}
+
+#: what a profile may ask for beyond identity (卡识别码, 社会保障号码, generation, auth)
+ALL_NEEDS = frozenset({"valid_until", "valid_from", "region", "birth_date", "name", "card_no"})
+DEFAULT_NEEDS = frozenset({"valid_until", "birth_date"})
+
+
+# -- parsers (pure; fuzzed) ------------------------------------------------------------------
+def split_sw(resp: bytes) -> tuple[bytes, int]:
+    """Split a response APDU into (data, SW). Raises :class:`MalformedResponse` if < 2 bytes."""
+    if len(resp) < 2:
+        raise MalformedResponse(f"response of {len(resp)} bytes has no status word")
+    return resp[:-2], (resp[-2] << 8) | resp[-1]
+
+
+def parse_tlv(data: bytes) -> list[tuple[int, bytes]]:
+    """Parse simple TLV (1-byte tag; length 1 byte, or ``81 xx`` / ``82 xx xx``).
+
+    Raises :class:`MalformedResponse` naming the offset of a truncated tag, length or value.
+    """
+    out: list[tuple[int, bytes]] = []
+    i, n = 0, len(data)
+    while i < n:
+        tag = data[i]
+        if tag in (0x00, 0xFF):
+            raise MalformedResponse(f"invalid TLV tag {tag:02X} at offset {i}")
+        if i + 1 >= n:
+            raise MalformedResponse(f"TLV truncated: tag {tag:02X} at offset {i} has no length")
+        length, i = data[i + 1], i + 2
+        if length & 0x80:
+            nlen = length & 0x7F
+            if nlen not in (1, 2):
+                raise MalformedResponse(f"TLV tag {tag:02X}: unsupported length form {length:02X}")
+            if i + nlen > n:
+                raise MalformedResponse(f"TLV truncated: tag {tag:02X} length field cut off")
+            length, i = int.from_bytes(data[i:i + nlen], "big"), i + nlen
+        if i + length > n:
+            raise MalformedResponse(
+                f"TLV truncated: tag {tag:02X} declares {length} bytes, {n - i} present")
+        out.append((tag, data[i:i + length]))
+        i += length
+    return out
+
+
+def decode_record(spec: FieldSpec, data: bytes) -> bytes:
+    """The value of one record response ``data`` (TLV) for ``spec``.
+
+    Raises :class:`MalformedResponse` for a wrong tag, several TLVs or a wrong length.
+    """
+    try:
+        tlvs = parse_tlv(data)
+    except MalformedResponse as err:
+        raise MalformedResponse(f"{spec.where}: {err}") from err
+    if len(tlvs) != 1:
+        raise MalformedResponse(f"{spec.where}: expected 1 TLV, got {len(tlvs)}")
+    tag, value = tlvs[0]
+    if tag != spec.tag:
+        raise MalformedResponse(f"{spec.where}: got tag {tag:02X}")
+    if len(value) != spec.length:
+        raise MalformedResponse(f"{spec.where}: value is {len(value)} bytes, expected {spec.length}")
+    return value
+
+
+def decode_bcd(value: bytes) -> str:
+    """BCD digits. Raises :class:`MalformedResponse` on a nibble above 9."""
+    text = value.hex()
+    if not text.isdigit():
+        raise MalformedResponse(f"not BCD: {text.upper()}")
+    return text
+
+
+def decode_bcd_date(value: bytes) -> date:
+    """A 4-byte BCD ``YYYYMMDD`` date. Raises :class:`MalformedResponse`."""
+    digits = decode_bcd(value)
+    if len(digits) != 8:
+        raise MalformedResponse(f"BCD date must be 4 bytes, got {len(value)}")
+    try:
+        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError as err:
+        raise MalformedResponse(f"not a date: {digits}") from err
+
+
+def decode_text(value: bytes, encoding: str = "ascii") -> str:
+    """Text padded with spaces/NULs/FF. Raises :class:`MalformedResponse` on bad encoding."""
+    try:
+        text = value.rstrip(b"\x00\xff ").decode(encoding)
+    except UnicodeDecodeError as err:
+        raise MalformedResponse(f"not {encoding} text") from err
+    if not text.isprintable():
+        raise MalformedResponse(f"unprintable {encoding} text")
+    return text.strip()
+
+
+def decode_version(value: bytes) -> str:
+    """规范版本 ``"3.00"`` → generation ``"3.0"``. Raises :class:`MalformedResponse`."""
+    text = decode_text(value)
+    major, dot, _minor = text.partition(".")
+    if not dot or major not in ("1", "2", "3"):
+        raise MalformedResponse(f"unknown spec version {text!r}")
+    return f"{major}.0"
+
+
+def decode_ssn(value: bytes) -> str:
+    """社会保障号码 (15–18 characters, digits and X). Raises :class:`MalformedResponse`."""
+    text = decode_text(value).upper()
+    if not (15 <= len(text) <= 18 and text[:-1].isdigit() and (text[-1].isdigit() or
+                                                                text[-1] == "X")):
+        raise MalformedResponse("社会保障号码 is not 15-18 digits")
+    return text
+
+
+def birth_date_from_ssn(ssn: str) -> date | None:
+    """The birth date embedded in an 18-character ID-style number, if it is one."""
+    if len(ssn) != 18:
+        return None
+    try:
+        return date(int(ssn[6:10]), int(ssn[10:12]), int(ssn[12:14]))
+    except ValueError:
+        return None
+
+
+# -- the card ----------------------------------------------------------------------------
+class SscCard:
+    """The SSC application on one connected card (``transport`` sends raw APDUs).
+
+    ``apdus`` counts every command sent, GET RESPONSE and 6Cxx retries included.
+    Transport errors pass through (a PC/SC transport raises :class:`CardRemoved`).
+    """
+
+    def __init__(self, transport: ApduTransport) -> None:
+        self._t = transport
+        self.apdus = 0
+
+    def command(self, apdu: bytes) -> tuple[bytes, int]:
+        """Send ``apdu``; follow ``61xx`` with GET RESPONSE and ``6Cxx`` with one resend.
+
+        Returns (data, SW). Raises :class:`MalformedResponse` for a response without SW.
+        """
+        self.apdus += 1
+        data, sw = split_sw(self._t.transmit(apdu))
+        if sw >> 8 == 0x6C and len(apdu) >= 5:
+            self.apdus += 1
+            data, sw = split_sw(self._t.transmit(apdu[:-1] + bytes([sw & 0xFF])))
+        chunks = [data]
+        for _ in range(16):              # bounded: a card answering 61xx forever is broken
+            if sw >> 8 != 0x61:
+                break
+            self.apdus += 1
+            data, sw = split_sw(self._t.transmit(bytes([0x00, 0xC0, 0x00, 0x00, sw & 0xFF])))
+            chunks.append(data)
+        else:
+            raise MalformedResponse("card kept answering 61xx")
+        return b"".join(chunks), sw
+
+    def select(self) -> None:
+        """Select the SSC application. Raises :class:`NotSsc` or :class:`StatusWordError`."""
+        _data, sw = self.command(bytes([0x00, 0xA4, 0x04, 0x0C, len(AID)]) + AID)
+        if sw == 0x9000:
+            return
+        if sw in (0x6A82, 0x6A81, 0x6A86, 0x6D00, 0x6E00, 0x6999, 0x6A87):
+            raise NotSsc(f"no SSC application (SELECT answered {sw:04X} {sw_text(sw)})")
+        raise StatusWordError(f"SELECT SSC application: SW {sw:04X} {sw_text(sw)}", sw)
+
+    def read_field(self, tag: int) -> bytes:
+        """Read one record (its value). Raises :class:`StatusWordError`/:class:`MalformedResponse`.
+
+        A ``6982`` on EF06 means external authentication is missing.
+        """
+        spec = FIELDS[tag]
+        le = (spec.length + 2) & 0xFF
+        data, sw = self.command(bytes([0x00, 0xB2, tag, (spec.sfi << 3) | 4, le]))
+        if sw != 0x9000:
+            raise StatusWordError(f"{spec.where}: SW {sw:04X} {sw_text(sw)}", sw)
+        return decode_record(spec, data)
+
+    def internal_authenticate(self, challenge: bytes) -> bytes:
+        """The card's 16-byte answer to ``challenge``. Raises :class:`CardAuthFailed` on a
+        refusal, :class:`MalformedResponse` on a wrong-length answer."""
+        data, sw = self.command(bytes([0x00, 0x88, 0x00, KEY_REF_INTERNAL, len(challenge)])
+                                + challenge + bytes([CRYPTOGRAM_LEN]))
+        if sw != 0x9000:
+            raise CardAuthFailed(f"INTERNAL AUTHENTICATE refused: SW {sw:04X} {sw_text(sw)}")
+        if len(data) != CRYPTOGRAM_LEN:
+            raise MalformedResponse(f"INTERNAL AUTHENTICATE answered {len(data)} bytes, "
+                                    f"expected {CRYPTOGRAM_LEN}")
+        return data
+
+    def get_challenge(self) -> bytes:
+        """An 8-byte card challenge. Raises :class:`StatusWordError`/:class:`MalformedResponse`."""
+        data, sw = self.command(bytes([0x00, 0x84, 0x00, 0x00, CHALLENGE_LEN]))
+        if sw != 0x9000:
+            raise StatusWordError(f"GET CHALLENGE: SW {sw:04X} {sw_text(sw)}", sw)
+        if len(data) != CHALLENGE_LEN:
+            raise MalformedResponse(f"GET CHALLENGE answered {len(data)} bytes")
+        return data
+
+    def external_authenticate(self, cryptogram: bytes) -> None:
+        """Authenticate the terminal. Raises :class:`CardAuthFailed` if the card refuses."""
+        _data, sw = self.command(bytes([0x00, 0x82, 0x00, KEY_REF_EXTERNAL, len(cryptogram)])
+                                 + cryptogram)
+        if sw != 0x9000:
+            raise CardAuthFailed(f"EXTERNAL AUTHENTICATE refused: SW {sw:04X} {sw_text(sw)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SscData:
+    """What was read from one card. Holds personal data: never log it (repr is masked)."""
+
+    card_id: str                          # 卡识别码, 32 hex chars upper case
+    ssn: str
+    generation: str
+    valid_from: date | None = None
+    valid_until: date | None = None
+    region: str = ""
+    birth_date: date | None = None
+    name: str = ""
+    card_no: str = ""
+    apdus: int = 0
+    fields: tuple[int, ...] = field(default=())
+
+    def __repr__(self) -> str:
+        return f"SscData(generation={self.generation!r}, fields={self.fields}, apdus={self.apdus})"
+
+
+def read_ssc(card: SscCard, psam: Psam, needs: Iterable[str] = DEFAULT_NEEDS, *,
+             random: Callable[[int], bytes] = os.urandom) -> SscData:
+    """Select, authenticate and read the records ``needs`` asks for, in the fewest APDUs.
+
+    Always: SELECT, 卡识别码 (01), 规范版本 (03), INTERNAL AUTHENTICATE (checked by the
+    PSAM), 社会保障号码 (08; after GET CHALLENGE + EXTERNAL AUTHENTICATE on 3.0 cards).
+    Then per need: ``valid_until`` 06, ``valid_from`` 05, ``region`` 04, ``card_no`` 07,
+    ``name`` 09, ``birth_date`` from the 社会保障号码 (0D only if it has no date in it).
+
+    Raises a :class:`CardError` subclass (``PsamError`` if the PSAM fails).
+    """
+    wanted = frozenset(needs)
+    unknown = wanted - ALL_NEEDS
+    if unknown:
+        raise ValueError(f"unknown card needs {sorted(unknown)} (known: {sorted(ALL_NEEDS)})")
+    card.select()
+    card_id = card.read_field(0x01)
+    try:
+        return _read_identified(card, psam, wanted, card_id, random)
+    except CardError as err:
+        err.card_id = card_id.hex().upper()
+        raise
+
+
+def _read_identified(card: SscCard, psam: Psam, wanted: frozenset[str], card_id: bytes,
+                     random: Callable[[int], bytes]) -> SscData:
+    generation = decode_version(card.read_field(0x03))
+    challenge = random(CHALLENGE_LEN)
+    answer = card.internal_authenticate(challenge)
+    if not psam.verify_internal(card_id, challenge, answer):
+        raise CardAuthFailed("internal authentication failed: card answer does not match "
+                             "its 卡识别码 (cloned card?)")
+    if generation == "3.0":
+        card.external_authenticate(psam.external_cryptogram(card_id, card.get_challenge()))
+    ssn = decode_ssn(card.read_field(0x08))
+    tags = [0x01, 0x03, 0x08]
+    values: dict[str, object] = {}
+
+    def read(tag: int) -> bytes:
+        tags.append(tag)
+        return card.read_field(tag)
+
+    if "valid_until" in wanted:
+        values["valid_until"] = decode_record_date(0x06, read(0x06))
+    if "valid_from" in wanted:
+        values["valid_from"] = decode_record_date(0x05, read(0x05))
+    if "region" in wanted:
+        values["region"] = _field_value(0x04, lambda v: decode_bcd(v)[:6], read(0x04))
+    if "card_no" in wanted:
+        values["card_no"] = _field_value(0x07, decode_text, read(0x07))
+    if "name" in wanted:
+        values["name"] = _field_value(0x09, lambda v: decode_text(v, "gbk"), read(0x09))
+    if "birth_date" in wanted:
+        values["birth_date"] = birth_date_from_ssn(ssn) or decode_record_date(0x0D, read(0x0D))
+    return SscData(card_id=card_id.hex().upper(), ssn=ssn, generation=generation,
+                   apdus=card.apdus, fields=tuple(tags), **values)  # type: ignore[arg-type]
+
+
+def decode_record_date(tag: int, value: bytes) -> date:
+    """A BCD date field, with the field named in the error."""
+    return _field_value(tag, decode_bcd_date, value)
+
+
+def _field_value(tag: int, decoder: Callable[[bytes], _T], value: bytes) -> _T:
+    try:
+        return decoder(value)
+    except MalformedResponse as err:
+        raise MalformedResponse(f"{FIELDS[tag].where}: {err}") from err
