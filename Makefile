@@ -11,11 +11,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make \
                 python3-venv python3-dev
 PYTEST_ARGS ?=
+CARDS ?= sim
+PROFILE ?= bus_validator
 
 .PHONY: demo test lint typecheck bench deb venv firmware clean
 
-demo: $(STAMP)
-	$(BIN)/ykt demo
+demo: $(STAMP) firmware
+	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE)
 
 test: $(STAMP) firmware
 	$(BIN)/ruff check .

@@ -39,6 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         taps = args.taps or (120 if args.profile == "bus_validator" else 40)
         s = run_demo(taps, profile=args.profile, seed=args.seed, outage=not args.no_outage,
+                     cards_backend=args.cards,
                      workdir=args.workdir, gap_s=args.gap,
                      on_outcome=on_outcome, on_event=on_event)
     except (RuntimeError, FileNotFoundError, TimeoutError, ValueError) as err:
@@ -75,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="terminal profile to run (default bus_validator)")
     p.add_argument("--taps", type=int, default=None,
                    help="number of taps (default 120 on a bus, 40 elsewhere)")
+    p.add_argument("--cards", choices=["sim", "vpcd"], default="sim",
+                   help="sim: in-process cards; vpcd: virtual cards through pcscd + pyscard")
     p.add_argument("--seed", type=int, default=7, help="population and script seed")
     p.add_argument("--no-outage", action="store_true", help="skip the broker outage")
     p.add_argument("--gap", type=float, default=0.03, help="real seconds between taps")

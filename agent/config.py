@@ -84,7 +84,7 @@ class AgentConfig(_Section):
     terminal: TerminalSection = Field(default_factory=TerminalSection)
     location: LocationSection = Field(default_factory=lambda: LocationSection(
         route="19路", vehicle="鲁B-D0001"))
-    cards: DriverSection = Field(default_factory=DriverSection)
+    cards: DriverSection = Field(default_factory=lambda: DriverSection(backend="auto"))
     codes: CodesSection = Field(default_factory=CodesSection)
     prompt: DriverSection = Field(default_factory=lambda: DriverSection(backend="log"))
     gate: DriverSection = Field(default_factory=lambda: DriverSection(enabled=False))

@@ -239,15 +239,34 @@ class Terminal:
         if self._worker:
             self._worker.join(10)
 
+    def card_backend(self) -> str:
+        """The configured card backend; ``auto`` is ``pcsc`` when a PC/SC reader is present
+        (or on a production terminal, which then waits for one), else ``sim`` in demo mode."""
+        backend = self.cfg.cards.backend
+        if backend != "auto":
+            return backend
+        try:
+            from smartcard.System import readers
+
+            present = [str(r) for r in readers()]
+        except Exception:   # no pyscard, or pcscd not running
+            present = []
+        if present or not self.cfg.terminal.demo:
+            log.info("cards: auto -> pcsc (readers: %s)", ", ".join(present) or "none yet")
+            return "pcsc"
+        log.warning("cards: auto -> sim (no PC/SC reader present; demo mode)")
+        return "sim"
+
     def _start_sources(self) -> None:
         if self._sources_override is not None:
             self.sources = list(self._sources_override)
         else:
-            for section, kind in ((self.cfg.cards, "cards"), (self.cfg.codes, "codes")):
-                if section.enabled:
-                    cls = load_backend(kind, section.backend)
-                    self.sources.append(cls(self.pseudonymizer, **section.options)
-                                        if kind == "cards" else cls(**section.options))
+            if self.cfg.cards.enabled:
+                cls = load_backend("cards", self.card_backend())
+                self.sources.append(cls(self.pseudonymizer, **self.cfg.cards.options))
+            if self.cfg.codes.enabled:
+                cls = load_backend("codes", self.cfg.codes.backend)
+                self.sources.append(cls(**self.cfg.codes.options))
         for s in self.sources:
             s.start(self.submit)
 

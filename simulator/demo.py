@@ -30,6 +30,7 @@ from agent.daemon import Terminal
 from agent.engine import Outcome
 from agent.pseudonym import Pseudonymizer
 from agent.store import PolicyInfo, PolicyStore
+from drivers.base import PresentationSource
 from drivers.prompt import SimPrompter
 from simulator.broker import Mosquitto
 from simulator.cards import SimCardSource
@@ -138,13 +139,15 @@ PROFILES = tuple(_PROFILES)
 
 
 def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
-             outage: bool = True,
+             outage: bool = True, cards_backend: str = "sim",
              workdir: str | Path | None = None, gap_s: float = 0.01,
              on_outcome: Callable[[Outcome, str], None] | None = None,
              on_event: Callable[[str], None] | None = None) -> DemoSummary:
     """Run the whole demo; returns its summary. ``gap_s`` is the real pause between taps.
 
-    Simulated time: each tap advances a simulated clock by 5–40 s, ending near now.
+    Simulated time: each tap advances a simulated clock by 5–40 s from the profile's
+    opening time. ``cards_backend`` ``"vpcd"`` presents virtual cards through the real
+    pcscd + vpcd + pyscard path (with the virtual PSAM) instead of the in-process ``sim``.
     Raises ``RuntimeError`` if the backlog does not reach the hub within 60 s.
     """
     if profile not in _PROFILES:
@@ -175,8 +178,19 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
     cfg = AgentConfig.model_validate(cfg_dict)
     pseudo = Pseudonymizer(DEMO_PSEUDONYM_KEY)
     cards = SimCardSource(pseudo, population=pop)
+    source: PresentationSource = cards
+    rig: Any = None
+    if cards_backend == "vpcd":
+        from drivers.pcsc import PcscCardSource
+        from simulator.pcscd import start_virtual_reader
+
+        rig = start_virtual_reader(workdir=work / "pcscd")
+        source = PcscCardSource(pseudo, reader=rig.card_reader, psam="pcsc",
+                                psam_reader=rig.psam_reader)
+    elif cards_backend != "sim":
+        raise ValueError(f"unknown demo card backend {cards_backend!r} (sim or vpcd)")
     prompter = SimPrompter()
-    terminal = Terminal(cfg, sources=[cards], actuators=[prompter], clock=lambda: sim_now[0])
+    terminal = Terminal(cfg, sources=[source], actuators=[prompter], clock=lambda: sim_now[0])
     summary = DemoSummary(terminal=cfg.terminal.id, workdir=str(work), profile=profile)
     outcomes: list[Outcome] = []
     reasons: Counter[str] = Counter()
@@ -235,11 +249,16 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
                 controller.fire_alarm(False)
                 controller.wait_barrier("closed", 3)
             before = len(outcomes)
-            if step == "pull":
+            service = services[i % 5] if profile == "service_kiosk" else ""
+            if rig is not None:     # a virtual card in the vpcd reader's field
+                holder = pop.holders[int(step) if step != "pull" else 0]
+                rig.present(holder, **({"pull_after": 3} if step == "pull" else {}))
+                _wait(lambda n=before: len(outcomes) > n, 10)  # type: ignore[misc]
+                rig.pull()
+            elif step == "pull":
                 cards.pull_mid_read()
             else:
-                cards.tap(pop.holders[int(step)],
-                          service=services[i % 5] if profile == "service_kiosk" else "")
+                cards.tap(pop.holders[int(step)], service=service)
             summary.taps += 1
             terminal.drain(5)
             if controller is not None and len(outcomes) > before \
@@ -266,6 +285,8 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
         terminal.stop()
         hub.stop()
         broker.close()
+        if rig is not None:
+            rig.close()
     rows = [r for r in hub.export() if r.get("terminal") == cfg.terminal.id]
     seqs = Counter(int(r["seq"]) for r in rows)
     summary.records_at_hub = len(seqs)
@@ -279,6 +300,15 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
         summary.decision_ms_p99 = round(latencies[min(len(latencies) - 1,
                                                       int(len(latencies) * 0.99))], 3)
     return summary
+
+
+def _wait(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def summary_dict(s: DemoSummary) -> dict[str, Any]:
