@@ -9,6 +9,16 @@ a raw 社会保障号码, card number or name.
 * ``hotlist(key, kind, reason, listed)`` — lost/stolen cards (``kind = "card"``, key =
   credential key) and blocked holders (``kind = "holder"``).
 * ``policy`` — the channel, version, hash and expiry of the applied bundle.
+* ``artifacts(name, hash, body)`` — the small parts of the applied bundle (rule files,
+  trusted issuer keys, settings, the policy signers' root), switched with the data.
+
+**Generations.** A big snapshot is loaded into a new file (a *generation*,
+``store.db.g<version>-<token>``) in the background, then made current by atomically
+replacing the pointer file ``store.db.current`` (:func:`switch_generation`); readers
+move to it on :meth:`PolicyStore.refresh`. Without a pointer file the data lives in
+``store.db`` itself. A power loss leaves the pointer naming either the old or the new,
+complete generation; unfinished ``*.staging`` files are removed by
+:meth:`PolicyStore.collect_garbage`.
 
 Schema changes are migrations (``MIGRATIONS``), tracked in ``PRAGMA user_version``.
 Reads on the tap path use one connection with a lock; bulk writes (policy apply) use
@@ -18,9 +28,11 @@ never pause for an apply.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -28,7 +40,8 @@ from typing import Any
 
 import sqlite_utils
 
-__all__ = ["MIGRATIONS", "PolicyInfo", "PolicyStore", "StoreError"]
+__all__ = ["MIGRATIONS", "PolicyInfo", "PolicyStore", "StoreError", "active_generation",
+           "build_generation", "switch_generation"]
 
 
 class StoreError(RuntimeError):
@@ -63,7 +76,13 @@ def _m2_without_rowid(db: sqlite_utils.Database) -> None:
         db.execute(f"ALTER TABLE {name}_new RENAME TO {name}")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_without_rowid]
+def _m3_artifacts(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE artifacts (name TEXT PRIMARY KEY, hash TEXT NOT NULL, "
+               "body BLOB NOT NULL) WITHOUT ROWID")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial, _m2_without_rowid, _m3_artifacts]
 """Schema migrations in order; ``user_version`` = how many have been applied."""
 
 
@@ -92,12 +111,13 @@ class PolicyStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.active_path = active_generation(self.path)
         self._conn = self._connect()
         self.migrate(sqlite_utils.Database(self._conn))
         self._info = self._read_info()
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30,
+    def _connect(self, path: Path | None = None) -> sqlite3.Connection:
+        conn = sqlite3.connect(path or self.active_path, check_same_thread=False, timeout=30,
                                isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -148,10 +168,64 @@ class PolicyStore:
     def info(self) -> PolicyInfo:
         return self._info
 
-    def _read_info(self) -> PolicyInfo:
-        row = self._conn.execute(
+    def _read_info(self, conn: sqlite3.Connection | None = None) -> PolicyInfo:
+        row = (conn or self._conn).execute(
             "SELECT channel, version, hash, expires FROM policy WHERE id = 1").fetchone()
         return PolicyInfo(*row) if row else PolicyInfo()
+
+    def artifact(self, name: str) -> bytes | None:
+        """The body of the applied bundle's small part ``name`` (e.g. ``rules/bus_validator``,
+        ``issuers``, ``root``), or None if the applied policy has none."""
+        with self._lock:
+            row = self._conn.execute("SELECT body FROM artifacts WHERE name = ?",
+                                     (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def artifact_names(self) -> list[str]:
+        """Names of the stored artifacts, sorted."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT name FROM artifacts ORDER BY 1")]
+
+    def refresh(self) -> bool:
+        """Follow a generation switch or an apply made by another process or connection.
+
+        Opens the new generation (if the pointer moved) *before* taking the reader lock,
+        so a tap waits at most for one attribute swap. Returns True if the policy identity
+        or the generation changed. Raises :class:`StoreError` for an unusable generation
+        (the old one stays in use).
+        """
+        target = active_generation(self.path)
+        if target != self.active_path:
+            conn = self._connect(target)
+            try:
+                self.migrate(sqlite_utils.Database(conn))
+                info = self._read_info(conn)
+            except BaseException:
+                conn.close()
+                raise
+            with self._lock:
+                old, self._conn, self.active_path = self._conn, conn, target
+                self._info = info
+            old.close()
+            return True
+        with self._lock:
+            info = self._read_info()
+            changed, self._info = info != self._info, info
+        return changed
+
+    def integrity_problems(self) -> list[str]:
+        """``PRAGMA quick_check`` of the active generation: empty when consistent."""
+        with self._lock:
+            rows = [str(r[0]) for r in self._conn.execute("PRAGMA quick_check")]
+        return [] if rows == ["ok"] else rows
+
+    def collect_garbage(self) -> list[Path]:
+        """Delete generations (and unfinished ``*.staging`` files) that are not current.
+
+        Call it when no apply is running (daemon start, before staging). Returns the
+        removed paths.
+        """
+        return _collect_garbage(self.path, keep=active_generation(self.path))
 
     def counts(self) -> dict[str, int]:
         """Row counts: entitlements, hotlist."""
@@ -163,40 +237,54 @@ class PolicyStore:
     def apply(
         self,
         *,
-        entitlements: Iterable[Mapping[str, Any]] = (),
+        entitlements: Iterable[Mapping[str, Any] | Sequence[Any]] = (),
         remove_entitlements: Iterable[tuple[str, str]] = (),
-        hotlist: Iterable[Mapping[str, Any]] = (),
+        hotlist: Iterable[Mapping[str, Any] | Sequence[Any]] = (),
         remove_hotlist: Iterable[str] = (),
         replace: bool = False,
         info: PolicyInfo | None = None,
         batch_size: int = 10_000,
+        artifacts: Mapping[str, tuple[str, bytes]] | None = None,
+        expect: PolicyInfo | None = None,
     ) -> None:
         """Apply changes in ONE transaction on a separate connection: all or nothing.
 
-        ``entitlements`` rows have ``holder_key, name, valid_from, valid_until``;
-        ``hotlist`` rows have ``key, kind, reason, listed``. ``replace`` clears both tables
-        first (a snapshot). Readers keep seeing the old state until the commit.
+        ``entitlements`` rows have ``holder_key, name, valid_from, valid_until`` (mappings
+        or tuples in that order); ``hotlist`` rows have ``key, kind, reason, listed``.
+        ``replace`` clears both tables first (a snapshot). ``artifacts`` maps a name to
+        ``(hash, body)`` and, when given, replaces every stored artifact. ``expect`` makes
+        the transaction fail with :class:`StoreError` unless the stored policy is exactly
+        that (a delta's base). Rows are streamed:
+        memory stays bounded whatever the size. Readers keep seeing the old state until
+        the commit.
         """
         conn = self._connect()
         try:
-            db = sqlite_utils.Database(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if expect is not None:
+                    have = self._read_info(conn)
+                    if have != expect:
+                        raise StoreError(f"store holds {have.label} ({have.hash[:12]}), "
+                                         f"expected {expect.label} ({expect.hash[:12]})")
                 if replace:
                     conn.execute("DELETE FROM entitlements")
                     conn.execute("DELETE FROM hotlist")
                 conn.executemany("DELETE FROM entitlements WHERE holder_key = ? AND name = ?",
-                                 list(remove_entitlements))
+                                 remove_entitlements)
                 conn.executemany("DELETE FROM hotlist WHERE key = ?",
-                                 [(k,) for k in remove_hotlist])
-                db["entitlements"].insert_all(  # type: ignore[union-attr]
-                    entitlements, replace=True, batch_size=batch_size)
-                db["hotlist"].insert_all(  # type: ignore[union-attr]
-                    hotlist, replace=True, batch_size=batch_size)
+                                 ((k,) for k in remove_hotlist))
+                conn.executemany("INSERT OR REPLACE INTO entitlements VALUES (?, ?, ?, ?)",
+                                 _tuples(entitlements, _ENT_COLS))
+                conn.executemany("INSERT OR REPLACE INTO hotlist VALUES (?, ?, ?, ?)",
+                                 _tuples(hotlist, _HOT_COLS))
+                if artifacts is not None:
+                    conn.execute("DELETE FROM artifacts")
+                    for name, (digest, body) in artifacts.items():
+                        conn.execute("INSERT INTO artifacts VALUES (?, ?, ?)",
+                                     (name, digest, body))
                 if info is not None:
-                    conn.execute("INSERT OR REPLACE INTO policy VALUES (1, ?, ?, ?, ?, "
-                                 "strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
-                                 (info.channel, info.version, info.hash, info.expires))
+                    _write_info(conn, info)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -213,3 +301,152 @@ class PolicyStore:
                 self._conn.close()
             except sqlite3.Error:
                 pass
+
+
+# ------------------------------------------------------------------------- generations
+_ENT_COLS = ("holder_key", "name", "valid_from", "valid_until")
+_HOT_COLS = ("key", "kind", "reason", "listed")
+
+
+def _tuples(rows: Iterable[Mapping[str, Any] | Sequence[Any]], cols: tuple[str, ...]
+            ) -> Iterator[tuple[Any, ...]]:
+    for r in rows:
+        if isinstance(r, Mapping):
+            yield tuple(r.get(c) for c in cols)
+        else:
+            yield tuple(r)
+
+
+def _write_info(conn: sqlite3.Connection, info: PolicyInfo) -> None:
+    conn.execute("INSERT OR REPLACE INTO policy VALUES (1, ?, ?, ?, ?, "
+                 "strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
+                 (info.channel, info.version, info.hash, info.expires))
+
+
+def _pointer(base: Path) -> Path:
+    return base.with_name(base.name + ".current")
+
+
+def active_generation(base: str | Path) -> Path:
+    """The file holding the current data of the store ``base`` (``base`` itself when no
+    generation switch has happened). Raises :class:`StoreError` if the pointer names a
+    file that does not exist."""
+    base = Path(base)
+    ptr = _pointer(base)
+    try:
+        name = ptr.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return base
+    gen = base.with_name(name)
+    if not name or "/" in name or not gen.exists():
+        raise StoreError(f"{ptr} names a missing generation {name!r}; restore it or "
+                         "remove the pointer to fall back to " + base.name)
+    return gen
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def build_generation(
+    base: str | Path,
+    *,
+    entitlements: Iterable[Sequence[Any]],
+    hotlist: Iterable[Sequence[Any]],
+    info: PolicyInfo,
+    artifacts: Mapping[str, tuple[str, bytes]] | None = None,
+    batch_size: int = 20_000,
+    progress: Callable[[str, int], None] | None = None,
+) -> Path:
+    """Load a complete snapshot into a NEW generation file next to ``base``; return it.
+
+    Rows are tuples in column order, streamed in batches of ``batch_size`` (memory stays
+    bounded: a few MiB whatever the size; sorted input loads fastest). The file is built
+    without a journal (nothing reads it yet), fsynced, switched to WAL and renamed from
+    ``*.staging`` to its final name. It is not current until :func:`switch_generation`.
+    ``progress(table, rows_so_far)`` is called after each batch. Raises ``sqlite3.Error``
+    (e.g. duplicate keys, full disk); the staging file is then removed.
+    """
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    final = base.with_name(f"{base.name}.g{info.version}-{secrets.token_hex(4)}")
+    staging = final.with_name(final.name + ".staging")
+    conn = sqlite3.connect(staging, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-16384")   # 16 MiB
+        PolicyStore.migrate(sqlite_utils.Database(conn))
+        conn.execute("BEGIN")
+        for table, rows in (("entitlements", entitlements), ("hotlist", hotlist)):
+            n = 0
+            batch: list[Sequence[Any]] = []
+            sql = f"INSERT INTO {table} VALUES (?, ?, ?, ?)"
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= batch_size:
+                    conn.executemany(sql, batch)
+                    n += len(batch)
+                    batch.clear()
+                    if progress:
+                        progress(table, n)
+            conn.executemany(sql, batch)
+            n += len(batch)
+            if progress:
+                progress(table, n)
+        for name, (digest, body) in (artifacts or {}).items():
+            conn.execute("INSERT INTO artifacts VALUES (?, ?, ?)", (name, digest, body))
+        _write_info(conn, info)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        conn.close()
+        staging.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def switch_generation(base: str | Path, generation: Path) -> None:
+    """Make ``generation`` current: write the pointer atomically (temp file, fsync, rename,
+    fsync the directory). A crash leaves either the old or the new pointer."""
+    base = Path(base)
+    ptr = _pointer(base)
+    tmp = ptr.with_name(ptr.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(generation.name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ptr)
+    _fsync_dir(ptr.parent)
+
+
+def _collect_garbage(base: Path, keep: Path) -> list[Path]:
+    removed = []
+    candidates = [f for f in base.parent.glob(base.name + ".g*")
+                  if not f.name.endswith(("-wal", "-shm", "-journal"))]
+    if keep != base:
+        candidates.append(base)
+    for f in candidates:
+        if f == keep:
+            continue
+        for p in (f, f.with_name(f.name + "-wal"), f.with_name(f.name + "-shm"),
+                  f.with_name(f.name + "-journal")):
+            if p.exists():
+                p.unlink()
+                removed.append(p)
+    tmp = _pointer(base).with_name(_pointer(base).name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    return removed

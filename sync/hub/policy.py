@@ -303,15 +303,15 @@ class PolicyRepo:
         db.execute("BEGIN")
         try:
             changed: dict[str, bool] = {}
+            cur: dict[str, str] = {}          # the table holding the new rows
             for table, src, extra in (("ent", sources.entitlements, None),
                                       ("hot", sources.hotlist, sources.remove_hotlist)):
                 db.execute(f"DROP TABLE IF EXISTS {table}_new")
-                db.execute(f"CREATE TABLE {table}_new ({_SCHEMAS[table]}) WITHOUT ROWID")
                 if src is None and extra is None:
-                    changed[table] = False
-                    db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
+                    changed[table], cur[table] = False, table   # unchanged: no copy
                     continue
-                changed[table] = True
+                changed[table], cur[table] = True, f"{table}_new"
+                db.execute(f"CREATE TABLE {table}_new ({_SCHEMAS[table]}) WITHOUT ROWID")
                 if sources.merge or src is None:
                     db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
                 if src is not None:
@@ -330,7 +330,7 @@ class PolicyRepo:
                 snap = prev_parts.get(kind)
                 if changed[table] or snap is None:
                     snap = self._write_table_part(
-                        k, "snapshot", kind, f"SELECT * FROM {table}_new ORDER BY {keys}", None)
+                        k, "snapshot", kind, f"SELECT * FROM {cur[table]} ORDER BY {keys}", None)
                 assert snap is not None
                 parts.append(snap)
                 if prev_version and changed[table]:
@@ -341,9 +341,12 @@ class PolicyRepo:
                     if delta is not None:
                         parts.append(delta)
             parts += self._small_parts(sources, prev_parts)
-            totals = {"entitlements": int(db.execute("SELECT count(*) FROM ent_new")
-                                          .fetchone()[0]),
-                      "hotlist": int(db.execute("SELECT count(*) FROM hot_new").fetchone()[0])}
+            prev_totals = json.loads(self._meta("totals", "{}"))
+            totals = {}
+            for name, table in (("entitlements", "ent"), ("hotlist", "hot")):
+                totals[name] = (prev_totals[name] if not changed[table] and name in prev_totals
+                                else int(db.execute(f"SELECT count(*) FROM {cur[table]}")
+                                         .fetchone()[0]))
             inline_total = 0
             final_parts = []
             for p in parts:
@@ -373,9 +376,11 @@ class PolicyRepo:
             tmp.write_bytes(data)
             os.replace(tmp, out)
             for table in ("ent", "hot"):
-                db.execute(f"DROP TABLE {table}")
-                db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+                if changed[table]:
+                    db.execute(f"DROP TABLE {table}")
+                    db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
             for k2, v in (("version", str(version)), ("hash", digest),
+                          ("totals", json.dumps(totals)),
                           ("parts", json.dumps([p.model_dump(mode="json")
                                                 for p in final_parts]))):
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k2, v))

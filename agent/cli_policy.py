@@ -1,0 +1,299 @@
+"""``ykt hub policy keygen | rotate | build | publish | serve`` and ``ykt hub fleet``.
+
+Operations build signed policy bundles from source files and publish them; terminals
+follow them (see ``docs/policy.md``). Secrets never come from arguments: the deployment's
+pseudonymisation key comes from ``$YKT_PSEUDONYM_KEY`` or
+``$CREDENTIALS_DIRECTORY/pseudonym-key`` (``--demo-key`` for demos); signing keys are PEM
+files (mode 0600) named by path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["fleet_rows", "register"]
+
+
+def _hub_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    try:
+        from sync.hub.cli import hub_subparsers
+    except ImportError:                      # hub CLI not present: create `hub` here
+        hub = sub.choices.get("hub") or sub.add_parser("hub", help="the hub")
+        action = getattr(hub, "_ykt_hub_subparsers", None)
+        if action is None:
+            action = hub.add_subparsers(dest="hub_command", metavar="HUB_COMMAND")
+            hub._ykt_hub_subparsers = action  # type: ignore[attr-defined]
+        return action
+    return hub_subparsers(sub)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``hub policy …`` and ``hub fleet`` to the ``ykt`` parser."""
+    hs = _hub_subparsers(sub)
+    pol = hs.add_parser("policy", help="signed policy bundles: keygen, build, publish, serve")
+    ps = pol.add_subparsers(dest="policy_command", metavar="POLICY_COMMAND")
+    pol.set_defaults(func=lambda _a: (pol.print_help(), 2)[1])
+
+    kg = ps.add_parser("keygen", help="new signing key (PEM, 0600); --repo makes it root #1")
+    kg.add_argument("--out", required=True, type=Path, help="private key file to create")
+    kg.add_argument("--alg", default="ES256", help="ES256 (default), EdDSA or SM2")
+    kg.add_argument("--repo", type=Path, help="create signer root #1 of this repository")
+    kg.add_argument("--json", action="store_true")
+    kg.set_defaults(func=_keygen)
+
+    rot = ps.add_parser("rotate", help="new signer root, signed by the current key")
+    rot.add_argument("--repo", required=True, type=Path)
+    rot.add_argument("--channel", required=True)
+    rot.add_argument("--old-key", required=True, type=Path, help="a key of the current root")
+    rot.add_argument("--new-key", required=True, type=Path, help="the key that signs from now")
+    rot.add_argument("--alg", default="ES256")
+    rot.add_argument("--json", action="store_true")
+    rot.set_defaults(func=_rotate)
+
+    b = ps.add_parser("build", help="build and sign the next version from source files")
+    _repo_args(b)
+    b.add_argument("--key", required=True, type=Path, help="signing key (PEM)")
+    b.add_argument("--alg", default="ES256")
+    b.add_argument("--entitlements", type=Path, help="CSV/JSONL: ssn,name,valid_from,valid_until")
+    b.add_argument("--hotlist", type=Path, help="CSV/JSONL: card_id or ssn, reason, listed")
+    b.add_argument("--remove-hotlist", type=Path, help="CSV/JSONL of hotlist entries to drop")
+    b.add_argument("--merge", action="store_true",
+                   help="source files add to the last version instead of replacing it")
+    b.add_argument("--rules", type=Path, action="append", default=[], help="rule TOML (repeat)")
+    b.add_argument("--issuers", type=Path, help="trusted issuer keys (JSON/TOML trust file)")
+    b.add_argument("--settings", type=Path, help="terminal settings (JSON object)")
+    b.add_argument("--expires-days", type=float, default=7.0, help="validity in days (7)")
+    b.add_argument("--base-url", default="", help="URL prefix of the parts server (…/parts/)")
+    b.add_argument("--demo-key", action="store_true",
+                   help="hash identifiers with the built-in DEMO key (never in production)")
+    b.add_argument("--publish", action="store_true", help="publish right after building")
+    _mqtt_args(b)
+    b.set_defaults(func=_build)
+
+    pub = ps.add_parser("publish", help="publish the latest version retained over MQTT")
+    _repo_args(pub)
+    _mqtt_args(pub)
+    pub.set_defaults(func=_publish)
+
+    srv = ps.add_parser("serve", help="serve parts over HTTP with Range (until Ctrl-C)")
+    srv.add_argument("--repo", required=True, type=Path)
+    srv.add_argument("--host", default="0.0.0.0")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.set_defaults(func=_serve)
+
+    fl = hs.add_parser("fleet", help="terminals: last seen, online, policy, outbox, clock")
+    fl.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    fl.add_argument("--offline-after", type=float, default=120.0,
+                    help="seconds without news after which a terminal counts as offline")
+    fl.add_argument("--json", action="store_true")
+    fl.set_defaults(func=_fleet)
+
+
+def _repo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", required=True, type=Path, help="policy repository directory")
+    p.add_argument("--channel", required=True, help="e.g. city/370302/bus")
+    p.add_argument("--json", action="store_true")
+
+
+def _mqtt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mqtt-host", default="127.0.0.1")
+    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--tls-ca", type=Path, help="CA file: connect with TLS")
+
+
+def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
+    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
+    return 0
+
+
+def _fail(msg: str, code: int = 1) -> int:
+    print(f"ykt: {msg}", file=sys.stderr)
+    return code
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from agent.policy.signing import SigningKey
+    from sync.hub.policy import init_root
+
+    try:
+        key = SigningKey.generate(args.alg)
+        key.save(args.out)
+    except (ValueError, ImportError, FileExistsError) as err:
+        return _fail(f"{args.out}: {err}", 2)
+    data: dict[str, Any] = {"key": str(args.out), **key.public.model_dump()}
+    text = f"created {args.out} (kid {key.public.kid}, {key.public.alg})"
+    if args.repo:
+        try:
+            init_root(args.repo, [key.public])
+        except FileExistsError as err:
+            return _fail(f"{err}", 2)
+        anchor = args.repo / "roots" / "1.json"
+        data["anchor"] = str(anchor)
+        text += f"\nsigner root #1: {anchor} (install it on terminals as the policy anchor)"
+    return _out(args, data, text)
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from agent.policy.signing import SigningKey
+    from sync.hub.policy import PolicyRepo
+
+    try:
+        old, new = SigningKey.load(args.old_key, args.alg), SigningKey.load(args.new_key, args.alg)
+    except (OSError, ValueError) as err:
+        return _fail(str(err), 2)
+    repo = PolicyRepo(args.repo, args.channel, _pseudo(demo=True))
+    try:
+        if repo.current_root().key(old.public.kid) is None:
+            return _fail(f"{args.old_key} is not a key of the current signer root", 2)
+        root = repo.rotate([old], [new.public])
+    finally:
+        repo.close()
+    return _out(args, {"serial": root.serial, "kid": new.public.kid},
+                f"signer root #{root.serial}: {new.public.kid} (signed by {old.public.kid})")
+
+
+def _pseudo(demo: bool) -> Any:
+    from agent.config import DEMO_PSEUDONYM_KEY, read_secret
+    from agent.pseudonym import Pseudonymizer
+
+    secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
+    if secret:
+        return Pseudonymizer(bytes.fromhex(secret.strip()))
+    if demo:
+        return Pseudonymizer(DEMO_PSEUDONYM_KEY)
+    raise ValueError("no pseudonymisation key: set YKT_PSEUDONYM_KEY (hex) or "
+                     "$CREDENTIALS_DIRECTORY/pseudonym-key, or pass --demo-key")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from sync.link import MqttSettings
+
+    return MqttSettings(host=args.mqtt_host, port=args.mqtt_port, tls_ca_file=args.tls_ca)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from agent.policy.signing import SigningKey
+    from sync.hub.policy import BundleSources, PolicyRepo
+
+    try:
+        pseudo = _pseudo(args.demo_key)
+        key = SigningKey.load(args.key, args.alg)
+        repo = PolicyRepo(args.repo, args.channel, pseudo)
+    except (OSError, ValueError) as err:
+        return _fail(str(err), 2)
+    try:
+        res = repo.build(BundleSources(
+            entitlements=args.entitlements, hotlist=args.hotlist,
+            remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
+            settings=args.settings, merge=args.merge),
+            key, expires_s=args.expires_days * 86400, base_url=args.base_url)
+        if args.publish:
+            repo.publish(_settings(args))
+    except (OSError, ValueError, LookupError, PermissionError, TimeoutError) as err:
+        return _fail(str(err))
+    finally:
+        repo.close()
+    data = {"channel": args.channel, "version": res.version, "hash": res.manifest_hash,
+            "envelope": str(res.envelope_path), "envelope_bytes": res.envelope_bytes,
+            "totals": res.totals, "seconds": round(res.seconds, 2), "published": args.publish,
+            "parts": [p.model_dump() for p in res.parts]}
+    lines = [f"{args.channel}@{res.version} built in {res.seconds:.1f} s "
+             f"({res.totals['entitlements']} entitlements, {res.totals['hotlist']} hotlist)"]
+    lines += [f"  {p.name:22} {p.size:>12} B  {p.rows:>9} rows  "
+              f"{'inline' if p.inline else 'http'}  {p.sha256[:16]}" for p in res.parts]
+    if args.publish:
+        lines.append("published retained on " + f"ykt/v1/policy/{args.channel}/manifest")
+    return _out(args, data, "\n".join(lines))
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from sync.hub.policy import PolicyRepo
+
+    repo = PolicyRepo(args.repo, args.channel, _pseudo(demo=True))
+    try:
+        version = repo.publish(_settings(args))
+    except (LookupError, TimeoutError, OSError) as err:
+        return _fail(str(err))
+    finally:
+        repo.close()
+    return _out(args, {"channel": args.channel, "version": version},
+                f"published {args.channel}@{version}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sync.hub.parts_http import PartServer
+
+    server = PartServer(args.repo / "parts", args.host, args.port)
+    print(f"serving {args.repo / 'parts'} on {server.url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _stamp(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def fleet_rows(terminals: dict[str, Any], now: float, offline_after_s: float = 120.0
+               ) -> list[dict[str, Any]]:
+    """One row per terminal from the hub report's ``terminals``: last seen (RFC 3339),
+    online (status not ``offline`` and seen within ``offline_after_s``), applied policy,
+    outbox depth (records not yet acknowledged) and clock offset (terminal time in its
+    last status minus the hub's receive time, seconds; approximate to ±1 s)."""
+    rows = []
+    for tid in sorted(terminals):
+        t = terminals[tid] or {}
+        st = t.get("status") or {}
+        seen = _stamp(t.get("last_seen"))
+        online = (st.get("state", "online") != "offline" and seen is not None
+                  and now - seen <= offline_after_s)
+        sent = _stamp(st.get("time"))
+        outbox = st.get("outbox")
+        if outbox is None and "last_seq" in st:
+            outbox = int(st.get("last_seq", 0)) - int(st.get("acked_seq", 0))
+        rows.append({
+            "terminal": tid, "last_seen": t.get("last_seen"), "online": online,
+            "policy": st.get("policy", ""), "policy_state": st.get("policy_state", ""),
+            "policy_refusal": st.get("policy_refusal", ""), "outbox": outbox,
+            "clock_offset_s": None if sent is None or seen is None else round(sent - seen, 1),
+            "clock": st.get("clock", ""),
+        })
+    return rows
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from sync.hub.store import SqliteHubStore
+
+    if not args.db.exists():
+        return _fail(f"{args.db}: no such hub database", 2)
+    store = SqliteHubStore(args.db)
+    try:
+        rows = fleet_rows(store.report()["terminals"], time.time(), args.offline_after)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    head = f"{'terminal':20} {'last seen':20} {'state':7} {'policy':28} {'outbox':>7} {'clock':>7}"
+    lines = [head]
+    for r in rows:
+        off = "" if r["clock_offset_s"] is None else f"{r['clock_offset_s']:+.0f}s"
+        pol = r["policy"] + (f" ({r['policy_refusal']})" if r["policy_refusal"] else "")
+        lines.append(f"{r['terminal']:20} {r['last_seen'] or '-':20} "
+                     f"{'online' if r['online'] else 'offline':7} {pol:28} "
+                     f"{'' if r['outbox'] is None else r['outbox']:>7} {off:>7}")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,250 @@
+"""The signed policy manifest, the signer root, and the MQTT envelope that carries them.
+
+Everything signed is canonical JSON (:func:`canonical`): keys sorted, no whitespace,
+UTF-8, integers and strings only (no floats), so the hub and every terminal hash the same
+bytes. The wire form on ``ykt/v1/policy/{channel}/manifest`` is an :class:`Envelope`::
+
+    {"manifest": {"signed": {…Manifest…}, "signatures": [{"kid", "alg", "sig"}]},
+     "roots":    [{"signed": {…Root…},     "signatures": […]}, …],   # rotations, oldest first
+     "inline":   {"<sha256>": "<base64>", …}}                       # small parts
+
+Only ``signed`` objects are trusted, after their signatures verify; ``inline`` bytes are
+trusted only because the signed manifest names their hash. See ``docs/policy.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.policy.errors import BundleRefused, Refusal
+
+__all__ = [
+    "MANIFEST_TYPE",
+    "ROOT_TYPE",
+    "DeltaBase",
+    "Envelope",
+    "KeyEntry",
+    "Manifest",
+    "PartRef",
+    "Root",
+    "Signature",
+    "SignedManifest",
+    "SignedRoot",
+    "canonical",
+    "manifest_topic",
+    "parse_time",
+    "sha256_hex",
+    "validate_channel",
+]
+
+MANIFEST_TYPE = "ykt-policy-manifest"
+ROOT_TYPE = "ykt-policy-root"
+PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings"]
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON bytes of ``obj`` (sorted keys, compact, UTF-8). Raises ``ValueError``
+    for floats, which have no single canonical text."""
+    def check(o: Any) -> None:
+        if isinstance(o, float):
+            raise ValueError("floats are not allowed in signed policy documents")
+        if isinstance(o, dict):
+            for v in o.values():
+                check(v)
+        elif isinstance(o, list):
+            for v in o:
+                check(v)
+    check(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_channel(channel: str) -> str:
+    """Return ``channel`` if valid: 1–8 ``/``-separated segments of letters, digits and
+    ``. _ : -`` (e.g. ``city/370302/bus``); else raise ``ValueError``."""
+    parts = channel.split("/") if isinstance(channel, str) else []
+    if not 1 <= len(parts) <= 8 or not all(_SEGMENT.match(p) for p in parts):
+        raise ValueError(f"invalid policy channel {channel!r}: use segments like "
+                         "'city/370302/bus' (letters, digits, . _ : -)")
+    return channel
+
+
+def manifest_topic(channel: str) -> str:
+    """``ykt/v1/policy/{channel}/manifest`` (the channel may span several levels)."""
+    return f"ykt/v1/policy/{validate_channel(channel)}/manifest"
+
+
+def parse_time(stamp: str) -> float:
+    """Epoch seconds of an RFC 3339 UTC stamp (``2026-11-25T08:00:00Z``); ``ValueError``."""
+    dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"time {stamp!r} has no UTC offset")
+    return dt.timestamp()
+
+
+def utc_stamp(epoch: float) -> str:
+    """RFC 3339 UTC stamp with second precision."""
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyEntry(_Strict):
+    """A public key allowed to sign manifests."""
+
+    kid: str = Field(min_length=1, max_length=64, description="key id (hex of SPKI hash)")
+    alg: str = Field("ES256", description="ES256 (default), EdDSA or SM2")
+    public_key: str = Field(description="PEM SubjectPublicKeyInfo")
+
+
+class Root(_Strict):
+    """The set of keys that sign manifests (TUF's root role). Serial 1 is provisioned on
+    terminals (the trust anchor); serial n+1 must be signed by serial n's keys."""
+
+    type: Literal["ykt-policy-root"] = "ykt-policy-root"
+    serial: int = Field(ge=1)
+    threshold: int = Field(1, ge=1, description="distinct valid signatures required")
+    keys: list[KeyEntry] = Field(min_length=1)
+
+    def key(self, kid: str) -> KeyEntry | None:
+        return next((k for k in self.keys if k.kid == kid), None)
+
+
+class PartRef(_Strict):
+    """One content-addressed part named by a manifest."""
+
+    name: str = Field(description="slot: entitlements, entitlements.delta, hotlist, "
+                                  "hotlist.delta, rules/<profile>, issuers, settings")
+    kind: PartKind
+    mode: Literal["snapshot", "delta", "file"] = "file"
+    sha256: str
+    size: int = Field(ge=0, description="bytes")
+    rows: int = Field(0, ge=0, description="data lines (entitlements/hotlist parts)")
+    inline: bool = Field(False, description="carried in the envelope (small parts)")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _HEX64.match(v):
+            raise ValueError("sha256 must be 64 lower-case hex digits")
+        return v
+
+
+class DeltaBase(_Strict):
+    """The applied version a delta's parts transform into this version."""
+
+    version: int = Field(ge=0)
+    hash: str
+
+
+class Manifest(_Strict):
+    """The signed description of one policy version of one channel."""
+
+    type: Literal["ykt-policy-manifest"] = "ykt-policy-manifest"
+    channel: str
+    version: int = Field(ge=1, description="increases with every publication")
+    created: str = Field(description="RFC 3339 UTC")
+    expires: str = Field(description="RFC 3339 UTC; terminals report policy-stale after it")
+    root_serial: int = Field(ge=1, description="the signer root whose keys sign this")
+    base_url: str = Field("", description="where non-inline parts are served: base_url + sha256")
+    delta_from: DeltaBase | None = None
+    totals: dict[str, int] = Field(default_factory=dict,
+                                   description="rows after apply: entitlements, hotlist")
+    parts: list[PartRef]
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str) -> str:
+        return validate_channel(v)
+
+    @field_validator("created", "expires")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        parse_time(v)
+        return v
+
+    def part(self, name: str) -> PartRef | None:
+        return next((p for p in self.parts if p.name == name), None)
+
+    @property
+    def expires_at(self) -> float:
+        return parse_time(self.expires)
+
+
+class Signature(_Strict):
+    kid: str
+    alg: str = "ES256"
+    sig: str = Field(description="base64 of the raw signature (r||s for EC)")
+
+    def raw(self) -> bytes:
+        try:
+            return base64.b64decode(self.sig, validate=True)
+        except (binascii.Error, ValueError):
+            return b""
+
+
+class SignedManifest(_Strict):
+    signed: dict[str, Any]
+    signatures: list[Signature] = Field(default_factory=list)
+
+
+class SignedRoot(_Strict):
+    signed: dict[str, Any]
+    signatures: list[Signature] = Field(default_factory=list)
+
+
+class Envelope(_Strict):
+    """What travels on the manifest topic (retained)."""
+
+    manifest: SignedManifest
+    roots: list[SignedRoot] = Field(default_factory=list)
+    inline: dict[str, str] = Field(default_factory=dict, description="sha256 → base64 bytes")
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Envelope:
+        """Parse the wire bytes. Raises :class:`BundleRefused` (``malformed``)."""
+        try:
+            return cls.model_validate_json(payload)
+        except ValidationError as err:
+            raise BundleRefused(Refusal.MALFORMED,
+                                f"envelope: {err.error_count()} error(s): "
+                                f"{err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_defaults=False).encode()
+
+    def manifest_model(self) -> Manifest:
+        """The manifest (unverified!). Raises :class:`BundleRefused` (``malformed``)."""
+        try:
+            return Manifest.model_validate(self.manifest.signed)
+        except ValidationError as err:
+            raise BundleRefused(Refusal.MALFORMED,
+                                f"manifest: {err.errors()[0]['loc']}: "
+                                f"{err.errors()[0]['msg']}") from None
+
+    def inline_bytes(self, sha: str) -> bytes | None:
+        """Decoded inline part ``sha`` or None. Raises :class:`BundleRefused` (malformed)."""
+        text = self.inline.get(sha)
+        if text is None:
+            return None
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BundleRefused(Refusal.MALFORMED, f"inline part {sha[:12]} is not base64"
+                                ) from None

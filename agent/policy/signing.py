@@ -1,0 +1,185 @@
+"""Signing keys and the TUF-style verification of manifests and signer-root rotations.
+
+Algorithms come from :mod:`agent.codes.algorithms`: ES256 by default, EdDSA, and
+SM2-with-SM3 when ``tongsuopy`` is installed. A key id is the first 16 hex digits of the
+SHA-256 of the DER SubjectPublicKeyInfo.
+
+:func:`verify_envelope` walks the root chain from the terminal's trusted root (each
+rotation must be signed by the previous root's keys, up to its threshold), then checks
+the manifest's signatures against the resulting root. Errors are :class:`BundleRefused`
+with ``unsigned``, ``unknown_signer``, ``bad_signature`` or ``malformed``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
+
+from agent.codes.algorithms import AlgorithmUnavailable, KeyFormatError, algorithm
+from agent.policy.errors import BundleRefused, Refusal
+from agent.policy.manifest import (
+    Envelope,
+    KeyEntry,
+    Manifest,
+    Root,
+    Signature,
+    SignedManifest,
+    SignedRoot,
+    canonical,
+)
+
+__all__ = ["SigningKey", "key_id", "load_root", "sign_document", "verify_envelope",
+           "verify_signed"]
+
+
+def key_id(public_key: Any) -> str:
+    """The key id of a library public key: 16 hex digits of SHA-256(SPKI DER)."""
+    der = public_key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """An operations signing key (private). Keep the PEM file 0600, off terminals."""
+
+    alg: str
+    private_key: Any
+
+    @classmethod
+    def generate(cls, alg: str = "ES256") -> SigningKey:
+        """A new key. Raises ``ValueError``/``AlgorithmUnavailable`` for an unknown/absent alg."""
+        a = algorithm(alg)
+        return cls(a.name, a.generate())
+
+    @classmethod
+    def load(cls, path: str | Path, alg: str = "ES256") -> SigningKey:
+        """Load a private PEM. Raises ``OSError`` or ``ValueError`` naming the file."""
+        a = algorithm(alg)
+        try:
+            return cls(a.name, a.load_private_pem(Path(path).read_bytes()))
+        except KeyFormatError as err:
+            raise ValueError(f"{path}: not a {a.name} private key: {err}") from err
+
+    def save(self, path: str | Path) -> None:
+        """Write the private PEM with mode 0600 (created exclusively: never overwrites)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(algorithm(self.alg).private_pem(self.private_key))
+
+    @property
+    def public(self) -> KeyEntry:
+        a = algorithm(self.alg)
+        pub = a.public_key(self.private_key)
+        return KeyEntry(kid=key_id(pub), alg=a.name, public_key=a.public_pem(pub).decode())
+
+    def sign(self, data: bytes) -> Signature:
+        raw = algorithm(self.alg).sign(self.private_key, data)
+        return Signature(kid=self.public.kid, alg=self.alg, sig=base64.b64encode(raw).decode())
+
+
+def sign_document(signed: dict[str, Any], keys: list[SigningKey]) -> list[Signature]:
+    """Signatures of ``keys`` over the canonical bytes of ``signed``."""
+    data = canonical(signed)
+    return [k.sign(data) for k in keys]
+
+
+def verify_signed(signed: dict[str, Any], signatures: list[Signature], root: Root,
+                  what: str) -> None:
+    """Require ``root.threshold`` distinct valid signatures by ``root``'s keys.
+
+    Raises :class:`BundleRefused`: ``unsigned`` (no signatures), ``unknown_signer`` (no
+    signature by a key of ``root``), ``bad_signature`` (a trusted key's signature fails).
+    """
+    if not signatures:
+        raise BundleRefused(Refusal.UNSIGNED, f"{what} carries no signature")
+    data = canonical(signed)
+    good: set[str] = set()
+    known = False
+    for s in signatures:
+        entry = root.key(s.kid)
+        if entry is None or entry.alg != s.alg:
+            continue
+        known = True
+        try:
+            a = algorithm(entry.alg)
+            pub = a.load_public_pem(entry.public_key.encode())
+        except (AlgorithmUnavailable, KeyFormatError, ValueError) as err:
+            raise BundleRefused(Refusal.UNKNOWN_SIGNER,
+                                f"{what}: trusted key {s.kid} unusable: {err}") from None
+        if a.verify(pub, s.raw(), data):
+            good.add(s.kid)
+    if not known:
+        kids = ",".join(s.kid for s in signatures)
+        raise BundleRefused(Refusal.UNKNOWN_SIGNER,
+                            f"{what} signed by {kids}, none in signer root #{root.serial}")
+    if len(good) < root.threshold:
+        raise BundleRefused(Refusal.BAD_SIGNATURE,
+                            f"{what}: {len(good)} valid signature(s), root #{root.serial} "
+                            f"needs {root.threshold}")
+
+
+def _root_of(sr: SignedRoot) -> Root:
+    try:
+        return Root.model_validate(sr.signed)
+    except ValidationError as err:
+        raise BundleRefused(Refusal.MALFORMED, f"root: {err.errors()[0]['msg']}") from None
+
+
+def verify_envelope(env: Envelope, trusted: Root) -> tuple[Manifest, Root]:
+    """Verify the root chain from ``trusted`` and the manifest signatures.
+
+    Returns the (verified) manifest and the root that signed it (newer than ``trusted``
+    after a rotation; persist it only once the bundle is applied). Raises
+    :class:`BundleRefused`.
+    """
+    root = trusted
+    for sr in sorted(env.roots, key=lambda r: int(r.signed.get("serial", 0) or 0)):
+        candidate = _root_of(sr)
+        if candidate.serial <= root.serial:
+            continue                    # already trusted (or older): ignore
+        if candidate.serial != root.serial + 1:
+            raise BundleRefused(Refusal.UNKNOWN_SIGNER,
+                                f"root #{candidate.serial} does not follow #{root.serial}")
+        verify_signed(sr.signed, sr.signatures, root, f"root rotation #{candidate.serial}")
+        root = candidate
+    manifest = env.manifest_model()
+    verify_signed(env.manifest.signed, env.manifest.signatures, root,
+                  f"manifest {manifest.channel}@{manifest.version}")
+    if manifest.root_serial != root.serial:
+        raise BundleRefused(Refusal.UNKNOWN_SIGNER,
+                            f"manifest names signer root #{manifest.root_serial}, "
+                            f"verified chain ends at #{root.serial}")
+    return manifest, root
+
+
+def load_root(data: bytes | str, source: str = "<root>") -> Root:
+    """A :class:`Root` from JSON (a bare root object or ``{"signed": …}``). Raises
+    ``ValueError`` naming ``source``."""
+    try:
+        doc = json.loads(data)
+        if isinstance(doc, dict) and "signed" in doc:
+            doc = doc["signed"]
+        return Root.model_validate(doc)
+    except (json.JSONDecodeError, ValidationError) as err:
+        raise ValueError(f"{source}: not a policy signer root: {err}") from None
+
+
+def signed_manifest(manifest: Manifest, keys: list[SigningKey]) -> SignedManifest:
+    """Sign ``manifest`` with ``keys`` (hub side)."""
+    signed = manifest.model_dump(mode="json")
+    return SignedManifest(signed=signed, signatures=sign_document(signed, keys))
+
+
+def signed_root(root: Root, keys: list[SigningKey]) -> SignedRoot:
+    """Sign a root rotation with the previous root's ``keys`` (hub side)."""
+    signed = root.model_dump(mode="json")
+    return SignedRoot(signed=signed, signatures=sign_document(signed, keys))

@@ -1,0 +1,181 @@
+"""Stage and switch one verified bundle into the store: the write side of an apply.
+
+:func:`execute_plan` runs an :class:`ApplyPlan` whose parts are already downloaded and
+hash-checked: a **delta** is applied in one SQLite transaction on the current generation
+(checked against its base inside the transaction); a **snapshot** is streamed into a new
+generation file, its row counts checked against the manifest's totals, then made current
+by an atomic pointer switch. Either way a crash at any instant leaves the old or the new
+policy, never a mix (see :mod:`agent.store`).
+
+By default the terminal runs this in a separate process (``python -m agent.policy.stage
+PLAN.json``) so parsing and inserting never compete with taps for the GIL; the process's
+resident memory stays bounded (streaming, fixed batches, a 16 MiB page cache).
+Exit status: 0 applied, 3 base mismatch, 4 bundle refused, 1 other failure; the last
+stdout line is a JSON object ``{"ok": …}`` or ``{"error": reason, "detail": …}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.policy.errors import BundleRefused, PolicyError, Refusal
+from agent.policy.parts import DataKind, Mode, read_rows
+from agent.store import PolicyInfo, PolicyStore, StoreError, build_generation, switch_generation
+
+__all__ = ["ApplyPlan", "execute_plan", "main"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """What to write. Paths point at verified part files; ``artifacts`` maps an artifact
+    name to ``(sha256, path)``. ``expect`` is the delta's base (None for a snapshot)."""
+
+    store: str
+    mode: str                                  # "snapshot" | "delta"
+    info: dict[str, Any]
+    expect: dict[str, Any] | None = None
+    entitlements: str | None = None
+    hotlist: str | None = None
+    artifacts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ApplyPlan:
+        d = json.loads(text)
+        d["artifacts"] = {k: tuple(v) for k, v in d.get("artifacts", {}).items()}
+        return cls(**d)
+
+
+def _rows(path: str | None, kind: DataKind, mode: Mode, op: str | None,
+          progress: Progress | None) -> Iterator[tuple[str, ...]]:
+    if path is None:
+        return
+    for n, row in enumerate(read_rows(path, kind, mode, op), 1):
+        yield row
+        if progress is not None and n % 20_000 == 0:
+            progress(f"{kind}{op or ''}", n)
+
+
+def _artifacts(plan: ApplyPlan) -> dict[str, tuple[str, bytes]]:
+    return {name: (digest, Path(p).read_bytes()) for name, (digest, p) in plan.artifacts.items()}
+
+
+def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInfo:
+    """Apply ``plan`` to the store; return the new policy identity.
+
+    Raises :class:`BundleRefused` (malformed part, wrong totals), :class:`StoreError`
+    (delta base mismatch) or ``sqlite3.Error``/``OSError``; the old policy then stays.
+    """
+    info = PolicyInfo(**plan.info)
+    artifacts = _artifacts(plan)
+    if plan.mode == "delta":
+        store = PolicyStore(plan.store)
+        try:
+            store.apply(
+                remove_entitlements=((k, n) for k, n in _rows(
+                    plan.entitlements, "entitlements", "delta", "-", None)),
+                remove_hotlist=(r[0] for r in _rows(plan.hotlist, "hotlist", "delta", "-", None)),
+                entitlements=_rows(plan.entitlements, "entitlements", "delta", "+", progress),
+                hotlist=_rows(plan.hotlist, "hotlist", "delta", "+", progress),
+                artifacts=artifacts, info=info,
+                expect=PolicyInfo(**plan.expect) if plan.expect else None)
+        finally:
+            store.close()
+        if progress:
+            progress("committed", 0)
+        return info
+    if plan.entitlements is None or plan.hotlist is None:
+        raise BundleRefused(Refusal.MALFORMED, "a snapshot needs entitlements and hotlist parts")
+    gen = build_generation(
+        plan.store, info=info, artifacts=artifacts, progress=progress,
+        entitlements=_rows(plan.entitlements, "entitlements", "snapshot", "+", None),
+        hotlist=_rows(plan.hotlist, "hotlist", "snapshot", "+", None))
+    try:
+        with sqlite3.connect(gen) as conn:
+            counts = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                      for t in ("entitlements", "hotlist")}
+        conn.close()
+        for t, want in plan.totals.items():
+            if t in counts and counts[t] != want:
+                raise BundleRefused(Refusal.MALFORMED,
+                                    f"snapshot holds {counts[t]} {t}, manifest says {want}")
+        if progress:
+            progress("staged", 0)
+        switch_generation(plan.store, gen)
+    except BaseException:
+        if gen.exists():
+            from agent.store import active_generation
+            if active_generation(plan.store) != gen:
+                gen.unlink()
+        raise
+    if progress:
+        progress("switched", 0)
+    return info
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident set (VmHWM, KiB; 0 if unknown). Unlike ``ru_maxrss``
+    it does not include the parent's memory inherited through fork before exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agent.policy.stage PLAN.json [--pause-after PHASE]`` (see module doc).
+
+    ``--pause-after`` sleeps forever after reporting that phase (for crash tests).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    pause = None
+    if "--pause-after" in args:
+        i = args.index("--pause-after")
+        pause = args[i + 1]
+        del args[i:i + 2]
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    plan = ApplyPlan.from_json(Path(args[0]).read_text(encoding="utf-8"))
+
+    def progress(phase: str, n: int) -> None:
+        sys.stdout.write(json.dumps({"phase": phase, "rows": n}) + "\n")
+        sys.stdout.flush()
+        if pause is not None and phase.startswith(pause):
+            while True:
+                time.sleep(3600)
+
+    try:
+        info = execute_plan(plan, progress)
+    except StoreError as err:
+        print(json.dumps({"error": Refusal.BASE_MISMATCH.value, "detail": str(err)}))
+        return 3
+    except PolicyError as err:
+        print(json.dumps({"error": err.refusal.value, "detail": err.detail}))
+        return 4
+    except (sqlite3.Error, OSError) as err:
+        print(json.dumps({"error": Refusal.APPLY_FAILED.value, "detail": str(err)}))
+        return 1
+    print(json.dumps({"ok": True, "policy": info.label, "peak_rss_kb": _peak_rss_kb()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Policy benchmarks: snapshot build + apply, lookups at city scale, delta apply under taps.
+
+``.venv/bin/python -m bench.bench_policy [--entitlements N --hotlist M --delta D]``
+(defaults: 10,000,000 entitlements, 1,000,000 hotlist entries, a 100,000-entry delta).
+
+1. **Snapshot**: the hub builds version 1 from a CSV source of N entitlements (already
+   keyed hashes, so HMAC time is not counted) and a hotlist of M entries
+   (:class:`sync.hub.policy.PolicyRepo`), then a child process applies it to a fresh
+   terminal store (``python -m agent.policy.stage``) — wall time and the child's peak RSS.
+2. **Lookups**: per-tap store lookups (``hotlisted(card, holder)`` + ``entitlements``),
+   half hits, half misses, p50/p99.
+3. **Delta under taps**: a D-entry delta (90% entitlements, 10% hotlist) applied by the
+   child process while this process keeps tapping: store-lookup p99 and the p99 of real
+   ``Engine.handle`` taps with a durable journal, idle vs during the apply, in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+from agent.engine import Engine
+from agent.journal import Journal
+from agent.model import Credential, Location, Presentation, PresentationKind
+from agent.policy.apply import stage_command
+from agent.policy.manifest import Envelope, canonical, sha256_hex
+from agent.policy.parts import PartWriter
+from agent.policy.signing import SigningKey
+from agent.policy.stage import ApplyPlan
+from agent.pseudonym import Pseudonymizer
+from agent.rules import load_ruleset
+from agent.store import PolicyInfo, PolicyStore
+from bench.report import machine, table, update_section
+from profiles import profile_path
+from sync.hub.policy import BundleSources, PolicyRepo
+
+DAY = date(2026, 11, 25)
+CATS = ("elderly", "disabled", "youfu", "student")
+
+
+def hkey(i: int) -> str:
+    """The i-th holder key: spread over the whole key space, increasing with i."""
+    return f"{(i * 0x9E3779B97F4A7C15F39CC0605CEDC8) % (1 << 128):032x}"
+
+
+def ckey(i: int) -> str:
+    return f"{(i * 0xD1B54A32D192ED03AEF9C71F2E3B5A1) % (1 << 128) ^ (1 << 127):032x}"
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def run_stage(plan: ApplyPlan, work: Path) -> tuple[float, dict[str, object]]:
+    plan_path = work / "plan.json"
+    plan_path.write_text(plan.to_json())
+    t0 = time.perf_counter()
+    out = subprocess.run(stage_command(plan_path),
+                         capture_output=True, text=True, check=False)
+    dt = time.perf_counter() - t0
+    if out.returncode:
+        raise RuntimeError(f"apply failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    return dt, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def info_of(repo: PolicyRepo) -> tuple[PolicyInfo, dict[str, str]]:
+    env = Envelope.parse(repo.latest_envelope())
+    s = env.manifest.signed
+    m = env.manifest_model()
+    info = PolicyInfo(m.channel, m.version, sha256_hex(canonical(s)), m.expires)
+    parts = {p.name: str(repo.parts_dir / p.sha256) for p in m.parts}
+    return info, parts
+
+
+def lookups(store: PolicyStore, n_ent: int, n_hot: int, samples: int, rnd: random.Random
+            ) -> list[float]:
+    lat = []
+    for k in range(samples):
+        i = rnd.randrange(n_ent) if k % 2 else n_ent + rnd.randrange(1 << 40)
+        h, c = hkey(i), ckey(rnd.randrange(n_hot * 2))
+        t0 = time.perf_counter()
+        store.hotlisted(c, h)
+        store.entitlements(h, DAY)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--entitlements", type=int, default=10_000_000)
+    ap.add_argument("--hotlist", type=int, default=1_000_000)
+    ap.add_argument("--delta", type=int, default=100_000)
+    ap.add_argument("--samples", type=int, default=20_000, help="lookup samples")
+    ap.add_argument("--idle-s", type=float, default=5.0, help="idle tap phase, seconds")
+    ap.add_argument("--workdir", type=Path, default=None, help="(default: a temp dir)")
+    ap.add_argument("--no-report", action="store_true", help="do not update bench/README.md")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="ykt-bench-policy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    n_ent, n_hot, n_delta = args.entitlements, args.hotlist, args.delta
+    rnd = random.Random(1)
+    try:
+        # -- 1. build (hub) and apply (terminal, child process) a snapshot ---------------
+        src_e, src_h = work / "ent.csv", work / "hot.csv"
+        t0 = time.perf_counter()
+        with open(src_e, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["holder_key", "name", "valid_from", "valid_until"])
+            for i in range(n_ent):
+                w.writerow([hkey(i), CATS[i % 4], "", "2030-12-31" if i % 7 == 0 else ""])
+        with open(src_h, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["key", "kind", "reason"])
+            for i in range(n_hot):
+                w.writerow([ckey(i), "card", "lost"])
+        t_src = time.perf_counter() - t0
+        repo = PolicyRepo(work / "repo", "city/370302/bus", Pseudonymizer(b"b" * 32))
+        key = SigningKey.generate()
+        repo.init_root([key.public])
+        built = repo.build(BundleSources(entitlements=src_e, hotlist=src_h,
+                                         rules=[profile_path("bus_validator")]), key)
+        src_e.unlink()
+        src_h.unlink()
+        info1, parts1 = info_of(repo)
+        store_path = work / "term" / "store.db"
+        store_path.parent.mkdir()
+        t_apply, res = run_stage(ApplyPlan(
+            store=str(store_path), mode="snapshot", info={
+                "channel": info1.channel, "version": info1.version, "hash": info1.hash,
+                "expires": info1.expires},
+            entitlements=parts1["entitlements"], hotlist=parts1["hotlist"],
+            totals=built.totals), work)
+        snap_mb = sum(p.size for p in built.parts) / 1e6
+        rss_snapshot = int(res["peak_rss_kb"]) / 1024  # type: ignore[call-overload]
+
+        # -- 2. lookups -------------------------------------------------------------------
+        store = PolicyStore(store_path)
+        lookups(store, n_ent, n_hot, 2000, rnd)          # warm up
+        lat = lookups(store, n_ent, n_hot, args.samples, rnd)
+
+        # -- 3. delta under taps -----------------------------------------------------------
+        n_de, n_dh = n_delta * 9 // 10, n_delta - n_delta * 9 // 10
+        dpath_e, dpath_h = work / "delta-ent", work / "delta-hot"
+        with open(dpath_e, "wb") as fe:
+            w2 = PartWriter(fe, "entitlements", "delta")
+            for _ in range(n_de // 10):
+                w2.remove(hkey(rnd.randrange(n_ent)), CATS[0])
+            for _ in range(n_de - n_de // 10):
+                w2.add(hkey(rnd.randrange(n_ent * 2)), "ticket:taishan", "", "")
+            w2.close()
+        with open(dpath_h, "wb") as fh:
+            w2 = PartWriter(fh, "hotlist", "delta")
+            for _ in range(n_dh):
+                w2.add(ckey(n_hot * 3 + rnd.randrange(1 << 40)), "card", "lost", "")
+            w2.close()
+        info2 = PolicyInfo(info1.channel, 2, "b" * 64, info1.expires)
+        as_dict = {"channel": info2.channel, "version": 2, "hash": info2.hash,
+                   "expires": info2.expires}
+        plan = ApplyPlan(store=str(store_path), mode="delta", info=as_dict,
+                         expect={"channel": info1.channel, "version": info1.version,
+                                 "hash": info1.hash, "expires": info1.expires},
+                         entitlements=str(dpath_e), hotlist=str(dpath_h))
+        journal = Journal(work / "term" / "journal.db", "BENCH-1")
+        engine = Engine(load_ruleset(profile_path("bus_validator")), store, journal,
+                        location=Location(route="19", vehicle="B1"))
+
+        def tap_once(k: int) -> tuple[float, float | None]:
+            i = rnd.randrange(n_ent)
+            t0 = time.perf_counter()
+            store.hotlisted(ckey(k), hkey(i))
+            store.entitlements(hkey(i), DAY)
+            t_look = (time.perf_counter() - t0) * 1000
+            t_eng = None
+            if k % 10 == 0:
+                cred = Credential("ssc_card", ckey(n_hot * 5 + k), hkey(i))
+                t1 = time.perf_counter()
+                engine.handle(Presentation(PresentationKind.CARD, "bench", 0, credential=cred))
+                t_eng = (time.perf_counter() - t1) * 1000
+            return t_look, t_eng
+
+        def phase(until: Callable[[], bool]) -> tuple[list[float], list[float]]:
+            look, eng = [], []
+            k = 0
+            while not until():
+                a, b = tap_once(k)
+                look.append(a)
+                if b is not None:
+                    eng.append(b)
+                k += 1
+                time.sleep(0.0005)
+            return look, eng
+
+        end = time.monotonic() + args.idle_s
+        idle_look, idle_eng = phase(lambda: time.monotonic() > end)
+        plan_path = work / "delta-plan.json"
+        plan_path.write_text(plan.to_json())
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(stage_command(plan_path), stdout=subprocess.PIPE, text=True)
+        busy_look, busy_eng = phase(lambda: proc.poll() is not None)
+        t_delta = time.perf_counter() - t0
+        out = proc.communicate()[0]
+        res2 = json.loads(out.strip().splitlines()[-1])
+        assert res2.get("ok"), out
+        store.refresh()
+        assert store.info.version == 2
+        journal.close()
+        store.close()
+
+        rows: list[list[object]] = [
+            ["snapshot source → signed bundle (hub)", f"{n_ent:,} ent + {n_hot:,} hot",
+             f"{built.seconds / 60:.1f} min (+{t_src:.0f} s writing the CSV)",
+             f"parts {snap_mb:.0f} MB"],
+            ["snapshot apply (child process)", f"{n_ent:,} + {n_hot:,}",
+             f"{t_apply / 60:.2f} min", f"peak RSS {rss_snapshot:.0f} MiB"],
+            ["lookup (hotlisted + entitlements)", f"{len(lat):,} taps",
+             f"p50 {statistics.median(lat):.3f} ms", f"p99 {pct(lat, 0.99):.3f} ms"],
+            ["delta apply (child process)", f"{n_delta:,} entries",
+             f"{t_delta:.2f} s", f"peak RSS {int(res2['peak_rss_kb']) / 1024:.0f} MiB"],
+            ["lookup p99 idle → during delta", f"{len(idle_look):,} / {len(busy_look):,}",
+             f"{pct(idle_look, 0.99):.3f} → {pct(busy_look, 0.99):.3f} ms",
+             f"×{pct(busy_look, 0.99) / pct(idle_look, 0.99):.2f}"],
+            ["Engine.handle p99 (journal fsync) idle → during", f"{len(idle_eng):,} / "
+             f"{len(busy_eng):,}", f"{pct(idle_eng, 0.99):.2f} → {pct(busy_eng, 0.99):.2f} ms",
+             f"×{pct(busy_eng, 0.99) / pct(idle_eng, 0.99):.2f}"],
+        ]
+        md = table(["benchmark", "size", "time", "notes"], rows)
+        text = (f"Run on {machine()}; `python -m bench.bench_policy --entitlements {n_ent} "
+                f"--hotlist {n_hot} --delta {n_delta}`. Targets: delta apply < 5 s, tap p99 "
+                "during apply < 2× idle, lookup p99 < 1 ms, applying process < 150 MB RSS.\n\n"
+                + md)
+        print(text)
+        if not args.no_report:
+            update_section("policy", "## Policy bundles (`bench/bench_policy.py`)\n\n" + text)
+        repo.close()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

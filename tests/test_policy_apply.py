@@ -1,0 +1,140 @@
+"""Policy bundles applied to a terminal's store: snapshot, deltas, rules, the engine's view."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+from agent.model import Reason
+from agent.policy.apply import PolicyApplier, SubprocessRunner
+from agent.policy.wiring import engine_listener
+from agent.store import PolicyStore
+from profiles import profile_path
+from sync.hub.policy import BundleSources
+from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
+
+
+def test_snapshot_then_hotlist_delta_change_decisions(policy_env: PolicyEnv) -> None:
+    env = policy_env
+    t = env.terminal()
+    first = env.build(env.population_sources())
+    assert first.version == 1
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None and applied.mode == "snapshot"
+    assert t.store.info.label == "city/370302/bus@1"
+    assert applied.ruleset("bus_validator") is not None
+    victim = env.pop.tagged("standard")[0]
+    assert t.tap(victim).decision.accepted
+    # report the card lost: a small delta, inline in the envelope
+    res = env.build(BundleSources(hotlist=env.source("hot", [{"card_id": victim.card_id}]),
+                                  merge=True))
+    delta = {p.name: p for p in res.parts}["hotlist.delta"]
+    assert delta.inline and delta.rows == 1
+    env.clock.t += 120
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None and applied.mode == "delta"
+    out = t.tap(victim)
+    assert out.decision.reason is Reason.HOTLISTED
+    assert out.record is not None and out.record.body["policy"] == "city/370302/bus@2"
+    # the same envelope again is a no-op
+    assert t.applier.offer(env.repo.latest_envelope(), None) is None
+
+
+def test_entitlement_delta_and_removal(policy_env: PolicyEnv) -> None:
+    env = policy_env
+    t = env.terminal(runner=SubprocessRunner())
+    env.build(env.population_sources())
+    t.applier.offer(env.repo.latest_envelope(), None)
+    std = env.pop.tagged("standard")[0]
+    assert t.tap(std).decision.product == "standard"
+    student = env.pop.tagged("student")[0]
+    ents = [{"ssn": h.ssn, "name": c} for h in env.pop for c in h.categories
+            if h is not student] + [{"ssn": std.ssn, "name": "disabled"}]
+    env.build(BundleSources(entitlements=env.source("ent", ents)))
+    env.clock.t += 3600
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None and applied.mode == "delta"
+    assert t.tap(std).decision.product == "disabled_free"
+    assert t.tap(student).decision.product == "standard"
+    assert "disabled" in t.store.entitlements(PSEUDO.holder_key(std.ssn), date(2026, 11, 25))
+
+
+def test_terminal_behind_takes_the_snapshot(policy_env: PolicyEnv) -> None:
+    env = policy_env
+    t = env.terminal()
+    env.build(env.population_sources())
+    victim = env.pop.tagged("standard")[1]
+    env.build(BundleSources(hotlist=env.source("hot", [{"card_id": victim.card_id}]),
+                            merge=True))
+    env.build(BundleSources(hotlist=env.source("hot", [{"card_id": env.pop.tagged(
+        "standard")[2].card_id}]), merge=True))
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None and applied.mode == "snapshot"
+    assert t.store.info.version == 3
+    assert t.tap(victim).decision.reason is Reason.HOTLISTED
+    assert t.store.counts()["hotlist"] == 3
+    assert t.store.integrity_problems() == []
+
+
+def test_no_raw_identifiers_in_repo_parts_or_store(policy_env: PolicyEnv) -> None:
+    env = policy_env
+    t = env.terminal()
+    env.build(env.population_sources())
+    t.applier.offer(env.repo.latest_envelope(), None)
+    blobs = [p.read_bytes() for p in env.repo.root.rglob("*") if p.is_file()]
+    blobs += [p.read_bytes() for p in t.store.path.parent.iterdir() if p.is_file()]
+    import gzip
+    for p in env.repo.parts_dir.iterdir():
+        try:
+            blobs.append(gzip.decompress(p.read_bytes()))
+        except OSError:
+            pass
+    for h in env.pop:
+        for raw in (h.ssn, h.card_id, h.name):
+            assert not any(raw.encode() in b for b in blobs), raw
+
+
+class _Trust:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Any], str]] = []
+
+    def replace(self, keys: Any, *, version: str = "") -> None:
+        self.calls.append((list(keys), version))
+
+
+def test_rules_and_issuer_keys_reach_the_engine_and_survive_restart(policy_env: PolicyEnv
+                                                                   ) -> None:
+    env = policy_env
+    from agent.codes.algorithms import algorithm
+    es = algorithm("ES256")
+    pem = es.public_pem(es.public_key(es.generate())).decode()
+    issuers = env.tmp / "issuers.json"
+    issuers.write_text(json.dumps({"version": "2026-11", "issuers": [
+        {"kid": "jn-2026a", "alg": "ES256", "iss": "370100", "public_key": pem}]}))
+    strict = profile_path("bus_validator").read_text(encoding="utf-8").replace(
+        'stale_policy = "keep_deciding"', 'stale_policy = "deny_all"')
+    rules = env.tmp / "bus_validator.toml"
+    rules.write_text(strict, encoding="utf-8")
+    sources = env.population_sources()
+    sources.rules, sources.issuers = [rules], issuers
+    env.build(sources)
+    t = env.terminal()
+    trust = _Trust()
+    t.applier.add_listener(engine_listener(t.engine, "bus_validator", trust))
+    t.applier.offer(env.repo.latest_envelope(), None)
+    assert t.engine.ruleset.profile.stale_policy == "deny_all"
+    assert [k.kid for k in trust.calls[0][0]] == ["jn-2026a"] and trust.calls[0][1] == "2026-11"
+    # a restarted terminal gets the same rules and keys from its store
+    again = PolicyStore(t.store.path)
+    try:
+        applier = PolicyApplier(again, channel=CHANNEL, anchor=env.anchor)
+        current = applier.current()
+        assert current.info == t.store.info
+        rs = current.ruleset("bus_validator")
+        assert rs is not None and rs.profile.stale_policy == "deny_all"
+        keys = current.issuer_keys()
+        assert keys is not None and keys[0][0].kid == "jn-2026a"
+        assert applier.trusted_root().serial == 1
+    finally:
+        again.close()

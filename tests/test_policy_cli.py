@@ -1,0 +1,84 @@
+"""``ykt hub policy keygen | build | publish`` and ``ykt hub fleet`` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.cli_policy import fleet_rows
+from agent.policy.apply import InProcessRunner, PolicyApplier
+from agent.policy.signing import load_root
+from agent.store import PolicyStore
+from profiles import profile_path
+from simulator.broker import Mosquitto
+from simulator.population import Population
+from sync.hub.store import SqliteHubStore
+from tests.fixtures.policy import CHANNEL
+
+
+def test_keygen_build_publish(tmp_path: Path, broker: Mosquitto,
+                              capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("YKT_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    repo, key = tmp_path / "repo", tmp_path / "ops.pem"
+    assert main(["hub", "policy", "keygen", "--out", str(key), "--repo", str(repo),
+                 "--json"]) == 0
+    anchor = json.loads(capsys.readouterr().out)["anchor"]
+    assert key.stat().st_mode & 0o777 == 0o600
+    pop = Population.generate(30, seed=2)
+    ents = tmp_path / "ents.csv"
+    with open(ents, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ssn", "name"])
+        w.writerows([h.ssn, c] for h in pop for c in h.categories)
+    hot = tmp_path / "hot.jsonl"
+    hot.write_text("".join(json.dumps({"card_id": h.card_id, "reason": "lost"}) + "\n"
+                           for h in pop if h.hotlisted), encoding="utf-8")
+    assert main(["hub", "policy", "build", "--repo", str(repo), "--channel", CHANNEL,
+                 "--key", str(key), "--entitlements", str(ents), "--hotlist", str(hot),
+                 "--rules", str(profile_path("bus_validator")), "--demo-key", "--publish",
+                 "--mqtt-host", broker.host, "--mqtt-port", str(broker.port), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["version"] == 1 and built["published"]
+    assert built["totals"]["hotlist"] == 1
+    store = PolicyStore(tmp_path / "t" / "store.db")
+    try:
+        applier = PolicyApplier(store, channel=CHANNEL,
+                                anchor=load_root(Path(anchor).read_bytes()),
+                                runner=InProcessRunner())
+        envelope = (repo / "channels" / CHANNEL / "versions" / "1.json").read_bytes()
+        assert applier.offer(envelope) is not None
+        assert store.info.hash == built["hash"]
+    finally:
+        store.close()
+    assert main(["hub", "policy", "build", "--repo", str(repo), "--channel", CHANNEL,
+                 "--key", str(key), "--hotlist", str(ents)]) == 2   # no pseudonym key
+    assert "pseudonymisation key" in capsys.readouterr().err
+
+
+def test_fleet_lists_terminals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "hub.db"
+    hub = SqliteHubStore(db)
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3))
+    hub.record_status("BUS-1", {"state": "online", "policy": f"{CHANNEL}@7", "time": stamp,
+                                "outbox": 12, "last_seq": 40, "acked_seq": 28,
+                                "policy_state": "applied"})
+    hub.record_status("BUS-2", {"state": "offline"})
+    hub.close()
+    assert main(["hub", "fleet", "--db", str(db), "--json"]) == 0
+    rows = {r["terminal"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["BUS-1"]["online"] and rows["BUS-1"]["policy"] == f"{CHANNEL}@7"
+    assert rows["BUS-1"]["outbox"] == 12
+    assert rows["BUS-1"]["clock_offset_s"] is not None and 1 <= rows["BUS-1"]["clock_offset_s"] <= 5
+    assert not rows["BUS-2"]["online"]
+    assert main(["hub", "fleet", "--db", str(db)]) == 0
+    assert "BUS-1" in capsys.readouterr().out
+    old = fleet_rows({"X": {"last_seen": "2020-01-01T00:00:00Z", "status": {}}}, now)
+    assert old[0]["online"] is False
