@@ -67,6 +67,21 @@ class CodesSection(DriverSection):
     window_ahead_s: int = Field(30, ge=0, description="accept codes this far ahead (s)")
 
 
+class PolicySection(_Section):
+    """Signed policy bundles from central operations (see docs/policy.md)."""
+
+    enabled: bool = Field(False, description="follow a policy channel over MQTT")
+    channel: str = Field("", description="policy channel, e.g. 'city/370302/bus'")
+    anchor_file: Path | None = Field(
+        None, description="trusted root of policy signing keys (roots/1.json from keygen)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> PolicySection:
+        if self.enabled and (not self.channel or self.anchor_file is None):
+            raise ValueError("policy.enabled needs policy.channel and policy.anchor_file")
+        return self
+
+
 class JournalSection(_Section):
     retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
 
@@ -91,6 +106,7 @@ class AgentConfig(_Section):
     gpio: DriverSection = Field(default_factory=lambda: DriverSection(backend="mock",
                                                                       enabled=False))
     journal: JournalSection = Field(default_factory=JournalSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
 
     @model_validator(mode="after")

@@ -47,8 +47,8 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("journal", "store", "engine", "actuators", "gpio", "uplink", "worker",
-                   "sources")
+    START_ORDER = ("journal", "store", "engine", "actuators", "gpio", "policy", "uplink",
+                   "worker", "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
@@ -65,6 +65,7 @@ class Terminal:
         self.store: PolicyStore | None = None
         self.engine: Engine | None = None
         self.uplink: Any = None
+        self.downlink: Any = None           # sync.downlink.Downlink
         self.gates: list[Any] = []          # drivers.gate.GateActuator
         self.gpio: Any = None               # drivers.gpio.GpioBoard
         self._recent: OrderedDict[int, JournalRecord] = OrderedDict()  # accepted, for undo
@@ -140,12 +141,15 @@ class Terminal:
     def status(self) -> dict[str, Any]:
         """Heartbeat fields: profile, policy, clock quality, journal position."""
         j, s = self.journal, self.store
-        return {
+        status: dict[str, Any] = {
             "terminal": self.cfg.terminal.id, "profile": self.ruleset.profile.name,
             "policy": s.info.label if s else "", "clock": clock_quality().value,
             "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
             "time": self.clock(),
         }
+        if self.downlink is not None:
+            status.update(self.downlink.status())
+        return status
 
     # -- components ------------------------------------------------------------------------
     def _start_journal(self) -> None:
@@ -157,6 +161,7 @@ class Terminal:
 
     def _start_store(self) -> None:
         self.store = PolicyStore(self.cfg.store_path)
+        self.store.collect_garbage()        # generations left by an interrupted apply
 
     def _stop_store(self) -> None:
         if self.store:
@@ -214,6 +219,32 @@ class Terminal:
     def _stop_gpio(self) -> None:
         if self.gpio is not None:
             self.gpio.close()
+
+    def _start_policy(self) -> None:
+        pc = self.cfg.policy
+        if not pc.enabled:
+            return
+        from agent.policy.apply import PolicyApplier
+        from agent.policy.signing import load_root
+        from agent.policy.wiring import engine_listener
+        from sync.downlink import Downlink
+
+        assert self.store and self.engine and pc.anchor_file is not None
+        anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
+        applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
+                                staging_dir=self.cfg.terminal.data_dir / "staging")
+        verifier = self.engine.verifier
+        on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
+                                     trust=getattr(verifier, "trust", None))
+        applier.add_listener(on_applied)
+        on_applied(applier.current())      # a restarted terminal decides by its last bundle
+        self.downlink = Downlink(applier, settings=self.cfg.mqtt.link_settings(),
+                                 client_id=f"ykt-p-{self.cfg.terminal.id}")
+        self.downlink.start()
+
+    def _stop_policy(self) -> None:
+        if self.downlink is not None:
+            self.downlink.stop()
 
     def _start_uplink(self) -> None:
         if not self.cfg.mqtt.enabled:

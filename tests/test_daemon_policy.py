@@ -1,0 +1,93 @@
+"""The daemon follows a policy channel: a published hotlist entry and entitlement change
+its decisions while it runs, and a restarted terminal decides by its last bundle."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.daemon import Terminal
+from agent.engine import Outcome
+from agent.model import Reason
+from simulator.broker import Mosquitto
+from simulator.cards import SimCardSource
+from sync.hub.policy import BundleSources
+from sync.link import MqttSettings
+from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _terminal(env: PolicyEnv, broker: Mosquitto, data: Path) -> tuple[Terminal, SimCardSource,
+                                                                     list[Outcome]]:
+    cfg = AgentConfig.model_validate({
+        "terminal": {"id": "BUS-P1", "data_dir": str(data), "demo": True},
+        "location": {"route": "19", "vehicle": "V1"},
+        "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1,
+                 "reconnect_max_s": 0.5},
+        "policy": {"enabled": True, "channel": CHANNEL,
+                   "anchor_file": str(env.repo.roots_dir / "1.json")},
+    })
+    terminal = Terminal(cfg, clock=env.clock)
+    terminal.pseudonymizer = PSEUDO           # the deployment key the hub hashed with
+    cards = SimCardSource(PSEUDO, population=env.pop)
+    terminal._sources_override = [cards]
+    outcomes: list[Outcome] = []
+    terminal.add_listener(outcomes.append)
+    terminal.start()
+    return terminal, cards, outcomes
+
+
+def _tap(terminal: Terminal, cards: SimCardSource, outcomes: list[Outcome], holder) -> Outcome:  # type: ignore[no-untyped-def]
+    n = len(outcomes)
+    cards.tap(holder)
+    assert terminal.drain(10)
+    return outcomes[n]
+
+
+def test_running_daemon_applies_published_policy(policy_env: PolicyEnv, broker: Mosquitto,
+                                                 tmp_path: Path) -> None:
+    env = policy_env
+    settings = MqttSettings(host=broker.host, port=broker.port)
+    terminal, cards, outcomes = _terminal(env, broker, tmp_path / "t")
+    try:
+        env.build(env.population_sources())
+        env.repo.publish(settings)
+        wait_for(lambda: terminal.store is not None and terminal.store.info.version == 1, 30,
+                 "policy v1 to be applied")
+        victim, newcomer = env.pop.tagged("standard")[:2]
+        assert _tap(terminal, cards, outcomes, victim).decision.product == "standard"
+        env.build(BundleSources(
+            hotlist=env.source("hot", [{"card_id": victim.card_id, "reason": "lost"}]),
+            entitlements=env.source("ent", [{"ssn": newcomer.ssn, "name": "disabled"}]),
+            merge=True))
+        env.repo.publish(settings)
+        wait_for(lambda: terminal.store is not None and terminal.store.info.version == 2, 30,
+                 "policy v2 to be applied")
+        env.clock.t += 120
+        out = _tap(terminal, cards, outcomes, victim)
+        assert out.decision.reason is Reason.HOTLISTED
+        assert out.record is not None and out.record.body["policy"] == f"{CHANNEL}@2"
+        assert _tap(terminal, cards, outcomes, newcomer).decision.product == "disabled_free"
+        assert terminal.status()["policy_state"] == "applied"
+    finally:
+        terminal.stop()
+    # restarted: still decides by v2, before any broker traffic
+    broker.stop()
+    terminal, cards, outcomes = _terminal(env, broker, tmp_path / "t")
+    try:
+        assert terminal.store is not None and terminal.store.info.version == 2
+        env.clock.t += 120
+        assert _tap(terminal, cards, outcomes, victim).decision.reason is Reason.HOTLISTED
+    finally:
+        terminal.stop()
