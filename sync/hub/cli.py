@@ -1,5 +1,9 @@
 """``ykt hub run | export | report``.
 
+``--db`` is a SQLite file (the default backend) or a PostgreSQL URL
+(``postgresql://user@host/dbname``), the store several hub processes share
+(:mod:`sync.hub.pgstore`, imported only when such a URL is given).
+
 Other modules add more ``ykt hub …`` subcommands through :func:`hub_subparsers`, which
 creates the ``hub`` command once and returns its sub-parsers.
 """
@@ -17,13 +21,38 @@ from typing import Any
 from pydantic import ValidationError
 
 from sync.hub.service import Hub
-from sync.hub.store import SqliteHubStore
+from sync.hub.store import HubStore, SqliteHubStore
 from sync.link import MqttSettings
 from sync.topics import validate_terminal_id
 
 __all__ = ["hub_subparsers", "register"]
 
 _ATTR = "_ykt_hub_subparsers"
+_DB_HELP = ("SQLite file of the hub, or a PostgreSQL URL postgresql://USER@HOST/DB shared by "
+            "several hubs (password from $PGPASSWORD or ~/.pgpass)")
+
+
+def _db_arg(text: str) -> Path | str:
+    """``--db``: a PostgreSQL URL stays a ``str``; anything else is a SQLite ``Path``."""
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
+def _open_store(db: Path | str) -> HubStore:
+    """The store behind ``--db``. Raises ``OSError`` (with a message naming the database
+    and what to do) if it cannot be opened."""
+    if isinstance(db, Path):
+        return SqliteHubStore(db)
+    try:
+        from sync.hub.pgstore import PgHubStore
+    except ImportError as err:
+        raise OSError(f"PostgreSQL support is not installed ({err}); install it with "
+                      "pip install 'yikatong-edge[pg]'") from err
+    return PgHubStore(db)
+
+
+def _where(store: HubStore, db: Path | str) -> str:
+    """``db`` for messages, without a password."""
+    return str(getattr(store, "where", db))
 
 
 def hub_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
@@ -44,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``hub run``, ``hub export`` and ``hub report`` to the ``ykt`` parser."""
     hs = hub_subparsers(sub)
     run = hs.add_parser("run", help="run the hub until SIGTERM/SIGINT")
-    run.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    run.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     run.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
     run.add_argument("--port", default=None, type=int, help="broker port (default 1883)")
     run.add_argument("--reconnect-max", default=None, type=float,
@@ -56,13 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.set_defaults(func=_run)
 
     exp = hs.add_parser("export", help="dump every stored record")
-    exp.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    exp.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     exp.add_argument("--format", choices=["jsonl"], default="jsonl",
                      help="one JSON object per line (terminal, seq, hash, flagged, body)")
     exp.set_defaults(func=_export)
 
     rep = hs.add_parser("report", help="counts by terminal, product and reason; problems")
-    rep.add_argument("--db", required=True, type=Path, help="SQLite file of the hub")
+    rep.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     rep.add_argument("--json", action="store_true", help="print JSON")
     rep.set_defaults(func=_report)
 
@@ -92,7 +121,10 @@ def _run(args: argparse.Namespace) -> int:
                      if t.strip()}
         except ValueError as err:
             return _err(f"--terminals: {err}")
-    store = SqliteHubStore(args.db)
+    try:
+        store = _open_store(args.db)
+    except OSError as err:
+        return _err(str(err))
     hub = Hub(store, settings, known, share_group=args.share_group)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -102,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         while not hub.wait_ready(1.0):
             if done.is_set():
                 return 0
-        print(f"hub ready: db={args.db} broker={settings.host}:{settings.port}", flush=True)
+        print(f"hub ready: db={_where(store, args.db)} "
+              f"broker={settings.host}:{settings.port}", flush=True)
         done.wait()
     finally:
         hub.stop()
@@ -111,9 +144,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    if not args.db.exists():
+    if isinstance(args.db, Path) and not args.db.exists():
         return _err(f"{args.db}: no such hub database")
-    store = SqliteHubStore(args.db)
+    try:
+        store = _open_store(args.db)
+    except OSError as err:
+        return _err(str(err))
     try:
         out = sys.stdout
         for line in store.export():
@@ -125,9 +161,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    if not args.db.exists():
+    if isinstance(args.db, Path) and not args.db.exists():
         return _err(f"{args.db}: no such hub database")
-    store = SqliteHubStore(args.db)
+    try:
+        store = _open_store(args.db)
+    except OSError as err:
+        return _err(str(err))
     try:
         rep = store.report()
     finally:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ from sync.hub.store import HubStore, IncomingRecord
 from sync.link import Link, MqttSettings, NotConnected
 from sync.topics import TerminalTopics, hub_status, parse_terminal_topic
 
-__all__ = ["CRASH_ENV", "MAX_BATCH_RECORDS", "Hub", "ParsedBatch", "parse_batch"]
+__all__ = ["CRASH_ENV", "MAX_BATCH_RECORDS", "Hub", "ParsedBatch", "default_instance",
+           "parse_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,15 @@ def parse_batch(topic_terminal: str, payload: bytes) -> ParsedBatch:
     return batch
 
 
+def default_instance() -> str:
+    """``ykt-hub-{host}-{pid}``: the MQTT client id and status-topic name of a hub.
+
+    The host name keeps hubs on different machines or containers (where every hub may be
+    pid 1) from sharing a client id, which would make the broker drop one of them."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40].strip("-.") or "host"
+    return f"ykt-hub-{host}-{os.getpid()}"
+
+
 class Hub:
     """Ingest service: ``store`` is where batches go; ``known_terminals`` (if given) is the
     list of terminals allowed to send; others are rejected and reported.
@@ -143,7 +154,7 @@ class Hub:
         self.stats: dict[str, int] = {"batches": 0, "records": 0, "acks": 0, "rejected": 0,
                                       "ack_failures": 0}
         self._lock = threading.Lock()
-        self.instance = client_id or f"ykt-hub-{os.getpid()}"
+        self.instance = client_id or default_instance()
         self.status_topic = hub_status(self.instance)
         self.link = Link(settings, self.instance, status_topic=self.status_topic)
         self.link.on_subscribed = self._announce

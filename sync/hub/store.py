@@ -24,8 +24,8 @@ from typing import Any
 
 from agent.journal import GENESIS, record_hash, utc_stamp
 
-__all__ = ["HubStore", "IncomingRecord", "IngestResult", "SqliteHubStore", "chain_problems",
-           "decision_fields"]
+__all__ = ["HubStore", "IncomingRecord", "IngestResult", "SqliteHubStore", "assemble_report",
+           "chain_problems", "decision_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,38 @@ def chain_problems(seq: int, body: dict[str, Any], claimed: str, computed: str,
     if computed != claimed:
         problems.append("hash does not match body")
     return problems
+
+
+def assemble_report(terminals: dict[str, Any], counts: list[dict[str, Any]],
+                    breaks: list[dict[str, Any]], rejects: list[dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """The :meth:`HubStore.report` dict from what a backend queried: per-terminal entries,
+    counts by terminal × product × reason, chain breaks and rejects (as in SQLite's)."""
+    by_product: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for c in counts:
+        by_product[c["product"]] = by_product.get(c["product"], 0) + c["count"]
+        by_reason[c["reason"]] = by_reason.get(c["reason"], 0) + c["count"]
+    rejected: dict[str, int] = {}
+    for r in rejects:
+        rejected[r["kind"]] = rejected.get(r["kind"], 0) + r["count"]
+    return {
+        "totals": {
+            "records": sum(c["count"] for c in counts),
+            "terminals": len(terminals),
+            "duplicates_rejected": sum(t.get("duplicates_rejected", 0)
+                                       for t in terminals.values()),
+            "chain_breaks": sum(t.get("chain_breaks", 0) for t in terminals.values()),
+            "terminals_with_gaps": sum(1 for t in terminals.values() if t.get("gap")),
+            "rejected": rejected,
+        },
+        "terminals": terminals,
+        "by_product": by_product,
+        "by_reason": by_reason,
+        "counts": counts,
+        "chain_breaks": breaks,
+        "rejects": rejects,
+    }
 
 
 class HubStore(abc.ABC):
@@ -313,31 +345,7 @@ class SqliteHubStore(HubStore):
                        for t, k, n, d in db.execute(
                            "SELECT terminal, kind, count, last_detail FROM rejects "
                            "ORDER BY kind, terminal")]
-        by_product: dict[str, int] = {}
-        by_reason: dict[str, int] = {}
-        for c in counts:
-            by_product[c["product"]] = by_product.get(c["product"], 0) + c["count"]
-            by_reason[c["reason"]] = by_reason.get(c["reason"], 0) + c["count"]
-        rejected: dict[str, int] = {}
-        for r in rejects:
-            rejected[r["kind"]] = rejected.get(r["kind"], 0) + r["count"]
-        return {
-            "totals": {
-                "records": sum(c["count"] for c in counts),
-                "terminals": len(terminals),
-                "duplicates_rejected": sum(t.get("duplicates_rejected", 0)
-                                           for t in terminals.values()),
-                "chain_breaks": sum(t.get("chain_breaks", 0) for t in terminals.values()),
-                "terminals_with_gaps": sum(1 for t in terminals.values() if t.get("gap")),
-                "rejected": rejected,
-            },
-            "terminals": terminals,
-            "by_product": by_product,
-            "by_reason": by_reason,
-            "counts": counts,
-            "chain_breaks": breaks,
-            "rejects": rejects,
-        }
+        return assemble_report(terminals, counts, breaks, rejects)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,400 @@
+"""The hub's store in PostgreSQL, shared by several hub processes (``PgHubStore``).
+
+Several ``ykt hub run`` processes share the MQTT subscription ``$share/ykt-hub/…/tx`` and
+one database, so two hubs may receive batches of the same terminal at the same time (a
+resend after an ack timeout lands on the other hub while the first is still committing).
+What keeps that correct:
+
+* **one transaction per batch**, READ COMMITTED, that first takes the terminal's row lock
+  (``SELECT … FOR UPDATE`` on ``terminals``): batches of one terminal are serialized
+  across all hubs, batches of different terminals run in parallel;
+* under that lock the contiguous seq, its hash and the chain walk always start from the
+  latest committed state, so no false chain breaks and no lost advance;
+* records go in with one ``INSERT … SELECT FROM unnest(arrays) ON CONFLICT (terminal,
+  seq) DO NOTHING RETURNING seq`` (one round trip per batch; arrays sent in binary, as the
+  text form's escaping of JSON bodies costs 4× the time), idempotent on (terminal, seq)
+  even without the lock;
+* a transaction that fails on a lost connection, a deadlock or a serialization failure is
+  retried (reconnecting if needed): ingest is idempotent, so a retry after a commit whose
+  answer was lost only counts duplicates.
+
+The schema is versioned (table ``hub_schema``) and migrated on start under a
+transaction-scoped advisory lock, so hubs starting together do not race. Tables live in
+the first schema of the connection's ``search_path`` (``?options=-csearch_path%3Dname``
+in the URL picks another). Passwords belong in ``$PGPASSWORD`` / ``~/.pgpass``
+(``$PGPASSFILE``), not in the URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from agent.journal import GENESIS, utc_stamp
+from sync.hub.store import (
+    HubStore,
+    IncomingRecord,
+    IngestResult,
+    assemble_report,
+    chain_problems,
+    decision_fields,
+)
+
+__all__ = ["SCHEMA_VERSION", "PgHubStore", "PgStoreError", "redact_dsn"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+"""The schema this code writes; a database at a newer version is refused."""
+
+_MIGRATION_LOCK = 0x796B7468  # "ykth": pg_advisory_xact_lock key for schema migrations
+_RETRIES = 3
+_GAP_CHUNK = 1000  # stored records fetched per query while walking the chain past a batch
+
+# Each entry brings the schema from version-1 to version. "terminal" columns use the "C"
+# collation so ORDER BY terminal matches SQLite's and can use the primary key index.
+_MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, """
+CREATE TABLE records (
+    terminal text COLLATE "C" NOT NULL, seq bigint NOT NULL, hash text NOT NULL,
+    body text NOT NULL, product text COLLATE "C" NOT NULL, reason text COLLATE "C" NOT NULL,
+    flagged boolean NOT NULL DEFAULT false, received timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (terminal, seq)
+);
+CREATE TABLE terminals (
+    terminal text COLLATE "C" PRIMARY KEY, contiguous_seq bigint NOT NULL DEFAULT 0,
+    contiguous_hash text NOT NULL, batches bigint NOT NULL DEFAULT 0,
+    records bigint NOT NULL DEFAULT 0, duplicates bigint NOT NULL DEFAULT 0,
+    last_seen timestamptz, status text, status_at timestamptz
+);
+CREATE TABLE chain_breaks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, terminal text COLLATE "C" NOT NULL,
+    seq bigint NOT NULL, problem text NOT NULL, detected timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX chain_breaks_terminal ON chain_breaks (terminal);
+CREATE TABLE rejects (
+    terminal text COLLATE "C" NOT NULL, kind text COLLATE "C" NOT NULL,
+    count bigint NOT NULL, last_detail text NOT NULL, last_at timestamptz NOT NULL,
+    PRIMARY KEY (terminal, kind)
+);
+"""),
+)
+assert [v for v, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+
+
+class PgStoreError(OSError):
+    """The PostgreSQL store cannot be used: unreachable, or a schema newer than this code.
+    The message names the (password-free) database and what to do."""
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` without its password, for logs and messages (``host=… dbname=…``)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable PostgreSQL DSN>"
+    params.pop("password", None)
+    return make_conninfo("", **{k: v for k, v in params.items() if k != "options"})
+
+
+def _clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL characters."""
+    return text.replace("\x00", "\\0")
+
+
+class PgHubStore(HubStore):
+    """:class:`~sync.hub.store.HubStore` in PostgreSQL; safe for many hub processes on one
+    database and for threads within one (a lock serializes this instance's connection).
+
+    ``dsn`` is a libpq URL or ``key=value`` string. Raises :class:`PgStoreError` if the
+    database cannot be reached (within ``connect_timeout`` s, default 10) or holds a newer
+    schema; other methods raise ``psycopg.Error`` when the database fails beyond
+    :data:`_RETRIES` attempts.
+    """
+
+    def __init__(self, dsn: str, *, connect_timeout: int = 10) -> None:
+        params = conninfo_to_dict(dsn)
+        params.setdefault("application_name", "ykt-hub")
+        params.setdefault("connect_timeout", str(connect_timeout))
+        self._conninfo = make_conninfo("", **params)
+        self.where = redact_dsn(dsn)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._db: psycopg.Connection[Any] | None = None
+        with self._lock:
+            conn = self._connection()
+            try:
+                self.schema_version = self._migrate(conn)
+            except BaseException:
+                self._closed, self._db = True, None
+                conn.close()
+                raise
+
+    # -- connection ------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as err:
+            raise PgStoreError(f"PostgreSQL {self.where}: cannot connect: "
+                               f"{str(err).strip()} (is the server running, the database "
+                               "created, the user allowed?)") from err
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._closed:
+            raise PgStoreError(f"PostgreSQL {self.where}: store is closed")
+        if self._db is None or self._db.closed or self._db.broken:
+            if self._db is not None:
+                log.warning("PostgreSQL %s: connection lost, reconnecting", self.where)
+                self._db.close()
+            self._db = self._connect()
+        return self._db
+
+    def _transact(self, what: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``work`` in one transaction; retry on a lost connection, deadlock or
+        serialization failure (every caller is idempotent). Caller holds ``_lock``."""
+        for attempt in range(1, _RETRIES + 1):
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except (psycopg.OperationalError, PgStoreError) as err:
+                if attempt == _RETRIES or self._closed:
+                    raise
+                log.warning("PostgreSQL %s: %s failed (attempt %d of %d), retrying: %s",
+                            self.where, what, attempt, _RETRIES, str(err).strip())
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> int:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS hub_schema (version integer NOT NULL)")
+            row = conn.execute("SELECT version FROM hub_schema").fetchone()
+            current = 0 if row is None else int(row[0])
+            if current > SCHEMA_VERSION:
+                raise PgStoreError(
+                    f"PostgreSQL {self.where}: hub schema version {current} is newer than "
+                    f"this program's {SCHEMA_VERSION}; upgrade yikatong-edge")
+            for version, ddl in _MIGRATIONS:
+                if version > current:
+                    log.info("PostgreSQL %s: migrating hub schema to version %d",
+                             self.where, version)
+                    conn.execute(ddl)
+            if row is None:
+                conn.execute("INSERT INTO hub_schema VALUES (%s)", (SCHEMA_VERSION,))
+            elif current < SCHEMA_VERSION:
+                conn.execute("UPDATE hub_schema SET version=%s", (SCHEMA_VERSION,))
+        return SCHEMA_VERSION
+
+    # -- ingest ----------------------------------------------------------------------------
+    def ingest(self, terminal: str, records: Sequence[IncomingRecord]) -> IngestResult:
+        with self._lock:
+            return self._transact("ingest", lambda c: self._ingest(c, terminal, records))
+
+    def _lock_terminal(self, conn: psycopg.Connection[Any], terminal: str) -> tuple[int, str]:
+        """The terminal's (contiguous seq, its hash), row-locked until the transaction ends."""
+        lock = "SELECT contiguous_seq, contiguous_hash FROM terminals WHERE terminal=%s " \
+               "FOR UPDATE"
+        row = conn.execute(lock, (terminal,)).fetchone()
+        if row is None:
+            conn.execute("INSERT INTO terminals (terminal, contiguous_hash) VALUES (%s, %s) "
+                         "ON CONFLICT (terminal) DO NOTHING", (terminal, GENESIS))
+            row = conn.execute(lock, (terminal,)).fetchone()
+            assert row is not None
+        return int(row[0]), str(row[1])
+
+    def _ingest(self, conn: psycopg.Connection[Any], terminal: str,
+                records: Sequence[IncomingRecord]) -> IngestResult:
+        contig, chash = self._lock_terminal(conn, terminal)
+        existing: dict[int, str] = {}
+        if records:
+            lo = min(r.seq for r in records)
+            hi = max(r.seq for r in records)
+            existing = {int(s): str(h) for s, h in conn.execute(
+                "SELECT seq, hash FROM records WHERE terminal=%s AND seq BETWEEN %s AND %s",
+                (terminal, lo, hi))}
+        new: dict[int, IncomingRecord] = {}
+        duplicates = 0
+        breaks: list[tuple[int, str]] = []
+        for r in records:
+            old = existing.get(r.seq)
+            if old is None and r.seq not in new:
+                new[r.seq] = r
+                continue
+            duplicates += 1
+            other = old if old is not None else new[r.seq].hash
+            if other != r.hash:
+                breaks.append((r.seq, "conflicting duplicate: a different record with this "
+                                      "seq was already stored (the first is kept)"))
+        if new:
+            cols: tuple[list[Any], ...] = ([], [], [], [], [])
+            for r in new.values():
+                product, reason = decision_fields(r.body)
+                for col, value in zip(cols, (r.seq, r.hash, r.canonical, product, reason),
+                                      strict=True):
+                    col.append(value)
+            inserted = {int(s) for (s,) in conn.execute(
+                "INSERT INTO records (terminal, seq, hash, body, product, reason) "
+                "SELECT %s::text, * FROM unnest(%b::bigint[], %b::text[], %b::text[], "
+                "%b::text[], %b::text[]) ON CONFLICT (terminal, seq) DO NOTHING RETURNING seq",
+                (terminal, *cols))}
+            if len(inserted) != len(new):  # only if something wrote without the row lock
+                lost = [s for s in new if s not in inserted]
+                log.warning("terminal %s: %d records appeared concurrently; counted as "
+                            "duplicates", terminal, len(lost))
+                for s, h in conn.execute("SELECT seq, hash FROM records WHERE terminal=%s "
+                                         "AND seq = ANY(%s::bigint[])", (terminal, lost)):
+                    if h != new[int(s)].hash:
+                        breaks.append((int(s), "conflicting duplicate: a different record "
+                                               "with this seq was already stored (the first "
+                                               "is kept)"))
+                for s in lost:
+                    del new[s]
+                duplicates += len(lost)
+        contig, chash, flagged, chain = self._walk(conn, terminal, contig, chash, new)
+        breaks += chain
+        beyond = sum(1 for s in new if s > contig)
+        if breaks:
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO chain_breaks (terminal, seq, problem) "
+                                "VALUES (%s, %s, %s)", [(terminal, s, p) for s, p in breaks])
+            for s, p in breaks:
+                log.warning("chain break: terminal %s seq %d: %s", terminal, s, p)
+        if flagged:
+            conn.execute("UPDATE records SET flagged=true WHERE terminal=%s "
+                         "AND seq = ANY(%s::bigint[])", (terminal, flagged))
+        if beyond:
+            log.warning("terminal %s: %d records stored beyond a gap after seq %d",
+                        terminal, beyond, contig)
+        conn.execute("UPDATE terminals SET contiguous_seq=%s, contiguous_hash=%s, "
+                     "batches=batches+1, records=records+%s, duplicates=duplicates+%s, "
+                     "last_seen=now() WHERE terminal=%s",
+                     (contig, chash, len(new), duplicates, terminal))
+        return IngestResult(contig, len(new), duplicates, len(breaks), beyond)
+
+    def _walk(self, conn: psycopg.Connection[Any], terminal: str, contig: int, chash: str,
+              new: dict[int, IncomingRecord]
+              ) -> tuple[int, str, list[int], list[tuple[int, str]]]:
+        """Advance the contiguous seq from ``contig`` over this batch's records and those
+        stored earlier beyond a gap, verifying each link. Returns the new seq and hash, the
+        seqs to flag and the breaks found."""
+        flagged: list[int] = []
+        breaks: list[tuple[int, str]] = []
+        stored: dict[int, tuple[str, str]] = {}  # seq -> (hash, canonical body)
+        fetched_to = contig
+        while True:
+            nxt = contig + 1
+            rec = new.get(nxt)
+            if rec is not None:
+                body, claimed, computed = rec.body, rec.hash, rec.computed_hash
+            else:
+                if nxt not in stored and nxt > fetched_to:
+                    fetched_to = nxt + _GAP_CHUNK - 1
+                    stored.update((int(s), (str(h), str(b))) for s, h, b in conn.execute(
+                        "SELECT seq, hash, body FROM records WHERE terminal=%s "
+                        "AND seq BETWEEN %s AND %s", (terminal, nxt, fetched_to)))
+                row = stored.get(nxt)
+                if row is None:
+                    break
+                claimed, text = row
+                body = json.loads(text)
+                computed = hashlib.sha256(text.encode()).hexdigest()  # text is canonical
+            problems = chain_problems(nxt, body, claimed, computed, chash)
+            if problems:
+                flagged.append(nxt)
+                breaks += [(nxt, p) for p in problems]
+            contig, chash = nxt, claimed
+        return contig, chash, flagged, breaks
+
+    def contiguous_seq(self, terminal: str) -> int:
+        with self._lock:
+            row = self._transact("contiguous_seq", lambda c: c.execute(
+                "SELECT contiguous_seq FROM terminals WHERE terminal=%s",
+                (terminal,)).fetchone())
+        return 0 if row is None else int(row[0])
+
+    def record_reject(self, terminal: str, kind: str, detail: str) -> None:
+        with self._lock:
+            self._transact("record_reject", lambda c: c.execute(
+                "INSERT INTO rejects VALUES (%s, %s, 1, %s, now()) "
+                "ON CONFLICT (terminal, kind) DO UPDATE SET count=rejects.count+1, "
+                "last_detail=excluded.last_detail, last_at=excluded.last_at",
+                (terminal, kind, _clean(detail[:500]))))
+
+    def record_status(self, terminal: str, status: dict[str, Any]) -> None:
+        text = json.dumps(status, separators=(",", ":"), ensure_ascii=False)
+        with self._lock:
+            self._transact("record_status", lambda c: c.execute(
+                "INSERT INTO terminals (terminal, contiguous_hash, last_seen, status, "
+                "status_at) VALUES (%s, %s, now(), %s, now()) ON CONFLICT (terminal) DO "
+                "UPDATE SET last_seen=excluded.last_seen, status=excluded.status, "
+                "status_at=excluded.status_at", (terminal, GENESIS, _clean(text))))
+
+    # -- outputs ---------------------------------------------------------------------------
+    def export(self) -> Iterator[str]:
+        """Streams from its own connection with a server-side cursor (one snapshot)."""
+        with psycopg.connect(self._conninfo) as conn, conn.cursor(name="ykt_hub_export") as cur:
+            cur.itersize = 5000
+            cur.execute("SELECT terminal, seq, hash, flagged, body FROM records "
+                        "ORDER BY terminal, seq")
+            for terminal, seq, digest, flagged, body in cur:
+                yield (f'{{"terminal":{json.dumps(terminal)},"seq":{seq},"hash":"{digest}",'
+                       f'"flagged":{"true" if flagged else "false"},"body":{body}}}')
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return self._transact("report", self._report)
+
+    def _report(self, db: psycopg.Connection[Any]) -> dict[str, Any]:
+        db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        terminals: dict[str, Any] = {}
+        for (t, contig, batches, n, dups, seen, status, beyond, first_beyond,
+             max_seq) in db.execute(
+                "SELECT t.terminal, t.contiguous_seq, t.batches, t.records, t.duplicates, "
+                "extract(epoch FROM t.last_seen)::float8, t.status, count(r.seq), "
+                "min(r.seq), max(r.seq) FROM terminals t LEFT JOIN records r "
+                "ON r.terminal = t.terminal AND r.seq > t.contiguous_seq "
+                "GROUP BY t.terminal ORDER BY t.terminal"):
+            terminals[t] = {
+                "records": n, "contiguous_seq": contig, "max_seq": max_seq or contig,
+                "batches": batches, "duplicates_rejected": dups,
+                "gap": None if not beyond else {"missing_from": contig + 1,
+                                                "missing_to": first_beyond - 1,
+                                                "records_beyond": beyond},
+                "chain_breaks": 0, "flagged_records": 0,
+                "last_seen": None if seen is None else utc_stamp(seen),
+                "status": None if status is None else json.loads(status),
+            }
+        for t, n in db.execute("SELECT terminal, count(*) FROM chain_breaks GROUP BY 1"):
+            terminals.setdefault(t, {})["chain_breaks"] = n
+        for t, n in db.execute("SELECT terminal, count(*) FROM records WHERE flagged "
+                               "GROUP BY 1"):
+            terminals.setdefault(t, {})["flagged_records"] = n
+        counts = [{"terminal": t, "product": p, "reason": r, "count": n}
+                  for t, p, r, n in db.execute(
+                      "SELECT terminal, product, reason, count(*) FROM records "
+                      "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")]
+        breaks = [{"terminal": t, "seq": s, "problem": p} for t, s, p in db.execute(
+            "SELECT terminal, seq, problem FROM chain_breaks ORDER BY id LIMIT 200")]
+        rejects = [{"terminal": t, "kind": k, "count": n, "last_detail": d}
+                   for t, k, n, d in db.execute(
+                       "SELECT terminal, kind, count, last_detail FROM rejects "
+                       "ORDER BY kind, terminal")]
+        return assemble_report(terminals, counts, breaks, rejects)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._db = self._db, None
+            if conn is not None:
+                conn.close()
