@@ -38,14 +38,16 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from agent.journal import GENESIS, utc_stamp
+from agent.journal import GENESIS
 from sync.hub.store import (
     HubStore,
     IncomingRecord,
     IngestResult,
-    assemble_report,
     chain_problems,
     decision_fields,
+    export_line,
+    report_from,
+    terminal_entry,
 )
 
 __all__ = ["SCHEMA_VERSION", "PgHubStore", "PgStoreError", "redact_dsn"]
@@ -347,9 +349,8 @@ class PgHubStore(HubStore):
             cur.itersize = 5000
             cur.execute("SELECT terminal, seq, hash, flagged, body FROM records "
                         "ORDER BY terminal, seq")
-            for terminal, seq, digest, flagged, body in cur:
-                yield (f'{{"terminal":{json.dumps(terminal)},"seq":{seq},"hash":"{digest}",'
-                       f'"flagged":{"true" if flagged else "false"},"body":{body}}}')
+            for row in cur:
+                yield export_line(*row)
 
     def report(self) -> dict[str, Any]:
         with self._lock:
@@ -365,32 +366,9 @@ class PgHubStore(HubStore):
                 "min(r.seq), max(r.seq) FROM terminals t LEFT JOIN records r "
                 "ON r.terminal = t.terminal AND r.seq > t.contiguous_seq "
                 "GROUP BY t.terminal ORDER BY t.terminal"):
-            terminals[t] = {
-                "records": n, "contiguous_seq": contig, "max_seq": max_seq or contig,
-                "batches": batches, "duplicates_rejected": dups,
-                "gap": None if not beyond else {"missing_from": contig + 1,
-                                                "missing_to": first_beyond - 1,
-                                                "records_beyond": beyond},
-                "chain_breaks": 0, "flagged_records": 0,
-                "last_seen": None if seen is None else utc_stamp(seen),
-                "status": None if status is None else json.loads(status),
-            }
-        for t, n in db.execute("SELECT terminal, count(*) FROM chain_breaks GROUP BY 1"):
-            terminals.setdefault(t, {})["chain_breaks"] = n
-        for t, n in db.execute("SELECT terminal, count(*) FROM records WHERE flagged "
-                               "GROUP BY 1"):
-            terminals.setdefault(t, {})["flagged_records"] = n
-        counts = [{"terminal": t, "product": p, "reason": r, "count": n}
-                  for t, p, r, n in db.execute(
-                      "SELECT terminal, product, reason, count(*) FROM records "
-                      "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")]
-        breaks = [{"terminal": t, "seq": s, "problem": p} for t, s, p in db.execute(
-            "SELECT terminal, seq, problem FROM chain_breaks ORDER BY id LIMIT 200")]
-        rejects = [{"terminal": t, "kind": k, "count": n, "last_detail": d}
-                   for t, k, n, d in db.execute(
-                       "SELECT terminal, kind, count, last_detail FROM rejects "
-                       "ORDER BY kind, terminal")]
-        return assemble_report(terminals, counts, breaks, rejects)
+            terminals[t] = terminal_entry(contig, batches, n, dups, seen, status, beyond,
+                                          first_beyond, max_seq)
+        return report_from(db.execute, terminals)
 
     def close(self) -> None:
         with self._lock:

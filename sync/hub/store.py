@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,47 @@ def chain_problems(seq: int, body: dict[str, Any], claimed: str, computed: str,
     if computed != claimed:
         problems.append("hash does not match body")
     return problems
+
+
+def export_line(terminal: str, seq: int, digest: str, flagged: Any, body: str) -> str:
+    """One ``hub export`` JSON line; ``body`` is the stored canonical text, copied as is."""
+    return (f'{{"terminal":{json.dumps(terminal)},"seq":{seq},"hash":"{digest}",'
+            f'"flagged":{"true" if flagged else "false"},"body":{body}}}')
+
+
+def terminal_entry(contig: int, batches: int, records: int, dups: int, seen: float | None,
+                   status: str | None, beyond: int, first_beyond: int | None,
+                   max_seq: int | None) -> dict[str, Any]:
+    """A terminal's entry in the report (``beyond``: records stored past the first gap)."""
+    return {
+        "records": records, "contiguous_seq": contig, "max_seq": max_seq or contig,
+        "batches": batches, "duplicates_rejected": dups,
+        "gap": None if not beyond else {"missing_from": contig + 1,
+                                        "missing_to": (first_beyond or contig + 1) - 1,
+                                        "records_beyond": beyond},
+        "chain_breaks": 0, "flagged_records": 0,
+        "last_seen": None if seen is None else utc_stamp(seen),
+        "status": None if status is None else json.loads(status),
+    }
+
+
+def report_from(execute: Callable[[str], Iterable[Any]], terminals: dict[str, Any]
+                ) -> dict[str, Any]:
+    """Run the report queries both SQL backends share through ``execute`` (SQL → rows)
+    and assemble the report around the per-terminal entries already built."""
+    for t, n in execute("SELECT terminal, count(*) FROM chain_breaks GROUP BY 1"):
+        terminals.setdefault(t, {})["chain_breaks"] = n
+    for t, n in execute("SELECT terminal, count(*) FROM records WHERE flagged GROUP BY 1"):
+        terminals.setdefault(t, {})["flagged_records"] = n
+    counts = [{"terminal": t, "product": p, "reason": r, "count": n}
+              for t, p, r, n in execute("SELECT terminal, product, reason, count(*) FROM "
+                                        "records GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")]
+    breaks = [{"terminal": t, "seq": s, "problem": p} for t, s, p in execute(
+        "SELECT terminal, seq, problem FROM chain_breaks ORDER BY id LIMIT 200")]
+    rejects = [{"terminal": t, "kind": k, "count": n, "last_detail": d}
+               for t, k, n, d in execute("SELECT terminal, kind, count, last_detail FROM "
+                                         "rejects ORDER BY kind, terminal")]
+    return assemble_report(terminals, counts, breaks, rejects)
 
 
 def assemble_report(terminals: dict[str, Any], counts: list[dict[str, Any]],
@@ -304,9 +345,8 @@ class SqliteHubStore(HubStore):
         try:
             cur = reader.execute("SELECT terminal, seq, hash, flagged, body FROM records "
                                  "ORDER BY terminal, seq")
-            for terminal, seq, digest, flagged, body in cur:
-                yield (f'{{"terminal":{json.dumps(terminal)},"seq":{seq},"hash":"{digest}",'
-                       f'"flagged":{"true" if flagged else "false"},"body":{body}}}')
+            for row in cur:
+                yield export_line(*row)
         finally:
             reader.close()
 
@@ -320,32 +360,9 @@ class SqliteHubStore(HubStore):
                 beyond, first_beyond, max_seq = db.execute(
                     "SELECT count(*), min(seq), max(seq) FROM records "
                     "WHERE terminal=? AND seq>?", (t, contig)).fetchone()
-                terminals[t] = {
-                    "records": n, "contiguous_seq": contig, "max_seq": max_seq or contig,
-                    "batches": batches, "duplicates_rejected": dups,
-                    "gap": None if not beyond else {"missing_from": contig + 1,
-                                                    "missing_to": first_beyond - 1,
-                                                    "records_beyond": beyond},
-                    "chain_breaks": 0, "flagged_records": 0,
-                    "last_seen": None if seen is None else utc_stamp(seen),
-                    "status": None if status is None else json.loads(status),
-                }
-            for t, n in db.execute("SELECT terminal, count(*) FROM chain_breaks GROUP BY 1"):
-                terminals.setdefault(t, {})["chain_breaks"] = n
-            for t, n in db.execute("SELECT terminal, count(*) FROM records WHERE flagged=1 "
-                                   "GROUP BY 1"):
-                terminals.setdefault(t, {})["flagged_records"] = n
-            counts = [{"terminal": t, "product": p, "reason": r, "count": n}
-                      for t, p, r, n in db.execute(
-                          "SELECT terminal, product, reason, count(*) FROM records "
-                          "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")]
-            breaks = [{"terminal": t, "seq": s, "problem": p} for t, s, p in db.execute(
-                "SELECT terminal, seq, problem FROM chain_breaks ORDER BY id LIMIT 200")]
-            rejects = [{"terminal": t, "kind": k, "count": n, "last_detail": d}
-                       for t, k, n, d in db.execute(
-                           "SELECT terminal, kind, count, last_detail FROM rejects "
-                           "ORDER BY kind, terminal")]
-        return assemble_report(terminals, counts, breaks, rejects)
+                terminals[t] = terminal_entry(contig, batches, n, dups, seen, status, beyond,
+                                              first_beyond, max_seq)
+            return report_from(db.execute, terminals)
 
     def close(self) -> None:
         with self._lock:
