@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, ConfigFileError, load_config
@@ -74,22 +73,24 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _journal_path(args: argparse.Namespace) -> tuple[Path, str] | None:
+def _open_journal(args: argparse.Namespace) -> Journal | None:
+    """The configured terminal's journal, or None (reported) if it does not exist yet:
+    inspecting must never create an empty journal."""
     cfg = _load(args)
     if cfg is None:
         return None
-    return cfg.journal_path, cfg.terminal.id
+    if not cfg.journal_path.exists():
+        print(f"error: no journal at {cfg.journal_path} (has terminal {cfg.terminal.id} "
+              "run with this config?)", file=sys.stderr)
+        return None
+    return Journal(cfg.journal_path, cfg.terminal.id)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    where = _journal_path(args)
-    if where is None:
+    j = _open_journal(args)
+    if j is None:
         return 2
-    path, terminal = where
-    if not path.exists():
-        print(f"error: no journal at {path}", file=sys.stderr)
-        return 2
-    j = Journal(path, terminal)
+    path = j.path
     breaks = j.verify()
     data = {"journal": str(path), "last_seq": j.last_seq, "acked_seq": j.acked_seq,
             "outbox": j.pending_count, "breaks": [{"seq": b.seq, "problem": b.problem}
@@ -105,11 +106,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    where = _journal_path(args)
-    if where is None:
+    j = _open_journal(args)
+    if j is None:
         return 2
-    path, terminal = where
-    j = Journal(path, terminal)
     recs = j.records(max(0, j.last_seq - args.last), args.last)
     if args.json:
         print(json.dumps([{"seq": r.seq, "hash": r.hash, "body": r.body} for r in recs],
@@ -155,14 +154,9 @@ def journal_stats(j: Journal, by: str, tz: str = "Asia/Shanghai") -> dict[str, i
 
 
 def _stats(args: argparse.Namespace) -> int:
-    where = _journal_path(args)
-    if where is None:
+    j = _open_journal(args)
+    if j is None:
         return 2
-    path, terminal = where
-    if not path.exists():
-        print(f"error: no journal at {path}", file=sys.stderr)
-        return 2
-    j = Journal(path, terminal)
     counts = journal_stats(j, args.by)
     j.close()
     _emit(args, counts, "\n".join(f"{k:<20} {v:>7}" for k, v in counts.items()) or "(none)")

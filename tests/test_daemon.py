@@ -161,3 +161,12 @@ def test_card_pulled_mid_read_prompts_tap_again_without_a_record(tmp_path: Path)
     assert outcomes[0].decision.reason is Reason.CARD_REMOVED and outcomes[0].record is None
     assert prompter.history[0].text == "请重新刷卡"
     assert outcomes[1].record is not None and outcomes[1].record.seq == 1
+
+
+def test_inspecting_a_missing_journal_reports_and_creates_nothing(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    for cmd in (["journal", "show"], ["journal", "verify"], ["journal", "stats"]):
+        r = subprocess.run([sys.executable, "-m", "agent.cli", *cmd, "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "no journal at" in r.stderr, cmd
+    assert not (tmp_path / "data").exists()

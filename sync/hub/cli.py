@@ -143,13 +143,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _open_existing(args: argparse.Namespace) -> HubStore | int:
+    """The hub store named by ``--db`` if it exists (never creates one), else exit code 2."""
     if isinstance(args.db, Path) and not args.db.exists():
         return _err(f"{args.db}: no such hub database")
     try:
-        store = _open_store(args.db)
+        return _open_store(args.db)
     except OSError as err:
         return _err(str(err))
+
+
+def _export(args: argparse.Namespace) -> int:
+    store = _open_existing(args)
+    if isinstance(store, int):
+        return store
     try:
         out = sys.stdout
         for line in store.export():
@@ -161,12 +168,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    if isinstance(args.db, Path) and not args.db.exists():
-        return _err(f"{args.db}: no such hub database")
-    try:
-        store = _open_store(args.db)
-    except OSError as err:
-        return _err(str(err))
+    store = _open_existing(args)
+    if isinstance(store, int):
+        return store
     try:
         rep = store.report()
     finally:
