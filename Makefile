@@ -53,6 +53,8 @@ $(STAMP): pyproject.toml | deb
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all,test]'
+	@$(BIN)/python -m pip install -q -e '.[sm2]' 2>/dev/null || \
+	  echo "note: tongsuopy (SM2) has no wheel here; SM2 tests will be skipped"
 	@touch $(STAMP)
 
 clean:

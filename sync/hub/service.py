@@ -193,14 +193,21 @@ class Hub:
     def _known(self, terminal: str) -> bool:
         return self.known_terminals is None or terminal in self.known_terminals
 
-    def _on_tx(self, topic: str, payload: bytes) -> None:
+    def _sender(self, topic: str, what: str) -> str | None:
+        """The terminal a message on ``topic`` comes from, or None (rejected and recorded)
+        for a malformed topic or a terminal not in the configured list."""
         parsed = parse_terminal_topic(topic)
         if parsed is None:
             self._reject("", "bad_topic", f"not a valid terminal topic: {topic[:100]!r}")
-            return
-        terminal = parsed[0]
-        if not self._known(terminal):
-            self._reject(terminal, "unknown_terminal", "terminal not in the configured list")
+            return None
+        if not self._known(parsed[0]):
+            self._reject(parsed[0], "unknown_terminal", f"{what} from a terminal not in the list")
+            return None
+        return parsed[0]
+
+    def _on_tx(self, topic: str, payload: bytes) -> None:
+        terminal = self._sender(topic, "batch")
+        if terminal is None:
             return
         try:
             batch = parse_batch(terminal, payload)
@@ -233,13 +240,8 @@ class Hub:
     def _on_status(self, topic: str, payload: bytes) -> None:
         if not payload:
             return  # a cleared retained message
-        parsed = parse_terminal_topic(topic)
-        if parsed is None:
-            self._reject("", "bad_topic", f"not a valid terminal topic: {topic[:100]!r}")
-            return
-        terminal = parsed[0]
-        if not self._known(terminal):
-            self._reject(terminal, "unknown_terminal", "status from a terminal not in the list")
+        terminal = self._sender(topic, "status")
+        if terminal is None:
             return
         try:
             status = json.loads(payload)
