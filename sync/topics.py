@@ -66,8 +66,17 @@ def validate_terminal_id(value: str) -> str:
 
 
 def validate_channel(value: str) -> str:
-    """Return ``value`` if it is a valid policy channel name (same rules as terminal ids)."""
-    return _validate_id(value, "policy channel")
+    """Return ``value`` if it is a valid policy channel, else raise ``ValueError``.
+
+    1–8 ``/``-separated segments (e.g. ``city/370302/bus``), each following the rules of
+    terminal ids, so a channel never holds an empty level or the wildcards ``+ #``.
+    """
+    parts = value.split("/") if isinstance(value, str) else []
+    if not 1 <= len(parts) <= 8:
+        raise ValueError(f"policy channel {value!r} must have 1 to 8 '/'-separated segments")
+    for part in parts:
+        _validate_id(part, f"policy channel segment of {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,11 @@ def test_terminal_topics_have_the_documented_names() -> None:
     assert str(t.cmd) == "ykt/v1/t/bus-0042/cmd"
     assert str(t.cmd_result) == "ykt/v1/t/bus-0042/cmd/result"
     assert str(policy_manifest("jinan-bus")) == "ykt/v1/policy/jinan-bus/manifest"
+    assert (str(policy_manifest("city/370302/bus"))
+            == "ykt/v1/policy/city/370302/bus/manifest")
+    for bad in ("city//bus", "city/+/bus", "city/#", "/city", "a/b/c/d/e/f/g/h/i", ""):
+        with pytest.raises(ValueError):
+            policy_manifest(bad)
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "a+b", "a#", "has space", "x" * 65, "-lead",

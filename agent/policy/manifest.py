@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+import sync.topics as topics
 from agent.policy.errors import BundleRefused, Refusal
 
 __all__ = [
@@ -74,18 +75,14 @@ def sha256_hex(data: bytes) -> str:
 
 
 def validate_channel(channel: str) -> str:
-    """Return ``channel`` if valid: 1–8 ``/``-separated segments of letters, digits and
-    ``. _ : -`` (e.g. ``city/370302/bus``); else raise ``ValueError``."""
-    parts = channel.split("/") if isinstance(channel, str) else []
-    if not 1 <= len(parts) <= 8 or not all(_SEGMENT.match(p) for p in parts):
-        raise ValueError(f"invalid policy channel {channel!r}: use segments like "
-                         "'city/370302/bus' (letters, digits, . _ : -)")
-    return channel
+    """Return ``channel`` if valid (see :func:`sync.topics.validate_channel`: segments like
+    ``city/370302/bus``); else raise ``ValueError``."""
+    return topics.validate_channel(channel)
 
 
 def manifest_topic(channel: str) -> str:
     """``ykt/v1/policy/{channel}/manifest`` (the channel may span several levels)."""
-    return f"ykt/v1/policy/{validate_channel(channel)}/manifest"
+    return str(topics.policy_manifest(channel))
 
 
 def parse_time(stamp: str) -> float:
