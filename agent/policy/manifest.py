@@ -50,7 +50,6 @@ MANIFEST_TYPE = "ykt-policy-manifest"
 ROOT_TYPE = "ykt-policy-root"
 PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def canonical(obj: Any) -> bytes:
