@@ -23,7 +23,7 @@ from agent.clock import clock_quality
 from agent.config import AgentConfig
 from agent.engine import Engine, Outcome
 from agent.journal import Journal
-from agent.model import JournalRecord, Presentation
+from agent.model import ClockQuality, JournalRecord, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify
@@ -52,9 +52,11 @@ class Terminal:
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
-                 ruleset: RuleSet | None = None) -> None:
+                 ruleset: RuleSet | None = None,
+                 clock_quality: Callable[[], ClockQuality] = clock_quality) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.clock_quality = clock_quality
         self.ruleset = ruleset or load_ruleset(profile_path(cfg.terminal.profile))
         self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key())
         self._sources_override = sources
@@ -143,7 +145,7 @@ class Terminal:
         j, s = self.journal, self.store
         status: dict[str, Any] = {
             "terminal": self.cfg.terminal.id, "profile": self.ruleset.profile.name,
-            "policy": s.info.label if s else "", "clock": clock_quality().value,
+            "policy": s.info.label if s else "", "clock": self.clock_quality().value,
             "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
             "time": self.clock(),
         }
@@ -171,7 +173,7 @@ class Terminal:
         assert self.journal and self.store
         self.engine = Engine(self.ruleset, self.store, self.journal,
                              location=self.cfg.location.build(), clock=self.clock,
-                             verifier=self._make_verifier(),
+                             verifier=self._make_verifier(), clock_quality=self.clock_quality,
                              gate_ok=lambda: all(g.available for g in self.gates))
 
     def _stop_engine(self) -> None:
