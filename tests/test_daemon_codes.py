@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +18,7 @@ from agent.model import ClockQuality, Reason
 from agent.store import PolicyStore
 from simulator.phone import Phone, SimIssuer
 from simulator.population import Population
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+from tests.fixtures.hub import wait_until
 
 
 class CodeRig:
@@ -51,7 +44,7 @@ class CodeRig:
     def scan(self, text: str) -> Outcome:
         n = len(self.outcomes)
         os.write(self.master, text.encode() + b"\r\n")
-        wait_for(lambda: len(self.outcomes) > n, 10, "the code's decision")
+        wait_until(lambda: len(self.outcomes) > n, 10, "the code's decision")
         return self.outcomes[n]
 
     def close(self) -> None:

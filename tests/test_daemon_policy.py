@@ -3,11 +3,7 @@ its decisions while it runs, and a restarted terminal decides by its last bundle
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from agent.config import AgentConfig
 from agent.daemon import Terminal
@@ -17,15 +13,8 @@ from simulator.broker import Mosquitto
 from simulator.cards import SimCardSource
 from sync.hub.policy import BundleSources
 from sync.link import MqttSettings
+from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _terminal(env: PolicyEnv, broker: Mosquitto, data: Path) -> tuple[Terminal, SimCardSource,
@@ -63,7 +52,7 @@ def test_running_daemon_applies_published_policy(policy_env: PolicyEnv, broker: 
     try:
         env.build(env.population_sources())
         env.repo.publish(settings)
-        wait_for(lambda: terminal.store is not None and terminal.store.info.version == 1, 30,
+        wait_until(lambda: terminal.store is not None and terminal.store.info.version == 1, 30,
                  "policy v1 to be applied")
         victim, newcomer = env.pop.tagged("standard")[:2]
         assert _tap(terminal, cards, outcomes, victim).decision.product == "standard"
@@ -72,7 +61,7 @@ def test_running_daemon_applies_published_policy(policy_env: PolicyEnv, broker: 
             entitlements=env.source("ent", [{"ssn": newcomer.ssn, "name": "disabled"}]),
             merge=True))
         env.repo.publish(settings)
-        wait_for(lambda: terminal.store is not None and terminal.store.info.version == 2, 30,
+        wait_until(lambda: terminal.store is not None and terminal.store.info.version == 2, 30,
                  "policy v2 to be applied")
         env.clock.t += 120
         out = _tap(terminal, cards, outcomes, victim)

@@ -3,8 +3,7 @@ peripherals, with the host-built gate controller on a real pty and the prompt hi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,10 @@ from drivers.prompt import BEEP_PATTERNS, SimPrompter
 from simulator.cards import SimCardSource
 from simulator.demo import seed_store
 from simulator.population import CardHolder
+from tests.fixtures.hub import wait_until
 
 TZ = ZoneInfo("Asia/Shanghai")
 
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Rig:
