@@ -47,6 +47,7 @@ from sync.hub.store import (
     decision_fields,
     export_line,
     report_from,
+    split_duplicates,
     terminal_entry,
 )
 
@@ -225,19 +226,7 @@ class PgHubStore(HubStore):
             existing = {int(s): str(h) for s, h in conn.execute(
                 "SELECT seq, hash FROM records WHERE terminal=%s AND seq BETWEEN %s AND %s",
                 (terminal, lo, hi))}
-        new: dict[int, IncomingRecord] = {}
-        duplicates = 0
-        breaks: list[tuple[int, str]] = []
-        for r in records:
-            old = existing.get(r.seq)
-            if old is None and r.seq not in new:
-                new[r.seq] = r
-                continue
-            duplicates += 1
-            other = old if old is not None else new[r.seq].hash
-            if other != r.hash:
-                breaks.append((r.seq, "conflicting duplicate: a different record with this "
-                                      "seq was already stored (the first is kept)"))
+        new, duplicates, breaks = split_duplicates(records, existing)
         if new:
             cols: tuple[list[Any], ...] = ([], [], [], [], [])
             for r in new.values():

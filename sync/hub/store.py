@@ -80,6 +80,27 @@ def chain_problems(seq: int, body: dict[str, Any], claimed: str, computed: str,
     return problems
 
 
+def split_duplicates(records: Sequence[IncomingRecord], existing: dict[int, str]
+                     ) -> tuple[dict[int, IncomingRecord], int, list[tuple[int, str]]]:
+    """Split a batch into records new to the store (first copy of each seq wins),
+    a duplicate count, and chain breaks for duplicates whose hash differs from the copy
+    already stored (``existing``: seq → hash) or earlier in the batch."""
+    new: dict[int, IncomingRecord] = {}
+    duplicates = 0
+    breaks: list[tuple[int, str]] = []
+    for r in records:
+        old = existing.get(r.seq)
+        if old is None and r.seq not in new:
+            new[r.seq] = r
+            continue
+        duplicates += 1
+        other = old if old is not None else new[r.seq].hash
+        if other != r.hash:
+            breaks.append((r.seq, "conflicting duplicate: a different record with this "
+                                  "seq was already stored (the first is kept)"))
+    return new, duplicates, breaks
+
+
 def export_line(terminal: str, seq: int, digest: str, flagged: Any, body: str) -> str:
     """One ``hub export`` JSON line; ``body`` is the stored canonical text, copied as is."""
     return (f'{{"terminal":{json.dumps(terminal)},"seq":{seq},"hash":"{digest}",'
@@ -259,19 +280,7 @@ class SqliteHubStore(HubStore):
             existing = dict(db.execute(
                 "SELECT seq, hash FROM records WHERE terminal=? AND seq BETWEEN ? AND ?",
                 (terminal, lo, hi)).fetchall())
-        new: dict[int, IncomingRecord] = {}
-        duplicates = 0
-        breaks: list[tuple[int, str]] = []
-        for r in records:
-            old = existing.get(r.seq)
-            if old is None and r.seq not in new:
-                new[r.seq] = r
-                continue
-            duplicates += 1
-            other = old if old is not None else new[r.seq].hash
-            if other != r.hash:
-                breaks.append((r.seq, "conflicting duplicate: a different record with this "
-                                      "seq was already stored (the first is kept)"))
+        new, duplicates, breaks = split_duplicates(records, existing)
         rows = []
         for r in new.values():
             product, reason = decision_fields(r.body)
