@@ -70,7 +70,7 @@ class Terminal:
         self.downlink: Any = None           # sync.downlink.Downlink
         self.gates: list[Any] = []          # drivers.gate.GateActuator
         self.gpio: Any = None               # drivers.gpio.GpioBoard
-        self._recent: OrderedDict[int, JournalRecord] = OrderedDict()  # accepted, for undo
+        self._recent: OrderedDict[int, Outcome] = OrderedDict()  # accepted at a gate, for undo
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._worker: threading.Thread | None = None
         self._listeners: list[OutcomeListener] = []
@@ -378,7 +378,7 @@ class Terminal:
                 except Exception:
                     log.exception("actuator %s failed", a.name)
         if outcome.record is not None and d.accepted and self.gates:
-            self._recent[outcome.record.seq] = outcome.record
+            self._recent[outcome.record.seq] = outcome
             while len(self._recent) > 1000:
                 self._recent.popitem(last=False)
         if self.uplink is not None and outcome.record is not None:

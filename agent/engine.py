@@ -10,10 +10,11 @@ the journal fails, the outcome has no record and must not open anything.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -55,6 +56,8 @@ class Outcome:
     record: JournalRecord | None
     credential: Credential | None = None
     presentation: Presentation | None = None
+    counters: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    """The counter deltas committed with the record ((holder or SITE, counter, day) → +n)."""
 
     @property
     def actionable(self) -> bool:
@@ -65,6 +68,12 @@ class Outcome:
 _FAILSAFE = Prompt("设备故障 请稍后", "error")
 SITE = "*"
 """Holder key of terminal-wide counters (time-slot capacity, queue numbers)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch(stamp: str) -> float:
+    """Epoch seconds of an RFC 3339 stamp (cached: the policy expiry is checked per tap)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 class Engine:
@@ -125,12 +134,9 @@ class Engine:
             if decision.accepted and not facts.gate_in_service:
                 # safety net for profiles without a gate rule: never take a fare or an
                 # entry for a gate that will not open
-                decision = Decision(False, Reason.GATE_OUT_OF_SERVICE,
-                                    prompt=ruleset.prompt_for(Reason.GATE_OUT_OF_SERVICE),
-                                    rule_id="pre:gate-out-of-service")
+                decision = self._deny(Reason.GATE_OUT_OF_SERVICE, "pre:gate-out-of-service")
             if facts.policy_stale and ruleset.profile.stale_policy == "deny_all":
-                decision = Decision(False, Reason.POLICY_STALE, rule_id="pre:stale-policy",
-                                    prompt=ruleset.prompt_for(Reason.POLICY_STALE))
+                decision = self._deny(Reason.POLICY_STALE, "pre:stale-policy")
         except Exception as err:  # a bug or a broken store must not crash the daemon
             log.exception("deciding a %s presentation from %s failed", p.kind, p.source)
             return self._reject(p, Rejection(Reason.INTERNAL_ERROR, type(err).__name__),
@@ -147,9 +153,7 @@ class Engine:
                 extra["queue_no"] = f"{rule.queue}{number:03d}"
                 prompt = Prompt(prompt.text.replace("{queue}", extra["queue_no"]), prompt.sound,
                                 prompt.voice)
-        decision = Decision(decision.accepted, decision.reason, decision.product,
-                            decision.amount_cents, prompt, decision.rule_id,
-                            store.info.label, decision.counters)
+        decision = replace(decision, prompt=prompt, policy_version=store.info.label)
         last_tap = ((cred.credential_key, self.location.passback_scope)
                     if decision.reason is Reason.ACCEPTED else None)
         fields = self._fields(p, quality, decision, cred.journal_fields(), "",
@@ -159,18 +163,17 @@ class Engine:
             fields["service"] = p.service
         record = self._append(fields, counters, last_tap, now)
         if record is None:
-            return Outcome(Decision(False, Reason.INTERNAL_ERROR, prompt=_FAILSAFE,
-                                    rule_id="pre:journal-failed", policy_version=store.info.label),
-                           None, cred, p)
-        return Outcome(decision, record, cred, p)
+            return self._journal_failed(p, cred)
+        return Outcome(decision, record, cred, p, counters)
 
     def journal_event(self, event: str, fields: dict[str, Any] | None = None, *,
-                      undo: JournalRecord | None = None) -> JournalRecord | None:
+                      undo: Outcome | None = None) -> JournalRecord | None:
         """Journal a non-decision event (``not_entered``, ``fire_alarm``, ``gate_fault``).
 
-        ``undo`` names an accepted decision whose daily counters this event gives back
-        (a visitor who did not pass the gate keeps the day's entry). Returns the record,
-        or None if the journal failed (logged).
+        ``undo`` is an accepted outcome whose counters this event gives back in the same
+        transaction (a visitor who did not pass the gate keeps the day's entry and frees
+        the time slot); issued queue numbers are never given back. Returns the record, or
+        None if the journal failed (logged).
         """
         now = self._clock()
         base: dict[str, Any] = {
@@ -179,14 +182,10 @@ class Engine:
             "policy": self.store.info.label}
         base.update(fields or {})
         counters = None
-        if undo is not None:
-            base["ref_seq"] = undo.seq
-            holder = str(undo.body.get("cred", {}).get("holder_key", ""))
-            rule = next((r for r in self.ruleset.rules if r.id == undo.body.get("rule")), None)
-            day = datetime.fromisoformat(str(undo.body["time"]).replace("Z", "+00:00")
-                                         ).astimezone(self._tz).date().isoformat()
-            if rule is not None and holder:
-                counters = {(holder, c, day): -1 for c in rule.decision.counters}
+        if undo is not None and undo.record is not None:
+            base["ref_seq"] = undo.record.seq
+            counters = {k: -n for k, n in undo.counters.items()
+                        if not k[1].startswith("queue:")}
         return self._append(base, counters, None, now)
 
     # ---------------------------------------------------------------------------------
@@ -218,9 +217,7 @@ class Engine:
         last = self.journal.last_tap(cred.credential_key, self.location.passback_scope)
         counters = {c: self.journal.count(cred.holder_key, c, today.isoformat())
                     for c in ruleset.counters}
-        expires = store.info.expires
-        stale = bool(expires) and datetime.fromisoformat(expires.replace("Z", "+00:00")
-                                                         ).timestamp() < now
+        stale = bool(store.info.expires) and _epoch(store.info.expires) < now
         facts = Facts(
             now=local, kind=cred.kind, hotlisted=hot is not None, expired=expired,
             age=age_on(cred.birth_date, today) if cred.birth_date else None,
@@ -230,18 +227,26 @@ class Engine:
         )
         return facts, today, slot
 
+    def _deny(self, reason: Reason, rule_id: str, prompt: Prompt | None = None) -> Decision:
+        """A denial decided before (or instead of) the rules, under the current policy."""
+        return Decision(False, reason, prompt=prompt or self.ruleset.prompt_for(reason),
+                        rule_id=rule_id, policy_version=self.store.info.label)
+
+    def _journal_failed(self, p: Presentation, cred: Credential | None) -> Outcome:
+        """Nothing could be journaled: a failsafe prompt and no record, so nothing acts."""
+        return Outcome(self._deny(Reason.INTERNAL_ERROR, "pre:journal-failed", _FAILSAFE),
+                       None, cred, p)
+
     def _reject(self, p: Presentation, r: Rejection, now: float, quality: ClockQuality
                 ) -> Outcome:
-        decision = Decision(False, r.reason, prompt=self.ruleset.prompt_for(r.reason),
-                            rule_id=f"pre:{r.reason.value}", policy_version=self.store.info.label)
+        decision = self._deny(r.reason, f"pre:{r.reason.value}")
         if not r.journal:
             return Outcome(decision, None, None, p)
         cred = {"kind": r.kind or ("ssc_card" if p.kind is PresentationKind.CARD else "code"),
                 "credential_key": r.credential_key, "holder_key": r.holder_key}
         record = self._append(self._fields(p, quality, decision, cred, r.detail), None, None, now)
         if record is None:
-            return Outcome(Decision(False, Reason.INTERNAL_ERROR, prompt=_FAILSAFE,
-                                    rule_id="pre:journal-failed"), None, None, p)
+            return self._journal_failed(p, None)
         return Outcome(decision, record, None, p)
 
     def _fields(self, p: Presentation, quality: ClockQuality, d: Decision,

@@ -44,7 +44,7 @@ def test_scenic_not_entered_gives_the_days_entry_back(tmp_path: Path) -> None:
     assert first.decision.accepted and first.record is not None
     clock[0] += 30
     assert _tap(eng, elderly).decision.reason is Reason.PASSBACK
-    ev = eng.journal_event("not_entered", {"gate": "G1"}, undo=first.record)
+    ev = eng.journal_event("not_entered", {"gate": "G1"}, undo=first)
     assert ev is not None and ev.body["ref_seq"] == first.record.seq
     clock[0] += 30
     again = _tap(eng, elderly)
@@ -107,3 +107,20 @@ def test_museum_visitor_counts_per_hour(tmp_path: Path) -> None:
     _tap(eng, 5)                                   # passback: not a visitor
     assert journal_stats(eng.journal, "hour") == {"2026-11-25 10:00": 3, "2026-11-25 11:00": 1}
     assert journal_stats(eng.journal, "reason") == {"accepted": 4, "passback": 1}
+
+
+def test_museum_not_entered_frees_the_time_slot_too(tmp_path: Path) -> None:
+    eng, clock = _engine(tmp_path, "museum_gate")
+    text = profile_path("museum_gate").read_text(encoding="utf-8").replace(
+        "max = 300", "max = 1").replace("visitors = 300", "visitors = 1").replace(
+        "visitors = 299", "visitors = 0")
+    eng.swap(ruleset=load_ruleset(tmp_path / "m.toml", text=text))
+    first = _tap(eng, 0)
+    assert first.decision.accepted
+    clock[0] += 60
+    assert _tap(eng, 1).decision.reason is Reason.CAPACITY_FULL
+    assert eng.journal_event("not_entered", undo=first) is not None
+    clock[0] += 60
+    assert _tap(eng, 1).decision.accepted, "the slot the first visitor did not use is free"
+    clock[0] += 3600                                  # the next slot
+    assert _tap(eng, 0).decision.accepted, "and the first visitor keeps the day's entry"
