@@ -243,21 +243,32 @@ class Journal:
             self._acked = seq
             return seq
 
-    def prune(self, retention_s: float) -> int:
+    def prune(self, retention_s: float, *, batch: int = 2000) -> int:
         """Delete acknowledged records older than ``retention_s`` seconds; keep the newest.
 
-        Returns how many records were deleted.
+        Deletes at most ``batch`` records per transaction and releases the writer lock in
+        between, so a large prune (after a long offline period) never stalls a tap's
+        append. Returns how many records were deleted.
         """
         cutoff = self._clock() - retention_s
+        deleted = 0
+        while True:
+            with self._lock, self._db:
+                upto = min(self._acked, self._last_seq - 1)
+                first = self._db.execute("SELECT min(seq) FROM records").fetchone()[0]
+                if first is None or first > upto:
+                    break
+                cur = self._db.execute(
+                    "DELETE FROM records WHERE seq BETWEEN ? AND ? AND ts < ?",
+                    (first, min(upto, first + batch - 1), cutoff))
+                deleted += cur.rowcount
+                if cur.rowcount < batch:
+                    break
         with self._lock, self._db:
-            cur = self._db.execute(
-                "DELETE FROM records WHERE seq <= ? AND seq < ? AND ts < ?",
-                (self._acked, self._last_seq, cutoff),
-            )
             day_cut = utc_stamp(cutoff - 2 * 86400)[:10]
             self._db.execute("DELETE FROM counters WHERE day < ?", (day_cut,))
             self._db.execute("DELETE FROM last_taps WHERE ts < ?", (cutoff,))
-            return cur.rowcount
+        return deleted
 
     # -- reading -------------------------------------------------------------------------
     @property
@@ -292,17 +303,19 @@ class Journal:
 
     def count(self, holder_key: str, counter: str, day: str) -> int:
         """Current value of a per-holder counter for a local day (``YYYY-MM-DD``)."""
-        row = self._db.execute(
-            "SELECT count FROM counters WHERE holder_key=? AND counter=? AND day=?",
-            (holder_key, counter, day),
-        ).fetchone()
+        with self._lock:  # never read inside another thread's open transaction (prune, ack)
+            row = self._db.execute(
+                "SELECT count FROM counters WHERE holder_key=? AND counter=? AND day=?",
+                (holder_key, counter, day),
+            ).fetchone()
         return int(row[0]) if row else 0
 
     def last_tap(self, credential_key: str, scope: str) -> float | None:
         """Wall time (epoch s) of this credential's last counted tap in ``scope``, if any."""
-        row = self._db.execute(
-            "SELECT ts FROM last_taps WHERE credential_key=? AND scope=?", (credential_key, scope)
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ts FROM last_taps WHERE credential_key=? AND scope=?",
+                (credential_key, scope)).fetchone()
         return float(row[0]) if row else None
 
     def verify(self) -> list[ChainBreak]:
