@@ -10,6 +10,7 @@ them never touches the disk or the network and takes microseconds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -152,6 +153,15 @@ class VectorSpec(_Strict):
     expect_product: str | None = None
     expect_amount_cents: int | None = None
     expect_rule: str | None = None
+
+    def facts(self) -> Facts:
+        """The vector's inputs as :class:`Facts` (every Facts field but ``now`` has an
+        input of the same name here; ``time`` gives ``now``)."""
+        given = self.model_dump(include=_VECTOR_FACTS)
+        return Facts(now=self.time, entitlements=frozenset(self.entitlements), **given)
+
+
+_VECTOR_FACTS = {f.name for f in dataclasses.fields(Facts)} - {"now", "entitlements"}
 
 
 class ProfileSpec(_Strict):
@@ -325,12 +335,7 @@ class RuleSet:
         """Run the test vectors; return one message per failure (empty = all pass)."""
         failures = []
         for v in self.spec.vector:
-            facts = Facts(now=v.time, kind=v.kind, hotlisted=v.hotlisted, expired=v.expired,
-                          age=v.age, entitlements=frozenset(v.entitlements),
-                          since_last_tap_s=v.since_last_tap_s, counters=dict(v.counters),
-                          policy_stale=v.policy_stale, gate_in_service=v.gate_in_service,
-                          site_counters=dict(v.site_counters), service=v.service)
-            d = self.evaluate(facts)
+            d = self.evaluate(v.facts())
             wrong = []
             if d.reason != v.expect_reason:
                 wrong.append(f"reason {d.reason.value} != {v.expect_reason.value}")

@@ -85,3 +85,12 @@ def test_profile_prompts_use_known_sounds_and_voices(path: Path) -> None:
     for p in prompts:
         assert p.sound in BEEP_PATTERNS, f"{path.name}: unknown beep pattern {p.sound!r}"
         assert not p.voice or p.voice in VOICE_CLIPS, f"{path.name}: unknown voice {p.voice!r}"
+
+
+def test_vectors_can_set_every_fact() -> None:
+    from dataclasses import fields
+
+    from agent.rules import VectorSpec
+
+    missing = {f.name for f in fields(Facts)} - {"now"} - set(VectorSpec.model_fields)
+    assert not missing, f"test vectors cannot set these facts: {missing}"
