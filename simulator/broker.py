@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from simulator.process import stop_process
+
 __all__ = ["Mosquitto", "free_port"]
 
 log = logging.getLogger(__name__)
@@ -92,17 +94,7 @@ class Mosquitto:
     def stop(self, *, kill: bool = False) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``kill``). Safe twice."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, kill=kill)
 
     def restart(self) -> None:
         self.stop()

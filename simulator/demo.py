@@ -35,6 +35,7 @@ from drivers.prompt import SimPrompter
 from simulator.broker import Mosquitto
 from simulator.cards import SimCardSource
 from simulator.population import Population
+from simulator.process import stop_process
 
 __all__ = ["DemoSummary", "run_demo", "seed_store"]
 
@@ -117,11 +118,7 @@ class _Hub:
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, grace_s=10)
         self._log.close()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from typing import Self
 
 from drivers.psam import TEST_KEYS, ReferenceKeys
 from simulator.population import CardHolder
+from simulator.process import stop_process
 from simulator.vcard import VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 __all__ = ["Pcscd", "VirtualCardRig", "VirtualReader", "missing_components",
@@ -198,15 +198,7 @@ class Pcscd:
     def stop(self) -> None:
         """Stop pcscd if we started it (a reused one is left alone). Safe twice."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
 
     def restart(self) -> None:
         """Stop and start our pcscd: every reader vanishes and comes back.
