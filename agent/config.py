@@ -10,23 +10,20 @@ file: the pseudonymisation key comes from ``$YKT_PSEUDONYM_KEY`` (hex) or
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.keys import DEMO_PSEUDONYM_KEY, pseudonym_key, read_secret
 from agent.model import Location
 from agent.tomlconf import ConfigFileError, load_toml_model
 from sync.link import MqttSettings
 
-__all__ = ["AgentConfig", "ConfigFileError", "load_config", "read_secret"]
+__all__ = ["DEMO_PSEUDONYM_KEY", "AgentConfig", "ConfigFileError", "load_config",
+           "read_secret"]
 
 log = logging.getLogger(__name__)
-
-DEMO_PSEUDONYM_KEY = bytes.fromhex("59696b61746f6e672d64656d6f2d6b65792d6e6f742d666f722d757365")
-"""The demo deployment's key ("Yikatong-demo-key-not-for-use"): for demos and tests only."""
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -124,32 +121,8 @@ class AgentConfig(_Section):
         return self.terminal.data_dir / "store.db"
 
     def pseudonym_key(self) -> bytes:
-        """The deployment's pseudonymisation key. Raises ``ConfigFileError``-style
-        ``ValueError`` if none is provided and ``demo`` is off."""
-        secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
-        if secret:
-            try:
-                return bytes.fromhex(secret.strip())
-            except ValueError:
-                raise ValueError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
-                                 "$CREDENTIALS_DIRECTORY/pseudonym-key)") from None
-        if self.terminal.demo:
-            log.warning("using the built-in DEMO pseudonymisation key: not for production")
-            return DEMO_PSEUDONYM_KEY
-        raise ValueError("no pseudonymisation key: set YKT_PSEUDONYM_KEY or provide "
-                         "$CREDENTIALS_DIRECTORY/pseudonym-key (or terminal.demo = true)")
-
-
-def read_secret(name: str, env: str) -> str | None:
-    """A secret from ``$env`` or ``$CREDENTIALS_DIRECTORY/name``; None if neither is set."""
-    if os.environ.get(env):
-        return os.environ[env]
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        p = Path(cred_dir) / name
-        if p.exists():
-            return p.read_text(encoding="utf-8").strip()
-    return None
+        """The deployment's pseudonymisation key (:func:`agent.keys.pseudonym_key`)."""
+        return pseudonym_key(demo=self.terminal.demo)
 
 
 def load_config(path: str | Path | None) -> AgentConfig:
