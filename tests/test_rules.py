@@ -60,6 +60,11 @@ def test_first_match_and_hours() -> None:
     d = rs.evaluate(Facts(now=datetime(2026, 11, 25, 8, tzinfo=tz), age=70, hotlisted=True,
                           since_last_tap_s=5))
     assert d.rule_id == "hotlisted"       # hotlist beats passback and concessions
+    gate = load_ruleset(profile_path("scenic_gate"))      # open 07:00-18:00
+    for hour, minute, reason in ((6, 59, "outside_hours"), (7, 0, "accepted"),
+                                 (17, 59, "accepted"), (18, 0, "outside_hours")):
+        at = datetime(2026, 11, 25, hour, minute, tzinfo=tz)
+        assert gate.evaluate(Facts(now=at, age=70)).reason.value == reason, (hour, minute)
 
 
 def test_age_on_birthdays() -> None:
