@@ -6,7 +6,11 @@ CCITT-FALSE), commands, events and timings. :class:`SerialGate` opens the line w
 ``serial.serial_for_url`` (a device, a pty, or ``loop://``) and runs three threads:
 
 * a reader that decodes frames, matches responses to requests, acknowledges events and
-  drops frames with bad CRCs or torn frames (counted in :attr:`SerialGate.line_errors`);
+  drops frames with bad CRCs or torn frames (counted in :attr:`SerialGate.line_errors`).
+  Everything the controller reports — events, STATUS answers (boot id, emergency),
+  acknowledged OPENs — is applied here, in the order it came off the line, so an
+  ``OPENED`` always precedes the ``PASSED`` of the same open and a STATUS answered before
+  a reboot can never be taken for one from after it;
 * a heartbeat that asks for STATUS every ``heartbeat_s``: after ``fail_after`` missed
   answers the gate is **out of service** (:attr:`SerialGate.in_service` False, an
   ``OUT_OF_SERVICE`` event) until it answers again; a new ``boot_id`` means the controller
@@ -50,6 +54,7 @@ log = logging.getLogger(__name__)
 FLAG, ESC, ESC_XOR, VERSION, MAX_PAYLOAD = 0x7E, 0x7D, 0x20, 0x01, 32
 CMD_STATUS, CMD_OPEN, CMD_CLOSE, CMD_EMERGENCY, CMD_REBOOT, CMD_EVENT_ACK = 2, 3, 4, 5, 6, 7
 RSP = 0x80
+OPEN_MIN_MS, OPEN_MAX_MS = 100, 60000
 EVT_BOOT, EVT_PASSAGE, EVT_TIMEOUT, EVT_ALARM, EVT_EMERGENCY = 0xC0, 0xC1, 0xC2, 0xC3, 0xC4
 RESULTS = {0: "ok", 1: "busy", 2: "emergency", 3: "bad parameter", 4: "fault",
            5: "unknown command", 6: "bad length"}
@@ -217,6 +222,7 @@ class _Open:
     token: int
     direction: Direction
     record_seq: int | None
+    opened: bool = False           # the controller acknowledged it (OPENED reported)
     aborted: bool = False          # ABORTED already reported (controller went silent)
 
 
@@ -302,10 +308,10 @@ class SerialGate:
         return self._in_service
 
     def status(self) -> GateStatus:
-        """Ask the controller for its status. Raises :class:`GateError` if it does not answer."""
-        st = GateStatus.parse(self._request(CMD_STATUS).payload)
-        self._note_status(st)
-        return st
+        """Ask the controller for its status. Raises :class:`GateError` if it does not answer.
+
+        The reader has already applied the answer (service state, boot id, emergency)."""
+        return GateStatus.parse(self._request(CMD_STATUS).payload)
 
     def open(self, direction: str | int | Direction, duration_ms: int, *,
              record_seq: int | None = None) -> int:
@@ -317,38 +323,33 @@ class SerialGate:
         :class:`ConfigError` for a bad direction or duration.
         """
         d = Direction.parse(direction)
-        if not 100 <= duration_ms <= 60000:
-            raise ConfigError(f"open duration must be 100..60000 ms, got {duration_ms}")
+        if not OPEN_MIN_MS <= duration_ms <= OPEN_MAX_MS:
+            raise ConfigError(f"open duration must be {OPEN_MIN_MS}..{OPEN_MAX_MS} ms, "
+                              f"got {duration_ms}")
         with self._lock:
             self._token = (self._token + 1) & 0xFFFF
             token = self._token
             self._opens[token] = _Open(token, d, record_seq)
         payload = bytes((d,)) + duration_ms.to_bytes(2, "big") + token.to_bytes(2, "big")
         try:
-            rsp = self._request(CMD_OPEN, payload)
-            if rsp.payload[:1] != b"\x00":
-                code = rsp.payload[0] if rsp.payload else 0xFF
-                raise GateError(f"gate refused to open: {RESULTS.get(code, code)}",
-                                device=self.url, code=code)
+            self._check(self._request(CMD_OPEN, payload), "to open")
         except GateError:
             with self._lock:
                 self._opens.pop(token, None)
             raise
-        self._emit(GateEventKind.OPENED, direction=d.name.lower(), token=token,
-                   record_seq=record_seq)
-        return token
+        return token   # the reader reported OPENED when the acknowledgement came in
 
     def close_barrier(self) -> None:
         """Close now (an open in progress ends with ``TIMED_OUT``). Raises GateError."""
-        self._check(self._request(CMD_CLOSE))
+        self._check(self._request(CMD_CLOSE), "to close")
 
     def emergency(self, on: bool) -> None:
         """Open all ways (fire alarm from the terminal's own input) or release. Raises GateError."""
-        self._check(self._request(CMD_EMERGENCY, b"\x01" if on else b"\x00"))
+        self._check(self._request(CMD_EMERGENCY, b"\x01" if on else b"\x00"), "the emergency")
 
     def reboot(self) -> None:
         """Ask the controller to reboot (it answers first). Raises GateError."""
-        self._check(self._request(CMD_REBOOT))
+        self._check(self._request(CMD_REBOOT), "to reboot")
 
     def close(self) -> None:
         """Stop the threads and close the port. Safe to call twice."""
@@ -369,10 +370,11 @@ class SerialGate:
         self.close()
 
     # -- requests ---------------------------------------------------------------------
-    def _check(self, rsp: Frame) -> None:
+    def _check(self, rsp: Frame, what: str) -> None:
         code = rsp.payload[0] if rsp.payload else 0xFF
         if code != 0:
-            raise GateError(f"gate answered {RESULTS.get(code, code)}", device=self.url, code=code)
+            raise GateError(f"gate refused {what}: {RESULTS.get(code, code)}", device=self.url,
+                            code=code)
 
     def _request(self, ftype: int, payload: bytes = b"") -> Frame:
         for attempt in range(self.retries + 1):
@@ -408,44 +410,59 @@ class SerialGate:
                 raise GateError(f"writing to the gate failed: {err}", device=self.url) from err
 
     # -- service state ------------------------------------------------------------------
+    # Service transitions are emitted under ``_lock`` so listeners see them in the order
+    # the state changed (a failing request thread and the reader can race otherwise).
+    # Only acknowledged opens are aborted: one still in flight fails (OPEN_FAILED) or is
+    # retried against the rebooted controller.
     def _note_failure(self) -> None:
         with self._lock:
             self._failures += 1
-            going_down = self._in_service and self._failures >= self.fail_after
-            aborted = [o for o in self._opens.values() if not o.aborted] if going_down else []
-            if going_down:
-                self._in_service = False
-                for o in aborted:
-                    o.aborted = True   # kept: a late PASSED/TIMED_OUT still names its record
-        if going_down:
+            if not (self._in_service and self._failures >= self.fail_after):
+                return
+            self._in_service = False
             log.warning("gate %s out of service: controller not answering on %s", self.name, self.url)
             self._emit(GateEventKind.OUT_OF_SERVICE, detail="controller not answering")
-            for o in aborted:
-                self._emit_open_end(GateEventKind.ABORTED, o, detail="controller stopped answering")
+            for o in self._opens.values():
+                if o.opened and not o.aborted:
+                    o.aborted = True   # kept: a late PASSED/TIMED_OUT still names its record
+                    self._emit_open_end(GateEventKind.ABORTED, o,
+                                        detail="controller stopped answering")
 
     def _note_status(self, st: GateStatus) -> None:
+        """A STATUS answer (reader thread): in service, emergency, boot id."""
         self.last_status = st
         with self._lock:
-            was, self._in_service = self._in_service, True
             self._emergency = st.state == "emergency"
-        if not was:
-            log.info("gate %s in service (boot %04X)", self.name, st.boot_id)
-            self._emit(GateEventKind.IN_SERVICE, detail=f"boot {st.boot_id:04X}")
-        self._note_boot(st.boot_id, None)
+            if not self._in_service:
+                self._in_service = True
+                log.info("gate %s in service (boot %04X)", self.name, st.boot_id)
+                self._emit(GateEventKind.IN_SERVICE, detail=f"boot {st.boot_id:04X}")
+        self._note_boot(st.boot_id)
 
-    def _note_boot(self, boot_id: int, evseq: int | None) -> None:
+    def _note_boot(self, boot_id: int) -> None:
+        """A boot id seen in STATUS or BOOT (reader thread)."""
         with self._lock:
-            old, rebooted = self._boot_id, self._boot_id is not None and boot_id != self._boot_id
-            if old is None or rebooted:
-                self._boot_id, self._last_evseq = boot_id, evseq
-            aborted = list(self._opens.values()) if rebooted else []
-            if rebooted:
-                self._opens = {}
-        if rebooted:
+            old = self._boot_id
+            if old == boot_id:
+                return
+            self._boot_id, self._last_evseq = boot_id, None
+            if old is None:
+                return
             log.warning("gate %s rebooted (boot %04X → %04X)", self.name, old, boot_id)
             self._emit(GateEventKind.REBOOTED, detail=f"boot {boot_id:04X}")
-            for o in aborted:
-                self._emit_open_end(GateEventKind.ABORTED, o, detail="controller rebooted")
+            for token, o in list(self._opens.items()):
+                if o.opened:   # a reset controller is closed and has forgotten it
+                    del self._opens[token]
+                    self._emit_open_end(GateEventKind.ABORTED, o, detail="controller rebooted")
+
+    def _note_opened(self, token: int) -> None:
+        """The controller acknowledged OPEN ``token`` (reader thread): report OPENED once."""
+        with self._lock:
+            o = self._opens.get(token)
+            if o is not None and not o.opened:
+                o.opened = True
+                self._emit(GateEventKind.OPENED, direction=o.direction.name.lower(),
+                           token=token, record_seq=o.record_seq)
 
     # -- threads --------------------------------------------------------------------------
     def _open_port(self) -> None:
@@ -495,12 +512,21 @@ class SerialGate:
     def _on_frame(self, f: Frame) -> None:
         if f.type >= EVT_BOOT:
             self._on_event(f)
-        elif f.type & RSP:
-            with self._lock:
-                slot = self._pending.get(f.seq)
-            if slot is not None and not slot[0].is_set():
-                slot[1].append(f)
-                slot[0].set()
+            return
+        if not f.type & RSP:
+            return
+        if f.type == CMD_STATUS | RSP:
+            try:
+                self._note_status(GateStatus.parse(f.payload))
+            except GateError as err:   # still answered below: status() raises it
+                log.warning("gate %s: %s", self.name, err)
+        elif f.type == CMD_OPEN | RSP and len(f.payload) >= 3 and f.payload[0] == 0:
+            self._note_opened(int.from_bytes(f.payload[1:3], "big"))
+        with self._lock:
+            slot = self._pending.get(f.seq)
+        if slot is not None and not slot[0].is_set():
+            slot[1].append(f)
+            slot[0].set()
 
     def _on_event(self, f: Frame) -> None:
         try:
@@ -509,10 +535,13 @@ class SerialGate:
             log.debug("gate %s: cannot ack event: %s", self.name, err)
         p = f.payload
         if f.type == EVT_BOOT:
+            # event SEQ restarts with every boot, and BOOT is always its first event
+            with self._lock:
+                self._last_evseq = None
             if len(p) >= 3:
                 log.info("gate %s: controller booted (boot %04X, reason %d)", self.name,
                          int.from_bytes(p[:2], "big"), p[2])
-                self._note_boot(int.from_bytes(p[:2], "big"), f.seq)
+                self._note_boot(int.from_bytes(p[:2], "big"))
             return
         with self._lock:
             if self._last_evseq == f.seq:
@@ -543,7 +572,7 @@ class SerialGate:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self.status()
+                self._request(CMD_STATUS)   # the reader applies the answer
             except GateError as err:
                 log.debug("gate %s heartbeat: %s", self.name, err)
 

@@ -207,8 +207,7 @@ class Output:
     def play(self, pattern_ms: tuple[int, ...]) -> None:
         """Play on/off durations in ms: ``(on, off, on, …)``; ends off. ``()`` turns it off."""
         with self._lock:
-            self._cancel()
-            self._gen += 1
+            self._cancel()   # a new generation: steps of the old pattern do nothing
             self._step(self._gen, tuple(pattern_ms), 0)
 
     def _step(self, gen: int, pattern: tuple[int, ...], i: int) -> None:

@@ -140,7 +140,9 @@ class SimPrompter(Actuator):
     def __init__(self, *, display_columns: int = 20, voice_dir: str | Path | None = None,
                  voices: Mapping[str, Any] | None = None,
                  patterns: Mapping[str, Any] | None = None,
-                 sounds: Mapping[str, str] | None = None, **_: object) -> None:
+                 sounds: Mapping[str, str] | None = None, **unknown: object) -> None:
+        if unknown:
+            raise ConfigError(f"prompt: unknown options: {', '.join(sorted(unknown))}")
         if display_columns < 4:
             raise ConfigError(f"prompt display_columns must be >= 4, got {display_columns}")
         self.display_columns = display_columns

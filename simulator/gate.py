@@ -192,6 +192,11 @@ class GateControllerSim:
         """Stop answering (ignore the line) while the process keeps running."""
         self._send(f"mute {int(on)}")
 
+    def deaf(self, on: bool) -> None:
+        """Ignore the line but keep sending (a broken receive wire): the host's event
+        acknowledgements are lost, so the controller re-sends its events."""
+        self._send(f"deaf {int(on)}")
+
     def garble(self, frames: int = 1) -> None:
         """Corrupt the CRC of the next ``frames`` frames the controller sends."""
         self._send(f"garble {frames}")

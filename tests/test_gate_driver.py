@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from agent.model import Decision, JournalRecord, Prompt, Reason
@@ -19,6 +22,23 @@ def record(seq: int) -> JournalRecord:
     return JournalRecord(seq=seq, body={"terminal": "t1"}, hash="0" * 64)
 
 
+@pytest.fixture
+def quiet_gate(gate_controller: GateControllerSim,
+               gate_events: GateEventLog) -> Iterator[SerialGate]:
+    """Like ``serial_gate`` but without heartbeats, so the test alone decides what the
+    controller sends next (a line fault then hits the frame the test means)."""
+    gate = SerialGate(gate_controller.port, name="quiet-gate", **{**FAST, "heartbeat_s": 3600})
+    gate.subscribe(gate_events)
+    try:
+        assert gate.wait_ready(5.0), "gate controller never answered"
+        deadline = time.monotonic() + 5       # BOOT acknowledged: no event is queued
+        while gate.status().pending_events and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield gate
+    finally:
+        gate.close()
+
+
 def test_open_then_passage(serial_gate: SerialGate, gate_controller: GateControllerSim,
                            gate_events: GateEventLog) -> None:
     token = serial_gate.open("in", 5000, record_seq=41)
@@ -31,6 +51,8 @@ def test_open_then_passage(serial_gate: SerialGate, gate_controller: GateControl
     assert (passed.record_seq, passed.token, passed.direction) == (41, token, "in")
     assert gate_controller.wait_barrier("closed")
     assert [s for _, s in gate_controller.barrier_history][-2:] == ["open_in", "closed"]
+    kinds = gate_events.kinds()
+    assert kinds.index(K.OPENED) < kinds.index(K.PASSED)   # both reported in wire order
 
 
 def test_open_times_out_without_passage(serial_gate: SerialGate, gate_events: GateEventLog,
@@ -75,16 +97,33 @@ def test_partial_frames_and_noise_from_the_controller(serial_gate: SerialGate,
     assert serial_gate.in_service
 
 
-def test_garbled_event_is_retransmitted_and_delivered_once(
-        serial_gate: SerialGate, gate_controller: GateControllerSim,
-        gate_events: GateEventLog) -> None:
-    serial_gate.open("in", 5000, record_seq=3)
+def test_garbled_event_is_retransmitted(quiet_gate: SerialGate,
+                                        gate_controller: GateControllerSim,
+                                        gate_events: GateEventLog) -> None:
+    quiet_gate.open("in", 5000, record_seq=3)
+    before = quiet_gate.line_errors[0]
     gate_controller.garble(1)            # the PASSAGE event's first transmission is corrupt
     gate_controller.pass_through("in")
-    gate_events.wait_for(K.PASSED)
-    serial_gate.status()
-    serial_gate.status()
+    assert gate_events.wait_for(K.PASSED).record_seq == 3
+    assert quiet_gate.line_errors[0] == before + 1
     assert gate_events.kinds().count(K.PASSED) == 1
+
+
+def test_event_whose_acks_are_lost_is_delivered_once(quiet_gate: SerialGate,
+                                                     gate_controller: GateControllerSim,
+                                                     gate_events: GateEventLog) -> None:
+    quiet_gate.open("in", 5000, record_seq=4)
+    gate_controller.deaf(True)           # the host's EVENT_ACKs are lost from here on
+    gate_controller.pass_through("in")
+    assert gate_events.wait_for(K.PASSED).record_seq == 4
+    time.sleep(0.5)                      # the controller re-sends every 200 ms meanwhile
+    gate_controller.deaf(False)
+    assert quiet_gate.status().pending_events == 1     # it never heard an ack: it re-sent
+    deadline = time.monotonic() + 5
+    while quiet_gate.status().pending_events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert quiet_gate.status().pending_events == 0
+    assert gate_events.kinds().count(K.PASSED) == 1    # decoded 3+ times, delivered once
 
 
 @pytest.mark.parametrize("silence", ["freeze", "mute", "kill"])

@@ -91,6 +91,11 @@ def test_bad_options_are_config_errors() -> None:
         SimPrompter(sounds={"accepted": "fanfare"})
     with pytest.raises(ConfigError):
         SimPrompter(sounds={"no_such_reason": "ok"})
+    with pytest.raises(ConfigError, match="display_colums"):
+        SimPrompter(display_colums=16)                     # a typo is not silently ignored
+    with pytest.raises(ConfigError, match="buzer"):
+        load_backend("prompt", "gpio")(gpio={"backend": "mock", "buzzers": {"main": {"pin": 22}}},
+                                       buzer="main")
 
 
 def test_log_backend_logs(caplog: pytest.LogCaptureFixture) -> None:

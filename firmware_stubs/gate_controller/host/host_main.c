@@ -14,6 +14,8 @@
  *   fire 1|0           fire-alarm input on/off
  *   tamper 1|0         tamper switch on/off
  *   mute 1|0           stop answering (ignore received bytes, send nothing)
+ *   deaf 1|0           ignore received bytes but keep sending (a broken receive wire:
+ *                      events are re-sent because their acknowledgements are lost)
  *   garble N           corrupt the CRC of the next N transmitted frames
  *   truncate N         send only the first half of the next N transmitted frames
  *   noise              send a burst of garbage bytes (including a stray flag)
@@ -37,6 +39,7 @@
 typedef struct host {
     int fd;
     int mute;
+    int deaf;
     int garble;
     int truncate;
     gc_core_t core;
@@ -168,6 +171,8 @@ static void control(host_t *h, char *line)
         gc_core_tamper_input(&h->core, n != 0, t);
     } else if (strcmp(cmd, "mute") == 0) {
         h->mute = n != 0;
+    } else if (strcmp(cmd, "deaf") == 0) {
+        h->deaf = n != 0;
     } else if (strcmp(cmd, "garble") == 0) {
         h->garble = n > 0 ? n : 1;
     } else if (strcmp(cmd, "truncate") == 0) {
@@ -269,7 +274,7 @@ int main(int argc, char **argv)
         if (r > 0 && (fds[0].revents & (POLLIN | POLLHUP | POLLERR))) {
             uint8_t buf[256];
             ssize_t n = read(h->fd, buf, sizeof buf);
-            if (n > 0 && !h->mute) {
+            if (n > 0 && !h->mute && !h->deaf) {
                 gc_core_rx(&h->core, buf, (size_t)n, now_ms());
             } else if (n <= 0 && errno != EAGAIN && errno != EINTR) {
                 struct timespec ts = {0, 5000000};

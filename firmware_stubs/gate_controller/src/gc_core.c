@@ -90,41 +90,45 @@ static void ack_event(gc_core_t *c, uint8_t seq)
 
 /* ---- barrier state machine -------------------------------------------------------- */
 
-static void close_open(gc_core_t *c, uint8_t why)
+/* The barrier follows the direction: none = closed, in, out, both (see gc_hal.h). */
+_Static_assert(GC_BARRIER_CLOSED == GC_DIR_NONE && GC_BARRIER_OPEN_IN == GC_DIR_IN &&
+                   GC_BARRIER_OPEN_OUT == GC_DIR_OUT && GC_BARRIER_OPEN_BOTH == GC_DIR_BOTH,
+               "barrier states mirror directions");
+
+static void enter(gc_core_t *c, gc_state_t state, uint8_t direction)
+{
+    c->state = state;
+    c->direction = direction;
+    c->hal.set_barrier(c->hal.ctx, (gc_barrier_t)direction);
+}
+
+/* The open in progress ends without a passage: TIMEOUT(why). The caller moves the barrier. */
+static void end_open(gc_core_t *c, uint8_t why)
 {
     uint8_t p[4];
     put16(p, c->token);
     p[2] = c->direction;
     p[3] = why;
     push_event(c, GC_EVT_TIMEOUT, p, 4);
-    c->state = GC_STATE_CLOSED;
-    c->direction = GC_DIR_NONE;
-    c->hal.set_barrier(c->hal.ctx, GC_BARRIER_CLOSED);
 }
 
 static void apply_emergency(gc_core_t *c)
 {
-    uint8_t p[2];
-    if (c->emergency != 0 && c->state != GC_STATE_EMERGENCY) {
-        if (c->state == GC_STATE_OPEN) {
-            close_open(c, GC_TIMEOUT_EMERGENCY);
-        }
-        c->state = GC_STATE_EMERGENCY;
-        c->direction = GC_DIR_BOTH;
-        c->hal.set_barrier(c->hal.ctx, GC_BARRIER_OPEN_BOTH);
-        p[0] = 1;
-        p[1] = c->emergency;
-        push_event(c, GC_EVT_EMERGENCY, p, 2);
-        logmsg(c, "emergency: open both ways");
-    } else if (c->emergency == 0 && c->state == GC_STATE_EMERGENCY) {
-        c->state = GC_STATE_CLOSED;
-        c->direction = GC_DIR_NONE;
-        c->hal.set_barrier(c->hal.ctx, GC_BARRIER_CLOSED);
-        p[0] = 0;
-        p[1] = 0;
-        push_event(c, GC_EVT_EMERGENCY, p, 2);
-        logmsg(c, "emergency cleared: closed");
+    bool on = c->emergency != 0;
+    if (on == (c->state == GC_STATE_EMERGENCY)) {
+        return;
     }
+    if (on) {
+        if (c->state == GC_STATE_OPEN) {
+            end_open(c, GC_TIMEOUT_EMERGENCY); /* straight to open-both, no close first */
+        }
+        enter(c, GC_STATE_EMERGENCY, GC_DIR_BOTH);
+    } else {
+        enter(c, GC_STATE_CLOSED, GC_DIR_NONE);
+    }
+    uint8_t p[2] = {on ? 1u : 0u, c->emergency};
+    push_event(c, GC_EVT_EMERGENCY, p, 2);
+    logmsg(c, on ? "emergency: open both ways" : "emergency cleared: closed");
 }
 
 /* ---- commands --------------------------------------------------------------------- */
@@ -168,7 +172,7 @@ static void cmd_open(gc_core_t *c, const gc_frame_t *f)
     uint16_t ms = get16(&f->payload[1]);
     uint16_t token = get16(&f->payload[3]);
     put16(&p[1], token);
-    if ((dir != GC_DIR_IN && dir != GC_DIR_OUT) || ms < GC_OPEN_MIN_MS) {
+    if ((dir != GC_DIR_IN && dir != GC_DIR_OUT) || ms < GC_OPEN_MIN_MS || ms > GC_OPEN_MAX_MS) {
         p[0] = GC_ERR_BAD_PARAM;
     } else if (c->state == GC_STATE_EMERGENCY) {
         p[0] = GC_ERR_EMERGENCY;
@@ -176,12 +180,10 @@ static void cmd_open(gc_core_t *c, const gc_frame_t *f)
         /* a retransmitted OPEN (same token, same direction) is acknowledged again */
         p[0] = (uint8_t)((token == c->token && dir == c->direction) ? GC_OK : GC_ERR_BUSY);
     } else {
-        c->state = GC_STATE_OPEN;
-        c->direction = dir;
         c->token = token;
         c->open_ms = ms;
         c->opened_at_ms = c->now_ms;
-        c->hal.set_barrier(c->hal.ctx, dir == GC_DIR_IN ? GC_BARRIER_OPEN_IN : GC_BARRIER_OPEN_OUT);
+        enter(c, GC_STATE_OPEN, dir);
         p[0] = GC_OK;
     }
     send(c, f->seq, (uint8_t)(f->type | GC_RSP_FLAG), p, sizeof p);
@@ -201,7 +203,8 @@ static void handle(gc_core_t *c, const gc_frame_t *f)
         break;
     case GC_CMD_CLOSE:
         if (c->state == GC_STATE_OPEN) {
-            close_open(c, GC_TIMEOUT_CLOSED);
+            end_open(c, GC_TIMEOUT_CLOSED);
+            enter(c, GC_STATE_CLOSED, GC_DIR_NONE);
         }
         respond(c, f, GC_OK);
         break;
@@ -253,8 +256,7 @@ void gc_core_init(gc_core_t *c, const gc_hal_t *hal, uint16_t boot_id, uint8_t b
     c->boot_id = boot_id;
     c->boot_ms = now_ms;
     c->now_ms = now_ms;
-    c->state = GC_STATE_CLOSED;
-    c->hal.set_barrier(c->hal.ctx, GC_BARRIER_CLOSED);
+    enter(c, GC_STATE_CLOSED, GC_DIR_NONE);
     uint8_t p[5];
     put16(p, boot_id);
     p[2] = boot_reason;
@@ -292,7 +294,8 @@ void gc_core_tick(gc_core_t *c, uint32_t now_ms)
 {
     c->now_ms = now_ms;
     if (c->state == GC_STATE_OPEN && (uint32_t)(now_ms - c->opened_at_ms) >= c->open_ms) {
-        close_open(c, GC_TIMEOUT_NO_PASSAGE);
+        end_open(c, GC_TIMEOUT_NO_PASSAGE);
+        enter(c, GC_STATE_CLOSED, GC_DIR_NONE);
     }
     service_events(c);
     if (c->reboot_pending && (int32_t)(now_ms - c->reboot_at_ms) >= 0) {
@@ -315,9 +318,7 @@ void gc_core_passage(gc_core_t *c, uint8_t direction, uint32_t now_ms)
         p[2] = direction;
         put16(&p[3], (uint16_t)(elapsed > 0xFFFFu ? 0xFFFFu : elapsed));
         push_event(c, GC_EVT_PASSAGE, p, 5);
-        c->state = GC_STATE_CLOSED;
-        c->direction = GC_DIR_NONE;
-        c->hal.set_barrier(c->hal.ctx, GC_BARRIER_CLOSED);
+        enter(c, GC_STATE_CLOSED, GC_DIR_NONE);
     } else {
         p[0] = GC_ALARM_FORCED;
         p[1] = 1;

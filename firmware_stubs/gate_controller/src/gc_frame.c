@@ -10,11 +10,6 @@ void gc_decoder_init(gc_decoder_t *d)
     d->in_frame = false;
 }
 
-void gc_decoder_reset(gc_decoder_t *d)
-{
-    gc_decoder_init(d);
-}
-
 static gc_rx_result_t finish(gc_decoder_t *d, gc_frame_t *out)
 {
     size_t n = d->len;
@@ -23,7 +18,7 @@ static gc_rx_result_t finish(gc_decoder_t *d, gc_frame_t *out)
     d->len = 0;
     d->escaped = false;
     d->overflow = false;
-    if (n == 0 && !overflow) {
+    if (n == 0 && !overflow && !escaped) {
         return GC_RX_NONE; /* back-to-back flags */
     }
     if (overflow || escaped || n < GC_HEADER_LEN + 2u) {
@@ -72,21 +67,16 @@ gc_rx_result_t gc_decoder_feed(gc_decoder_t *d, uint8_t byte, gc_frame_t *out)
     return GC_RX_NONE;
 }
 
-static size_t put(uint8_t byte, uint8_t *out, size_t n, size_t cap)
+/* Append byte, escaped if needed, at out[n]; returns the new length. The caller has
+ * checked that out holds GC_MAX_WIRE bytes, the worst case. */
+static size_t put(uint8_t byte, uint8_t *out, size_t n)
 {
     if (byte == GC_FLAG || byte == GC_ESC) {
-        if (n + 2 > cap) {
-            return 0;
-        }
-        out[n] = GC_ESC;
-        out[n + 1] = (uint8_t)(byte ^ GC_ESC_XOR);
-        return n + 2;
+        out[n++] = GC_ESC;
+        byte ^= GC_ESC_XOR;
     }
-    if (n + 1 > cap) {
-        return 0;
-    }
-    out[n] = byte;
-    return n + 1;
+    out[n++] = byte;
+    return n;
 }
 
 size_t gc_frame_encode(uint8_t seq, uint8_t type, const uint8_t *payload, uint8_t len,
@@ -101,13 +91,13 @@ size_t gc_frame_encode(uint8_t seq, uint8_t type, const uint8_t *payload, uint8_
     size_t n = 0;
     out[n++] = GC_FLAG;
     for (size_t i = 0; i < GC_HEADER_LEN; i++) {
-        n = put(header[i], out, n, cap);
+        n = put(header[i], out, n);
     }
     for (size_t i = 0; i < len; i++) {
-        n = put(payload[i], out, n, cap);
+        n = put(payload[i], out, n);
     }
-    n = put((uint8_t)(crc >> 8), out, n, cap);
-    n = put((uint8_t)(crc & 0xFFu), out, n, cap);
+    n = put((uint8_t)(crc >> 8), out, n);
+    n = put((uint8_t)(crc & 0xFFu), out, n);
     out[n++] = GC_FLAG;
     return n;
 }

@@ -50,8 +50,6 @@ typedef struct gc_decoder {
 void gc_decoder_init(gc_decoder_t *d);
 /* Feed one received byte. Returns GC_RX_FRAME when *out holds a new frame. */
 gc_rx_result_t gc_decoder_feed(gc_decoder_t *d, uint8_t byte, gc_frame_t *out);
-/* Drop any partial frame (e.g. after an inter-byte timeout). */
-void gc_decoder_reset(gc_decoder_t *d);
 
 /* Encode a frame into out (capacity cap, at least GC_MAX_WIRE). Returns the number of
  * bytes written, or 0 if len > GC_MAX_PAYLOAD or cap is too small. */

@@ -72,16 +72,38 @@ static void send_cmd(gc_core_t *c, uint8_t seq, uint8_t type, const uint8_t *p, 
     gc_core_rx(c, wire, n, now);
 }
 
-static void setup(gc_core_t *c, fake_t *f)
+/* A controller booted at time now (boot id 0xBEEF); its BOOT event is still unacknowledged. */
+static void setup_at(gc_core_t *c, fake_t *f, uint32_t now)
 {
     memset(f, 0, sizeof *f);
     gc_hal_t hal = {f, f_write, f_barrier, f_reboot, NULL};
-    gc_core_init(c, &hal, 0xBEEF, GC_BOOT_POWER_ON, 1000);
+    gc_core_init(c, &hal, 0xBEEF, GC_BOOT_POWER_ON, now);
+}
+
+static void setup(gc_core_t *c, fake_t *f)
+{
+    setup_at(c, f, 1000);
 }
 
 static void ack(gc_core_t *c, uint8_t evseq, uint32_t now)
 {
     send_cmd(c, 0x55, GC_CMD_EVENT_ACK, &evseq, 1, now);
+}
+
+/* setup_at, then the host acknowledges the BOOT event: the queue is empty, tx is clear. */
+static void setup_acked_at(gc_core_t *c, fake_t *f, uint32_t now)
+{
+    gc_frame_t boot[2];
+    setup_at(c, f, now);
+    CHECK(take_frames(f, boot, 2) == 1 && boot[0].type == GC_EVT_BOOT && boot[0].seq == 0);
+    ack(c, 0, now);
+    CHECK(c->ev_count == 0 && f->tx_len == 0);
+    f->barrier_changes = 0;
+}
+
+static void setup_acked(gc_core_t *c, fake_t *f)
+{
+    setup_acked_at(c, f, 1000);
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -167,6 +189,9 @@ static void test_decoder_errors(void)
         gc_decoder_feed(&d, 0x11, &fr);
     }
     CHECK(gc_decoder_feed(&d, GC_FLAG, &fr) == GC_RX_BAD_FRAME);
+    /* a frame that ends inside an escape, even an empty one */
+    gc_decoder_feed(&d, GC_ESC, &fr);
+    CHECK(gc_decoder_feed(&d, GC_FLAG, &fr) == GC_RX_BAD_FRAME);
     /* a length byte that disagrees with the frame */
     uint8_t body[] = {GC_VERSION, 1, GC_CMD_STATUS, 4, 0, 0};
     uint16_t crc = gc_crc16(body, 4);
@@ -219,9 +244,7 @@ static void test_open_passage(void)
     fake_t f;
     gc_frame_t fr[8];
     uint8_t result;
-    setup(&c, &f);
-    take_frames(&f, fr, 8);
-    ack(&c, 0, 1000);
+    setup_acked(&c, &f);
     open_gate(&c, &f, GC_DIR_IN, 3000, 0x1234, 1010, &result);
     CHECK(result == GC_OK);
     CHECK(f.barrier == GC_BARRIER_OPEN_IN);
@@ -250,13 +273,13 @@ static void test_open_timeout_and_bad_params(void)
     fake_t f;
     gc_frame_t fr[8];
     uint8_t result;
-    setup(&c, &f);
-    take_frames(&f, fr, 8);
-    ack(&c, 0, 1000);
+    setup_acked(&c, &f);
     open_gate(&c, &f, 7, 3000, 1, 1000, &result);
     CHECK(result == GC_ERR_BAD_PARAM);
     open_gate(&c, &f, GC_DIR_OUT, 10, 1, 1000, &result);
     CHECK(result == GC_ERR_BAD_PARAM);
+    open_gate(&c, &f, GC_DIR_OUT, GC_OPEN_MAX_MS + 1, 1, 1000, &result);
+    CHECK(result == GC_ERR_BAD_PARAM && f.barrier_changes == 0);
     send_cmd(&c, 0x22, GC_CMD_OPEN, (const uint8_t *)"\x01", 1, 1000);
     int n = take_frames(&f, fr, 8);
     CHECK(n == 1 && fr[0].payload[0] == GC_ERR_BAD_LENGTH);
@@ -283,16 +306,15 @@ static void test_forced_passage_and_tamper(void)
     gc_core_t c;
     fake_t f;
     gc_frame_t fr[8];
-    setup(&c, &f);
-    take_frames(&f, fr, 8);
-    ack(&c, 0, 1000);
+    setup_acked(&c, &f);
     gc_core_passage(&c, GC_DIR_OUT, 1100);
     int n = take_frames(&f, fr, 8);
     CHECK(n == 1 && fr[0].type == GC_EVT_ALARM && fr[0].payload[0] == GC_ALARM_FORCED);
+    uint8_t forced_seq = fr[0].seq;
     /* the tamper alarm queues behind the unacknowledged forced-passage alarm */
     gc_core_tamper_input(&c, true, 1110);
     CHECK(take_frames(&f, fr, 8) == 0);
-    ack(&c, fr[0].seq, 1120);
+    ack(&c, forced_seq, 1120);
     n = take_frames(&f, fr, 8);
     CHECK(n == 1 && fr[0].type == GC_EVT_ALARM && fr[0].payload[0] == GC_ALARM_TAMPER);
     CHECK(fr[0].payload[1] == 1);
@@ -304,12 +326,13 @@ static void test_fire_alarm_emergency(void)
     fake_t f;
     gc_frame_t fr[8];
     uint8_t result;
-    setup(&c, &f);
-    take_frames(&f, fr, 8);
-    ack(&c, 0, 1000);
+    setup_acked(&c, &f);
     open_gate(&c, &f, GC_DIR_IN, 5000, 3, 1000, &result);
+    CHECK(result == GC_OK);
+    f.barrier_changes = 0;
     gc_core_fire_input(&c, true, 1200);
     CHECK(f.barrier == GC_BARRIER_OPEN_BOTH && c.state == GC_STATE_EMERGENCY);
+    CHECK(f.barrier_changes == 1); /* straight from open-in to open-both, never closed between */
     /* queued: ALARM(fire), TIMEOUT(token 3, emergency), EMERGENCY(on) */
     uint8_t types[3] = {0};
     for (int i = 0; i < 3; i++) {
@@ -348,7 +371,11 @@ static void test_event_queue_overflow(void)
     }
     CHECK(c.ev_count == GC_EVENT_QUEUE);
     CHECK(c.events_dropped == 20 + 1 - GC_EVENT_QUEUE);
-    take_frames(&f, fr, 8);
+    /* the oldest (BOOT and the first forced-passage alarms) went; the newest are kept */
+    CHECK(c.events[c.ev_head].seq == 20 + 1 - GC_EVENT_QUEUE);
+    take_frames(&f, fr, 8); /* each new head was sent as the old one was dropped */
+    gc_core_tick(&c, 1019 + GC_EVENT_RETRY_MS);
+    CHECK(take_frames(&f, fr, 8) == 1 && fr[0].seq == 20 + 1 - GC_EVENT_QUEUE);
 }
 
 static void test_crc_error_counted_and_ignored(void)
@@ -356,9 +383,7 @@ static void test_crc_error_counted_and_ignored(void)
     gc_core_t c;
     fake_t f;
     gc_frame_t fr[8];
-    setup(&c, &f);
-    take_frames(&f, fr, 8);
-    ack(&c, 0, 1000);
+    setup_acked(&c, &f);
     uint8_t wire[GC_MAX_WIRE];
     size_t n = gc_frame_encode(5, GC_CMD_STATUS, NULL, 0, wire, sizeof wire);
     wire[n - 2] ^= 0x01;
@@ -375,10 +400,10 @@ static void test_reboot_command(void)
     gc_core_t c;
     fake_t f;
     gc_frame_t fr[8];
-    setup(&c, &f);
-    take_frames(&f, fr, 8);
+    setup_acked(&c, &f);
     send_cmd(&c, 9, GC_CMD_REBOOT, NULL, 0, 1000);
-    CHECK(take_frames(&f, fr, 8) >= 1);
+    CHECK(take_frames(&f, fr, 8) == 1 && fr[0].seq == 9);
+    CHECK(fr[0].type == (GC_CMD_REBOOT | GC_RSP_FLAG) && fr[0].payload[0] == GC_OK);
     gc_core_tick(&c, 1000 + GC_REBOOT_DELAY_MS - 1);
     CHECK(f.reboots == 0);
     gc_core_tick(&c, 1000 + GC_REBOOT_DELAY_MS);
@@ -389,14 +414,10 @@ static void test_clock_wraparound(void)
 {
     gc_core_t c;
     fake_t f;
-    gc_frame_t fr[8];
     uint8_t result;
-    memset(&f, 0, sizeof f);
-    gc_hal_t hal = {&f, f_write, f_barrier, f_reboot, NULL};
-    gc_core_init(&c, &hal, 1, GC_BOOT_POWER_ON, 0xFFFFFF00u);
-    take_frames(&f, fr, 8);
-    ack(&c, 0, 0xFFFFFF00u);
+    setup_acked_at(&c, &f, 0xFFFFFF00u);
     open_gate(&c, &f, GC_DIR_IN, 1000, 1, 0xFFFFFF00u, &result);
+    CHECK(result == GC_OK);
     gc_core_tick(&c, 0x00000100u); /* 512 ms later, across the wrap */
     CHECK(f.barrier == GC_BARRIER_OPEN_IN);
     gc_core_tick(&c, 0x000002E8u); /* 1000 ms later */
