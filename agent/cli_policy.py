@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 __all__ = ["fleet_rows", "register"]
 
@@ -147,7 +149,7 @@ def _rotate(args: argparse.Namespace) -> int:
         old, new = SigningKey.load(args.old_key, args.alg), SigningKey.load(args.new_key, args.alg)
     except (OSError, ValueError) as err:
         return _fail(str(err), 2)
-    repo = PolicyRepo(args.repo, args.channel, _pseudo(demo=True))
+    repo = PolicyRepo(args.repo, args.channel)
     try:
         if repo.current_root().key(old.public.kid) is None:
             return _fail(f"{args.old_key} is not a key of the current signer root", 2)
@@ -158,14 +160,21 @@ def _rotate(args: argparse.Namespace) -> int:
                 f"signer root #{root.serial}: {new.public.kid} (signed by {old.public.kid})")
 
 
-def _pseudo(demo: bool) -> Any:
+def _pseudonymizer(demo: bool) -> Any:
+    """The deployment's pseudonymiser for ``build`` (the same key sources and hex format
+    as :meth:`agent.config.AgentConfig.pseudonym_key`). Raises ``ValueError``."""
     from agent.config import DEMO_PSEUDONYM_KEY, read_secret
     from agent.pseudonym import Pseudonymizer
 
     secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
     if secret:
-        return Pseudonymizer(bytes.fromhex(secret.strip()))
+        try:
+            return Pseudonymizer(bytes.fromhex(secret.strip()))
+        except ValueError:
+            raise ValueError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
+                             "$CREDENTIALS_DIRECTORY/pseudonym-key)") from None
     if demo:
+        log.warning("using the built-in DEMO pseudonymisation key: not for production")
         return Pseudonymizer(DEMO_PSEUDONYM_KEY)
     raise ValueError("no pseudonymisation key: set YKT_PSEUDONYM_KEY (hex) or "
                      "$CREDENTIALS_DIRECTORY/pseudonym-key, or pass --demo-key")
@@ -180,11 +189,12 @@ def _settings(args: argparse.Namespace) -> Any:
 def _build(args: argparse.Namespace) -> int:
     from agent.policy.signing import SigningKey
     from sync.hub.policy import BundleSources, PolicyRepo
+    from sync.topics import policy_manifest
 
     try:
-        pseudo = _pseudo(args.demo_key)
+        pseudo = _pseudonymizer(args.demo_key)
         key = SigningKey.load(args.key, args.alg)
-        repo = PolicyRepo(args.repo, args.channel, pseudo)
+        repo = PolicyRepo(args.repo, args.channel)
     except (OSError, ValueError) as err:
         return _fail(str(err), 2)
     try:
@@ -192,7 +202,8 @@ def _build(args: argparse.Namespace) -> int:
             entitlements=args.entitlements, hotlist=args.hotlist,
             remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
             settings=args.settings, merge=args.merge),
-            key, expires_s=args.expires_days * 86400, base_url=args.base_url)
+            key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,
+            base_url=args.base_url)
         if args.publish:
             repo.publish(_settings(args))
     except (OSError, ValueError, LookupError, PermissionError, TimeoutError) as err:
@@ -208,14 +219,14 @@ def _build(args: argparse.Namespace) -> int:
     lines += [f"  {p.name:22} {p.size:>12} B  {p.rows:>9} rows  "
               f"{'inline' if p.inline else 'http'}  {p.sha256[:16]}" for p in res.parts]
     if args.publish:
-        lines.append("published retained on " + f"ykt/v1/policy/{args.channel}/manifest")
+        lines.append(f"published retained on {policy_manifest(args.channel)}")
     return _out(args, data, "\n".join(lines))
 
 
 def _publish(args: argparse.Namespace) -> int:
     from sync.hub.policy import PolicyRepo
 
-    repo = PolicyRepo(args.repo, args.channel, _pseudo(demo=True))
+    repo = PolicyRepo(args.repo, args.channel)
     try:
         version = repo.publish(_settings(args))
     except (LookupError, TimeoutError, OSError) as err:
@@ -239,10 +250,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stamp(value: Any) -> float | None:
+    from agent.journal import parse_utc
+
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return parse_utc(value)
     except ValueError:
         return None
 

@@ -35,6 +35,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "canonical",
+    "parse_utc",
     "record_hash",
     "utc_stamp",
     "verify_chain",
@@ -90,6 +91,18 @@ def utc_stamp(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )
+
+
+def parse_utc(stamp: str) -> float:
+    """Epoch seconds of an RFC 3339 stamp with ``Z`` or a UTC offset
+    (``2026-11-25T08:00:00Z``, ``…T16:00:00.123+08:00``). Raises ``ValueError`` for
+    anything else, including a stamp without an offset."""
+    if not isinstance(stamp, str):
+        raise ValueError(f"time {stamp!r} is not a string")
+    dt = datetime.fromisoformat(stamp[:-1] + "+00:00" if stamp.endswith(("Z", "z")) else stamp)
+    if dt.tzinfo is None:
+        raise ValueError(f"time {stamp!r} has no UTC offset")
+    return dt.timestamp()
 
 
 def _reject_floats(value: Any) -> None:

@@ -36,12 +36,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
-__all__ = ["MIGRATIONS", "PolicyInfo", "PolicyStore", "StoreError", "active_generation",
-           "build_generation", "switch_generation"]
+__all__ = ["MIGRATIONS", "Generation", "PolicyInfo", "PolicyStore", "StoreError",
+           "active_generation", "build_generation", "switch_generation"]
 
 
 class StoreError(RuntimeError):
@@ -243,7 +243,6 @@ class PolicyStore:
         remove_hotlist: Iterable[str] = (),
         replace: bool = False,
         info: PolicyInfo | None = None,
-        batch_size: int = 10_000,
         artifacts: Mapping[str, tuple[str, bytes]] | None = None,
         expect: PolicyInfo | None = None,
     ) -> None:
@@ -352,6 +351,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Generation(NamedTuple):
+    """A generation file built by :func:`build_generation` and the rows it holds."""
+
+    path: Path
+    counts: dict[str, int]          # rows inserted per table: entitlements, hotlist
+
+
 def build_generation(
     base: str | Path,
     *,
@@ -361,8 +367,9 @@ def build_generation(
     artifacts: Mapping[str, tuple[str, bytes]] | None = None,
     batch_size: int = 20_000,
     progress: Callable[[str, int], None] | None = None,
-) -> Path:
-    """Load a complete snapshot into a NEW generation file next to ``base``; return it.
+) -> Generation:
+    """Load a complete snapshot into a NEW generation file next to ``base``; return it
+    with the number of rows inserted into each table (no second counting pass).
 
     Rows are tuples in column order, streamed in batches of ``batch_size`` (memory stays
     bounded: a few MiB whatever the size; sorted input loads fastest). The file is built
@@ -376,6 +383,7 @@ def build_generation(
     final = base.with_name(f"{base.name}.g{info.version}-{secrets.token_hex(4)}")
     staging = final.with_name(final.name + ".staging")
     conn = sqlite3.connect(staging, isolation_level=None)
+    counts: dict[str, int] = {}
     try:
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
@@ -396,6 +404,7 @@ def build_generation(
                         progress(table, n)
             conn.executemany(sql, batch)
             n += len(batch)
+            counts[table] = n
             if progress:
                 progress(table, n)
         for name, (digest, body) in (artifacts or {}).items():
@@ -415,7 +424,7 @@ def build_generation(
         conn.close()
         staging.unlink(missing_ok=True)
         raise
-    return final
+    return Generation(final, counts)
 
 
 def switch_generation(base: str | Path, generation: Path) -> None:

@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from agent.engine import Engine
 from agent.journal import Journal
 from agent.model import Credential, Location, Presentation, PresentationKind
 from agent.policy.apply import stage_command
-from agent.policy.manifest import Envelope, canonical, sha256_hex
+from agent.policy.manifest import Envelope
 from agent.policy.parts import PartWriter
 from agent.policy.signing import SigningKey
 from agent.policy.stage import ApplyPlan
@@ -77,11 +78,9 @@ def run_stage(plan: ApplyPlan, work: Path) -> tuple[float, dict[str, object]]:
 
 def info_of(repo: PolicyRepo) -> tuple[PolicyInfo, dict[str, str]]:
     env = Envelope.parse(repo.latest_envelope())
-    s = env.manifest.signed
     m = env.manifest_model()
-    info = PolicyInfo(m.channel, m.version, sha256_hex(canonical(s)), m.expires)
     parts = {p.name: str(repo.parts_dir / p.sha256) for p in m.parts}
-    return info, parts
+    return env.policy_info(m), parts
 
 
 def lookups(store: PolicyStore, n_ent: int, n_hot: int, samples: int, rnd: random.Random
@@ -126,20 +125,19 @@ def main() -> None:
             for i in range(n_hot):
                 w.writerow([ckey(i), "card", "lost"])
         t_src = time.perf_counter() - t0
-        repo = PolicyRepo(work / "repo", "city/370302/bus", Pseudonymizer(b"b" * 32))
+        repo = PolicyRepo(work / "repo", "city/370302/bus")
         key = SigningKey.generate()
         repo.init_root([key.public])
         built = repo.build(BundleSources(entitlements=src_e, hotlist=src_h,
-                                         rules=[profile_path("bus_validator")]), key)
+                                         rules=[profile_path("bus_validator")]), key,
+                           pseudonymizer=Pseudonymizer(b"b" * 32))
         src_e.unlink()
         src_h.unlink()
         info1, parts1 = info_of(repo)
         store_path = work / "term" / "store.db"
         store_path.parent.mkdir()
         t_apply, res = run_stage(ApplyPlan(
-            store=str(store_path), mode="snapshot", info={
-                "channel": info1.channel, "version": info1.version, "hash": info1.hash,
-                "expires": info1.expires},
+            store=str(store_path), mode="snapshot", info=asdict(info1),
             entitlements=parts1["entitlements"], hotlist=parts1["hotlist"],
             totals=built.totals), work)
         snap_mb = sum(p.size for p in built.parts) / 1e6
@@ -166,12 +164,8 @@ def main() -> None:
                 w2.add(ckey(n_hot * 3 + rnd.randrange(1 << 40)), "card", "lost", "")
             w2.close()
         info2 = PolicyInfo(info1.channel, 2, "b" * 64, info1.expires)
-        as_dict = {"channel": info2.channel, "version": 2, "hash": info2.hash,
-                   "expires": info2.expires}
-        plan = ApplyPlan(store=str(store_path), mode="delta", info=as_dict,
-                         expect={"channel": info1.channel, "version": info1.version,
-                                 "hash": info1.hash, "expires": info1.expires},
-                         entitlements=str(dpath_e), hotlist=str(dpath_h))
+        plan = ApplyPlan(store=str(store_path), mode="delta", info=asdict(info2),
+                         expect=asdict(info1), entitlements=str(dpath_e), hotlist=str(dpath_h))
         journal = Journal(work / "term" / "journal.db", "BENCH-1")
         engine = Engine(load_ruleset(profile_path("bus_validator")), store, journal,
                         location=Location(route="19", vehicle="B1"))

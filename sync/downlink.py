@@ -29,9 +29,9 @@ from typing import Any
 
 from agent.policy.apply import PolicyApplier
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
-from agent.policy.manifest import PartRef, manifest_topic
+from agent.policy.manifest import PartRef
 from sync.link import Link, MqttSettings
-from sync.topics import TopicFilter
+from sync.topics import TopicFilter, policy_manifest
 
 __all__ = ["Downlink", "HttpPartFetcher"]
 
@@ -114,11 +114,8 @@ class HttpPartFetcher:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class Downlink:
@@ -149,8 +146,8 @@ class Downlink:
         self.state = "idle"
         self.refusal: str = ""
         self.refusal_detail: str = ""
-        self.applied_count = 0
-        self.link.subscribe(TopicFilter(manifest_topic(applier.channel)), self._on_manifest)
+        self.link.subscribe(TopicFilter(policy_manifest(applier.channel).value),
+                            self._on_manifest)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -201,7 +198,7 @@ class Downlink:
             assert payload is not None
             self.state = "applying"
             try:
-                result = self.applier.offer(payload, self.fetcher)
+                self.applier.offer(payload, self.fetcher)
             except BundleRefused as err:
                 self._refused(err, "refused")
                 continue
@@ -219,8 +216,6 @@ class Downlink:
             delay = self.retry_min_s
             self.state = "applied"
             self.refusal = self.refusal_detail = ""
-            if result is not None:
-                self.applied_count += 1
 
     def _refused(self, err: PolicyError, state: str) -> None:
         self.state = state

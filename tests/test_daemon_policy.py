@@ -9,12 +9,27 @@ from agent.config import AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome
 from agent.model import Reason
+from profiles import profile_path
 from simulator.broker import Mosquitto
 from simulator.cards import SimCardSource
 from sync.hub.policy import BundleSources
 from sync.link import MqttSettings
 from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
+
+FARE = 300
+"""The standard fare (fen) of the published rules; the stock bus profile charges 200."""
+
+
+def _dearer_rules(tmp: Path) -> Path:
+    """The bus rules with a standard fare of 300 fen (and vectors that expect it)."""
+    text = profile_path("bus_validator").read_text(encoding="utf-8")
+    assert text.count("amount_cents = 200") >= 2
+    path = tmp / "bus_validator.toml"
+    path.write_text(text.replace("amount_cents = 200", f"amount_cents = {FARE}")
+                    .replace("standard_fare_cents = 200", f"standard_fare_cents = {FARE}")
+                    .replace("2.00元", "3.00元"), encoding="utf-8")
+    return path
 
 
 def _terminal(env: PolicyEnv, broker: Mosquitto, data: Path) -> tuple[Terminal, SimCardSource,
@@ -50,12 +65,15 @@ def test_running_daemon_applies_published_policy(policy_env: PolicyEnv, broker: 
     settings = MqttSettings(host=broker.host, port=broker.port)
     terminal, cards, outcomes = _terminal(env, broker, tmp_path / "t")
     try:
-        env.build(env.population_sources())
+        sources = env.population_sources()
+        sources.rules = [_dearer_rules(tmp_path)]
+        env.build(sources)
         env.repo.publish(settings)
         wait_until(lambda: terminal.store is not None and terminal.store.info.version == 1, 30,
                  "policy v1 to be applied")
-        victim, newcomer = env.pop.tagged("standard")[:2]
-        assert _tap(terminal, cards, outcomes, victim).decision.product == "standard"
+        victim, newcomer, rider = env.pop.tagged("standard")[:3]
+        first = _tap(terminal, cards, outcomes, victim).decision
+        assert first.product == "standard" and first.amount_cents == FARE
         env.build(BundleSources(
             hotlist=env.source("hot", [{"card_id": victim.card_id, "reason": "lost"}]),
             entitlements=env.source("ent", [{"ssn": newcomer.ssn, "name": "disabled"}]),
@@ -71,12 +89,14 @@ def test_running_daemon_applies_published_policy(policy_env: PolicyEnv, broker: 
         assert terminal.status()["policy_state"] == "applied"
     finally:
         terminal.stop()
-    # restarted: still decides by v2, before any broker traffic
+    # restarted: still decides by v2 -- its data and its rules -- before any broker traffic
     broker.stop()
     terminal, cards, outcomes = _terminal(env, broker, tmp_path / "t")
     try:
         assert terminal.store is not None and terminal.store.info.version == 2
         env.clock.t += 120
         assert _tap(terminal, cards, outcomes, victim).decision.reason is Reason.HOTLISTED
+        fare = _tap(terminal, cards, outcomes, rider).decision
+        assert fare.product == "standard" and fare.amount_cents == FARE   # the stock is 200
     finally:
         terminal.stop()

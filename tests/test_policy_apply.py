@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from typing import Any
 
+from agent.codes.trust import TrustStore
 from agent.model import Reason
 from agent.policy.apply import PolicyApplier, SubprocessRunner
 from agent.policy.wiring import engine_listener
@@ -95,14 +95,6 @@ def test_no_raw_identifiers_in_repo_parts_or_store(policy_env: PolicyEnv) -> Non
             assert not any(raw.encode() in b for b in blobs), raw
 
 
-class _Trust:
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[Any], str]] = []
-
-    def replace(self, keys: Any, *, version: str = "") -> None:
-        self.calls.append((list(keys), version))
-
-
 def test_rules_and_issuer_keys_reach_the_engine_and_survive_restart(policy_env: PolicyEnv
                                                                    ) -> None:
     env = policy_env
@@ -120,11 +112,15 @@ def test_rules_and_issuer_keys_reach_the_engine_and_survive_restart(policy_env: 
     sources.rules, sources.issuers = [rules], issuers
     env.build(sources)
     t = env.terminal()
-    trust = _Trust()
+    trust = TrustStore(version="local")
     t.applier.add_listener(engine_listener(t.engine, "bus_validator", trust))
-    t.applier.offer(env.repo.latest_envelope(), None)
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None
     assert t.engine.ruleset.profile.stale_policy == "deny_all"
-    assert [k.kid for k in trust.calls[0][0]] == ["jn-2026a"] and trust.calls[0][1] == "2026-11"
+    assert t.engine.ruleset is applied.ruleset("bus_validator")   # checked once, then used
+    assert trust.version == "2026-11" and len(trust) == 1
+    key = trust.get(b"jn-2026a")
+    assert key is not None and key.iss == "370100"
     # a restarted terminal gets the same rules and keys from its store
     again = PolicyStore(t.store.path)
     try:

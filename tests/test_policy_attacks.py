@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.journal import canonical, parse_utc
 from agent.model import Reason
+from agent.policy.apply import SubprocessRunner
 from agent.policy.errors import BundleRefused, Refusal
-from agent.policy.manifest import Envelope, Root, canonical, sha256_hex
+from agent.policy.manifest import Envelope, Root, sha256_hex
 from agent.policy.signing import SigningKey, sign_document, signed_root
+from agent.policy.stage import ApplyPlan
+from simulator.broker import Mosquitto
+from sync.downlink import Downlink
 from sync.hub.policy import BundleSources
+from sync.link import MqttSettings
+from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import PolicyEnv, PolicyTerminal
 
 BAD_RULES = """
@@ -109,8 +118,7 @@ def test_freeze_expired_manifest_refused_and_stale_policy_reported(policy_env: P
     t = _ready(env)
     v2 = _victim_delta(env)
     manifest = json.loads(v2)["manifest"]["signed"]
-    from agent.policy.manifest import parse_time
-    env.clock.t = parse_time(manifest["expires"]) + 60      # a week later, nothing new came
+    env.clock.t = parse_utc(manifest["expires"]) + 60      # a week later, nothing new came
     _refused(t, v2, Refusal.EXPIRED)
     assert t.store.info.version == 1
     out = t.tap(env.pop.tagged("standard")[0])
@@ -222,3 +230,67 @@ def test_forged_rotation_is_refused(policy_env: PolicyEnv) -> None:
     _still_deciding_with_v1(env, t)
     assert canonical({"a": 1}) == b'{"a":1}'
     assert Envelope.parse(good).manifest_model().version == 2
+
+
+def test_hostile_root_serial_is_malformed_and_not_retried(policy_env: PolicyEnv,
+                                                          broker: Mosquitto) -> None:
+    """A root rotation whose serial is not a number is refused as ``malformed`` (before
+    any sorting by serial), once: the downlink does not retry it, the terminal keeps v1."""
+    env = policy_env
+    t = _ready(env)
+    hostile = _mutate(_victim_delta(env), envelope=lambda d: d["roots"].append(
+        {"signed": {"type": "ykt-policy-root", "serial": "abc", "keys": []},
+         "signatures": []}))
+    _refused(t, hostile, Refusal.MALFORMED)
+    offers: list[bytes] = []
+    offer = t.applier.offer
+
+    def counting(payload: bytes, fetcher: Any = None) -> Any:
+        offers.append(payload)
+        return offer(payload, fetcher)
+    t.applier.offer = counting  # type: ignore[method-assign]
+    down = Downlink(t.applier, settings=MqttSettings(host=broker.host, port=broker.port),
+                    client_id="T1-policy", retry_min_s=0.02, retry_max_s=0.02)
+    down.start()
+    try:
+        down.offer(hostile)
+        wait_until(lambda: down.status()["policy_state"] == "refused", 10, "the refusal")
+        assert down.status()["policy_refusal"] == "malformed"
+        time.sleep(0.3)                    # ~15 retry periods: a retried bundle would show
+        assert len(offers) == 1
+    finally:
+        down.stop()
+    _still_deciding_with_v1(env, t)
+
+
+def test_rules_that_are_not_utf8_are_malformed(policy_env: PolicyEnv) -> None:
+    env = policy_env
+    t = _ready(env)
+    good = _victim_delta(env)
+    bad = b"\xff\xfe not UTF-8"
+    old = [p["sha256"] for p in json.loads(good)["manifest"]["signed"]["parts"]
+           if p["name"] == "rules/bus_validator"][0]
+
+    def bad_rules(m: dict[str, Any]) -> None:
+        for p in m["parts"]:
+            if p["name"] == "rules/bus_validator":
+                p.update(sha256=sha256_hex(bad), size=len(bad), inline=True)
+
+    def swap_inline(d: dict[str, Any]) -> None:
+        d["inline"].pop(old, None)
+        d["inline"][sha256_hex(bad)] = base64.b64encode(bad).decode()
+    _refused(t, _mutate(good, manifest=bad_rules, resign=env.key, envelope=swap_inline),
+             Refusal.MALFORMED)
+    _still_deciding_with_v1(env, t)
+
+
+def test_unknown_refusal_code_from_the_apply_process_is_malformed(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho '{\"error\": \"no-such-reason\", \"detail\": \"x\"}'\n"
+                    "exit 4\n")
+    fake.chmod(0o755)
+    plan = ApplyPlan(store=str(tmp_path / "store.db"), mode="snapshot",
+                     info={"channel": "c", "version": 1, "hash": "h", "expires": ""})
+    with pytest.raises(BundleRefused) as exc:
+        SubprocessRunner(python=str(fake)).run(plan)
+    assert exc.value.refusal is Refusal.MALFORMED and exc.value.detail == "x"

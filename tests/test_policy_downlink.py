@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -20,16 +18,8 @@ from sync.downlink import Downlink, HttpPartFetcher
 from sync.hub.parts_http import PartServer
 from sync.hub.policy import BundleSources
 from sync.link import MqttSettings
+from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import PolicyEnv
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_published_changes_reach_a_running_terminal(policy_env: PolicyEnv,
@@ -47,7 +37,7 @@ def test_published_changes_reach_a_running_terminal(policy_env: PolicyEnv,
         first = env.build(env.population_sources())
         assert any(not p.inline for p in first.parts)        # the snapshot goes over HTTP
         env.repo.publish(settings)
-        assert wait_for(lambda: t.store.info.version == 1), down.status()
+        wait_until(lambda: t.store.info.version == 1, 20, "policy v1 to be applied")
         assert fetcher.bytes_transferred > 0
         victim = env.pop.tagged("standard")[0]
         newcomer = env.pop.tagged("standard")[1]
@@ -60,7 +50,7 @@ def test_published_changes_reach_a_running_terminal(policy_env: PolicyEnv,
             merge=True))
         sent_before = env.server.bytes_sent
         env.repo.publish(settings)
-        assert wait_for(lambda: t.store.info.version == 2), down.status()
+        wait_until(lambda: t.store.info.version == 2, 20, "policy v2 to be applied")
         assert env.server.bytes_sent == sent_before     # the deltas came inline over MQTT
         env.clock.t += 300
         out = t.tap(victim)
@@ -82,11 +72,12 @@ def test_a_refused_bundle_is_reported_and_the_old_policy_kept(policy_env: Policy
     try:
         env.build(env.population_sources())
         env.repo.publish(settings)
-        assert wait_for(lambda: t.store.info.version == 1)
+        wait_until(lambda: t.store.info.version == 1, 20, "policy v1 to be applied")
         env.build(BundleSources(hotlist=env.source("hot", [{"card_id": "AB" * 16}]),
                                 merge=True), now=env.clock() - 30 * 86400, expires_s=86400)
         env.repo.publish(settings)
-        assert wait_for(lambda: down.status()["policy_refusal"] == "expired"), down.status()
+        wait_until(lambda: down.status()["policy_refusal"] == "expired", 20,
+                   "the expired bundle to be refused")
         assert t.store.info.version == 1
         assert t.tap(env.pop.tagged("standard")[0]).decision.accepted
     finally:

@@ -12,9 +12,10 @@ bundle or raises. In order:
 5. fetch the needed parts (inline, or via the :class:`PartFetcher`, e.g. HTTP with
    resume), each checked against the manifest's size and SHA-256
    (``part_hash_mismatch``);
-6. load every rule set and run its test vectors (``vectors_failed``), parse the issuer keys;
+6. load every rule set and run its test vectors (``vectors_failed``), parse the issuer keys
+   (the checked objects are kept on the :class:`AppliedPolicy`: nothing is parsed twice);
 7. stage and switch (:mod:`agent.policy.stage`, by default in a child process);
-8. re-read the store and call the listeners with the :class:`AppliedPolicy`.
+8. refresh the store's reader and call the listeners with the :class:`AppliedPolicy`.
 
 Refusals (:class:`BundleRefused`) keep the current policy and are not retried;
 :class:`ApplyFailed` (download, disk, a killed apply) keeps it too and is retried by the
@@ -32,20 +33,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from agent.journal import canonical
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
-from agent.policy.manifest import Envelope, Manifest, PartRef, Root, canonical, sha256_hex
+from agent.policy.manifest import Envelope, Manifest, PartRef, Root, sha256_hex
 from agent.policy.signing import load_root, verify_envelope
 from agent.policy.stage import ApplyPlan, execute_plan
 from agent.rules import RuleSet, RuleSetError, load_ruleset
 from agent.store import PolicyInfo, PolicyStore, StoreError
 from agent.tomlconf import ConfigFileError
 
+if TYPE_CHECKING:
+    from agent.codes.trust import IssuerKey
+
 __all__ = ["AppliedPolicy", "ApplyRunner", "InProcessRunner", "Listener", "PartFetcher",
-           "PolicyApplier", "SubprocessRunner", "stage_command"]
+           "PolicyApplier", "SubprocessRunner", "Verified", "stage_command"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +109,6 @@ class SubprocessRunner:
     def __init__(self, python: str = sys.executable, timeout_s: float = 3600.0) -> None:
         self.python = python
         self.timeout_s = timeout_s
-        self.last_pid: int | None = None
 
     def run(self, plan: ApplyPlan) -> None:
         plan_path = Path(plan.store + ".plan.json")
@@ -112,7 +116,6 @@ class SubprocessRunner:
         try:
             proc = subprocess.Popen(stage_command(plan_path, self.python),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            self.last_pid = proc.pid
             try:
                 out, err = proc.communicate(timeout=self.timeout_s)
             except subprocess.TimeoutExpired:
@@ -126,42 +129,103 @@ class SubprocessRunner:
             result = json.loads(last)
         except json.JSONDecodeError:
             result = {}
+        if not isinstance(result, dict):
+            result = {}
         if proc.returncode == 0:
             return
         detail = str(result.get("detail") or err.strip()[-300:] or f"exit {proc.returncode}")
         if proc.returncode == 4:
-            raise BundleRefused(Refusal(result.get("error", "malformed")), detail)
+            try:
+                refusal = Refusal(result.get("error", Refusal.MALFORMED.value))
+            except ValueError:
+                refusal = Refusal.MALFORMED
+            raise BundleRefused(refusal, detail)
         reason = Refusal.BASE_MISMATCH if proc.returncode == 3 else Refusal.APPLY_FAILED
         raise ApplyFailed(reason, detail)
 
 
 @dataclass(frozen=True)
 class AppliedPolicy:
-    """The policy now in force: identity and the small parts (rules, issuers, settings)."""
+    """The policy now in force: identity and the small parts (rules, issuers, settings).
+
+    ``rulesets`` and ``keys`` are the parsed, checked forms of ``rules`` and ``issuers``
+    (checked once, before the switch; at startup parsed once from the store).
+    """
 
     info: PolicyInfo
     rules: Mapping[str, str] = field(default_factory=dict)   # profile name → TOML text
     issuers: bytes | None = None                            # trust document (JSON)
     settings: Mapping[str, Any] = field(default_factory=dict)
     mode: str = "startup"                                   # delta | snapshot | startup
+    rulesets: Mapping[str, RuleSet] = field(default_factory=dict)
+    keys: tuple[list[IssuerKey], str] | None = None         # (IssuerKey list, version)
 
     def ruleset(self, profile: str) -> RuleSet | None:
-        """The bundle's rule set for ``profile`` (vector-checked), or None if it has none.
-        Raises ``RuleSetError``/``ConfigFileError`` (already checked before apply)."""
-        text = self.rules.get(profile)
-        return None if text is None else load_ruleset(f"policy:rules/{profile}", text=text)
+        """The bundle's (vector-checked) rule set for ``profile``, or None if it has none."""
+        return self.rulesets.get(profile)
 
-    def issuer_keys(self) -> tuple[list[Any], str] | None:
+    def issuer_keys(self) -> tuple[list[IssuerKey], str] | None:
         """``(IssuerKey list, version)`` for :meth:`agent.codes.trust.TrustStore.replace`,
-        or None if the bundle carries no issuer keys. Raises ``TrustStoreError``."""
-        if self.issuers is None:
-            return None
-        from agent.codes.trust import parse_trust_document
-
-        return parse_trust_document(json.loads(self.issuers), source="policy:issuers")
+        or None if the bundle carries no issuer keys."""
+        return self.keys
 
 
 Listener = Callable[[AppliedPolicy], None]
+
+
+class Verified(NamedTuple):
+    """What :meth:`PolicyApplier.verify` established about an envelope."""
+
+    envelope: Envelope
+    manifest: Manifest
+    root: Root                  # the signer root that signed it (after any rotation)
+    info: PolicyInfo            # the identity the store will hold once it is applied
+    applied: bool               # it is already the applied policy (nothing to do)
+
+
+class _SmallParts(NamedTuple):
+    rulesets: dict[str, RuleSet]
+    keys: tuple[list[IssuerKey], str] | None
+    issuers: bytes | None
+    settings: dict[str, Any]
+
+
+def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
+                       settings: bytes | None) -> _SmallParts:
+    """Parse and check the rule sets (their vectors run), issuer keys and settings.
+    Raises :class:`BundleRefused` (``vectors_failed``, ``mix_and_match``, ``malformed``)."""
+    rulesets: dict[str, RuleSet] = {}
+    for profile, raw in rules.items():
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BundleRefused(Refusal.MALFORMED, f"rules/{profile}: not UTF-8: {err}"
+                                ) from None
+        try:
+            rs = load_ruleset(f"policy:rules/{profile}", text=text)
+        except (RuleSetError, ConfigFileError) as err:
+            raise BundleRefused(Refusal.VECTORS_FAILED, str(err)[:500]) from None
+        if rs.profile.name != profile:
+            raise BundleRefused(Refusal.MIX_AND_MATCH,
+                                f"rules/{profile} holds profile {rs.profile.name!r}")
+        rulesets[profile] = rs
+    keys = None
+    if issuers is not None:
+        from agent.codes.trust import TrustStoreError, parse_trust_document
+        try:
+            keys = parse_trust_document(json.loads(issuers), source="policy:issuers")
+        except (TrustStoreError, ValueError) as err:
+            raise BundleRefused(Refusal.MALFORMED, f"issuers: {err}") from None
+    doc: dict[str, Any] = {}
+    if settings is not None:
+        try:
+            parsed = json.loads(settings)
+            if not isinstance(parsed, dict):
+                raise ValueError("not an object")
+            doc = parsed
+        except ValueError as err:
+            raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
+    return _SmallParts(rulesets, keys, issuers, doc)
 
 
 class PolicyApplier:
@@ -184,7 +248,6 @@ class PolicyApplier:
         self.clock = clock
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
-        self.last_refusal: PolicyError | None = None
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(applied)`` after each successful apply (exceptions are logged)."""
@@ -203,20 +266,36 @@ class PolicyApplier:
         return self.anchor
 
     def current(self) -> AppliedPolicy:
-        """The applied policy as the store holds it (call at startup)."""
-        return self._applied_from_store("startup")
-
-    def _applied_from_store(self, mode: str) -> AppliedPolicy:
+        """The applied policy as the store holds it (call at startup). Stored rules or
+        issuer keys that no longer load are logged and left out (the caller then keeps
+        its own)."""
         s = self.store
         names = s.artifact_names()
-        rules = {n.split("/", 1)[1]: (s.artifact(n) or b"").decode()
-                 for n in names if n.startswith("rules/")}
-        settings_raw = s.artifact("settings")
-        settings = json.loads(settings_raw) if settings_raw else {}
-        return AppliedPolicy(s.info, rules, s.artifact("issuers"), settings, mode)
+        rules = {n.split("/", 1)[1]: s.artifact(n) or b"" for n in names
+                 if n.startswith("rules/")}
+        rulesets: dict[str, RuleSet] = {}
+        for profile, raw in rules.items():
+            try:
+                rulesets.update(_check_small_parts({profile: raw}, None, None).rulesets)
+            except BundleRefused as err:
+                log.error("stored rules/%s of %s unusable: %s", profile, s.info.label, err)
+        issuers = s.artifact("issuers")
+        keys = None
+        if issuers is not None:
+            try:
+                keys = _check_small_parts({}, issuers, None).keys
+            except BundleRefused as err:
+                log.error("stored issuer keys of %s unusable: %s", s.info.label, err)
+        settings: dict[str, Any] = {}
+        try:
+            settings = _check_small_parts({}, None, s.artifact("settings")).settings
+        except BundleRefused as err:
+            log.error("stored settings of %s unusable: %s", s.info.label, err)
+        return AppliedPolicy(s.info, {p: r.decode("utf-8", "replace") for p, r in rules.items()},
+                             issuers, settings, "startup", rulesets, keys)
 
     # ---------------------------------------------------------------------------------
-    def verify(self, payload: bytes) -> tuple[Envelope, Manifest, Root]:
+    def verify(self, payload: bytes) -> Verified:
         """Steps 1–3 (no I/O besides reading the store). Raises :class:`BundleRefused`."""
         env = Envelope.parse(payload)
         manifest, root = verify_envelope(env, self.trusted_root())
@@ -224,10 +303,10 @@ class PolicyApplier:
             raise BundleRefused(Refusal.WRONG_CHANNEL,
                                 f"manifest for {manifest.channel}, terminal follows {self.channel}")
         have = self.store.info
-        digest = sha256_hex(canonical(env.manifest.signed))
-        if have.channel == manifest.channel and have.version == manifest.version \
-                and have.hash == digest:
-            return env, manifest, root
+        info = env.policy_info(manifest)
+        if have.channel == info.channel and have.version == info.version \
+                and have.hash == info.hash:
+            return Verified(env, manifest, root, info, applied=True)
         if have.channel == manifest.channel and manifest.version <= have.version:
             raise BundleRefused(Refusal.ROLLBACK,
                                 f"offered version {manifest.version}, applied {have.version}")
@@ -244,7 +323,7 @@ class PolicyApplier:
             if len(data) != ref.size or sha256_hex(data) != sha:
                 raise BundleRefused(Refusal.PART_HASH_MISMATCH,
                                     f"inline part {ref.name} does not match its hash")
-        return env, manifest, root
+        return Verified(env, manifest, root, info, applied=False)
 
     def offer(self, payload: bytes, fetcher: PartFetcher | None = None) -> AppliedPolicy | None:
         """Apply the bundle in ``payload``; return the new :class:`AppliedPolicy`, or None
@@ -254,11 +333,9 @@ class PolicyApplier:
             try:
                 result = self._offer(payload, fetcher)
             except PolicyError as err:
-                self.last_refusal = err
                 log.warning("policy bundle not applied: %s", err,
                             extra={"refusal": err.refusal.value})
                 raise
-            self.last_refusal = None
         if result is not None:
             for fn in list(self._listeners):
                 try:
@@ -268,11 +345,10 @@ class PolicyApplier:
         return result
 
     def _offer(self, payload: bytes, fetcher: PartFetcher | None) -> AppliedPolicy | None:
-        env, manifest, root = self.verify(payload)
-        digest = sha256_hex(canonical(env.manifest.signed))
-        have = self.store.info
-        if have.version == manifest.version and have.hash == digest:
+        env, manifest, root, info, applied = self.verify(payload)
+        if applied:
             return None
+        have = self.store.info
         delta = (manifest.delta_from is not None and have.channel == manifest.channel
                  and manifest.delta_from.version == have.version
                  and manifest.delta_from.hash == have.hash)
@@ -291,28 +367,24 @@ class PolicyApplier:
                 raise BundleRefused(Refusal.MIX_AND_MATCH, f"part {slot} is {ref.kind}/{ref.mode}")
             data[slot] = str(self._obtain(env, manifest, ref, fetcher))
         artifacts: dict[str, tuple[str, str]] = {}
-        rules: dict[str, str] = {}
+        small: dict[str, bytes] = {}
         for ref in manifest.parts:
             if ref.kind in ("entitlements", "hotlist"):
                 continue
             path = self._obtain(env, manifest, ref, fetcher)
             artifacts[ref.name] = (ref.sha256, str(path))
-            if ref.kind == "rules":
-                rules[ref.name.split("/", 1)[-1]] = path.read_text(encoding="utf-8")
-        self._check_small_parts(rules, artifacts)
+            small[ref.name] = path.read_bytes()
+        rules = {n.split("/", 1)[1]: b for n, b in small.items() if n.startswith("rules/")}
+        checked = _check_small_parts(rules, small.get("issuers"), small.get("settings"))
         root_path = self.staging / f"root-{root.serial}.json"
         root_bytes = canonical(root.model_dump(mode="json"))
         root_path.write_bytes(root_bytes)
         artifacts[ROOT_ARTIFACT] = (sha256_hex(root_bytes), str(root_path))
-        info = PolicyInfo(manifest.channel, manifest.version, digest, manifest.expires)
         plan = ApplyPlan(
             store=str(self.store.path), mode="delta" if delta else "snapshot",
-            info={"channel": info.channel, "version": info.version, "hash": info.hash,
-                  "expires": info.expires},
-            expect=({"channel": have.channel, "version": have.version, "hash": have.hash,
-                     "expires": have.expires} if delta else None),
+            info=asdict(info), expect=asdict(have) if delta else None,
             entitlements=data[slots[0]], hotlist=data[slots[1]], artifacts=artifacts,
-            totals=dict(manifest.totals))
+            totals={} if delta else dict(manifest.totals))
         log.info("applying %s as %s (from %s)", info.label, plan.mode, have.label)
         self.runner.run(plan)
         self.store.refresh()
@@ -323,7 +395,8 @@ class PolicyApplier:
         if plan.mode == "snapshot":
             self.store.collect_garbage()     # the reader has moved: old generations go
         log.info("policy %s applied (%s)", info.label, plan.mode)
-        return self._applied_from_store(plan.mode)
+        return AppliedPolicy(info, {p: b.decode() for p, b in rules.items()}, checked.issuers,
+                             checked.settings, plan.mode, checked.rulesets, checked.keys)
 
     def _obtain(self, env: Envelope, manifest: Manifest, ref: PartRef,
                 fetcher: PartFetcher | None) -> Path:
@@ -342,31 +415,6 @@ class PolicyApplier:
             raise ApplyFailed(Refusal.FETCH_FAILED, f"no way to fetch part {ref.name}")
         fetcher.fetch(ref, manifest.base_url + ref.sha256, dest)
         return dest
-
-    @staticmethod
-    def _check_small_parts(rules: Mapping[str, str],
-                           artifacts: Mapping[str, tuple[str, str]]) -> None:
-        for profile, text in rules.items():
-            try:
-                rs = load_ruleset(f"policy:rules/{profile}", text=text)
-            except (RuleSetError, ConfigFileError) as err:
-                raise BundleRefused(Refusal.VECTORS_FAILED, str(err)[:500]) from None
-            if rs.profile.name != profile:
-                raise BundleRefused(Refusal.MIX_AND_MATCH,
-                                    f"rules/{profile} holds profile {rs.profile.name!r}")
-        if "issuers" in artifacts:
-            from agent.codes.trust import TrustStoreError, parse_trust_document
-            try:
-                parse_trust_document(json.loads(Path(artifacts["issuers"][1]).read_bytes()),
-                                     source="policy:issuers")
-            except (TrustStoreError, ValueError) as err:
-                raise BundleRefused(Refusal.MALFORMED, f"issuers: {err}") from None
-        if "settings" in artifacts:
-            try:
-                if not isinstance(json.loads(Path(artifacts["settings"][1]).read_bytes()), dict):
-                    raise ValueError("not an object")
-            except ValueError as err:
-                raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
 
     def _clean_staging(self) -> None:
         for f in self.staging.iterdir():

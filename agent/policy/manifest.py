@@ -1,6 +1,6 @@
 """The signed policy manifest, the signer root, and the MQTT envelope that carries them.
 
-Everything signed is canonical JSON (:func:`canonical`): keys sorted, no whitespace,
+Everything signed is canonical JSON (:func:`agent.journal.canonical`): keys sorted, no whitespace,
 UTF-8, integers and strings only (no floats), so the hub and every terminal hash the same
 bytes. The wire form on ``ykt/v1/policy/{channel}/manifest`` is an :class:`Envelope`::
 
@@ -17,15 +17,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-import sync.topics as topics
+from agent.journal import canonical, parse_utc
 from agent.policy.errors import BundleRefused, Refusal
+from agent.store import PolicyInfo
+from sync.topics import validate_channel
 
 __all__ = [
     "MANIFEST_TYPE",
@@ -39,11 +39,7 @@ __all__ = [
     "Signature",
     "SignedManifest",
     "SignedRoot",
-    "canonical",
-    "manifest_topic",
-    "parse_time",
     "sha256_hex",
-    "validate_channel",
 ]
 
 MANIFEST_TYPE = "ykt-policy-manifest"
@@ -52,49 +48,9 @@ PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def canonical(obj: Any) -> bytes:
-    """Canonical JSON bytes of ``obj`` (sorted keys, compact, UTF-8). Raises ``ValueError``
-    for floats, which have no single canonical text."""
-    def check(o: Any) -> None:
-        if isinstance(o, float):
-            raise ValueError("floats are not allowed in signed policy documents")
-        if isinstance(o, dict):
-            for v in o.values():
-                check(v)
-        elif isinstance(o, list):
-            for v in o:
-                check(v)
-    check(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def validate_channel(channel: str) -> str:
-    """Return ``channel`` if valid (see :func:`sync.topics.validate_channel`: segments like
-    ``city/370302/bus``); else raise ``ValueError``."""
-    return topics.validate_channel(channel)
-
-
-def manifest_topic(channel: str) -> str:
-    """``ykt/v1/policy/{channel}/manifest`` (the channel may span several levels)."""
-    return str(topics.policy_manifest(channel))
-
-
-def parse_time(stamp: str) -> float:
-    """Epoch seconds of an RFC 3339 UTC stamp (``2026-11-25T08:00:00Z``); ``ValueError``."""
-    dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError(f"time {stamp!r} has no UTC offset")
-    return dt.timestamp()
-
-
-def utc_stamp(epoch: float) -> str:
-    """RFC 3339 UTC stamp with second precision."""
-    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Strict(BaseModel):
@@ -172,7 +128,7 @@ class Manifest(_Strict):
     @field_validator("created", "expires")
     @classmethod
     def _time(cls, v: str) -> str:
-        parse_time(v)
+        parse_utc(v)
         return v
 
     def part(self, name: str) -> PartRef | None:
@@ -180,7 +136,7 @@ class Manifest(_Strict):
 
     @property
     def expires_at(self) -> float:
-        return parse_time(self.expires)
+        return parse_utc(self.expires)
 
 
 class Signature(_Strict):
@@ -198,6 +154,10 @@ class Signature(_Strict):
 class SignedManifest(_Strict):
     signed: dict[str, Any]
     signatures: list[Signature] = Field(default_factory=list)
+
+    def digest(self) -> str:
+        """The manifest hash: hex SHA-256 of the canonical JSON of ``signed``."""
+        return sha256_hex(canonical(self.signed))
 
 
 class SignedRoot(_Strict):
@@ -224,6 +184,17 @@ class Envelope(_Strict):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_defaults=False).encode()
+
+    def digest(self) -> str:
+        """The manifest hash (see :meth:`SignedManifest.digest`)."""
+        return self.manifest.digest()
+
+    def policy_info(self, manifest: Manifest | None = None) -> PolicyInfo:
+        """The :class:`PolicyInfo` a terminal stores once this bundle is applied.
+        ``manifest`` is :meth:`manifest_model` if already parsed (verify it first!).
+        Raises :class:`BundleRefused` (``malformed``)."""
+        m = manifest or self.manifest_model()
+        return PolicyInfo(m.channel, m.version, self.digest(), m.expires)
 
     def manifest_model(self) -> Manifest:
         """The manifest (unverified!). Raises :class:`BundleRefused` (``malformed``)."""

@@ -13,17 +13,19 @@ with ``unsigned``, ``unknown_signer``, ``bad_signature`` or ``malformed``.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from agent.codes.algorithms import AlgorithmUnavailable, KeyFormatError, algorithm
+from agent.journal import canonical
 from agent.policy.errors import BundleRefused, Refusal
 from agent.policy.manifest import (
     Envelope,
@@ -33,17 +35,25 @@ from agent.policy.manifest import (
     Signature,
     SignedManifest,
     SignedRoot,
-    canonical,
 )
 
 __all__ = ["SigningKey", "key_id", "load_root", "sign_document", "verify_envelope",
            "verify_signed"]
 
 
-def key_id(public_key: Any) -> str:
-    """The key id of a library public key: 16 hex digits of SHA-256(SPKI DER)."""
-    der = public_key.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+def key_id(public_pem: bytes | str) -> str:
+    """The key id of a PEM SubjectPublicKeyInfo (as exported by
+    :meth:`agent.codes.algorithms.SignatureAlgorithm.public_pem`, any algorithm):
+    16 hex digits of SHA-256(SPKI DER). Raises ``ValueError`` if it is not PEM."""
+    text = public_pem.decode("ascii") if isinstance(public_pem, bytes) else public_pem
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    if len(lines) < 3 or lines[0] != "-----BEGIN PUBLIC KEY-----" \
+            or lines[-1] != "-----END PUBLIC KEY-----":
+        raise ValueError("not a PEM public key (SubjectPublicKeyInfo)")
+    try:
+        der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except binascii.Error as err:
+        raise ValueError(f"PEM public key body is not base64: {err}") from None
     return hashlib.sha256(der).hexdigest()[:16]
 
 
@@ -75,11 +85,12 @@ class SigningKey:
         with os.fdopen(fd, "wb") as f:
             f.write(algorithm(self.alg).private_pem(self.private_key))
 
-    @property
+    @cached_property
     def public(self) -> KeyEntry:
+        """The public half (kid, alg, PEM), computed once."""
         a = algorithm(self.alg)
-        pub = a.public_key(self.private_key)
-        return KeyEntry(kid=key_id(pub), alg=a.name, public_key=a.public_pem(pub).decode())
+        pem = a.public_pem(a.public_key(self.private_key))
+        return KeyEntry(kid=key_id(pem), alg=a.name, public_key=pem.decode())
 
     def sign(self, data: bytes) -> Signature:
         raw = algorithm(self.alg).sign(self.private_key, data)
@@ -142,8 +153,8 @@ def verify_envelope(env: Envelope, trusted: Root) -> tuple[Manifest, Root]:
     :class:`BundleRefused`.
     """
     root = trusted
-    for sr in sorted(env.roots, key=lambda r: int(r.signed.get("serial", 0) or 0)):
-        candidate = _root_of(sr)
+    chain = sorted(((_root_of(sr), sr) for sr in env.roots), key=lambda c: c[0].serial)
+    for candidate, sr in chain:
         if candidate.serial <= root.serial:
             continue                    # already trusted (or older): ignore
         if candidate.serial != root.serial + 1:

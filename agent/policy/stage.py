@@ -3,8 +3,8 @@
 :func:`execute_plan` runs an :class:`ApplyPlan` whose parts are already downloaded and
 hash-checked: a **delta** is applied in one SQLite transaction on the current generation
 (checked against its base inside the transaction); a **snapshot** is streamed into a new
-generation file, its row counts checked against the manifest's totals, then made current
-by an atomic pointer switch. Either way a crash at any instant leaves the old or the new
+generation file, the rows it inserted checked against the manifest's totals, then made
+current by an atomic pointer switch. Either way a crash at any instant leaves the old or the new
 policy, never a mix (see :mod:`agent.store`).
 
 By default the terminal runs this in a separate process (``python -m agent.policy.stage
@@ -28,7 +28,14 @@ from typing import Any
 
 from agent.policy.errors import BundleRefused, PolicyError, Refusal
 from agent.policy.parts import DataKind, Mode, read_rows
-from agent.store import PolicyInfo, PolicyStore, StoreError, build_generation, switch_generation
+from agent.store import (
+    PolicyInfo,
+    PolicyStore,
+    StoreError,
+    active_generation,
+    build_generation,
+    switch_generation,
+)
 
 __all__ = ["ApplyPlan", "execute_plan", "main"]
 
@@ -40,7 +47,9 @@ Progress = Callable[[str, int], None]
 @dataclass(frozen=True)
 class ApplyPlan:
     """What to write. Paths point at verified part files; ``artifacts`` maps an artifact
-    name to ``(sha256, path)``. ``expect`` is the delta's base (None for a snapshot)."""
+    name to ``(sha256, path)``. ``expect`` is the delta's base (None for a snapshot).
+    ``totals`` (snapshots only) are the manifest's row counts, checked against the rows
+    inserted; a delta is not counted (that would scan the whole store)."""
 
     store: str
     mode: str                                  # "snapshot" | "delta"
@@ -101,15 +110,11 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
         return info
     if plan.entitlements is None or plan.hotlist is None:
         raise BundleRefused(Refusal.MALFORMED, "a snapshot needs entitlements and hotlist parts")
-    gen = build_generation(
+    gen, counts = build_generation(
         plan.store, info=info, artifacts=artifacts, progress=progress,
         entitlements=_rows(plan.entitlements, "entitlements", "snapshot", "+", None),
         hotlist=_rows(plan.hotlist, "hotlist", "snapshot", "+", None))
     try:
-        with sqlite3.connect(gen) as conn:
-            counts = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                      for t in ("entitlements", "hotlist")}
-        conn.close()
         for t, want in plan.totals.items():
             if t in counts and counts[t] != want:
                 raise BundleRefused(Refusal.MALFORMED,
@@ -118,10 +123,8 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
             progress("staged", 0)
         switch_generation(plan.store, gen)
     except BaseException:
-        if gen.exists():
-            from agent.store import active_generation
-            if active_generation(plan.store) != gen:
-                gen.unlink()
+        if gen.exists() and active_generation(plan.store) != gen:
+            gen.unlink()
         raise
     if progress:
         progress("switched", 0)

@@ -35,24 +35,23 @@ def engine_listener(engine: EngineLike, profile: str, trust: TrustStoreLike | No
     """A listener that swaps the engine's rule set for the bundle's ``rules/<profile>``
     (if the bundle has one) and replaces the trusted issuer keys (if it has some).
 
-    Both were validated before the switch; should one still fail here, the error is
+    Both were parsed and checked by the applier before the switch (they arrive as
+    objects on the :class:`AppliedPolicy`); should the swap still fail here, the error is
     logged and the previous rules/keys stay in force (the listener never raises).
     """
     def on_applied(applied: AppliedPolicy) -> None:
-        try:
-            rs = applied.ruleset(profile)
-        except Exception:
-            log.exception("rules/%s of %s unusable; keeping the current rules", profile,
-                          applied.info.label)
-            rs = None
+        rs = applied.ruleset(profile)
         if rs is not None:
-            engine.swap(ruleset=rs)
-            log.info("rules of %s now from policy %s", profile, applied.info.label)
-        if trust is not None:
             try:
-                keys = applied.issuer_keys()
-                if keys is not None:
-                    trust.replace(keys[0], version=keys[1] or applied.info.label)
+                engine.swap(ruleset=rs)
+                log.info("rules of %s now from policy %s", profile, applied.info.label)
+            except Exception:
+                log.exception("rules/%s of %s unusable; keeping the current rules", profile,
+                              applied.info.label)
+        keys = applied.issuer_keys()
+        if trust is not None and keys is not None:
+            try:
+                trust.replace(keys[0], version=keys[1] or applied.info.label)
             except Exception:
                 log.exception("issuer keys of %s unusable; keeping the current keys",
                               applied.info.label)

@@ -15,31 +15,36 @@ import logging
 import re
 import socket
 import threading
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["PartServer"]
+__all__ = ["REQUESTS_KEPT", "PartServer"]
 
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"^/parts/([0-9a-f]{64})$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _CHUNK = 256 * 1024
+REQUESTS_KEPT = 100
+"""How many recent GETs :attr:`PartServer.requests` remembers (tests, diagnostics)."""
 
 
 class PartServer:
     """Serves ``root`` on ``http://host:port/parts/``. ``port=0`` picks a free port.
 
     :meth:`start` returns at once (a thread serves); :meth:`stop` is safe twice.
-    ``bytes_sent`` counts body bytes sent (all responses), ``requests`` the GETs.
+    ``bytes_sent`` counts body bytes sent (all responses); ``requests`` holds the last
+    :data:`REQUESTS_KEPT` GETs as ``(path, Range header or "")`` (bounded: a production
+    server runs for months).
     """
 
     def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root)
         self.bytes_sent = 0
-        self.requests: list[tuple[str, str]] = []   # (path, Range header or "")
+        self.requests: deque[tuple[str, str]] = deque(maxlen=REQUESTS_KEPT)
         self._drop_after: int | None = None
         self._lock = threading.Lock()
         server = self

@@ -25,18 +25,22 @@ Source columns (CSV header or JSONL keys):
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.codes.trust import TrustStoreError, parse_trust_document
+from agent.codes.trust import parse_trust_document
+from agent.journal import canonical, utc_stamp
 from agent.policy.manifest import (
     DeltaBase,
     Envelope,
@@ -45,16 +49,13 @@ from agent.policy.manifest import (
     PartRef,
     Root,
     SignedRoot,
-    canonical,
-    manifest_topic,
     sha256_hex,
-    utc_stamp,
-    validate_channel,
 )
 from agent.policy.parts import DataKind, PartWriter
 from agent.policy.signing import SigningKey, load_root, signed_manifest, signed_root
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
+from sync.topics import policy_manifest, validate_channel
 
 __all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "init_root"]
 
@@ -137,13 +138,12 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 class PolicyRepo:
-    """The bundles of ``channel`` in the repository at ``root``. ``pseudonymizer`` hashes
-    source identifiers with the deployment key (the terminals' key)."""
+    """The bundles of ``channel`` in the repository at ``root``. Only :meth:`build` needs
+    the deployment's pseudonymisation key (to hash source identifiers)."""
 
-    def __init__(self, root: str | Path, channel: str, pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, root: str | Path, channel: str) -> None:
         self.root = Path(root)
         self.channel = validate_channel(channel)
-        self.pseudo = pseudonymizer
         self.parts_dir = self.root / "parts"
         self.roots_dir = self.root / "roots"
         self.dir = self.root / "channels" / channel
@@ -208,7 +208,7 @@ class PolicyRepo:
         return (self.dir / "versions" / f"{v}.json").read_bytes()
 
     # -- building ----------------------------------------------------------------------
-    def _load_entitlements(self, path: Path, table: str) -> None:
+    def _load_entitlements(self, path: Path, table: str, pseudo: Pseudonymizer) -> None:
         sql = f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)"
 
         def rows() -> Iterator[tuple[str, str, str, str]]:
@@ -217,7 +217,7 @@ class PolicyRepo:
                 if r.get("holder_key"):
                     hk = str(r["holder_key"]).lower()
                 elif r.get("ssn"):
-                    hk = self.pseudo.holder_key(str(r["ssn"]))
+                    hk = pseudo.holder_key(str(r["ssn"]))
                 else:
                     raise SourceError(f"{path}:{n}: needs 'ssn' or 'holder_key'")
                 if not name or "\t" in name:
@@ -226,12 +226,13 @@ class PolicyRepo:
 
         self.db.executemany(sql, rows())
 
-    def _hot_rows(self, path: Path) -> Iterator[tuple[str, str, str, str]]:
+    @staticmethod
+    def _hot_rows(path: Path, pseudo: Pseudonymizer) -> Iterator[tuple[str, str, str, str]]:
         for n, r in _records(path):
             if r.get("card_id"):
-                key, kind = self.pseudo.card_key(str(r["card_id"])), "card"
+                key, kind = pseudo.card_key(str(r["card_id"])), "card"
             elif r.get("ssn"):
-                key, kind = self.pseudo.holder_key(str(r["ssn"])), "holder"
+                key, kind = pseudo.holder_key(str(r["ssn"])), "holder"
             elif r.get("key"):
                 key, kind = str(r["key"]).lower(), str(r.get("kind") or "card")
             else:
@@ -239,12 +240,8 @@ class PolicyRepo:
             yield (key, kind, str(r.get("reason") or "lost"), str(r.get("listed") or ""))
 
     def _store_part(self, data_path: Path) -> tuple[str, int]:
-        import hashlib
-        h = hashlib.sha256()
         with open(data_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        sha = h.hexdigest()
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
         final = self.parts_dir / sha
         size = data_path.stat().st_size
         if final.exists():
@@ -281,9 +278,13 @@ class PolicyRepo:
         return PartRef(name=name, kind=kind, mode="file",  # type: ignore[arg-type]
                        sha256=sha, size=len(data), rows=0, inline=False)
 
-    def build(self, sources: BundleSources, signer: SigningKey, *, expires_s: float = 7 * 86400,
-              base_url: str = "", now: float | None = None) -> BuildResult:
+    def build(self, sources: BundleSources, signer: SigningKey, *, pseudonymizer: Pseudonymizer,
+              expires_s: float = 7 * 86400, base_url: str = "", now: float | None = None
+              ) -> BuildResult:
         """Build, sign and store the next version. Returns what was built.
+
+        ``pseudonymizer`` hashes source identifiers with the deployment key (the
+        terminals' key).
 
         Raises :class:`SourceError` (bad source line), ``RuleSetError``/``ConfigFileError``
         (a rule file or its vectors), ``TrustStoreError`` (issuer keys), ``LookupError``
@@ -316,13 +317,13 @@ class PolicyRepo:
                     db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
                 if src is not None:
                     if table == "ent":
-                        self._load_entitlements(src, "ent_new")
+                        self._load_entitlements(src, "ent_new", pseudonymizer)
                     else:
                         db.executemany("INSERT OR REPLACE INTO hot_new VALUES (?, ?, ?, ?)",
-                                       self._hot_rows(src))
+                                       self._hot_rows(src, pseudonymizer))
                 if extra is not None:
                     db.executemany("DELETE FROM hot_new WHERE key = ?",
-                                   ((r[0],) for r in self._hot_rows(extra)))
+                                   ((r[0],) for r in self._hot_rows(extra, pseudonymizer)))
             parts: list[PartRef] = []
             for table, kind, keys in (("ent", "entitlements", "holder_key, name"),
                                       ("hot", "hotlist", "key")):
@@ -364,12 +365,11 @@ class PolicyRepo:
                             if prev_version else None),
                 totals=totals, parts=final_parts)
             sm = signed_manifest(manifest, [signer])
-            import base64
             env = Envelope(
                 manifest=sm, roots=[r for r in self.roots() if r.signatures],
                 inline={p.sha256: base64.b64encode((self.parts_dir / p.sha256).read_bytes())
                         .decode() for p in final_parts if p.inline})
-            digest = sha256_hex(canonical(sm.signed))
+            digest = env.digest()
             out = self.dir / "versions" / f"{version}.json"
             data = env.to_bytes()
             tmp = out.with_name(out.name + ".tmp")
@@ -406,14 +406,10 @@ class PolicyRepo:
         if sources.issuers is not None:
             raw = sources.issuers.read_bytes()
             if sources.issuers.suffix == ".toml":
-                import tomllib
                 doc = tomllib.loads(raw.decode())
             else:
                 doc = json.loads(raw)
-            try:
-                parse_trust_document(doc, source=str(sources.issuers))
-            except TrustStoreError:
-                raise
+            parse_trust_document(doc, source=str(sources.issuers))
             parts["issuers"] = self._file_part("issuers", "issuers",
                                                json.dumps(doc, ensure_ascii=False).encode())
         if sources.settings is not None:
@@ -432,7 +428,6 @@ class PolicyRepo:
         Raises ``LookupError`` (nothing built) or ``TimeoutError`` (broker unreachable).
         """
         from sync.link import Link
-        from sync.topics import Topic
 
         data = self.latest_envelope()
         link = Link(settings, client_id)
@@ -440,7 +435,7 @@ class PolicyRepo:
         try:
             if not link.wait_connected(timeout_s):
                 raise TimeoutError(f"broker {settings.host}:{settings.port} not reachable")
-            info = link.publish(Topic(manifest_topic(self.channel)), data, qos=1, retain=True)
+            info = link.publish(policy_manifest(self.channel), data, qos=1, retain=True)
             info.wait_for_publish(timeout_s)
             if not info.is_published():
                 raise TimeoutError("manifest publish not acknowledged by the broker")
