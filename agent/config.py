@@ -110,6 +110,8 @@ class AgentConfig(_Section):
     def _checks(self) -> AgentConfig:
         if self.codes.enabled and self.codes.trust_file is None:
             raise ValueError("codes.enabled needs codes.trust_file (trusted issuer keys)")
+        if self.policy.enabled and not self.mqtt.enabled:
+            raise ValueError("policy.enabled needs mqtt.enabled (bundles arrive over MQTT)")
         return self
 
     @property

@@ -47,7 +47,7 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("journal", "store", "engine", "actuators", "gpio", "policy", "uplink",
+    START_ORDER = ("journal", "store", "engine", "actuators", "gpio", "uplink", "policy",
                    "worker", "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
@@ -231,7 +231,7 @@ class Terminal:
         from agent.policy.wiring import engine_listener
         from sync.downlink import Downlink
 
-        assert self.store and self.engine and pc.anchor_file is not None
+        assert self.store and self.engine and self.uplink and pc.anchor_file is not None
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
                                 staging_dir=self.cfg.terminal.data_dir / "staging")
@@ -240,8 +240,8 @@ class Terminal:
                                      trust=getattr(verifier, "trust", None))
         applier.add_listener(on_applied)
         on_applied(applier.current())      # a restarted terminal decides by its last bundle
-        self.downlink = Downlink(applier, settings=self.cfg.mqtt.link_settings(),
-                                 client_id=f"ykt-p-{self.cfg.terminal.id}")
+        # one MQTT identity per terminal: the policy subscription rides on the uplink's link
+        self.downlink = Downlink(applier, link=self.uplink.link)
         self.downlink.start()
 
     def _stop_policy(self) -> None:
