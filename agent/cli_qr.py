@@ -9,7 +9,8 @@ import json
 import os
 import sys
 import time
-from datetime import date
+import tomllib
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,30 @@ def _write_secret(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def _pseudonymizer(demo: bool) -> Any:
+    """The deployment's :class:`~agent.pseudonym.Pseudonymizer`, read as the agent reads
+    it (``$YKT_PSEUDONYM_KEY`` or ``$CREDENTIALS_DIRECTORY/pseudonym-key``, hex); the demo
+    key only if ``demo``; else None. Raises ``ValueError`` for a malformed key."""
+    from agent.config import DEMO_PSEUDONYM_KEY, read_secret
+    from agent.pseudonym import Pseudonymizer
+
+    secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
+    if secret:
+        try:
+            return Pseudonymizer(bytes.fromhex(secret.strip()))
+        except ValueError as err:
+            raise ValueError(f"bad pseudonymisation key (YKT_PSEUDONYM_KEY or "
+                             f"$CREDENTIALS_DIRECTORY/pseudonym-key): {err}") from None
+    return Pseudonymizer(DEMO_PSEUDONYM_KEY) if demo else None
+
+
 # -- decode ---------------------------------------------------------------------------------
 def _decode(args: argparse.Namespace) -> int:
     import cv2
 
-    from agent.codes import CodeVerifier, TrustStore, TrustStoreError, redact
+    from agent.codes import CodeVerifier, TrustStore, TrustStoreError
     from agent.model import Credential
+    from agent.pseudonym import Pseudonymizer, mask_code
     from drivers.exceptions import DriverError
     from drivers.qrdecode import make_decoder
 
@@ -42,11 +61,20 @@ def _decode(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     verifier = None
+    keyed = True
     if args.trust:
         try:
-            verifier = CodeVerifier(TrustStore.load(args.trust), window_back_s=args.window_back,
+            pseudo = _pseudonymizer(args.demo)
+            if pseudo is None:
+                # credential keys would match nothing on the hub: verify, but leave them out
+                keyed = False
+                pseudo = Pseudonymizer(os.urandom(32))
+                print("note: no pseudonymisation key ($YKT_PSEUDONYM_KEY); credential keys "
+                      "are omitted (--demo uses the demo key)", file=sys.stderr)
+            verifier = CodeVerifier(TrustStore.load(args.trust), pseudonymizer=pseudo,
+                                    window_back_s=args.window_back,
                                     window_ahead_s=args.window_ahead)
-        except TrustStoreError as err:
+        except (TrustStoreError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     now = args.at if args.at is not None else time.time()
@@ -66,16 +94,17 @@ def _decode(args: argparse.Namespace) -> int:
         row["codes"] = []
         failed |= not texts
         for text in texts:
-            code: dict[str, Any] = {"code": redact(text)}
+            code: dict[str, Any] = {"code": mask_code(text)}
             if args.show_text:
                 code["text"] = text
             if verifier is not None:
                 res = verifier.verify(text, now=now, clock_quality=args.clock_quality)
                 if isinstance(res, Credential):
-                    code.update(accepted=True, kind=res.kind, credential_key=res.credential_key,
-                                holder_key=res.holder_key, auth=res.authenticated_by,
-                                categories=sorted(res.categories),
+                    code.update(accepted=True, kind=res.kind, holder_key=res.holder_key,
+                                auth=res.authenticated_by, categories=sorted(res.categories),
                                 valid_until=str(res.valid_until))
+                    if keyed:
+                        code["credential_key"] = res.credential_key
                 else:
                     failed = True
                     code.update(accepted=False, reason=res.reason.value, detail=res.detail)
@@ -105,18 +134,24 @@ def _decode(args: argparse.Namespace) -> int:
 # -- issue ----------------------------------------------------------------------------------
 def _issue_key(args: argparse.Namespace) -> int:
     from agent.codes.algorithms import AlgorithmUnavailable, algorithm
-    from simulator.phone import SimIssuer
+    from agent.codes.trust import trust_entry
 
     try:
-        issuer = SimIssuer(args.kid, args.alg, iss=args.iss)
+        alg = algorithm(args.alg)
+        key = alg.generate()
     except (AlgorithmUnavailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    alg = algorithm(args.alg)
-    _write_secret(Path(args.key_out), alg.private_pem(issuer.private_key))
-    entry = issuer.trust_entry(not_before=args.not_before, not_after=args.not_after)
+    _write_secret(Path(args.key_out), alg.private_pem(key))
+    entry = trust_entry(args.kid, alg, alg.public_key(key), iss=args.iss,
+                        not_before=args.not_before, not_after=args.not_after)
     if args.trust:
-        _add_trust_entry(Path(args.trust), entry)
+        try:
+            _add_trust_entry(Path(args.trust), entry)
+        except (OSError, ValueError) as err:
+            print(f"error: {args.trust}: {err} (the key was written to {args.key_out})",
+                  file=sys.stderr)
+            return 2
     _print(args, {"kid": args.kid, "alg": alg.name, "key": args.key_out, "trust": args.trust,
                   "entry": entry},
            f"issuer key {args.kid} ({alg.name}) written to {args.key_out}"
@@ -125,7 +160,28 @@ def _issue_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _toml_value(v: object) -> str:
+    if isinstance(v, str):
+        if "\n" in v and "\\" not in v and '"' not in v:
+            return f'"""\n{v.strip()}"""'
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, datetime | date):
+        return v.isoformat()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    raise ValueError(f"cannot write {type(v).__name__} values to a trust file")
+
+
+def _toml_issuer(entry: dict[str, Any]) -> str:
+    return "\n".join(["", "[[issuers]]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.items()])
+
+
 def _add_trust_entry(path: Path, entry: dict[str, str]) -> None:
+    """Add ``entry`` to the trust file at ``path`` (created if missing), replacing any entry
+    with its kid. A new kid is appended to a TOML file as is; replacing one rewrites the
+    TOML document (its comments are not kept)."""
     if path.suffix.lower() == ".json":
         doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
             "version": "", "issuers": []}
@@ -133,71 +189,82 @@ def _add_trust_entry(path: Path, entry: dict[str, str]) -> None:
         doc["issuers"].append(entry)
         path.write_text(json.dumps(doc, indent=2) + "\n")
         return
-    lines = ["", "[[issuers]]"]
-    for k, v in entry.items():
-        lines.append(f'{k} = """\n{v.strip()}"""' if "\n" in v else f"{k} = {json.dumps(v)}")
-    with path.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    if path.exists():
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"not valid TOML: {err}") from err
+        issuers = doc.get("issuers", [])
+        if isinstance(issuers, list) and any(
+                isinstance(e, dict) and e.get("kid") == entry["kid"] for e in issuers):
+            kept = [e for e in issuers if e.get("kid") != entry["kid"]] + [entry]
+            head = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if k != "issuers"]
+            path.write_text("\n".join(head + [_toml_issuer(e) for e in kept]) + "\n",
+                            encoding="utf-8")
+            return
+    with path.open("a", encoding="utf-8") as f:
+        f.write(_toml_issuer(entry) + "\n")
 
 
 def _holder_key(args: argparse.Namespace) -> str | None:
     if args.holder_key:
         return str(args.holder_key).lower()
-    from agent.pseudonym import Pseudonymizer
-
-    key_hex = os.environ.get("YKT_PSEUDONYM_KEY", "")
-    if not key_hex:
-        print("error: --ssn-stdin needs the pseudonymisation key in $YKT_PSEUDONYM_KEY (hex)",
-              file=sys.stderr)
+    pseudo = _pseudonymizer(demo=False)
+    if pseudo is None:
+        print("error: --ssn-stdin needs the pseudonymisation key in $YKT_PSEUDONYM_KEY (hex) "
+              "or $CREDENTIALS_DIRECTORY/pseudonym-key", file=sys.stderr)
         return None
     ssn = sys.stdin.readline().strip()
-    return Pseudonymizer(bytes.fromhex(key_hex)).holder_key(ssn)
+    return str(pseudo.holder_key(ssn))
 
 
 def _issue_cert(args: argparse.Namespace) -> int:
     from agent.codes.algorithms import AlgorithmUnavailable, KeyFormatError, algorithm
-    from simulator.phone import Phone, SimIssuer
+    from agent.codes.ykt1 import issue_certificate
 
     try:
         ialg = algorithm(args.alg)
         ikey = ialg.load_private_pem(Path(args.issuer_key).read_bytes())
-        issuer = SimIssuer(args.kid, ialg.name, iss=args.iss, private_key=ikey)
         hk = _holder_key(args)
         if hk is None:
             return 2
-        phone = Phone.enroll(
-            issuer, holder_key=hk, alg=args.holder_alg,
+        halg = algorithm(args.holder_alg)
+        hpriv = halg.generate()
+        cert = issue_certificate(
+            ialg, ikey, args.kid, halg, halg.public_key(hpriv), holder_key=hk, iss=args.iss,
             categories=[c for c in (args.categories or "").split(",") if c],
             birth_date=date.fromisoformat(args.birth_date) if args.birth_date else None,
             valid_s=int(args.valid_hours * 3600))
     except (AlgorithmUnavailable, KeyFormatError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    bundle = {"alg": phone.alg.name, "holder_key": hk,
-              "private_key": phone.alg.private_pem(phone.private_key).decode(),
-              "certificate": base64.b64encode(phone.certificate).decode()}
+    bundle = {"alg": halg.name, "holder_key": hk,
+              "private_key": halg.private_pem(hpriv).decode(),
+              "certificate": base64.b64encode(cert).decode()}
     _write_secret(Path(args.out), (json.dumps(bundle, indent=2) + "\n").encode())
-    _print(args, {"holder": args.out, "holder_key": hk, "alg": phone.alg.name,
-                  "certificate_bytes": len(phone.certificate)},
-           f"holder certificate ({phone.alg.name}, {len(phone.certificate)} bytes, "
+    _print(args, {"holder": args.out, "holder_key": hk, "alg": halg.name,
+                  "certificate_bytes": len(cert)},
+           f"holder certificate ({halg.name}, {len(cert)} bytes, "
            f"{args.valid_hours} h) written to {args.out}")
     return 0
 
 
 def _issue_code(args: argparse.Namespace) -> int:
     from agent.codes.algorithms import algorithm
-    from simulator.phone import Phone, render_frame, write_images
+    from agent.codes.ykt1 import sign_code
 
     try:
         doc = json.loads(Path(args.holder).read_text())
         alg = algorithm(doc["alg"])
-        phone = Phone(alg, alg.load_private_pem(doc["private_key"].encode()),
-                      base64.b64decode(doc["certificate"]))
-        text = phone.new_code(args.at)
-    except (OSError, ValueError, KeyError) as err:
+        text = sign_code(alg, alg.load_private_pem(doc["private_key"].encode()),
+                         base64.b64decode(doc["certificate"]),
+                         iat=None if args.at is None else int(args.at))
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as err:
         print(f"error: {args.holder}: {err}", file=sys.stderr)
         return 2
     if args.png:
+        from simulator.phone import render_frame, write_images
+
         out = Path(args.png)
         write_images([render_frame(text)], out.parent, pattern=out.name)
     _print(args, {"text": text, "png": args.png}, text)
@@ -220,6 +287,9 @@ def register(sub: Any) -> None:
     d.add_argument("--window-back", type=float, default=60.0, help="seconds (default 60)")
     d.add_argument("--window-ahead", type=float, default=30.0, help="seconds (default 30)")
     d.add_argument("--show-text", action="store_true", help="print each code's full text")
+    d.add_argument("--demo", action="store_true",
+                   help="without $YKT_PSEUDONYM_KEY, key credential keys with the demo key "
+                        "(otherwise they are left out)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_decode)
 
@@ -246,7 +316,8 @@ def register(sub: Any) -> None:
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--holder-key", help="32 hex characters (Pseudonymizer.holder_key)")
     g.add_argument("--ssn-stdin", action="store_true",
-                   help="read the 社会保障号码 from stdin; key from $YKT_PSEUDONYM_KEY")
+                   help="read the 社会保障号码 from stdin; key from $YKT_PSEUDONYM_KEY "
+                        "or $CREDENTIALS_DIRECTORY/pseudonym-key")
     c.add_argument("--holder-alg", default="ES256")
     c.add_argument("--categories", help="comma-separated, e.g. elderly,veteran_family")
     c.add_argument("--birth-date", help="YYYY-MM-DD")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
-__all__ = ["Pseudonymizer", "mask_id", "mask_name"]
+__all__ = ["Pseudonymizer", "mask_code", "mask_id", "mask_name"]
 
 _KEY_BYTES = 16  # 128-bit keyed hashes: collision-free at city scale, short on the wire
 
@@ -59,3 +60,19 @@ def mask_name(name: str) -> str:
     if not n:
         return ""
     return n[0] + "*" * max(1, len(n) - 1)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,11}:")
+
+
+def mask_code(text: str) -> str:
+    """Loggable stand-in for a scanned code text: its scheme and length, nothing else.
+
+    The scheme is the text's prefix up to and including the first ``:`` when it looks like
+    one (an ASCII letter, then at most 11 letters, digits, ``+``, ``-`` or ``.``), e.g.
+    ``YKT1:…(452 chars)`` or ``https:…(40 chars)``; any other text (an ID-card barcode, a
+    phone number) shows only its length: ``…(18 chars)``. None of the payload's characters
+    are ever included.
+    """
+    m = _SCHEME.match(text)
+    return f"{m.group(0) if m else ''}…({len(text)} chars)"

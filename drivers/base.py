@@ -9,6 +9,8 @@ Two kinds of device meet the agent:
 * an :class:`Actuator` (prompt display/beeper, GPIO relay, gate controller) acts on a
   journaled decision.
 
+:class:`Debouncer` is shared by the code readers (camera, serial scanner).
+
 ``stop()``/``close()`` are safe to call twice; both are context managers.
 """
 
@@ -23,11 +25,28 @@ from typing import Self
 
 from agent.model import Decision, JournalRecord, Presentation
 
-__all__ = ["Actuator", "PresentationSink", "PresentationSource"]
+__all__ = ["Actuator", "Debouncer", "PresentationSink", "PresentationSource"]
 
 log = logging.getLogger(__name__)
 
 PresentationSink = Callable[[Presentation], None]
+
+
+class Debouncer:
+    """Suppresses a text seen again within ``window_s`` seconds of its last sighting."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self._last: dict[str, int] = {}
+
+    def fresh(self, text: str, now_ns: int) -> bool:
+        """True if ``text`` should be emitted now; records the sighting either way."""
+        last = self._last.get(text)
+        self._last[text] = now_ns
+        if len(self._last) > 256:
+            cutoff = now_ns - self.window_ns
+            self._last = {t: n for t, n in self._last.items() if n >= cutoff}
+        return last is None or now_ns - last > self.window_ns
 
 
 class PresentationSource(abc.ABC):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from typing import Any
 
 from drivers.exceptions import ConfigError, DriverUnavailable
@@ -47,9 +48,18 @@ def _require(module: str, extra: str = "camera") -> Any:
 
 
 class QRDecoder(abc.ABC):
-    """Finds and decodes QR codes in one image."""
+    """Finds and decodes QR codes in one image.
+
+    A backend failure is logged with its traceback at most once per
+    :attr:`FAILURE_LOG_PERIOD_S` seconds (a camera feeds 15–30 frames a second); the
+    failures in between are counted and reported with the next logged one.
+    """
 
     name: str = "decoder"
+    FAILURE_LOG_PERIOD_S = 60.0
+
+    _failure_logged_at: float | None = None
+    _failures_unlogged = 0
 
     def decode(self, image: Any) -> list[str]:
         """Texts of the QR codes found in ``image`` (never raises on image content)."""
@@ -58,9 +68,19 @@ class QRDecoder(abc.ABC):
         try:
             return self._decode(image)
         except Exception:
-            log.exception("%s decoder failed on a %s frame", self.name,
-                          getattr(image, "shape", "?"))
+            self._log_failure(getattr(image, "shape", "?"))
             return []
+
+    def _log_failure(self, shape: object) -> None:
+        now = time.monotonic()
+        last = self._failure_logged_at
+        if last is not None and now - last < self.FAILURE_LOG_PERIOD_S:
+            self._failures_unlogged += 1
+            return
+        more = self._failures_unlogged
+        self._failure_logged_at, self._failures_unlogged = now, 0
+        log.exception("%s decoder failed on a %s frame%s", self.name, shape,
+                      f" (and {more} more times since the last report)" if more else "")
 
     @abc.abstractmethod
     def _decode(self, image: Any) -> list[str]:

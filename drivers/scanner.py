@@ -19,10 +19,9 @@ import logging
 import time
 from typing import Any
 
-from agent.codes.verifier import redact
 from agent.model import Presentation, PresentationKind
-from drivers.base import PresentationSource
-from drivers.camera import Debouncer
+from agent.pseudonym import mask_code
+from drivers.base import Debouncer, PresentationSource
 from drivers.exceptions import ConfigError, SerialDeviceError
 
 __all__ = ["SerialScannerSource"]
@@ -154,7 +153,7 @@ class SerialScannerSource(PresentationSource):
         if not self.debouncer.fresh(text, seen_ns):
             return
         self.stats["emitted"] += 1
-        log.debug("%s: code %s", self.name, redact(text))
+        log.debug("%s: code %s", self.name, mask_code(text))
         self.emit(Presentation(kind=PresentationKind.CODE, source=self.name, seen_ns=seen_ns,
                                text=text))
 

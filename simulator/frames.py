@@ -118,10 +118,8 @@ def generate_corpus(directory: str | Path, **kwargs: object) -> list[CorpusFrame
     d.mkdir(parents=True, exist_ok=True)
     manifest = d / "manifest.json"
     key = json.dumps({k: v for k, v in sorted(kwargs.items()) if k != "phones"}, default=str)
-    if manifest.exists():
-        doc = json.loads(manifest.read_text())
-        if doc.get("args") == key:
-            return [CorpusFrame(d / f["file"], f["condition"], f["text"]) for f in doc["frames"]]
+    if manifest.exists() and json.loads(manifest.read_text()).get("args") == key:
+        return load_corpus(d)
     frames: list[CorpusFrame] = []
     for i, (cond, text, img) in enumerate(iter_corpus(**kwargs)):  # type: ignore[arg-type]
         p = d / f"{i:04d}_{cond}.png"

@@ -1,9 +1,9 @@
 """A phone showing the ``YKT1:`` dynamic code, and a renderer of camera frames of it.
 
 :class:`SimIssuer` is an issuer key (``kid``, algorithm) that certifies holders;
-:class:`Phone` holds a holder key and certificate and shows a fresh code every
-``refresh_s`` seconds, signed offline. :func:`render_frame` draws a code text as a camera
-would see it — scale, rotation, perspective, blur, glare, noise, low contrast — and
+:class:`Phone` holds a holder key and certificate and signs fresh codes offline.
+:func:`render_frame` draws a code text as a camera would see it — scale, rotation,
+perspective, blur, glare, noise, low contrast — and
 :func:`write_video` / :func:`write_images` put frames on disk for the camera driver.
 
 QR symbols are made with ``segno`` when installed (faster), else OpenCV's encoder.
@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import queue
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.codes.algorithms import SignatureAlgorithm, algorithm
+from agent.codes.trust import trust_entry
 from agent.codes.ykt1 import issue_certificate, sign_code
 from agent.model import Presentation, PresentationKind
 from drivers.base import PresentationSource
@@ -54,13 +55,8 @@ class SimIssuer:
     def trust_entry(self, *, not_before: str | None = None, not_after: str | None = None
                     ) -> dict[str, str]:
         """This key as one ``issuers`` entry of a trust file."""
-        entry = {"kid": self.kid, "alg": self.alg.name, "iss": self.iss,
-                 "public_key": self.alg.public_pem(self.alg.public_key(self.private_key)).decode()}
-        if not_before:
-            entry["not_before"] = not_before
-        if not_after:
-            entry["not_after"] = not_after
-        return entry
+        return trust_entry(self.kid, self.alg, self.alg.public_key(self.private_key),
+                           iss=self.iss, not_before=not_before, not_after=not_after)
 
     def certify(self, holder_alg: SignatureAlgorithm, holder_public_key: Any, *,
                 holder_key: str, categories: Sequence[str] = (),
@@ -74,42 +70,29 @@ class SimIssuer:
 
 
 class Phone:
-    """A holder's phone: key, certificate, and a fresh code every ``refresh_s`` seconds."""
+    """A holder's phone: holder key and certificate; signs a fresh code on demand."""
 
     def __init__(self, holder_alg: SignatureAlgorithm, holder_private_key: Any,
-                 certificate: bytes, *, refresh_s: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 certificate: bytes) -> None:
         self.alg, self.private_key, self.certificate = holder_alg, holder_private_key, certificate
-        self.refresh_s = refresh_s
-        self._clock = clock
-        self._slot: int | None = None
-        self._shown = ""
 
     @classmethod
     def enroll(cls, issuer: SimIssuer, *, holder_key: str, alg: str = "ES256",
                categories: Sequence[str] = (), birth_date: date | None = None,
-               valid_s: int = 86400, refresh_s: float = 60.0, now: float | None = None,
-               clock: Callable[[], float] = time.time) -> Phone:
-        """A phone with a new holder key of ``alg``, certified by ``issuer``."""
+               valid_s: int = 86400, now: float | None = None) -> Phone:
+        """A phone with a new holder key of ``alg``, certified by ``issuer`` at ``now``
+        (epoch s, default the current time)."""
         a = algorithm(alg)
         key = a.generate()
         cert = issuer.certify(a, a.public_key(key), holder_key=holder_key,
-                              categories=categories, birth_date=birth_date,
-                              iat=clock() if now is None else now, valid_s=valid_s)
-        return cls(a, key, cert, refresh_s=refresh_s, clock=clock)
+                              categories=categories, birth_date=birth_date, iat=now,
+                              valid_s=valid_s)
+        return cls(a, key, cert)
 
     def new_code(self, now: float | None = None) -> str:
-        """A freshly signed code (new nonce) issued at ``now``."""
+        """A freshly signed code (new nonce) issued at ``now`` (epoch s, default now)."""
         return sign_code(self.alg, self.private_key, self.certificate,
-                         iat=int(self._clock() if now is None else now))
-
-    def code(self, now: float | None = None) -> str:
-        """The code on screen at ``now``: the same text within one refresh period."""
-        t = self._clock() if now is None else now
-        slot = int(t // self.refresh_s)
-        if slot != self._slot:
-            self._slot, self._shown = slot, self.new_code(t)
-        return self._shown
+                         iat=None if now is None else int(now))
 
 
 class SimCodeSource(PresentationSource):
@@ -122,7 +105,7 @@ class SimCodeSource(PresentationSource):
         self._q: queue.Queue[tuple[int, str] | None] = queue.Queue()
 
     def show(self, text: str) -> None:
-        """Present ``text`` (e.g. ``phone.code()``) to the terminal."""
+        """Present ``text`` (e.g. ``phone.new_code()``) to the terminal."""
         self._q.put((time.monotonic_ns(), text))
 
     def _run(self) -> None:

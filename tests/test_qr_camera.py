@@ -1,18 +1,24 @@
 """The camera source from a real video file and an image directory: codes found, debounced
-into one presentation per code, newest-frame behaviour, ROI."""
+into one presentation per code, newest-frame behaviour, ROI; a camera device unplugged and
+replugged (simulated behind OpenCV's VideoCapture) is reopened."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from agent.codes import CodeVerifier
 from agent.model import Credential, Presentation, PresentationKind
-from drivers.camera import CameraSource, Debouncer
+from drivers.base import Debouncer
+from drivers.camera import CameraSource, prepare_frame
 from drivers.exceptions import ConfigError, DeviceError
 from drivers.qrdecode import QRDecoder
 from drivers.registry import load_backend
@@ -90,6 +96,104 @@ def test_camera_roi(tmp_path: Path, qr_phone: Callable[..., Phone]) -> None:
     left = _collect(CameraSource(str(tmp_path / "a"), pace="all", roi=[0, 0, 320, 480]))
     right = _collect(CameraSource(str(tmp_path / "a"), pace="all", roi=[320, 0, 320, 480]))
     assert left == [] and [p.text for p in right] == [text]
+
+
+def test_prepare_frame_crops_before_grey_conversion(monkeypatch: pytest.MonkeyPatch,
+                                                   qr_phone: Callable[..., Phone]) -> None:
+    colour = render_frame(qr_phone().new_code(QR_NOW), Conditions(offset=(0.25, 0.0)),
+                          color=True)
+    converted: list[tuple[int, ...]] = []
+    real = cv2.cvtColor
+
+    def spy(img: Any, code: int) -> Any:
+        converted.append(img.shape)
+        return real(img, code)
+    monkeypatch.setattr(cv2, "cvtColor", spy)
+    grey = real(colour, cv2.COLOR_BGR2GRAY)
+    out = prepare_frame(colour, (320, 10, 300, 400))
+    assert converted == [(400, 300, 3)]  # only the region of interest was converted
+    assert np.array_equal(out, grey[10:410, 320:620])
+    bgra = real(colour, cv2.COLOR_BGR2BGRA)
+    assert np.array_equal(prepare_frame(bgra), grey)
+    assert prepare_frame(colour[:, :, :1], (0, 0, 5, 6)).shape == (6, 5)
+    assert prepare_frame(grey) is grey
+
+
+class _Device:
+    """A V4L2 camera that can be unplugged and replugged. Each plug-in is a new device
+    generation: a capture opened before an unplug stays dead, as a real one does."""
+
+    def __init__(self, frame: Any) -> None:
+        self.frame, self.generation, self.present = frame, 1, True
+
+    def unplug(self) -> None:
+        self.present = False
+
+    def replug(self, frame: Any) -> None:
+        self.frame, self.generation, self.present = frame, self.generation + 1, True
+
+
+class _Capture:
+    def __init__(self, dev: _Device) -> None:
+        self.dev = dev
+        self.gen: int | None = dev.generation if dev.present else None
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.gen is not None
+
+    def set(self, prop: int, value: float) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return 0.0
+
+    def read(self) -> tuple[bool, Any]:
+        if not self.dev.present or self.dev.generation != self.gen:
+            return False, None
+        time.sleep(1 / 30)
+        return True, self.dev.frame.copy()
+
+    def release(self) -> None:
+        self.gen = None
+
+
+class _Cv2WithDevice:
+    """The cv2 module, except that VideoCapture opens :class:`_Device`."""
+
+    def __init__(self, dev: _Device) -> None:
+        self._dev = dev
+
+    def VideoCapture(self, device: object, api: int | None = None) -> _Capture:  # noqa: N802
+        return _Capture(self._dev)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(cv2, name)
+
+
+def test_camera_unplugged_mid_run_is_reopened(qr_phone: Callable[..., Phone],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="drivers.camera")
+    phone = qr_phone()
+    before, after = phone.new_code(QR_NOW - 10), phone.new_code(QR_NOW)
+    dev = _Device(render_frame(before, Conditions(seed=1), color=True))
+    src = CameraSource("/dev/video-ykt-test", reconnect_s=0.1, lost_s=0.3, debounce_s=60)
+    src._cv2 = _Cv2WithDevice(dev)
+    got: queue.Queue[Presentation] = queue.Queue()
+    src.start(got.put)
+    try:
+        assert got.get(timeout=5).text == before
+        dev.unplug()
+        time.sleep(0.8)  # lost after 0.3 s, released, reopening fails while unplugged
+        dev.replug(render_frame(after, Conditions(seed=2), color=True))
+        assert got.get(timeout=5).text == after
+        assert src.stats["reopened"] == 1
+    finally:
+        src.stop()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "drivers.camera" and r.levelno >= logging.WARNING]
+    assert sum("camera lost" in m for m in warnings) == 1
+    assert sum("retrying" in m for m in warnings) == 1  # once per outage, not per retry
+    assert len(warnings) <= 4
 
 
 def test_camera_config_errors(tmp_path: Path) -> None:

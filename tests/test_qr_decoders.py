@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from drivers.exceptions import ConfigError
-from drivers.qrdecode import DECODER_NAMES, DEFAULT_DECODER, RetryDecoder, make_decoder
+from drivers.qrdecode import (
+    DECODER_NAMES,
+    DEFAULT_DECODER,
+    QRDecoder,
+    RetryDecoder,
+    make_decoder,
+)
 from drivers.registry import load_backend
 from simulator.frames import CONDITIONS, load_corpus
 
@@ -75,3 +81,25 @@ def test_retry_decoder_and_registry() -> None:
     with pytest.raises(ConfigError):
         make_decoder("nope")
     assert load_backend("qr_decoder", "zxing")().name == "zxing"
+
+
+def test_decoder_failures_are_logged_at_most_once_per_period(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A backend that fails on every frame of a 30 fps camera does not flood the log."""
+    class Broken(QRDecoder):
+        name = "broken"
+
+        def _decode(self, image: object) -> list[str]:
+            raise RuntimeError("backend bug")
+
+    dec = Broken()
+    img = np.zeros((48, 64), np.uint8)
+    for _ in range(100):
+        assert dec.decode(img) == []
+    records = [r for r in caplog.records if r.name == "drivers.qrdecode"]
+    assert len(records) == 1 and records[0].exc_info is not None
+    assert dec._failure_logged_at is not None
+    dec._failure_logged_at -= dec.FAILURE_LOG_PERIOD_S  # one period later
+    assert dec.decode(img) == []
+    records = [r for r in caplog.records if r.name == "drivers.qrdecode"]
+    assert len(records) == 2 and "99 more times" in records[-1].getMessage()

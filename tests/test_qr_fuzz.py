@@ -12,7 +12,7 @@ from agent.codes import CodeVerifier, TrustStore, b45decode, b45encode
 from agent.codes.base45 import ALPHABET
 from agent.model import Credential, Reason, Rejection
 from simulator.phone import Phone
-from tests.fixtures.qr import QR_NOW
+from tests.fixtures.qr import QR_NOW, QR_PSEUDO
 
 _SETTINGS = settings(max_examples=1500, deadline=None, derandomize=True,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -75,7 +75,7 @@ def test_cose_shaped(qr_verifier: CodeVerifier, p: object, u: object, payload: o
 
 def test_mutated_genuine_codes(qr_trust: TrustStore, qr_phone: Callable[..., Phone]) -> None:
     """Flip, drop and insert bytes of real codes: never raise, never accept a changed one."""
-    v = CodeVerifier(qr_trust, clock=lambda: QR_NOW)
+    v = CodeVerifier(qr_trust, pseudonymizer=QR_PSEUDO, clock=lambda: QR_NOW)
     phone = qr_phone("ES256")
 
     @settings(max_examples=1500, deadline=None, derandomize=True)

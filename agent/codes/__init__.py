@@ -14,8 +14,8 @@ from agent.codes.base45 import Base45Error, b45decode, b45encode
 from agent.codes.online import OnlineScheme, OnlineVerifyClient
 from agent.codes.replay import ReplayCache
 from agent.codes.scheme import CodeScheme, SchemeRegistry
-from agent.codes.trust import IssuerKey, TrustSnapshot, TrustStore, TrustStoreError
-from agent.codes.verifier import CodeVerifier, build_verifier, redact
+from agent.codes.trust import IssuerKey, TrustSnapshot, TrustStore, TrustStoreError, trust_entry
+from agent.codes.verifier import CodeVerifier, build_verifier
 from agent.codes.ykt1 import KIND, PREFIX, Ykt1Scheme, issue_certificate, sign_code
 
 __all__ = [
@@ -41,6 +41,6 @@ __all__ = [
     "b45encode",
     "build_verifier",
     "issue_certificate",
-    "redact",
     "sign_code",
+    "trust_entry",
 ]

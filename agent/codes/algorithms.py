@@ -17,7 +17,7 @@ import abc
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -101,6 +101,10 @@ class SignatureAlgorithm(abc.ABC):
     def private_pem(self, private_key: Any) -> bytes:
         """Unencrypted PEM PKCS#8 of ``private_key``."""
 
+    @abc.abstractmethod
+    def public_der(self, public_key: Any) -> bytes:
+        """DER SubjectPublicKeyInfo of ``public_key`` (e.g. to derive a key id from)."""
+
 
 def _raw_to_der(signature: bytes) -> bytes | None:
     if len(signature) != 64:
@@ -133,16 +137,70 @@ def _ec2_cose(point_compressed: bytes, crv: int, alg: int) -> dict[int, Any]:
             _Y: point_compressed[0] == 0x03}
 
 
-class ES256(SignatureAlgorithm):
-    """ECDSA on P-256 with SHA-256 (COSE -7), the default."""
+class _CryptographyAlgorithm(SignatureAlgorithm):
+    """Key handling shared by the algorithms of the ``cryptography`` package: PEM/DER
+    serialisation, and PEM loading that checks the key type with :meth:`_is_public` /
+    :meth:`_is_private` (``key_desc`` names the expected key in errors)."""
 
-    name, cose_id = "ES256", -7
+    key_desc: str
 
-    def generate(self) -> Any:
-        return ec.generate_private_key(ec.SECP256R1())
+    @abc.abstractmethod
+    def _is_public(self, key: Any) -> bool:
+        """True if ``key`` is a public key of this algorithm."""
+
+    @abc.abstractmethod
+    def _is_private(self, key: Any) -> bool:
+        """True if ``key`` is a private key of this algorithm."""
 
     def public_key(self, private_key: Any) -> Any:
         return private_key.public_key()
+
+    def load_public_pem(self, pem: bytes) -> Any:
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except (ValueError, UnsupportedAlgorithm) as err:
+            raise KeyFormatError(f"not a PEM public key: {err}") from err
+        if not self._is_public(key):
+            raise KeyFormatError(f"{self.name} needs {self.key_desc} public key")
+        return key
+
+    def load_private_pem(self, pem: bytes) -> Any:
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+            raise KeyFormatError(f"not an unencrypted PEM private key: {err}") from err
+        if not self._is_private(key):
+            raise KeyFormatError(f"{self.name} needs {self.key_desc} private key")
+        return key
+
+    def public_pem(self, public_key: Any) -> bytes:
+        return bytes(public_key.public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def public_der(self, public_key: Any) -> bytes:
+        return bytes(public_key.public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def private_pem(self, private_key: Any) -> bytes:
+        return bytes(private_key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+
+
+class ES256(_CryptographyAlgorithm):
+    """ECDSA on P-256 with SHA-256 (COSE -7), the default."""
+
+    name, cose_id = "ES256", -7
+    key_desc = "a P-256 (secp256r1)"
+
+    def _is_public(self, key: Any) -> bool:
+        return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+
+    def _is_private(self, key: Any) -> bool:
+        return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
+
+    def generate(self) -> Any:
+        return ec.generate_private_key(ec.SECP256R1())
 
     def sign(self, private_key: Any, data: bytes) -> bytes:
         return _der_to_raw(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
@@ -169,38 +227,18 @@ class ES256(SignatureAlgorithm):
         except ValueError as err:
             raise KeyFormatError(f"bad P-256 point: {err}") from err
 
-    def load_public_pem(self, pem: bytes) -> Any:
-        try:
-            key = serialization.load_pem_public_key(pem)
-        except ValueError as err:
-            raise KeyFormatError(f"not a PEM public key: {err}") from err
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise KeyFormatError("ES256 needs a P-256 (secp256r1) public key")
-        return key
 
-    def load_private_pem(self, pem: bytes) -> Any:
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as err:
-            raise KeyFormatError(f"not an unencrypted PEM private key: {err}") from err
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise KeyFormatError("ES256 needs a P-256 (secp256r1) private key")
-        return key
-
-    def public_pem(self, public_key: Any) -> bytes:
-        return bytes(public_key.public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo))
-
-    def private_pem(self, private_key: Any) -> bytes:
-        return bytes(private_key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-
-
-class EdDSA(ES256):
+class EdDSA(_CryptographyAlgorithm):
     """Ed25519 (COSE -8)."""
 
     name, cose_id = "EdDSA", -8
+    key_desc = "an Ed25519"
+
+    def _is_public(self, key: Any) -> bool:
+        return isinstance(key, ed25519.Ed25519PublicKey)
+
+    def _is_private(self, key: Any) -> bool:
+        return isinstance(key, ed25519.Ed25519PrivateKey)
 
     def generate(self) -> Any:
         return ed25519.Ed25519PrivateKey.generate()
@@ -227,24 +265,6 @@ class EdDSA(ES256):
                 isinstance(x, bytes) and len(x) == 32):
             raise KeyFormatError("COSE_Key is not an Ed25519 OKP key")
         return ed25519.Ed25519PublicKey.from_public_bytes(x)
-
-    def load_public_pem(self, pem: bytes) -> Any:
-        try:
-            key = serialization.load_pem_public_key(pem)
-        except ValueError as err:
-            raise KeyFormatError(f"not a PEM public key: {err}") from err
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise KeyFormatError("EdDSA needs an Ed25519 public key")
-        return key
-
-    def load_private_pem(self, pem: bytes) -> Any:
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as err:
-            raise KeyFormatError(f"not an unencrypted PEM private key: {err}") from err
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise KeyFormatError("EdDSA needs an Ed25519 private key")
-        return key
 
 
 class SM2SM3(SignatureAlgorithm):
@@ -296,12 +316,15 @@ class SM2SM3(SignatureAlgorithm):
         except Exception as err:  # tongsuopy raises assorted errors for off-curve points
             raise KeyFormatError(f"bad SM2 point: {err}") from err
 
+    def _on_sm2(self, key: Any) -> bool:
+        return isinstance(getattr(key, "curve", None), self._ec.SM2)
+
     def load_public_pem(self, pem: bytes) -> Any:
         try:
             key = self._ser.load_pem_public_key(pem)
         except Exception as err:
             raise KeyFormatError(f"not a PEM SM2 public key: {err}") from err
-        if not isinstance(key.curve, self._ec.SM2):
+        if not (isinstance(key, self._ec.EllipticCurvePublicKey) and self._on_sm2(key)):
             raise KeyFormatError("SM2 needs a public key on the SM2 curve")
         return key
 
@@ -310,10 +333,16 @@ class SM2SM3(SignatureAlgorithm):
             key = self._ser.load_pem_private_key(pem, password=None)
         except Exception as err:
             raise KeyFormatError(f"not an unencrypted PEM SM2 private key: {err}") from err
+        if not (isinstance(key, self._ec.EllipticCurvePrivateKey) and self._on_sm2(key)):
+            raise KeyFormatError("SM2 needs a private key on the SM2 curve")
         return key
 
     def public_pem(self, public_key: Any) -> bytes:
         return bytes(public_key.public_bytes(self._ser.Encoding.PEM,
+                                             self._ser.PublicFormat.SubjectPublicKeyInfo))
+
+    def public_der(self, public_key: Any) -> bytes:
+        return bytes(public_key.public_bytes(self._ser.Encoding.DER,
                                              self._ser.PublicFormat.SubjectPublicKeyInfo))
 
     def private_pem(self, private_key: Any) -> bytes:

@@ -43,16 +43,8 @@ class ReplayCache:
                 log.warning("replay cache full (%d entries): dropped the oldest", self._max)
             return True
 
-    def __contains__(self, code_id: object) -> bool:
-        return code_id in self._expiry
-
     def __len__(self) -> int:
         return len(self._expiry)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._expiry.clear()
-            self._heap.clear()
 
     def _purge(self, now: float) -> None:
         heap = self._heap

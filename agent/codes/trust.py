@@ -38,10 +38,19 @@ from typing import Any
 from agent.codes.algorithms import (
     AlgorithmUnavailable,
     KeyFormatError,
+    SignatureAlgorithm,
     algorithm,
 )
 
-__all__ = ["IssuerKey", "TrustSnapshot", "TrustStore", "TrustStoreError", "parse_trust_document"]
+__all__ = [
+    "IssuerKey",
+    "TrustSnapshot",
+    "TrustStore",
+    "TrustStoreError",
+    "parse_trust_document",
+    "read_trust_file",
+    "trust_entry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +124,6 @@ class TrustStore:
             self._snapshot = TrustSnapshot(table, version, self._generation)
         log.info("trust store now holds %d issuer keys (version %r)", len(table), version)
         return self._snapshot
-
-    def reload(self, path: str | Path) -> TrustSnapshot:
-        """Replace the keys with those of the trust file at ``path`` (old keys kept on error)."""
-        keys, version = read_trust_file(path)
-        return self.replace(keys, version=version)
 
     def snapshot(self) -> TrustSnapshot:
         """The current immutable set of keys."""
@@ -213,3 +217,17 @@ def parse_trust_document(doc: object, *, source: str = "<trust>") -> tuple[list[
             not_after=_time(entry.get("not_after"), f"{where}.not_after"),
         ))
     return keys, version
+
+
+def trust_entry(kid: str, alg: SignatureAlgorithm, public_key: Any, *, iss: str = "",
+                not_before: str | None = None, not_after: str | None = None
+                ) -> dict[str, str]:
+    """One ``issuers`` entry of a trust document for ``public_key`` (an ``alg`` key);
+    ``not_before``/``not_after`` are RFC 3339 times, left out when not given."""
+    entry = {"kid": kid, "alg": alg.name, "iss": iss,
+             "public_key": alg.public_pem(public_key).decode()}
+    if not_before:
+        entry["not_before"] = not_before
+    if not_after:
+        entry["not_after"] = not_after
+    return entry

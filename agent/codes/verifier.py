@@ -4,8 +4,8 @@ It owns the scheme registry (``YKT1:`` built in; other schemes, such as an
 :class:`~agent.codes.online.OnlineScheme`, added with :meth:`CodeVerifier.register`), the
 replay cache and the time window, and turns any text into a
 :class:`~agent.model.Credential` or a :class:`~agent.model.Rejection`. It never raises
-for bad input and never logs a code's full text. Hotlist and entitlement checks are the
-decision engine's job, after this.
+for bad input and never logs a code's text (only :func:`agent.pseudonym.mask_code`).
+Hotlist and entitlement checks are the decision engine's job, after this.
 """
 
 from __future__ import annotations
@@ -18,41 +18,38 @@ from typing import Any
 from agent.codes.replay import ReplayCache
 from agent.codes.scheme import CodeScheme, SchemeRegistry
 from agent.codes.trust import TrustStore
-from agent.codes.ykt1 import MAX_TEXT, Ykt1Scheme
+from agent.codes.ykt1 import Ykt1Scheme
 from agent.model import Credential, Reason, Rejection
-from agent.pseudonym import Pseudonymizer
+from agent.pseudonym import Pseudonymizer, mask_code
 
-__all__ = ["CodeVerifier", "build_verifier", "redact"]
+__all__ = ["MAX_SCANNED_TEXT", "CodeVerifier", "build_verifier"]
 
 log = logging.getLogger(__name__)
 
-
-def redact(text: str) -> str:
-    """A loggable stand-in for a code text: its prefix and length only."""
-    head = text[:5] if text[:5].isascii() and text[:5].isprintable() else "?"
-    return f"{head}…({len(text)} chars)"
+MAX_SCANNED_TEXT = 4800
+"""Longest text handed to any scheme (a QR symbol holds at most 4,296 alphanumeric
+characters); each scheme applies its own, tighter limit."""
 
 
 class CodeVerifier:
     """Verifies scanned code texts offline (and, for online schemes, within a short timeout).
 
-    ``trust`` is the (runtime-replaceable) store of trusted issuer keys. A code's ``iat``
-    may lie ``window_back_s`` seconds behind and ``window_ahead_s`` ahead of ``now``,
-    widened per clock quality by ``allowance_s`` (default synced 0, rtc 120, unsynced
-    600 s). ``clock`` gives wall time in epoch seconds. ``pseudonymizer`` keys credential
-    keys with the deployment key (recommended; otherwise an unkeyed hash of the
-    certificate id is used).
+    ``trust`` is the (runtime-replaceable) store of trusted issuer keys; ``pseudonymizer``
+    (the deployment key) keys credential keys, as the hub does. A code's ``iat`` may lie
+    ``window_back_s`` seconds behind and ``window_ahead_s`` ahead of ``now``, widened per
+    clock quality by ``allowance_s`` (default synced 0, rtc 120, unsynced 600 s).
+    ``clock`` gives wall time in epoch seconds.
     """
 
     def __init__(
         self,
         trust: TrustStore,
         *,
+        pseudonymizer: Pseudonymizer,
         window_back_s: float = 60.0,
         window_ahead_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         allowance_s: Mapping[str, float] | None = None,
-        pseudonymizer: Pseudonymizer | None = None,
         replay_max_entries: int = 200_000,
     ) -> None:
         if window_back_s <= 0 or window_ahead_s < 0:
@@ -77,33 +74,33 @@ class CodeVerifier:
         (:class:`agent.model.ClockQuality`).
         """
         t = self._clock() if now is None else now
+        if not isinstance(text, str):
+            return Rejection(Reason.MALFORMED_CODE, "not_text")
         try:
-            if not isinstance(text, str):
-                return Rejection(Reason.MALFORMED_CODE, "not_text")
-            if len(text) > MAX_TEXT * 4:
+            if len(text) > MAX_SCANNED_TEXT:
                 result: Credential | Rejection = Rejection(
                     Reason.MALFORMED_CODE, f"too_long: {len(text)} characters")
             else:
                 result = self.schemes.verify(text.strip(), now=t, clock_quality=clock_quality)
         except Exception as err:  # a plugged-in scheme misbehaved: refuse, never crash
-            log.exception("code scheme raised on %s", redact(text))
+            log.exception("code scheme raised on %s", mask_code(text))
             return Rejection(Reason.MALFORMED_CODE, f"unexpected:{type(err).__name__}")
-        if isinstance(result, Rejection):
-            log.info("code %s refused: %s (%s)", redact(text), result.reason.value,
-                     result.detail)
+        if isinstance(result, Rejection):  # the journal records it; this is for debugging
+            log.debug("code %s refused: %s (%s)", mask_code(text), result.reason.value,
+                      result.detail)
         return result
 
 
-def build_verifier(section: Any, pseudonymizer: Pseudonymizer | None = None, *,
+def build_verifier(section: Any, pseudonymizer: Pseudonymizer, *,
                    clock: Callable[[], float] = time.time) -> CodeVerifier:
-    """A :class:`CodeVerifier` from the agent config's ``codes`` section (attributes
-    ``trust_file``, ``window_back_s``, ``window_ahead_s``; optional ``allowance_s``).
+    """A :class:`CodeVerifier` from the agent config's ``codes`` section
+    (:class:`agent.config.CodesSection`: ``trust_file``, ``window_back_s``,
+    ``window_ahead_s``).
 
     Raises :class:`~agent.codes.trust.TrustStoreError` (a ``ValueError``) naming the trust
     file and key at fault.
     """
     trust = TrustStore.load(section.trust_file)
-    return CodeVerifier(trust, window_back_s=float(getattr(section, "window_back_s", 60)),
-                        window_ahead_s=float(getattr(section, "window_ahead_s", 30)),
-                        allowance_s=getattr(section, "allowance_s", None),
-                        clock=clock, pseudonymizer=pseudonymizer)
+    return CodeVerifier(trust, pseudonymizer=pseudonymizer,
+                        window_back_s=float(section.window_back_s),
+                        window_ahead_s=float(section.window_ahead_s), clock=clock)

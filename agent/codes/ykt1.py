@@ -49,7 +49,7 @@ from agent.codes.cose import (
     loads_strict,
 )
 from agent.codes.replay import ReplayCache
-from agent.codes.trust import TrustSnapshot, TrustStore
+from agent.codes.trust import IssuerKey, TrustSnapshot, TrustStore
 from agent.model import Credential, Reason, Rejection
 from agent.pseudonym import Pseudonymizer
 
@@ -162,12 +162,25 @@ def _int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and -(2**62) < v < 2**62
 
 
+def _trusted_issuer(snap: TrustSnapshot, kid: bytes, now: float, allowance: float
+                    ) -> IssuerKey:
+    """The issuer key ``kid`` of ``snap`` if it is valid at ``now``; else refused."""
+    issuer = snap.get(kid)
+    if issuer is None:
+        raise _Refused(Reason.UNKNOWN_ISSUER, "unknown_kid")
+    problem = issuer.problem_at(now, allowance)
+    if problem:
+        raise _Refused(Reason.UNKNOWN_ISSUER, problem)
+    return issuer
+
+
 class Ykt1Scheme:
     """Verifier of ``YKT1:`` codes (a :class:`~agent.codes.scheme.CodeScheme`).
 
     ``window_back_s``/``window_ahead_s``: how old/how far in the future a code's ``iat``
     may be (seconds); ``allowance_s`` widens both per clock quality. ``pseudonymizer``
-    keys the credential key (otherwise an unkeyed hash of the certificate id is used).
+    (the deployment key) keys the credential key, so the hub computes the same one.
+    Texts given to :meth:`verify` start with :data:`PREFIX` (the registry dispatches by it).
     """
 
     kind: str = KIND
@@ -177,10 +190,10 @@ class Ykt1Scheme:
         self,
         trust: TrustStore,
         *,
+        pseudonymizer: Pseudonymizer,
         window_back_s: float = 60.0,
         window_ahead_s: float = 30.0,
         allowance_s: Mapping[str, float] | None = None,
-        pseudonymizer: Pseudonymizer | None = None,
         replay: ReplayCache | None = None,
         cert_cache_size: int = 4096,
     ) -> None:
@@ -212,8 +225,6 @@ class Ykt1Scheme:
     def _verify(self, text: str, now: float, clock_quality: str) -> Credential:
         if len(text) > MAX_TEXT:
             raise _Refused(Reason.MALFORMED_CODE, f"too_long: {len(text)} characters")
-        if not text.startswith(PREFIX):
-            raise _Refused(Reason.UNSUPPORTED_CODE, "wrong_prefix")
         if len(text) < MIN_TEXT:
             raise _Refused(Reason.MALFORMED_CODE, f"too_short: {len(text)} characters")
         allowance = self.allowance_s.get(clock_quality, max(self.allowance_s.values(), default=0))
@@ -286,10 +297,7 @@ class Ykt1Scheme:
             if cached is not None:
                 self._certs.move_to_end(ck)
         if cached is not None:
-            issuer = snap.get(cached.kid.encode())
-            problem = issuer.problem_at(now, allowance) if issuer else "unknown_kid"
-            if problem:
-                raise _Refused(Reason.UNKNOWN_ISSUER, problem)
+            _trusted_issuer(snap, cached.kid.encode(), now, allowance)
             return cached
         cert = self._verify_certificate(cert_raw, snap, now, allowance)
         with self._lock:
@@ -307,12 +315,7 @@ class Ykt1Scheme:
         kid = msg.protected.get(HDR_KID)
         if not isinstance(kid, bytes):
             raise _Refused(Reason.MALFORMED_CODE, "bad_certificate: no kid")
-        issuer = snap.get(kid)
-        if issuer is None:
-            raise _Refused(Reason.UNKNOWN_ISSUER, "unknown_kid")
-        problem = issuer.problem_at(now, allowance)
-        if problem:
-            raise _Refused(Reason.UNKNOWN_ISSUER, problem)
+        issuer = _trusted_issuer(snap, kid, now, allowance)
         try:
             alg = algorithm_by_cose_id(msg.protected.get(HDR_ALG))
         except AlgorithmUnavailable:
@@ -375,11 +378,7 @@ class Ykt1Scheme:
                 raise bad("bd")
         if not isinstance(region, str):
             raise bad("rg")
-        ident = f"{kid}/{cti.hex()}"
-        if self._pseudo is not None:
-            ckey = self._pseudo.key("qrcert", ident)
-        else:
-            ckey = hashlib.sha256(f"ykt1|qrcert|{ident}".encode()).digest()[:16].hex()
+        ckey = self._pseudo.key("qrcert", f"{kid}/{cti.hex()}")
         assert isinstance(iat, int) and isinstance(exp, int)
         return HolderCertificate(
             kid=kid, issuer_alg=issuer_alg, iss=iss, iat=iat, exp=exp, cti=cti,
