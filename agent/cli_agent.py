@@ -127,7 +127,6 @@ def journal_stats(j: Journal, by: str, tz: str = "Asia/Shanghai") -> dict[str, i
     """Count journaled decisions by local ``hour`` (accepted entries), ``reason`` or
     ``product`` (accepted only). Events (not_entered, fire_alarm) are counted by ``event``."""
     from collections import Counter
-    from datetime import datetime
     from zoneinfo import ZoneInfo
 
     zone = ZoneInfo(tz)
@@ -147,8 +146,7 @@ def journal_stats(j: Journal, by: str, tz: str = "Asia/Shanghai") -> dict[str, i
                 if by == "product":
                     counts[str(b.get("product"))] += 1
                 else:
-                    t = datetime.fromisoformat(str(b["time"]).replace("Z", "+00:00"))
-                    counts[t.astimezone(zone).strftime("%Y-%m-%d %H:00")] += 1
+                    counts[r.wall_time.astimezone(zone).strftime("%Y-%m-%d %H:00")] += 1
         after = batch[-1].seq
     return dict(sorted(counts.items()))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from agent.engine import Outcome
@@ -15,8 +14,8 @@ __all__ = ["register"]
 
 def _line(o: Outcome, who: str) -> str:
     d = o.decision
-    t = datetime.fromisoformat(str(o.record.body["time"]).replace("Z", "+00:00")).astimezone(
-        ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S") if o.record else "--:--:--"
+    t = o.record.wall_time.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S") \
+        if o.record else "--:--:--"
     mark = "✔" if d.accepted else "✘"
     seq = f"#{o.record.seq}" if o.record else "(not journaled)"
     return (f"{t} {mark} {d.prompt.text:<14}\t{d.reason.value:<13} {d.product:<13} "

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from agent.clock import clock_quality as system_clock_quality
-from agent.journal import Journal, JournalError
+from agent.journal import Journal, JournalError, parse_utc
 from agent.model import (
     ClockQuality,
     Credential,
@@ -73,7 +73,7 @@ SITE = "*"
 @functools.lru_cache(maxsize=8)
 def _epoch(stamp: str) -> float:
     """Epoch seconds of an RFC 3339 stamp (cached: the policy expiry is checked per tap)."""
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return parse_utc(stamp)
 
 
 class Engine:

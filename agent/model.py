@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 __all__ = [
@@ -246,4 +246,6 @@ class JournalRecord:
 
     @property
     def wall_time(self) -> datetime:
-        return datetime.fromisoformat(str(self.body["time"]))
+        from agent.journal import parse_utc  # journal imports this module
+
+        return datetime.fromtimestamp(parse_utc(str(self.body["time"])), UTC)

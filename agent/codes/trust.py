@@ -41,6 +41,7 @@ from agent.codes.algorithms import (
     SignatureAlgorithm,
     algorithm,
 )
+from agent.journal import parse_utc
 
 __all__ = [
     "IssuerKey",
@@ -164,7 +165,7 @@ def _time(value: object, where: str) -> float | None:
         return float(value)
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            return parse_utc(value)
         except ValueError:
             pass
     raise TrustStoreError(f"{where}: expected an RFC 3339 time, got {value!r}")
