@@ -2,11 +2,16 @@
 
 Prints the masked holder (``张*``, ``3701**********1234``), region, generation, validity
 and the keyed hashes — never a raw number or name. ``--json`` for scripts. The
-pseudonymisation key comes from ``$YKT_PSEUDONYM_KEY`` (hex) like the agent's; without it
-a throw-away key is used and the keys shown match nothing (a warning says so).
+pseudonymisation key comes from ``$YKT_PSEUDONYM_KEY`` or
+``$CREDENTIALS_DIRECTORY/pseudonym-key`` (hex) like the agent's
+(:func:`agent.keys.pseudonym_key`); without one a throw-away key is used and the keys
+shown match nothing (a warning says so).
+
+The card is read by the reader monitor (:class:`drivers.pcsc.PcscCardSource`), which also
+reads a card already in the field when it starts and refuses two cards at once.
 
 Exit codes: 0 card read, 1 card refused or no card before ``--timeout``, 2 setup error
-(pcscd not running, no PSAM, bad option).
+(pcscd not running, no PSAM, bad option or key).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import queue
 import sys
 from typing import Any
 
@@ -42,13 +48,16 @@ def register(sub: Any) -> None:
 
 
 def _pseudonymizer() -> Any:
+    """The deployment's key; a throw-away one if none is set. Raises ``ValueError`` for a
+    key that is set but not hex."""
+    from agent.keys import pseudonym_key, read_secret
     from agent.pseudonym import Pseudonymizer
 
-    key = os.environ.get("YKT_PSEUDONYM_KEY", "")
-    if key:
-        return Pseudonymizer(bytes.fromhex(key))
-    log.warning("YKT_PSEUDONYM_KEY not set: keys shown use a throw-away key")
-    return Pseudonymizer(os.urandom(16))
+    if read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY") is None:
+        log.warning("no pseudonymisation key (YKT_PSEUDONYM_KEY or $CREDENTIALS_DIRECTORY/"
+                    "pseudonym-key): keys shown use a throw-away key and match nothing")
+        return Pseudonymizer(os.urandom(16))
+    return Pseudonymizer(pseudonym_key(demo=False))
 
 
 def _read(args: argparse.Namespace) -> int:
@@ -64,16 +73,18 @@ def _read(args: argparse.Namespace) -> int:
     except (DriverError, ValueError) as err:
         print(f"ykt card read: {err}", file=sys.stderr)
         return 2
+    got: queue.Queue[Any] = queue.Queue()
     try:
-        presentation = source.wait_for_card(args.timeout)
-    except DriverError as err:
-        print(f"ykt card read: {err} (is pcscd running?)", file=sys.stderr)
-        return 2
-    finally:
-        source.stop()
-    if presentation is None:
+        source.start(got.put)       # the monitor reads a card already present at start too
+        presentation = got.get(timeout=args.timeout)
+    except queue.Empty:
+        if not source.contexts_established:
+            print("ykt card read: cannot reach pcscd (is pcscd running?)", file=sys.stderr)
+            return 2
         print(f"ykt card read: no card within {args.timeout:g} s", file=sys.stderr)
         return 1
+    finally:
+        source.stop()
     out = _describe(presentation)
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))

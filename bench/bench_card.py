@@ -38,10 +38,15 @@ from agent.model import Location, Presentation
 from agent.pseudonym import Pseudonymizer
 from bench.report import machine, table, update_section
 from drivers.pcsc import PcscCardSource
+from drivers.ssc import AID, FIELDS
 from simulator.pcscd import start_virtual_reader
 from simulator.vcard import card_population
 
-AID = bytes.fromhex("7378312E73682EC9E7BBE1B1A3D5CF")
+
+def read_record(tag: int) -> list[int]:
+    """READ RECORD of ``tag`` with the exact Le (``00 B2 tag SFI<<3|4 Le``)."""
+    spec = FIELDS[tag]
+    return [0x00, 0xB2, tag, (spec.sfi << 3) | 4, spec.length + 2]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -74,6 +79,8 @@ class Floor:
     def __init__(self, reader: str, psam_reader: str) -> None:
         _hr, self.ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
         self.reader = reader
+        self.select = [0x00, 0xA4, 0x04, 0x0C, len(AID), *AID]
+        self.r01, self.r03, self.r08, self.r06 = (read_record(t) for t in (0x01, 0x03, 0x08, 0x06))
         _hr, self.psam, self.psam_proto = scard.SCardConnect(
             self.ctx, psam_reader, scard.SCARD_SHARE_SHARED,
             scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
@@ -82,9 +89,9 @@ class Floor:
         t = scard.SCardTransmit
         _hr, card, proto = scard.SCardConnect(self.ctx, self.reader, scard.SCARD_SHARE_SHARED,
                                               scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
-        t(card, proto, [0x00, 0xA4, 0x04, 0x0C, len(AID), *AID])
-        _hr, r01 = t(card, proto, [0x00, 0xB2, 0x01, 0x2C, 0x12])
-        t(card, proto, [0x00, 0xB2, 0x03, 0x2C, 0x06])
+        t(card, proto, self.select)
+        _hr, r01 = t(card, proto, self.r01)
+        t(card, proto, self.r03)
         challenge = list(os.urandom(8))
         _hr, answer = t(card, proto, [0x00, 0x88, 0x00, 0x01, 0x08, *challenge, 0x10])
         t(self.psam, self.psam_proto, [0x80, 0x88, 0x00, 0x01, 0x28, *r01[2:18], *challenge,
@@ -93,8 +100,8 @@ class Floor:
         _hr, crypt = t(self.psam, self.psam_proto, [0x80, 0xFA, 0x00, 0x02, 0x18, *r01[2:18],
                                                     *rc[:8], 0x10])
         t(card, proto, [0x00, 0x82, 0x00, 0x02, 0x10, *crypt[:16]])
-        t(card, proto, [0x00, 0xB2, 0x08, 0x34, 0x14])
-        _hr, r06 = t(card, proto, [0x00, 0xB2, 0x06, 0x2C, 0x06])
+        t(card, proto, self.r08)
+        _hr, r06 = t(card, proto, self.r06)
         scard.SCardDisconnect(card, scard.SCARD_RESET_CARD)
         assert r06[-2:] == [0x90, 0x00], "floor read failed"
         return 8

@@ -26,12 +26,20 @@ from typing import Any
 
 from smartcard import scard
 
-from agent.model import Credential, Presentation, PresentationKind, Reason, Rejection
-from agent.pseudonym import Pseudonymizer, mask_id, mask_name
+from agent.model import Presentation, PresentationKind, Reason, Rejection
+from agent.pseudonym import Pseudonymizer
 from drivers.base import PresentationSource
 from drivers.exceptions import ConfigError, ReaderError
 from drivers.psam import TEST_KEYS, PcscPsam, Psam, PsamError, ReferenceKeys, SoftPsam
-from drivers.ssc import ALL_NEEDS, DEFAULT_NEEDS, CardError, CardRemoved, SscCard, SscData, read_ssc
+from drivers.ssc import (
+    DEFAULT_NEEDS,
+    CardError,
+    CardRemoved,
+    SscCard,
+    check_needs,
+    credential_from,
+    read_ssc,
+)
 
 __all__ = ["PNP_READER", "PcscCardSource", "PcscTransport", "credential_from"]
 
@@ -68,9 +76,15 @@ class CardWasReset(CardRemoved):
 
 
 class PcscTransport:
-    """One card connection. :meth:`transmit` raises :class:`CardRemoved` on a lost link."""
+    """One card connection on context ``ctx``. :meth:`transmit` raises :class:`CardRemoved`
+    on a lost link (:class:`CardWasReset` if the card was reset under it).
 
-    def __init__(self, ctx: Any, reader: str) -> None:
+    ``reset_on_close``: disconnect with a card reset (an SSC card: clears its security
+    state) or leave the card as it is (a PSAM). Connecting raises :class:`CardRemoved`
+    (no card) or :class:`~drivers.exceptions.ReaderError` (mute card).
+    """
+
+    def __init__(self, ctx: Any, reader: str, *, reset_on_close: bool = True) -> None:
         hr, card, proto = scard.SCardConnect(ctx, reader, scard.SCARD_SHARE_SHARED,
                                              scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
         if hr != _OK:
@@ -78,6 +92,27 @@ class PcscTransport:
                 raise ReaderError("card does not answer (mute)", device=reader, code=_code(hr))
             raise CardRemoved(f"connect failed: {scard.SCardGetErrorMessage(hr)}")
         self.reader, self._card, self._proto = reader, card, proto
+        self._disposition = scard.SCARD_RESET_CARD if reset_on_close else scard.SCARD_LEAVE_CARD
+        self._own_ctx: Any = None
+
+    @classmethod
+    def open(cls, reader: str, *, reset_on_close: bool = True) -> PcscTransport:
+        """Connect on a context of its own (released by :meth:`close`) to the reader named
+        ``reader`` (exact name, else substring). Raises :class:`ReaderError` (pcscd away,
+        no such reader, mute card) or :class:`CardRemoved` (no card)."""
+        ctx = _establish()
+        try:
+            names = [n for n in _list_readers(ctx) if n != PNP_READER]
+            found = _match(reader, names)
+            if not found:
+                raise ReaderError(f"no reader matching {reader!r} (readers: {names})",
+                                  device=reader)
+            transport = cls(ctx, found[0], reset_on_close=reset_on_close)
+        except BaseException:
+            scard.SCardReleaseContext(ctx)
+            raise
+        transport._own_ctx = ctx
+        return transport
 
     def transmit(self, apdu: bytes) -> bytes:
         hr, resp = scard.SCardTransmit(self._card, self._proto, list(apdu))
@@ -92,21 +127,14 @@ class PcscTransport:
         return bytes(resp)
 
     def close(self) -> None:
-        """Disconnect with a card reset (clears the card's security state). Safe twice."""
+        """Disconnect (with a card reset unless ``reset_on_close`` was False) and release
+        the context if :meth:`open` made it. Safe twice."""
         card, self._card = self._card, None
         if card is not None:
-            scard.SCardDisconnect(card, scard.SCARD_RESET_CARD)
-
-
-def credential_from(data: SscData, pseudonymizer: Pseudonymizer, authenticated_by: str) -> Credential:
-    """The credential for a card read: keyed hashes, claims and masked display strings."""
-    return Credential(
-        kind="ssc_card", credential_key=pseudonymizer.card_key(data.card_id),
-        holder_key=pseudonymizer.holder_key(data.ssn), region=data.region,
-        generation=data.generation, valid_from=data.valid_from, valid_until=data.valid_until,
-        birth_date=data.birth_date, authenticated_by=authenticated_by,
-        masked_id=mask_id(data.ssn), masked_name=mask_name(data.name) if data.name else "",
-    )
+            scard.SCardDisconnect(card, self._disposition)
+        ctx, self._own_ctx = self._own_ctx, None
+        if ctx is not None:
+            scard.SCardReleaseContext(ctx)
 
 
 class PcscCardSource(PresentationSource):
@@ -131,10 +159,7 @@ class PcscCardSource(PresentationSource):
         super().__init__()
         self.pseudonymizer = pseudonymizer
         self.reader = reader
-        self.needs = frozenset(needs)
-        if self.needs - ALL_NEEDS:
-            raise ConfigError(f"unknown card needs {sorted(self.needs - ALL_NEEDS)}; "
-                              f"known: {sorted(ALL_NEEDS)}")
+        self.needs = check_needs(needs)
         self.psam_reader = psam_reader
         self.psam = self._make_psam(psam, psam_reader)
         self.wait_s, self.retry_s = wait_s, retry_s
@@ -161,8 +186,6 @@ class PcscCardSource(PresentationSource):
         if not isinstance(psam, str):
             return psam
         if psam == "pcsc":
-            if not psam_reader:
-                raise ConfigError("cards.pcsc: psam = \"pcsc\" needs psam_reader (the PSAM's reader)")
             return PcscPsam(psam_reader)
         if psam == "soft":
             try:
@@ -178,12 +201,12 @@ class PcscCardSource(PresentationSource):
     def read_card(self, ctx: Any, reader: str, seen_ns: int) -> Presentation:
         """Read the card now in ``reader`` on context ``ctx``; never raises for card trouble."""
         source = f"pcsc:{reader}"
-        card: SscCard | None = None
+        apdus = 0                      # over both attempts when the card was reset mid-read
         try:
             for attempt in (1, 2):
                 transport = PcscTransport(ctx, reader)
+                card = SscCard(transport)
                 try:
-                    card = SscCard(transport)
                     data = read_ssc(card, self.psam, self.needs)
                     break
                 except CardWasReset:
@@ -191,11 +214,12 @@ class PcscCardSource(PresentationSource):
                         raise
                     log.info("card on %s was reset during the read; reading again", reader)
                 finally:
+                    apdus += card.apdus
                     transport.close()
             cred = credential_from(data, self.pseudonymizer, self.psam.name)
-            log.debug("card read on %s: %d APDUs, generation %s", reader, data.apdus, data.generation)
+            log.debug("card read on %s: %d APDUs, generation %s", reader, apdus, data.generation)
             return Presentation(PresentationKind.CARD, source, seen_ns, credential=cred,
-                                apdus=data.apdus)
+                                apdus=apdus)
         except CardRemoved as err:
             log.info("card on %s removed mid-read: %s", reader, err)
             rej = Rejection(Reason.CARD_REMOVED, str(err), kind="ssc_card", journal=False)
@@ -212,8 +236,7 @@ class PcscCardSource(PresentationSource):
         except Exception as err:  # a bug must not stop monitoring
             log.exception("unexpected error reading a card on %s", reader)
             rej = Rejection(Reason.READ_ERROR, f"internal: {type(err).__name__}", kind="ssc_card")
-        return Presentation(PresentationKind.CARD, source, seen_ns, rejection=rej,
-                            apdus=card.apdus if card else 0)
+        return Presentation(PresentationKind.CARD, source, seen_ns, rejection=rej, apdus=apdus)
 
     def read_present(self, reader: str = "") -> Presentation:
         """Read the card that is in ``reader`` now (default: the first watched reader with a
@@ -226,28 +249,6 @@ class PcscCardSource(PresentationSource):
         if not names:
             raise ReaderError("no card on any watched reader", device=self.reader or "*")
         return self.read_card(self._side_ctx, names[0], time.monotonic_ns())
-
-    def wait_for_card(self, timeout_s: float) -> Presentation | None:
-        """Wait up to ``timeout_s`` for a card on a watched reader (one already there
-        counts) and read it. Returns None on timeout. Raises :class:`ReaderError`."""
-        if self._side_ctx is None:
-            self._side_ctx = _establish()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            states = self._snapshot(self._side_ctx)
-            present = [n for n, s in states.items() if _present(s)]
-            if len(present) > 1:
-                return self._multiple(present[0], time.monotonic_ns())
-            if present:
-                return self.read_card(self._side_ctx, present[0], time.monotonic_ns())
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            query = [(PNP_READER, scard.SCARD_STATE_UNAWARE)] if not states else []
-            query += [(n, s) for n, s in states.items()]
-            hr, _ = scard.SCardGetStatusChange(self._side_ctx, int(min(left, 1.0) * 1000), query)
-            if _code(hr) in _SERVICE_GONE:
-                raise ReaderError("pcscd went away", code=_code(hr))
 
     def _snapshot(self, ctx: Any) -> dict[str, int]:
         names = self._watched(_list_readers(ctx))

@@ -19,7 +19,9 @@ with its APDUs in ``docs/card.md``):
 
 Two implementations: :class:`SoftPsam`, an in-process PSAM holding the master keys (a
 real implementation of the scheme, for terminals with a software security module and for
-tests), and :class:`PcscPsam`, a PSAM card in a second PC/SC reader or SAM slot.
+tests), and :class:`PcscPsam`, a PSAM card in a second PC/SC reader or SAM slot (over
+:class:`drivers.pcsc.PcscTransport` and :func:`drivers.ssc.transceive`, like the card;
+pyscard is imported only when it connects).
 
 Errors: :class:`PsamError` (PSAM missing, refusing or answering nonsense).
 """
@@ -28,15 +30,17 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from drivers.exceptions import DeviceError
+from agent.keys import read_secret
+from drivers.exceptions import ConfigError, DeviceError, ReaderError
+
+if TYPE_CHECKING:
+    from drivers.pcsc import PcscTransport
 
 __all__ = [
     "KEY_REF_EXTERNAL",
@@ -156,10 +160,7 @@ class ReferenceKeys:
         Raises ``ValueError`` (a :class:`~drivers.exceptions.ConfigError` upstream) if
         neither is set.
         """
-        text = os.environ.get("YKT_PSAM_KEYS", "")
-        creds = os.environ.get("CREDENTIALS_DIRECTORY", "")
-        if not text and creds and (Path(creds) / "ykt-psam-keys").exists():
-            text = (Path(creds) / "ykt-psam-keys").read_text(encoding="ascii")
+        text = read_secret("ykt-psam-keys", "YKT_PSAM_KEYS")
         if not text:
             raise ValueError("no PSAM keys: set $YKT_PSAM_KEYS or the systemd credential "
                              "ykt-psam-keys, or use psam = \"pcsc\" with a PSAM reader")
@@ -199,25 +200,24 @@ class SoftPsam:
 class PcscPsam:
     """A PSAM card in a PC/SC reader (``reader``: exact name, or a substring of it).
 
-    Connects lazily, keeps the connection, and reconnects once when pcscd or the reader
-    went away in between. Thread-safe. Raises :class:`PsamError` when the PSAM cannot be
-    reached or answers with an unexpected status word.
+    Connects lazily, keeps the connection, and reconnects once when pcscd, the reader or
+    the link went away in between. Thread-safe. Raises :class:`PsamError` when the PSAM
+    cannot be reached, answers with an unexpected status word or never stops answering
+    ``61xx``; :class:`~drivers.exceptions.ConfigError` for an empty ``reader``.
     """
 
     name = "psam:sm4"
 
     def __init__(self, reader: str) -> None:
         if not reader:
-            raise ValueError("PcscPsam needs the PSAM reader's name (psam_reader)")
+            raise ConfigError('psam = "pcsc" needs psam_reader (the PSAM\'s reader)')
         self.reader = reader
         self._lock = threading.Lock()
-        self._conn: _PsamConnection | None = None
+        self._conn: PcscTransport | None = None
 
     def verify_internal(self, card_id: bytes, challenge: bytes, answer: bytes) -> bool:
         data = card_id + challenge + answer
-        apdu = bytes([0x80, 0x88, 0x00, KEY_REF_INTERNAL, len(data)]) + data
-        resp = self._exchange(apdu)
-        sw = int.from_bytes(resp[-2:], "big")
+        _resp, sw = self._exchange(bytes([0x80, 0x88, 0x00, KEY_REF_INTERNAL, len(data)]) + data)
         if sw == 0x9000:
             return True
         if sw == 0x6988:
@@ -227,31 +227,33 @@ class PcscPsam:
 
     def external_cryptogram(self, card_id: bytes, card_challenge: bytes) -> bytes:
         data = card_id + card_challenge
-        apdu = bytes([0x80, 0xFA, 0x00, KEY_REF_EXTERNAL, len(data)]) + data + b"\x10"
-        resp = self._exchange(apdu)
-        sw = int.from_bytes(resp[-2:], "big")
-        if sw != 0x9000 or len(resp) != CRYPTOGRAM_LEN + 2:
+        resp, sw = self._exchange(bytes([0x80, 0xFA, 0x00, KEY_REF_EXTERNAL, len(data)]) + data
+                                  + bytes([CRYPTOGRAM_LEN]))
+        if sw != 0x9000 or len(resp) != CRYPTOGRAM_LEN:
             raise PsamError(f"PSAM gave no external-auth cryptogram (SW {sw:04X}, "
-                            f"{len(resp) - 2} bytes)", device=self.reader, code=sw)
-        return resp[:-2]
+                            f"{len(resp)} bytes)", device=self.reader, code=sw)
+        return resp
 
-    def _exchange(self, apdu: bytes) -> bytes:
+    def _exchange(self, apdu: bytes) -> tuple[bytes, int]:
+        """(data, SW) of ``apdu`` (``61xx``/``6Cxx`` followed as for the card)."""
+        from drivers.pcsc import PcscTransport  # pyscard only once a PSAM card is used
+        from drivers.ssc import CardReadError, CardRemoved, transceive
+
         with self._lock:
             for attempt in (1, 2):
                 try:
                     if self._conn is None:
-                        self._conn = _PsamConnection(self.reader)
-                    resp = self._conn.transmit(apdu)
-                    while len(resp) == 2 and resp[0] == 0x61:      # T=0 GET RESPONSE
-                        resp = self._conn.transmit(bytes([0, 0xC0, 0, 0, resp[1]]))
-                    if len(resp) < 2:
-                        raise PsamError("PSAM answered fewer than 2 bytes", device=self.reader)
-                    return resp
-                except PsamError as err:
+                        self._conn = PcscTransport.open(self.reader, reset_on_close=False)
+                    return transceive(self._conn, apdu)
+                except (CardRemoved, ReaderError) as err:   # pcscd, reader or link gone
                     self._drop()
-                    if attempt == 2 or err.code is None:
-                        raise
+                    if attempt == 2:
+                        raise PsamError(f"PSAM not reachable: {_text(err)}", device=self.reader,
+                                        code=getattr(err, "code", None)) from err
                     log.info("PSAM %s: reconnecting after %s", self.reader, err)
+                except CardReadError as err:                # no SW, endless 61xx
+                    self._drop()
+                    raise PsamError(f"PSAM answered nonsense: {err}", device=self.reader) from err
         raise AssertionError("unreachable")
 
     def _drop(self) -> None:
@@ -264,41 +266,6 @@ class PcscPsam:
             self._drop()
 
 
-class _PsamConnection:
-    """One PC/SC context + card handle on the PSAM reader (pyscard imported here only)."""
-
-    def __init__(self, reader: str) -> None:
-        from smartcard import scard
-
-        self._scard = scard
-        hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
-        if hr != scard.SCARD_S_SUCCESS:
-            raise PsamError("pcscd not reachable for the PSAM", device=reader, code=hr & 0xFFFFFFFF)
-        self._ctx = ctx
-        self._card = None
-        hr, names = scard.SCardListReaders(ctx, [])
-        names = list(names) if hr == scard.SCARD_S_SUCCESS else []
-        match = [n for n in names if n == reader] or [n for n in names if reader in n]
-        if not match:
-            scard.SCardReleaseContext(ctx)
-            raise PsamError(f"PSAM reader {reader!r} not found (readers: {names})",
-                            device=reader, code=hr & 0xFFFFFFFF)
-        hr, card, proto = scard.SCardConnect(ctx, match[0], scard.SCARD_SHARE_SHARED,
-                                             scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
-        if hr != scard.SCARD_S_SUCCESS:
-            scard.SCardReleaseContext(ctx)
-            raise PsamError("no PSAM in its reader", device=match[0], code=hr & 0xFFFFFFFF)
-        self._card, self._proto, self.reader = card, proto, match[0]
-
-    def transmit(self, apdu: bytes) -> bytes:
-        hr, resp = self._scard.SCardTransmit(self._card, self._proto, list(apdu))
-        if hr != self._scard.SCARD_S_SUCCESS:
-            raise PsamError("PSAM transmit failed", device=self.reader, code=hr & 0xFFFFFFFF)
-        return bytes(resp)
-
-    def close(self) -> None:
-        scard = self._scard
-        if self._card is not None:
-            scard.SCardDisconnect(self._card, scard.SCARD_LEAVE_CARD)
-            self._card = None
-        scard.SCardReleaseContext(self._ctx)
+def _text(err: Exception) -> str:
+    """An error's own message (without the device/code suffix a DeviceError adds)."""
+    return str(err.args[0]) if err.args else type(err).__name__

@@ -22,10 +22,12 @@ EF06 (6)  08    社会保障号码 (18, ASCII)
 
 3.0 cards release EF06 only after external authentication (see :mod:`drivers.psam`).
 T=0 cards answer ``61xx`` (fetch with GET RESPONSE) and ``6Cxx`` (resend with Le=xx);
-:meth:`SscCard.command` handles both.
+:func:`transceive` handles both, for the card and for a PSAM card.
 
 Which records a tap reads depends on the profile's ``needs`` (see :func:`read_ssc` and
-``docs/card.md``). Errors (all :class:`CardError`, each mapping to one
+``docs/card.md``); :func:`credential_from` turns a read into the credential (keyed hashes
+and masked strings). Error messages name the record and what is wrong with it, never a
+value read from the card (they reach logs, the journal and the hub). Errors (all :class:`CardError`, each mapping to one
 :class:`~agent.model.Reason`)::
 
     CardError (DriverError)
@@ -42,12 +44,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import TypeVar
 
-from agent.model import Reason
-from drivers.exceptions import DriverError
+from agent.model import Credential, Reason
+from agent.pseudonym import Pseudonymizer, mask_id, mask_name
+from drivers.exceptions import ConfigError, DriverError
 from drivers.psam import (
     CHALLENGE_LEN,
     CRYPTOGRAM_LEN,
@@ -72,10 +75,13 @@ __all__ = [
     "SscCard",
     "SscData",
     "StatusWordError",
+    "check_needs",
+    "credential_from",
     "decode_bcd_date",
     "parse_tlv",
     "read_ssc",
     "split_sw",
+    "transceive",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,9 +181,23 @@ FIELDS: dict[int, FieldSpec] = {f.tag: f for f in (
     FieldSpec(0x0D, 6, "出生日期", 4),
 )}
 
-#: what a profile may ask for beyond identity (卡识别码, 社会保障号码, generation, auth)
-ALL_NEEDS = frozenset({"valid_until", "valid_from", "region", "birth_date", "name", "card_no"})
+#: what a profile may ask for beyond identity (卡识别码, 社会保障号码, generation, auth).
+#: 卡号 (EF05/07) is not among them: no credential field carries it (docs/card.md).
+ALL_NEEDS = frozenset({"valid_until", "valid_from", "region", "birth_date", "name"})
 DEFAULT_NEEDS = frozenset({"valid_until", "birth_date"})
+
+#: GET RESPONSE rounds :func:`transceive` follows before giving up on a ``61xx`` loop
+MAX_GET_RESPONSE = 16
+
+
+def check_needs(needs: Iterable[str]) -> frozenset[str]:
+    """``needs`` as a frozenset. Raises :class:`~drivers.exceptions.ConfigError` (a
+    ``ValueError``) naming any need not in :data:`ALL_NEEDS`."""
+    wanted = frozenset(needs)
+    unknown = wanted - ALL_NEEDS
+    if unknown:
+        raise ConfigError(f"unknown card needs {sorted(unknown)}; known: {sorted(ALL_NEEDS)}")
+    return wanted
 
 
 # -- parsers (pure; fuzzed) ------------------------------------------------------------------
@@ -192,26 +212,29 @@ def parse_tlv(data: bytes) -> list[tuple[int, bytes]]:
     """Parse simple TLV (1-byte tag; length 1 byte, or ``81 xx`` / ``82 xx xx``).
 
     Raises :class:`MalformedResponse` naming the offset of a truncated tag, length or value.
+    Only the first TLV's tag and length are quoted: bytes further on may be a value (a
+    record whose length is short), and values never go into an error message.
     """
     out: list[tuple[int, bytes]] = []
     i, n = 0, len(data)
     while i < n:
-        tag = data[i]
+        start, tag = i, data[i]
+        what = f"tag {tag:02X}" if start == 0 else f"TLV at offset {start}"
         if tag in (0x00, 0xFF):
-            raise MalformedResponse(f"invalid TLV tag {tag:02X} at offset {i}")
+            raise MalformedResponse(f"invalid TLV tag at offset {start}")
         if i + 1 >= n:
-            raise MalformedResponse(f"TLV truncated: tag {tag:02X} at offset {i} has no length")
+            raise MalformedResponse(f"TLV truncated: {what} has no length")
         length, i = data[i + 1], i + 2
         if length & 0x80:
             nlen = length & 0x7F
             if nlen not in (1, 2):
-                raise MalformedResponse(f"TLV tag {tag:02X}: unsupported length form {length:02X}")
+                raise MalformedResponse(f"TLV {what}: unsupported length form")
             if i + nlen > n:
-                raise MalformedResponse(f"TLV truncated: tag {tag:02X} length field cut off")
+                raise MalformedResponse(f"TLV truncated: {what} length field cut off")
             length, i = int.from_bytes(data[i:i + nlen], "big"), i + nlen
         if i + length > n:
-            raise MalformedResponse(
-                f"TLV truncated: tag {tag:02X} declares {length} bytes, {n - i} present")
+            declared = f"declares {length} bytes, " if start == 0 else "declares more bytes, "
+            raise MalformedResponse(f"TLV truncated: {what} {declared}{n - i} present")
         out.append((tag, data[i:i + length]))
         i += length
     return out
@@ -237,22 +260,32 @@ def decode_record(spec: FieldSpec, data: bytes) -> bytes:
 
 
 def decode_bcd(value: bytes) -> str:
-    """BCD digits. Raises :class:`MalformedResponse` on a nibble above 9."""
+    """BCD digits. Raises :class:`MalformedResponse` on a nibble above 9 (naming the byte
+    offset, never the value: a date of birth must not reach a log)."""
     text = value.hex()
+    if not text:
+        raise MalformedResponse("not BCD: empty")
     if not text.isdigit():
-        raise MalformedResponse(f"not BCD: {text.upper()}")
+        bad = next(i for i, c in enumerate(text) if not c.isdigit()) // 2
+        raise MalformedResponse(f"not BCD: nibble above 9 at byte {bad}")
     return text
 
 
 def decode_bcd_date(value: bytes) -> date:
-    """A 4-byte BCD ``YYYYMMDD`` date. Raises :class:`MalformedResponse`."""
+    """A 4-byte BCD ``YYYYMMDD`` date. Raises :class:`MalformedResponse` saying which part
+    is wrong (never the digits)."""
     digits = decode_bcd(value)
     if len(digits) != 8:
         raise MalformedResponse(f"BCD date must be 4 bytes, got {len(value)}")
+    year, month, day = int(digits[:4]), int(digits[4:6]), int(digits[6:])
+    if year < 1:
+        raise MalformedResponse("not a date: year out of range")
+    if not 1 <= month <= 12:
+        raise MalformedResponse("not a date: month out of range")
     try:
-        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
-    except ValueError as err:
-        raise MalformedResponse(f"not a date: {digits}") from err
+        return date(year, month, day)
+    except ValueError:
+        raise MalformedResponse("not a date: day out of range for the month") from None
 
 
 def decode_text(value: bytes, encoding: str = "ascii") -> str:
@@ -271,7 +304,7 @@ def decode_version(value: bytes) -> str:
     text = decode_text(value)
     major, dot, _minor = text.partition(".")
     if not dot or major not in ("1", "2", "3"):
-        raise MalformedResponse(f"unknown spec version {text!r}")
+        raise MalformedResponse("unknown spec version (not 1.x, 2.x or 3.x)")
     return f"{major}.0"
 
 
@@ -294,6 +327,46 @@ def birth_date_from_ssn(ssn: str) -> date | None:
         return None
 
 
+# -- APDU exchange -------------------------------------------------------------------------
+def _has_le(apdu: bytes) -> bool:
+    """True for a short case 2 (``CLA INS P1 P2 Le``) or case 4 (``… Lc data Le``) command."""
+    return len(apdu) == 5 or (len(apdu) > 5 and len(apdu) == 6 + apdu[4])
+
+
+def transceive(transport: ApduTransport, apdu: bytes) -> tuple[bytes, int]:
+    """Send ``apdu``; resend once with Le=xx on ``6Cxx`` (commands with an Le), follow
+    ``61xx`` with GET RESPONSE (at most :data:`MAX_GET_RESPONSE` rounds). Used for the
+    card and for a PSAM card alike.
+
+    Returns (data, SW). Raises :class:`MalformedResponse` for a response without SW or a
+    ``61xx`` that never ends; transport errors pass through.
+    """
+    data, sw = split_sw(transport.transmit(apdu))
+    if sw >> 8 == 0x6C and _has_le(apdu):
+        data, sw = split_sw(transport.transmit(apdu[:-1] + bytes([sw & 0xFF])))
+    chunks = [data]
+    for _ in range(MAX_GET_RESPONSE):   # bounded: a card answering 61xx forever is broken
+        if sw >> 8 != 0x61:
+            break
+        data, sw = split_sw(transport.transmit(bytes([0x00, 0xC0, 0x00, 0x00, sw & 0xFF])))
+        chunks.append(data)
+    if sw >> 8 == 0x61:
+        raise MalformedResponse(f"still answering 61xx after {MAX_GET_RESPONSE} GET RESPONSE")
+    return b"".join(chunks), sw
+
+
+class _Counted:
+    """A transport that counts the APDUs sent through it (failed ones included)."""
+
+    def __init__(self, transport: ApduTransport) -> None:
+        self.transport = transport
+        self.sent = 0
+
+    def transmit(self, apdu: bytes) -> bytes:
+        self.sent += 1
+        return self.transport.transmit(apdu)
+
+
 # -- the card ----------------------------------------------------------------------------
 class SscCard:
     """The SSC application on one connected card (``transport`` sends raw APDUs).
@@ -303,29 +376,18 @@ class SscCard:
     """
 
     def __init__(self, transport: ApduTransport) -> None:
-        self._t = transport
-        self.apdus = 0
+        self._t = _Counted(transport)
+
+    @property
+    def apdus(self) -> int:
+        return self._t.sent
 
     def command(self, apdu: bytes) -> tuple[bytes, int]:
-        """Send ``apdu``; follow ``61xx`` with GET RESPONSE and ``6Cxx`` with one resend.
+        """Send ``apdu`` with :func:`transceive`. Returns (data, SW).
 
-        Returns (data, SW). Raises :class:`MalformedResponse` for a response without SW.
+        Raises :class:`MalformedResponse` for a response without SW or an endless ``61xx``.
         """
-        self.apdus += 1
-        data, sw = split_sw(self._t.transmit(apdu))
-        if sw >> 8 == 0x6C and len(apdu) >= 5:
-            self.apdus += 1
-            data, sw = split_sw(self._t.transmit(apdu[:-1] + bytes([sw & 0xFF])))
-        chunks = [data]
-        for _ in range(16):              # bounded: a card answering 61xx forever is broken
-            if sw >> 8 != 0x61:
-                break
-            self.apdus += 1
-            data, sw = split_sw(self._t.transmit(bytes([0x00, 0xC0, 0x00, 0x00, sw & 0xFF])))
-            chunks.append(data)
-        else:
-            raise MalformedResponse("card kept answering 61xx")
-        return b"".join(chunks), sw
+        return transceive(self._t, apdu)
 
     def select(self) -> None:
         """Select the SSC application. Raises :class:`NotSsc` or :class:`StatusWordError`."""
@@ -389,12 +451,21 @@ class SscData:
     region: str = ""
     birth_date: date | None = None
     name: str = ""
-    card_no: str = ""
     apdus: int = 0
-    fields: tuple[int, ...] = field(default=())
 
     def __repr__(self) -> str:
-        return f"SscData(generation={self.generation!r}, fields={self.fields}, apdus={self.apdus})"
+        return f"SscData(generation={self.generation!r}, apdus={self.apdus})"
+
+
+def credential_from(data: SscData, pseudonymizer: Pseudonymizer, authenticated_by: str) -> Credential:
+    """The credential for a card read: keyed hashes, claims and masked display strings."""
+    return Credential(
+        kind="ssc_card", credential_key=pseudonymizer.card_key(data.card_id),
+        holder_key=pseudonymizer.holder_key(data.ssn), region=data.region,
+        generation=data.generation, valid_from=data.valid_from, valid_until=data.valid_until,
+        birth_date=data.birth_date, authenticated_by=authenticated_by,
+        masked_id=mask_id(data.ssn), masked_name=mask_name(data.name),
+    )
 
 
 def read_ssc(card: SscCard, psam: Psam, needs: Iterable[str] = DEFAULT_NEEDS, *,
@@ -403,15 +474,13 @@ def read_ssc(card: SscCard, psam: Psam, needs: Iterable[str] = DEFAULT_NEEDS, *,
 
     Always: SELECT, 卡识别码 (01), 规范版本 (03), INTERNAL AUTHENTICATE (checked by the
     PSAM), 社会保障号码 (08; after GET CHALLENGE + EXTERNAL AUTHENTICATE on 3.0 cards).
-    Then per need: ``valid_until`` 06, ``valid_from`` 05, ``region`` 04, ``card_no`` 07,
-    ``name`` 09, ``birth_date`` from the 社会保障号码 (0D only if it has no date in it).
+    Then per need: ``valid_until`` 06, ``valid_from`` 05, ``region`` 04, ``name`` 09,
+    ``birth_date`` from the 社会保障号码 (0D only if it has no date in it).
 
-    Raises a :class:`CardError` subclass (``PsamError`` if the PSAM fails).
+    Raises a :class:`CardError` subclass (``PsamError`` if the PSAM fails),
+    :class:`~drivers.exceptions.ConfigError` for unknown ``needs``.
     """
-    wanted = frozenset(needs)
-    unknown = wanted - ALL_NEEDS
-    if unknown:
-        raise ValueError(f"unknown card needs {sorted(unknown)} (known: {sorted(ALL_NEEDS)})")
+    wanted = check_needs(needs)
     card.select()
     card_id = card.read_field(0x01)
     try:
@@ -432,27 +501,21 @@ def _read_identified(card: SscCard, psam: Psam, wanted: frozenset[str], card_id:
     if generation == "3.0":
         card.external_authenticate(psam.external_cryptogram(card_id, card.get_challenge()))
     ssn = decode_ssn(card.read_field(0x08))
-    tags = [0x01, 0x03, 0x08]
     values: dict[str, object] = {}
-
-    def read(tag: int) -> bytes:
-        tags.append(tag)
-        return card.read_field(tag)
-
     if "valid_until" in wanted:
-        values["valid_until"] = decode_record_date(0x06, read(0x06))
+        values["valid_until"] = decode_record_date(0x06, card.read_field(0x06))
     if "valid_from" in wanted:
-        values["valid_from"] = decode_record_date(0x05, read(0x05))
+        values["valid_from"] = decode_record_date(0x05, card.read_field(0x05))
     if "region" in wanted:
-        values["region"] = _field_value(0x04, lambda v: decode_bcd(v)[:6], read(0x04))
-    if "card_no" in wanted:
-        values["card_no"] = _field_value(0x07, decode_text, read(0x07))
+        values["region"] = _field_value(0x04, lambda v: decode_bcd(v)[:6], card.read_field(0x04))
     if "name" in wanted:
-        values["name"] = _field_value(0x09, lambda v: decode_text(v, "gbk"), read(0x09))
+        values["name"] = _field_value(0x09, lambda v: decode_text(v, "gbk"),
+                                      card.read_field(0x09))
     if "birth_date" in wanted:
-        values["birth_date"] = birth_date_from_ssn(ssn) or decode_record_date(0x0D, read(0x0D))
+        values["birth_date"] = (birth_date_from_ssn(ssn)
+                                or decode_record_date(0x0D, card.read_field(0x0D)))
     return SscData(card_id=card_id.hex().upper(), ssn=ssn, generation=generation,
-                   apdus=card.apdus, fields=tuple(tags), **values)  # type: ignore[arg-type]
+                   apdus=card.apdus, **values)  # type: ignore[arg-type]
 
 
 def decode_record_date(tag: int, value: bytes) -> date:

@@ -12,21 +12,19 @@ import random
 import time
 
 from agent.model import Credential, Presentation, PresentationKind, Reason, Rejection
-from agent.pseudonym import Pseudonymizer, mask_id, mask_name
+from agent.pseudonym import Pseudonymizer
 from drivers.base import PresentationSource
+from drivers.ssc import SscData, credential_from
 from simulator.population import CardHolder, Population
 
 __all__ = ["SimCardSource", "credential_from_holder"]
 
 
 def credential_from_holder(h: CardHolder, pseudonymizer: Pseudonymizer) -> Credential:
-    """The credential a genuine read of ``h``'s card yields."""
-    return Credential(
-        kind="ssc_card", credential_key=pseudonymizer.card_key(h.card_id),
-        holder_key=pseudonymizer.holder_key(h.ssn), region=h.region, generation=h.generation,
-        valid_from=h.issued, valid_until=h.expires, birth_date=h.birth_date,
-        authenticated_by="sim", masked_id=mask_id(h.ssn), masked_name=mask_name(h.name),
-    )
+    """The credential a genuine read of ``h``'s card (every need) yields."""
+    data = SscData(card_id=h.card_id, ssn=h.ssn, generation=h.generation, valid_from=h.issued,
+                   valid_until=h.expires, region=h.region, birth_date=h.birth_date, name=h.name)
+    return credential_from(data, pseudonymizer, "sim")
 
 
 class SimCardSource(PresentationSource):

@@ -32,7 +32,15 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Protocol
 
-from drivers.psam import TEST_KEYS, ReferenceKeys, SoftPsam, card_cryptogram, diversify
+from drivers.psam import (
+    KEY_REF_EXTERNAL,
+    KEY_REF_INTERNAL,
+    TEST_KEYS,
+    ReferenceKeys,
+    SoftPsam,
+    card_cryptogram,
+    diversify,
+)
 from drivers.ssc import AID, FIELDS
 from simulator.population import CardHolder, Population
 
@@ -118,7 +126,8 @@ class VirtualSscCard:
             0x01: self.card_id, 0x02: b"3", 0x03: f"{major}.00".encode(),
             0x04: _bcd(h.region + "0000000000"), 0x05: _bcd(f"{h.issued:%Y%m%d}"),
             0x06: _bcd(f"{h.expires:%Y%m%d}"), 0x07: h.card_no.encode().ljust(9)[:9],
-            0x08: h.ssn.encode(), 0x09: name, 0x0A: b"1" if int(h.ssn[16]) % 2 else b"2",
+            0x08: h.ssn.encode().ljust(18), 0x09: name,   # 15-digit (old) numbers: padded
+            0x0A: b"1" if int(h.ssn[16 if len(h.ssn) == 18 else 14]) % 2 else b"2",
             0x0B: b"\x01", 0x0C: _bcd(h.region[:6]), 0x0D: _bcd(f"{h.birth_date:%Y%m%d}"),
         }
         return {t: bytes([t, len(v)]) + v for t, v in values.items()}
@@ -146,7 +155,7 @@ class VirtualSscCard:
             return self._read(p1, p2, le or 0)
         if ins == 0x88:
             return self.responses.get("internal") or self._out(
-                card_cryptogram(self._k_ia, body[:8]), le)
+                card_cryptogram(self._k_ia, body[:8]))
         if ins == 0x84:
             self._challenge = os.urandom(8)
             return self._challenge + _sw(0x9000)
@@ -164,7 +173,7 @@ class VirtualSscCard:
         self._selected = body == AID
         return _sw(0x9000 if self._selected else 0x6A82)
 
-    def _out(self, data: bytes, le: int | None) -> bytes:
+    def _out(self, data: bytes) -> bytes:
         if self.t0:                      # T=0 case 4: the data waits for GET RESPONSE
             self._pending = data
             return _sw(0x6100 | len(data))
@@ -204,7 +213,10 @@ class ForeignCard:
 
 
 class VirtualPsam:
-    """The reference-scheme PSAM as a card (see :mod:`drivers.psam` for the APDUs)."""
+    """The reference-scheme PSAM as a card (see :mod:`drivers.psam` for the APDUs).
+
+    P2 must be the scheme's key reference (01 internal, 02 external), else ``6A86``.
+    """
 
     def __init__(self, keys: ReferenceKeys = TEST_KEYS) -> None:
         self._soft = SoftPsam(keys)
@@ -218,19 +230,21 @@ class VirtualPsam:
         self.apdus_seen += 1
         if len(command) < 5:
             return _sw(0x6700)
-        cla, ins, _p1, _p2, lc = command[:5]
+        cla, ins, _p1, p2, lc = command[:5]
         data = command[5:5 + lc]
         if cla == 0x80 and ins == 0x88:
+            if p2 != KEY_REF_INTERNAL:
+                return _sw(0x6A86)
             if lc != 40 or len(data) != 40:
                 return _sw(0x6700)
             ok = self._soft.verify_internal(data[:16], data[16:24], data[24:40])
             return _sw(0x9000 if ok else 0x6988)
         if cla == 0x80 and ins == 0xFA:
+            if p2 != KEY_REF_EXTERNAL:
+                return _sw(0x6A86)
             if lc != 24 or len(data) != 24:
                 return _sw(0x6700)
             return self._soft.external_cryptogram(data[:16], data[16:24]) + _sw(0x9000)
-        if ins == 0xA4:
-            return _sw(0x9000)
         return _sw(0x6D00)
 
 
@@ -243,7 +257,6 @@ class VpcdSlot:
 
     A background thread keeps a connection open while a card is inserted, answering
     vpcd's control codes and APDUs; it reconnects when vpcd goes away (pcscd restart).
-    ``pulls`` counts cards that left the field on their own (``pull_after``).
     """
 
     def __init__(self, port: int, host: str = "127.0.0.1", *, name: str = "",
@@ -255,13 +268,8 @@ class VpcdSlot:
         self._sock: socket.socket | None = None
         self._cond = threading.Condition()
         self._closed = False
-        self.pulls = 0
         self._thread = threading.Thread(target=self._loop, name=f"vpcd-{port}", daemon=True)
         self._thread.start()
-
-    @property
-    def card(self) -> VirtualCard | None:
-        return self._card
 
     def insert(self, card: VirtualCard) -> None:
         """Put ``card`` in the field (replacing any card there)."""
@@ -327,7 +335,6 @@ class VpcdSlot:
                 with self._cond:
                     if self._card is card:
                         self._card = None
-                        self.pulls += 1
                     self._drop()
             except OSError:
                 pass

@@ -9,26 +9,32 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.exceptions import ConfigError
 from drivers.psam import TEST_KEYS, ReferenceKeys, SoftPsam, card_cryptogram, diversify, sm4_ecb
 from drivers.ssc import (
+    ALL_NEEDS,
     FIELDS,
+    MAX_GET_RESPONSE,
     CardAuthFailed,
     CardError,
     CardReadError,
     MalformedResponse,
     NotSsc,
     SscCard,
+    check_needs,
+    decode_bcd,
     decode_bcd_date,
     decode_record,
     parse_tlv,
     read_ssc,
     split_sw,
+    transceive,
 )
 from simulator.vcard import ForeignCard, VirtualSscCard, card_for, card_population
 
 POP = card_population(6, seed=5, today=date(2026, 11, 25))
 PSAM = SoftPsam(TEST_KEYS)
-ALL = frozenset({"valid_until", "valid_from", "region", "birth_date", "name", "card_no"})
+ALL = ALL_NEEDS
 
 
 class Direct:
@@ -69,7 +75,6 @@ def test_every_card_reads_all_fields(holder) -> None:  # type: ignore[no-untyped
     assert (data.valid_from, data.valid_until) == (holder.issued, holder.expires)
     assert (data.birth_date, data.name, data.region) == (holder.birth_date, holder.name,
                                                         holder.region)
-    assert data.card_no == holder.card_no
     assert holder.ssn not in repr(data) and holder.name not in repr(data)
 
 
@@ -83,6 +88,68 @@ def test_apdu_counts_are_minimal() -> None:
     assert read_ssc(SscCard(Direct(card_for(g2))), PSAM).apdus == 7
     with pytest.raises(ValueError):
         read_ssc(SscCard(Direct(card_for(g2))), PSAM, {"shoe_size"})
+
+
+def test_needs_are_checked_once_in_one_place() -> None:
+    assert check_needs(["name", "region"]) == frozenset({"name", "region"})
+    with pytest.raises(ConfigError, match=r"unknown card needs \['card_no'\]"):
+        check_needs({"card_no"})          # 卡号 is not read: no credential field carries it
+
+
+def test_endless_61xx_is_bounded() -> None:
+    class Forever:
+        sent = 0
+
+        def transmit(self, apdu: bytes) -> bytes:
+            self.sent += 1
+            return b"\x61\x10"
+
+    t = Forever()
+    with pytest.raises(MalformedResponse, match="61xx"):
+        transceive(t, bytes([0x00, 0x84, 0x00, 0x00, 0x08]))
+    assert t.sent == 1 + MAX_GET_RESPONSE
+
+
+def test_6c_resend_only_for_commands_with_le() -> None:
+    sent: list[bytes] = []
+
+    class SixC:
+        def transmit(self, apdu: bytes) -> bytes:
+            sent.append(apdu)
+            return b"\x6c\x04"
+
+    assert transceive(SixC(), bytes([0x00, 0x82, 0x00, 0x02, 0x02, 0xAA, 0xBB]))[1] == 0x6C04
+    assert len(sent) == 1                 # case 3: no Le to correct, the data stays intact
+    sent.clear()
+    transceive(SixC(), bytes([0x00, 0xB2, 0x06, 0x2C, 0x00]))
+    assert sent[1] == bytes([0x00, 0xB2, 0x06, 0x2C, 0x04])
+
+
+@pytest.mark.parametrize(("value", "match"), [
+    (bytes.fromhex("19851330"), "month out of range"),
+    (bytes.fromhex("19850230"), "day out of range"),
+    (bytes.fromhex("00000101"), "year out of range"),
+    (bytes.fromhex("198A0230"), "nibble above 9 at byte 1"),
+])
+def test_date_errors_never_echo_the_value(value: bytes, match: str) -> None:
+    with pytest.raises(MalformedResponse, match=match) as err:
+        decode_bcd_date(value)
+    assert value.hex() not in str(err.value).lower()
+    assert value.hex()[:4] not in str(err.value).lower()   # not even the year
+
+
+def test_tlv_errors_quote_no_value_bytes() -> None:
+    # 出生日期 with a short length: the bytes after the first TLV are date digits
+    with pytest.raises(MalformedResponse, match="offset 3 declares more bytes") as err:
+        decode_record(FIELDS[0x0D], bytes.fromhex("0D0119850230"))
+    assert "85" not in str(err.value) and "30" not in str(err.value)
+    with pytest.raises(MalformedResponse, match="tag 0D declares 4 bytes, 2 present"):
+        decode_record(FIELDS[0x0D], bytes.fromhex("0D041985"))
+
+
+def test_bcd_error_names_the_byte() -> None:
+    with pytest.raises(MalformedResponse, match="at byte 2$"):
+        decode_bcd(bytes.fromhex("3701F2"))
 
 
 def test_t0_wrong_le_is_resent() -> None:
@@ -168,3 +235,20 @@ def test_fuzz_read_ssc_with_garbage_at_any_step(step: int, garbage: bytes, gen: 
         assert holder.ssn not in str(err) and holder.name not in str(err)
     else:  # the garbage happened to be a valid answer (e.g. 9000 to a command without data)
         assert data.card_id == holder.card_id
+
+
+def test_virtual_psam_checks_the_key_reference() -> None:
+    from simulator.vcard import VirtualPsam
+
+    psam = VirtualPsam()
+    assert psam.apdu(bytes([0x80, 0x88, 0x00, 0x02, 40]) + bytes(40)) == b"\x6a\x86"
+    assert psam.apdu(bytes([0x80, 0xFA, 0x00, 0x01, 24]) + bytes(24) + b"\x10") == b"\x6a\x86"
+    assert psam.apdu(bytes([0x80, 0x88, 0x00, 0x01, 40]) + bytes(40)) == b"\x69\x88"
+    assert psam.apdu(bytes([0x00, 0xA4, 0x04, 0x00, 0x02, 0x3F, 0x00])) == b"\x6d\x00"
+
+
+def test_pcsc_psam_needs_a_reader() -> None:
+    from drivers.psam import PcscPsam
+
+    with pytest.raises(ConfigError, match="psam_reader"):
+        PcscPsam("")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import date
@@ -11,10 +12,10 @@ import pytest
 from agent.model import Reason
 from agent.pseudonym import mask_id, mask_name
 from drivers.pcsc import PcscCardSource, PcscTransport
-from drivers.psam import TEST_KEYS, SoftPsam
-from drivers.ssc import SscCard
+from drivers.psam import TEST_KEYS, PcscPsam, PsamError, SoftPsam
+from drivers.ssc import MAX_GET_RESPONSE, SscCard
 from simulator.pcscd import Pcscd, VirtualCardRig
-from simulator.vcard import ForeignCard, VirtualSscCard, card_population
+from simulator.vcard import ForeignCard, VirtualPsam, VirtualSscCard, card_population
 from tests.fixtures.pcsc import PSEUDO, Collector
 
 pytestmark = pytest.mark.pcsc
@@ -29,10 +30,12 @@ def _g3():  # type: ignore[no-untyped-def]
 def test_every_card_in_the_population(card_rig: VirtualCardRig, card_source, caplog) -> None:  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG)
     _source, sink = card_source
+    details = []
     for h in POP:
         card_rig.present(h)
         p = sink.next()
         card_rig.pull()
+        details.append(p.rejection.detail if p.rejection else "")
         assert p.source == f"pcsc:{card_rig.card_reader}" and p.seen_ns > 0
         if "cloned" in h.tags:
             assert p.credential is None and p.rejection is not None
@@ -53,8 +56,9 @@ def test_every_card_in_the_population(card_rig: VirtualCardRig, card_source, cap
         assert c.masked_id == mask_id(h.ssn) and p.apdus in (7, 8)
         if "expired" in h.tags:
             assert c.valid_until is not None and c.valid_until < date.today()
-    for h in POP:  # only keyed hashes and masks reach the logs
-        assert h.ssn not in caplog.text and h.name not in caplog.text
+    for h in POP:  # only keyed hashes and masks reach the logs and the (journaled) details
+        for raw in (h.ssn, h.name, h.card_id, f"{h.birth_date:%Y%m%d}"):
+            assert raw not in caplog.text and not any(raw in d for d in details), raw
 
 
 def test_card_pulled_after_any_apdu(card_rig: VirtualCardRig, card_source) -> None:  # type: ignore[no-untyped-def]
@@ -95,6 +99,108 @@ def test_refusals_are_specific(card_rig: VirtualCardRig, card_source, card, reas
     p = sink.next()
     assert p.rejection is not None and p.rejection.reason == reason
     assert detail in p.rejection.detail and p.rejection.journal is True
+
+
+def _old_style(h):  # type: ignore[no-untyped-def]
+    """``h`` with a 15-digit 社会保障号码 (2-digit year): its birth date is read from EF06/0D."""
+    return dataclasses.replace(h, ssn=h.ssn[:6] + h.ssn[8:17])
+
+
+@pytest.mark.parametrize("garble", ["month", "nibble"])
+def test_garbled_birth_date_is_not_echoed(card_rig: VirtualCardRig, card_source, caplog,  # type: ignore[no-untyped-def]
+                                          garble: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    _source, sink = card_source
+    h = _old_style(_g3())
+    digits = f"{h.birth_date:%Y%m%d}"
+    bad = digits[:4] + "13" + digits[6:] if garble == "month" else digits[:3] + "A" + digits[4:]
+    card_rig.present(VirtualSscCard(h, responses={
+        0x0D: b"\x0d\x04" + bytes.fromhex(bad) + b"\x90\x00"}))
+    p = sink.next()
+    assert p.rejection is not None and p.rejection.reason == Reason.READ_ERROR
+    detail = p.rejection.detail
+    assert "出生日期" in detail
+    assert ("month out of range" if garble == "month" else "nibble above 9 at byte 1") in detail
+    for raw in (bad, bad.upper(), bad.lower(), digits, h.card_id, h.ssn):
+        assert raw not in detail and raw not in caplog.text, raw
+    assert p.rejection.credential_key == PSEUDO.card_key(h.card_id)   # hotlistable all the same
+    card_rig.pull()
+    card_rig.present(h)                  # intact: the birth date is read from EF06/0D
+    c = sink.next().credential
+    assert c is not None and c.birth_date == h.birth_date
+
+
+def test_card_reset_mid_read_is_read_again(card_rig: VirtualCardRig, pcscd: Pcscd,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from smartcard import scard
+
+    import drivers.pcsc
+
+    connections: list[PcscTransport] = []
+
+    class ResetByAnotherClient(PcscTransport):
+        """The first connection: before its 4th APDU a second pyscard handle resets the card."""
+
+        def __init__(self, ctx, reader, **kw) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(ctx, reader, **kw)
+            connections.append(self)
+            self.sent = 0
+
+        def transmit(self, apdu: bytes) -> bytes:
+            if connections[0] is self and self.sent == 3:
+                _hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+                hr, other, _proto = scard.SCardConnect(
+                    ctx, self.reader, scard.SCARD_SHARE_SHARED,
+                    scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+                assert hr == scard.SCARD_S_SUCCESS
+                scard.SCardDisconnect(other, scard.SCARD_RESET_CARD)
+                scard.SCardReleaseContext(ctx)
+            self.sent += 1
+            return super().transmit(apdu)
+
+    h = _g3()
+    card_rig.present(h)
+    pcscd.wait_card(card_rig.card_reader)
+    monkeypatch.setattr(drivers.pcsc, "PcscTransport", ResetByAnotherClient)
+    source = PcscCardSource(PSEUDO, reader=card_rig.card_reader, psam=SoftPsam(TEST_KEYS))
+    try:
+        p = source.read_present(card_rig.card_reader)
+    finally:
+        source.stop()
+    assert p.credential is not None, p.rejection
+    assert p.credential.holder_key == PSEUDO.holder_key(h.ssn)
+    assert len(connections) == 2
+    assert p.apdus == 4 + 8          # SELECT, 01, 03, the refused INTERNAL AUTH; then a full read
+
+
+class EndlessPsam:
+    """A PSAM card that answers every command with 61 10 (more data), forever."""
+
+    atr = VirtualPsam().atr
+
+    def __init__(self) -> None:
+        self.apdus_seen = 0
+
+    def reset(self) -> None:
+        pass
+
+    def apdu(self, command: bytes) -> bytes:
+        self.apdus_seen += 1
+        return b"\x61\x10"
+
+
+def test_psam_answering_61xx_forever_fails_clearly(dual_rig: VirtualCardRig) -> None:
+    bad = EndlessPsam()
+    assert dual_rig.second_slot is not None
+    dual_rig.second_slot.insert(bad)
+    dual_rig.pcscd.wait_card(dual_rig.second_reader)
+    psam = PcscPsam(dual_rig.second_reader)
+    try:
+        with pytest.raises(PsamError, match="PSAM answered nonsense: .*61xx"):
+            psam.verify_internal(bytes(16), bytes(8), bytes(16))
+        assert bad.apdus_seen == 1 + MAX_GET_RESPONSE
+    finally:
+        psam.close()
 
 
 def test_t0_get_response_and_wrong_le(card_rig: VirtualCardRig, pcscd: Pcscd) -> None:
@@ -186,3 +292,22 @@ def test_cli_card_read_masks_everything(card_rig: VirtualCardRig, capsys, monkey
     assert shown["name"] == mask_name(h.name) and shown["id"] == mask_id(h.ssn)
     assert shown["holder_key"] == PSEUDO.holder_key(h.ssn) and shown["region"] == h.region
     assert h.ssn not in out and h.name not in out
+
+
+def test_cli_card_read_key_from_credentials_and_no_card(card_rig: VirtualCardRig, capsys,  # type: ignore[no-untyped-def]
+                                                        monkeypatch, tmp_path) -> None:
+    from agent.cli import main
+
+    monkeypatch.delenv("YKT_PSEUDONYM_KEY", raising=False)
+    (tmp_path / "pseudonym-key").write_text(b"test-pseudonym-key-card".hex())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    h = _g3()
+    card_rig.present(h)            # already in the field when the command starts
+    card_rig.pcscd.wait_card(card_rig.card_reader)
+    args = ["card", "read", "--psam-reader", card_rig.psam_reader, "--json", "--timeout"]
+    assert main([*args, "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["holder_key"] == PSEUDO.holder_key(h.ssn)
+    card_rig.pull()
+    card_rig.pcscd.wait_card(card_rig.card_reader, present=False)
+    assert main([*args, "0.5"]) == 1
+    assert "no card within 0.5 s" in capsys.readouterr().err
