@@ -234,7 +234,8 @@ class Terminal:
         assert self.store and self.engine and self.uplink and pc.anchor_file is not None
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
-                                staging_dir=self.cfg.terminal.data_dir / "staging")
+                                staging_dir=self.cfg.terminal.data_dir / "staging",
+                                guard=self.engine.between_taps)
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None))

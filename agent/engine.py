@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -104,6 +106,14 @@ class Engine:
         self._clock_quality = clock_quality
         self._gate_ok = gate_ok
         self._tz = ZoneInfo(ruleset.profile.timezone)
+        self._between = threading.RLock()
+
+    def between_taps(self) -> AbstractContextManager[Any]:
+        """A context in which no presentation is being decided and no event journaled
+        (re-entrant). The policy applier switches the store's snapshot and the rules
+        inside it, so every decision uses one bundle's data *and* rules, and journals
+        that bundle's label."""
+        return self._between
 
     def swap(self, *, ruleset: RuleSet | None = None, verifier: CodeVerifierLike | None = None,
              store: PolicyStore | None = None) -> None:
@@ -119,6 +129,10 @@ class Engine:
     # ---------------------------------------------------------------------------------
     def handle(self, p: Presentation) -> Outcome:
         """Decide ``p`` and journal the decision durably. Never raises."""
+        with self._between:
+            return self._handle(p)
+
+    def _handle(self, p: Presentation) -> Outcome:
         now = self._clock()
         quality = self._clock_quality()
         ruleset, store = self.ruleset, self.store
@@ -175,6 +189,11 @@ class Engine:
         the time slot); issued queue numbers are never given back. Returns the record, or
         None if the journal failed (logged).
         """
+        with self._between:
+            return self._journal_event(event, fields, undo)
+
+    def _journal_event(self, event: str, fields: dict[str, Any] | None,
+                       undo: Outcome | None) -> JournalRecord | None:
         now = self._clock()
         base: dict[str, Any] = {
             "event": event, "profile": self.ruleset.profile.name,

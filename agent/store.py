@@ -23,7 +23,9 @@ complete generation; unfinished ``*.staging`` files are removed by
 Schema changes are migrations (``MIGRATIONS``), tracked in ``PRAGMA user_version``.
 Reads on the tap path use one connection with a lock; bulk writes (policy apply) use
 their own connection and one transaction, which WAL lets run beside the readers, so taps
-never pause for an apply.
+never pause for an apply. The reader connection holds one read snapshot between
+:meth:`PolicyStore.refresh` calls, so a committed delta, like a new generation, is seen
+all at once and only when the terminal switches to it (together with its rules).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class PolicyStore:
         self.active_path = active_generation(self.path)
         self._conn = self._connect()
         self.migrate(sqlite_utils.Database(self._conn))
+        _pin(self._conn)
         self._info = self._read_info()
 
     def _connect(self, path: Path | None = None) -> sqlite3.Connection:
@@ -189,8 +192,11 @@ class PolicyStore:
     def refresh(self) -> bool:
         """Follow a generation switch or an apply made by another process or connection.
 
-        Opens the new generation (if the pointer moved) *before* taking the reader lock,
-        so a tap waits at most for one attribute swap. Returns True if the policy identity
+        The reader connection holds one read snapshot (see :func:`_pin`) until this call:
+        rows, artifacts and :attr:`info` all change here, together, never while a delta
+        is being committed by another process. Opens the new generation (if the pointer
+        moved) *before* taking the reader lock, so a tap waits at most for one attribute
+        swap. Returns True if the policy identity
         or the generation changed. Raises :class:`StoreError` for an unusable generation
         (the old one stays in use).
         """
@@ -199,6 +205,7 @@ class PolicyStore:
             conn = self._connect(target)
             try:
                 self.migrate(sqlite_utils.Database(conn))
+                _pin(conn)
                 info = self._read_info(conn)
             except BaseException:
                 conn.close()
@@ -209,6 +216,7 @@ class PolicyStore:
             old.close()
             return True
         with self._lock:
+            _pin(self._conn)
             info = self._read_info()
             changed, self._info = info != self._info, info
         return changed
@@ -291,6 +299,7 @@ class PolicyStore:
         finally:
             conn.close()
         with self._lock:
+            _pin(self._conn)
             self._info = self._read_info()
 
     def close(self) -> None:
@@ -314,6 +323,20 @@ def _tuples(rows: Iterable[Mapping[str, Any] | Sequence[Any]], cols: tuple[str, 
             yield tuple(r.get(c) for c in cols)
         else:
             yield tuple(r)
+
+
+def _pin(conn: sqlite3.Connection) -> None:
+    """End ``conn``'s read transaction, if any, and open a new one on the newest commit.
+
+    The reader keeps that snapshot until the next call, so a delta committed by the
+    apply process (WAL: readers never block it, nor it them) becomes visible only at
+    :meth:`PolicyStore.refresh` -- rows and policy identity at the same instant. Frames
+    the snapshot still needs stay in the WAL until then; checkpoints resume after.
+    """
+    if conn.in_transaction:
+        conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
 def _write_info(conn: sqlite3.Connection, info: PolicyInfo) -> None:

@@ -15,7 +15,6 @@ from agent.config import AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome
 from agent.model import ClockQuality, Reason
-from agent.store import PolicyStore
 from simulator.phone import Phone, SimIssuer
 from simulator.population import Population
 from tests.fixtures.hub import wait_until
@@ -83,10 +82,8 @@ def test_codes_decide_through_the_daemon(rig: CodeRig, qr_issuers: dict[str, Sim
     # a holder whose card was reported lost is refused by code as well (holder hotlist)
     lost_phone = Phone.enroll(issuer, holder_key=pseudo.holder_key(lost.ssn))
     assert rig.terminal.store is not None
-    store = PolicyStore(rig.terminal.cfg.store_path)
-    store.apply(hotlist=[{"key": pseudo.holder_key(lost.ssn), "kind": "holder",
-                          "reason": "lost", "listed": ""}])
-    store.close()
+    rig.terminal.store.apply(hotlist=[{"key": pseudo.holder_key(lost.ssn), "kind": "holder",
+                                       "reason": "lost", "listed": ""}])
     assert rig.scan(lost_phone.new_code()).decision.reason is Reason.HOTLISTED
     j = rig.terminal.journal
     assert j is not None and j.last_seq == 5 and j.verify() == []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import date
 
 from agent.codes.trust import TrustStore
+from agent.engine import Outcome
 from agent.model import Reason
-from agent.policy.apply import PolicyApplier, SubprocessRunner
+from agent.policy.apply import AppliedPolicy, PolicyApplier, SubprocessRunner
 from agent.policy.wiring import engine_listener
-from agent.store import PolicyStore
+from agent.store import PolicyInfo, PolicyStore
 from profiles import profile_path
 from sync.hub.policy import BundleSources
 from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
@@ -134,3 +136,49 @@ def test_rules_and_issuer_keys_reach_the_engine_and_survive_restart(policy_env: 
         assert applier.trusted_root().serial == 1
     finally:
         again.close()
+
+
+def test_reader_sees_a_committed_delta_only_at_refresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reader = PolicyStore(tmp_path / "store.db")
+    writer = PolicyStore(tmp_path / "store.db")     # as the apply process does
+    try:
+        writer.apply(hotlist=[("k1", "card", "lost", "2026-11-25")],
+                     info=PolicyInfo("c/1", 2, "h2"))
+        # rows and identity both still the old snapshot: no mix while the terminal runs
+        assert reader.hotlisted("k1") is None and reader.info.version == 0
+        assert reader.refresh()
+        assert reader.hotlisted("k1") == "lost" and reader.info == PolicyInfo("c/1", 2, "h2")
+        assert not reader.refresh()
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_policy_switches_between_taps_never_inside_one(policy_env: PolicyEnv) -> None:
+    """A tap arriving while the new bundle is being switched in waits, then is decided
+    with the new data and journals the new label: never the new data under the old
+    label or rules."""
+    env = policy_env
+    t = env.terminal()
+    env.build(env.population_sources())
+    t.applier.offer(env.repo.latest_envelope(), None)
+    victim = env.pop.tagged("standard")[0]
+    env.build(BundleSources(hotlist=env.source("hot", [{"card_id": victim.card_id}]),
+                            merge=True))
+    env.clock.t += 120
+    result: list[Outcome] = []
+    racer = threading.Thread(target=lambda: result.append(t.tap(victim)))
+    waited: list[bool] = []
+
+    def meanwhile(applied: AppliedPolicy) -> None:   # listeners run where rules are swapped
+        racer.start()                 # the tap arrives in the middle of the switch
+        racer.join(0.3)
+        waited.append(racer.is_alive())
+
+    t.applier.add_listener(meanwhile)
+    assert t.applier.offer(env.repo.latest_envelope(), None) is not None
+    racer.join(10)
+    assert waited == [True], "a tap was decided in the middle of a policy switch"
+    (out,) = result
+    assert out.decision.reason is Reason.HOTLISTED
+    assert out.record is not None and out.record.body["policy"] == f"{CHANNEL}@2"

@@ -15,7 +15,10 @@ bundle or raises. In order:
 6. load every rule set and run its test vectors (``vectors_failed``), parse the issuer keys
    (the checked objects are kept on the :class:`AppliedPolicy`: nothing is parsed twice);
 7. stage and switch (:mod:`agent.policy.stage`, by default in a child process);
-8. refresh the store's reader and call the listeners with the :class:`AppliedPolicy`.
+8. between two taps (the ``guard``, :meth:`agent.engine.Engine.between_taps`), move the
+   store's reader to the new snapshot and call the listeners with the
+   :class:`AppliedPolicy` (new rules, issuer keys): no decision ever mixes one bundle's
+   data with another's rules, and each journals the label of the bundle it used.
 
 Refusals (:class:`BundleRefused`) keep the current policy and are not retried;
 :class:`ApplyFailed` (download, disk, a killed apply) keeps it too and is retried by the
@@ -33,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -233,13 +237,17 @@ class PolicyApplier:
 
     ``anchor`` is the provisioned signer root (serial 1, or later); ``staging_dir`` holds
     downloaded parts between attempts (resume after a crash); ``runner`` stages and
-    switches (a child process by default); ``clock`` gives epoch seconds.
+    switches (a child process by default); ``clock`` gives epoch seconds; ``guard``
+    returns a context in which no tap is decided (the switch and the listeners run in
+    it; a tap waits for at most opening the new generation and the listeners' swaps).
     """
 
     def __init__(self, store: PolicyStore, *, channel: str, anchor: Root,
                  staging_dir: str | Path | None = None, runner: ApplyRunner | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 guard: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
         self.store = store
+        self.guard = guard
         self.channel = channel
         self.anchor = anchor
         self.staging = Path(staging_dir or str(store.path) + ".parts")
@@ -331,18 +339,24 @@ class PolicyApplier:
         :class:`ApplyFailed`; the policy in force is unchanged then."""
         with self._lock:
             try:
-                result = self._offer(payload, fetcher)
+                return self._offer(payload, fetcher)
             except PolicyError as err:
                 log.warning("policy bundle not applied: %s", err,
                             extra={"refusal": err.refusal.value})
                 raise
-        if result is not None:
+
+    def _switch(self, applied: AppliedPolicy) -> None:
+        """Step 8, inside the guard: the store's reader and the listeners move together."""
+        with self.guard():
+            self.store.refresh()
+            if self.store.info != applied.info:
+                raise ApplyFailed(Refusal.APPLY_FAILED, f"store reports {self.store.info.label} "
+                                  f"after applying {applied.info.label}")
             for fn in list(self._listeners):
                 try:
-                    fn(result)
+                    fn(applied)
                 except Exception:
                     log.exception("policy listener failed")
-        return result
 
     def _offer(self, payload: bytes, fetcher: PartFetcher | None) -> AppliedPolicy | None:
         env, manifest, root, info, applied = self.verify(payload)
@@ -387,16 +401,15 @@ class PolicyApplier:
             totals={} if delta else dict(manifest.totals))
         log.info("applying %s as %s (from %s)", info.label, plan.mode, have.label)
         self.runner.run(plan)
-        self.store.refresh()
-        if self.store.info != info:
-            raise ApplyFailed(Refusal.APPLY_FAILED,
-                              f"store reports {self.store.info.label} after applying {info.label}")
+        result = AppliedPolicy(info, {p: b.decode() for p, b in rules.items()},
+                               checked.issuers, checked.settings, plan.mode, checked.rulesets,
+                               checked.keys)
+        self._switch(result)
         self._clean_staging()
         if plan.mode == "snapshot":
             self.store.collect_garbage()     # the reader has moved: old generations go
         log.info("policy %s applied (%s)", info.label, plan.mode)
-        return AppliedPolicy(info, {p: b.decode() for p, b in rules.items()}, checked.issuers,
-                             checked.settings, plan.mode, checked.rulesets, checked.keys)
+        return result
 
     def _obtain(self, env: Envelope, manifest: Manifest, ref: PartRef,
                 fetcher: PartFetcher | None) -> Path:
