@@ -68,6 +68,7 @@ class Terminal:
         self.engine: Engine | None = None
         self.uplink: Any = None
         self.downlink: Any = None           # sync.downlink.Downlink
+        self.applier: Any = None            # agent.policy.apply.PolicyApplier
         self.gates: list[Any] = []          # drivers.gate.GateActuator
         self.gpio: Any = None               # drivers.gpio.GpioBoard
         self._recent: OrderedDict[int, Outcome] = OrderedDict()  # accepted at a gate, for undo
@@ -241,6 +242,8 @@ class Terminal:
                                      trust=getattr(verifier, "trust", None))
         applier.add_listener(on_applied)
         on_applied(applier.current())      # a restarted terminal decides by its last bundle
+        self.applier = applier
+        applier.compactor.start()          # an overlay merge cut short by a restart goes on
         # one MQTT identity per terminal: the policy subscription rides on the uplink's link
         self.downlink = Downlink(applier, link=self.uplink.link)
         self.downlink.start()
@@ -248,6 +251,8 @@ class Terminal:
     def _stop_policy(self) -> None:
         if self.downlink is not None:
             self.downlink.stop()
+        if self.applier is not None:
+            self.applier.close()
 
     def _start_uplink(self) -> None:
         if not self.cfg.mqtt.enabled:

@@ -14,6 +14,7 @@ from agent.policy.wiring import engine_listener
 from agent.store import PolicyInfo, PolicyStore
 from profiles import profile_path
 from sync.hub.policy import BundleSources
+from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
 
 
@@ -60,6 +61,12 @@ def test_entitlement_delta_and_removal(policy_env: PolicyEnv) -> None:
     assert t.tap(std).decision.product == "disabled_free"
     assert t.tap(student).decision.product == "standard"
     assert "disabled" in t.store.entitlements(PSEUDO.holder_key(std.ssn), date(2026, 11, 25))
+    # the delta sits in the overlay until the background merge has moved it
+    wait_until(lambda: not t.applier.compactor.running, 30, "the overlay merge")
+    assert t.applier.compactor.merged == 2 and t.store.overlay_rows() == 0
+    env.clock.t += 120                                   # past the passback window
+    assert t.tap(std).decision.product == "disabled_free"
+    assert t.tap(student).decision.product == "standard"
 
 
 def test_terminal_behind_takes_the_snapshot(policy_env: PolicyEnv) -> None:

@@ -53,8 +53,8 @@ from agent.tomlconf import ConfigFileError
 if TYPE_CHECKING:
     from agent.codes.trust import IssuerKey
 
-__all__ = ["AppliedPolicy", "ApplyRunner", "InProcessRunner", "Listener", "PartFetcher",
-           "PolicyApplier", "SubprocessRunner", "Verified", "stage_command"]
+__all__ = ["AppliedPolicy", "ApplyRunner", "Compactor", "InProcessRunner", "Listener",
+           "PartFetcher", "PolicyApplier", "SubprocessRunner", "Verified", "stage_command"]
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,13 @@ class InProcessRunner:
 
 
 def stage_command(plan_path: str | Path, python: str = sys.executable,
-                  background: bool = True) -> list[str]:
-    """The command line that applies a plan file in a child process. With ``background``
+                  background: bool = True, compact: bool = False) -> list[str]:
+    """The command line that applies a plan file in a child process (with ``compact``:
+    that merges the delta overlay of the store at ``plan_path``). With ``background``
     the child runs at lower CPU priority (``nice 10``) and in the idle I/O class
     (``ionice -c 3``) when those tools exist, so the taps' journal commits go first."""
-    cmd = [python, "-m", "agent.policy.stage", str(plan_path)]
+    cmd = [python, "-m", "agent.policy.stage", *(["--compact"] if compact else []),
+           str(plan_path)]
     if background:
         if shutil.which("ionice"):
             cmd = ["ionice", "-c", "3", *cmd]
@@ -146,6 +148,81 @@ class SubprocessRunner:
             raise BundleRefused(refusal, detail)
         reason = Refusal.BASE_MISMATCH if proc.returncode == 3 else Refusal.APPLY_FAILED
         raise ApplyFailed(reason, detail)
+
+
+class Compactor:
+    """Merges the store's delta overlay into its big tables in the background, in a child
+    process (``python -m agent.policy.stage --compact``, niced, idle I/O class), paced.
+
+    Each merged batch leaves the decisions unchanged, so after each one the daemon's
+    reader moves to the newest state (:meth:`PolicyStore.refresh`), which lets SQLite
+    checkpoint the merged pages as it goes. :meth:`stop` (before the next apply, and at
+    shutdown) kills the child: a batch in progress is rolled back, nothing is lost, and
+    :meth:`start` later resumes where it stopped.
+    """
+
+    def __init__(self, store: PolicyStore, python: str = sys.executable) -> None:
+        self.store = store
+        self.python = python
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.merged = 0
+        """Rows merged by the last (or current) run."""
+
+    @property
+    def running(self) -> bool:
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    def start(self) -> bool:
+        """Start merging if the overlay holds rows and no merge runs; True if started."""
+        with self._lock:
+            if self.running or self.store.overlay_rows() == 0:
+                return False
+            self.merged = 0
+            self._proc = subprocess.Popen(
+                stage_command(self.store.path, self.python, compact=True),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._thread = threading.Thread(target=self._follow, args=(self._proc,),
+                                            name="policy-compact", daemon=True)
+            self._thread.start()
+            return True
+
+    def _follow(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        last: dict[str, Any] = {}
+        for line in proc.stdout:
+            try:
+                last = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(last, dict) and "rows" in last:
+                self.merged = int(last["rows"])
+                self.store.refresh()     # same decisions; lets the merged pages checkpoint
+        proc.stdout.close()
+        proc.wait()
+        self.store.refresh()
+        if proc.returncode == 0:
+            log.info("policy overlay merged: %d rows", self.merged)
+        elif proc.returncode > 0:
+            log.warning("merging the policy overlay failed (%s); retried after the next "
+                        "apply or restart", last.get("detail", f"exit {proc.returncode}"))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop a running merge and wait for it (the current batch is rolled back)."""
+        with self._lock:
+            proc, thread = self._proc, self._thread
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if thread is not None:
+                thread.join(timeout_s)
+            self._proc = self._thread = None
 
 
 @dataclass(frozen=True)
@@ -237,7 +314,8 @@ class PolicyApplier:
 
     ``anchor`` is the provisioned signer root (serial 1, or later); ``staging_dir`` holds
     downloaded parts between attempts (resume after a crash); ``runner`` stages and
-    switches (a child process by default); ``clock`` gives epoch seconds; ``guard``
+    switches (a child process by default); ``compactor`` merges a delta's overlay after
+    its switch (:class:`Compactor`); ``clock`` gives epoch seconds; ``guard``
     returns a context in which no tap is decided (the switch and the listeners run in
     it; a tap waits for at most opening the new generation and the listeners' swaps).
     """
@@ -245,9 +323,11 @@ class PolicyApplier:
     def __init__(self, store: PolicyStore, *, channel: str, anchor: Root,
                  staging_dir: str | Path | None = None, runner: ApplyRunner | None = None,
                  clock: Callable[[], float] = time.time,
-                 guard: Callable[[], AbstractContextManager[Any]] = nullcontext) -> None:
+                 guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                 compactor: Compactor | None = None) -> None:
         self.store = store
         self.guard = guard
+        self.compactor = compactor or Compactor(store)
         self.channel = channel
         self.anchor = anchor
         self.staging = Path(staging_dir or str(store.path) + ".parts")
@@ -358,10 +438,15 @@ class PolicyApplier:
                 except Exception:
                     log.exception("policy listener failed")
 
+    def close(self) -> None:
+        """Stop a background overlay merge (call at shutdown)."""
+        self.compactor.stop()
+
     def _offer(self, payload: bytes, fetcher: PartFetcher | None) -> AppliedPolicy | None:
         env, manifest, root, info, applied = self.verify(payload)
         if applied:
             return None
+        self.compactor.stop()      # one writer at a time; resumed after the switch
         have = self.store.info
         delta = (manifest.delta_from is not None and have.channel == manifest.channel
                  and manifest.delta_from.version == have.version
@@ -409,6 +494,7 @@ class PolicyApplier:
         if plan.mode == "snapshot":
             self.store.collect_garbage()     # the reader has moved: old generations go
         log.info("policy %s applied (%s)", info.label, plan.mode)
+        self.compactor.start()
         return result
 
     def _obtain(self, env: Envelope, manifest: Manifest, ref: PartRef,

@@ -1,0 +1,139 @@
+"""Deltas go to the store's overlay; compaction merges it without changing a decision."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from agent.policy.stage import WritebackPacer
+from agent.store import PolicyInfo, PolicyStore
+
+DAY = date(2026, 11, 25)
+HOLDERS = ("h1", "h2", "h3", "h4", "h5")
+CARDS = ("k1", "k2", "k3")
+
+
+def view(store: PolicyStore) -> tuple[dict[str, frozenset[str]], dict[str, str | None]]:
+    """What taps would see: each holder's entitlements today, each card's hotlist reason."""
+    return ({h: store.entitlements(h, DAY) for h in HOLDERS},
+            {k: store.hotlisted(k) for k in CARDS})
+
+
+def seeded(path: Path) -> PolicyStore:
+    store = PolicyStore(path)
+    store.apply(replace=True, info=PolicyInfo("c/1", 1, "h1"),
+                entitlements=[("h1", "elderly", "", ""), ("h2", "student", "", ""),
+                              ("h5", "disabled", "", "")],
+                hotlist=[("k1", "card", "lost", ""), ("k3", "holder", "stolen", "")])
+    return store
+
+
+def delta(store: PolicyStore) -> None:
+    store.apply(info=PolicyInfo("c/1", 2, "h2"),
+                remove_entitlements=[("h1", "elderly"), ("h9", "student")],
+                entitlements=[("h3", "disabled", "", ""), ("h2", "ticket:taishan", "", ""),
+                              ("h4", "elderly", "", "2026-11-24"),       # expired yesterday
+                              ("h5", "disabled", "2026-12-01", "")],     # replaced: not yet
+                remove_hotlist=["k1"], hotlist=[("k2", "card", "lost", "")])
+
+
+EXPECTED = ({"h1": frozenset(), "h2": frozenset({"student", "ticket:taishan"}),
+             "h3": frozenset({"disabled"}), "h4": frozenset(), "h5": frozenset()},
+            {"k1": None, "k2": "lost", "k3": "stolen"})
+
+
+def test_delta_lands_in_the_overlay_and_overrides_the_big_tables(tmp_path: Path) -> None:
+    store = seeded(tmp_path / "store.db")
+    try:
+        delta(store)
+        assert view(store) == EXPECTED
+        assert store.overlay_rows() == 8
+        # as the taps see it: h2 ×2, h3, h4 (expired but present), h5 (future) ; k2, k3
+        assert store.counts() == {"entitlements": 5, "hotlist": 2}
+    finally:
+        store.close()
+
+
+def test_compaction_in_batches_never_changes_a_decision(tmp_path: Path) -> None:
+    store = seeded(tmp_path / "store.db")
+    delta(store)
+    seen = []
+
+    def check(n: int) -> None:          # a reader opened between two batches
+        other = PolicyStore(tmp_path / "store.db")
+        try:
+            seen.append((n, view(other) == EXPECTED, other.counts()))
+        finally:
+            other.close()
+
+    try:
+        assert store.compact(batch_rows=3, pause_s=0, after_batch=check) == 8
+        assert [n for n, _, _ in seen] == [3, 6, 8]
+        assert all(same for _, same, _ in seen)
+        assert all(c == {"entitlements": 5, "hotlist": 2} for _, _, c in seen)
+        assert store.refresh() is False          # identity unchanged ...
+        assert store.overlay_rows() == 0 and view(store) == EXPECTED    # ... and decisions
+        assert store.compact(pause_s=0) == 0
+    finally:
+        store.close()
+
+
+def test_interrupted_compaction_resumes_and_a_killed_one_loses_nothing(tmp_path: Path) -> None:
+    store = seeded(tmp_path / "store.db")
+    delta(store)
+    try:
+        batches = []
+        assert store.compact(batch_rows=2, pause_s=0, after_batch=batches.append,
+                             stop=lambda: len(batches) >= 2) == 4
+        store.refresh()
+        assert store.overlay_rows() == 4 and view(store) == EXPECTED
+        # the background merge process, killed mid-way: still the same decisions
+        proc = subprocess.Popen([sys.executable, "-m", "agent.policy.stage", "--compact",
+                                 str(tmp_path / "store.db")], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert '"compacted"' in first
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        store.refresh()
+        assert view(store) == EXPECTED and 0 <= store.overlay_rows() < 4
+        out = subprocess.run([sys.executable, "-m", "agent.policy.stage", "--compact",
+                              str(tmp_path / "store.db")], capture_output=True, text=True,
+                             check=True).stdout
+        assert out.strip().splitlines()[-1].startswith('{"ok": true')
+        store.refresh()
+        assert store.overlay_rows() == 0 and view(store) == EXPECTED
+    finally:
+        store.close()
+
+
+def test_a_snapshot_clears_the_overlay(tmp_path: Path) -> None:
+    store = seeded(tmp_path / "store.db")
+    try:
+        delta(store)
+        store.apply(replace=True, info=PolicyInfo("c/1", 3, "h3"),
+                    entitlements=[("h4", "student", "", "")], hotlist=[])
+        assert store.overlay_rows() == 0
+        assert view(store) == ({h: frozenset({"student"} if h == "h4" else ())
+                                for h in HOLDERS}, dict.fromkeys(CARDS))
+    finally:
+        store.close()
+
+
+def test_writeback_pacer_follows_files_that_appear_and_closes_them(tmp_path: Path) -> None:
+    later = tmp_path / "later.db"
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with WritebackPacer(lambda: [later], period_s=0.001) as pacer:
+        time.sleep(0.02)                               # not there yet: looked for again
+        later.write_bytes(b"x" * 65536)
+        deadline = time.monotonic() + 5
+        while len(os.listdir("/proc/self/fd")) == fds_before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(os.listdir("/proc/self/fd")) == fds_before + 1   # opened once, kept
+    assert pacer._thread is not None and not pacer._thread.is_alive()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
