@@ -174,7 +174,7 @@ def _status(args: argparse.Namespace) -> int:
         j.close()
     if cfg.store_path.exists():
         s = PolicyStore(cfg.store_path)
-        data.update(policy=s.info.label, **s.counts())
+        data.update(policy=s.info.label, **s.counts(), unmerged=s.overlay_rows())
         s.close()
     _emit(args, data, "\n".join(f"{k:>12}: {v}" for k, v in data.items()))
     return 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+import pytest
 
 from agent.policy.stage import WritebackPacer
 from agent.store import PolicyInfo, PolicyStore
@@ -137,3 +140,19 @@ def test_writeback_pacer_follows_files_that_appear_and_closes_them(tmp_path: Pat
         assert len(os.listdir("/proc/self/fd")) == fds_before + 1   # opened once, kept
     assert pacer._thread is not None and not pacer._thread.is_alive()
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_agent_status_reports_unmerged_delta_rows(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    conf = tmp_path / "terminal.toml"
+    conf.write_text(f'[terminal]\nid = "BUS-S1"\ndata_dir = "{tmp_path / "data"}"\n'
+                    'demo = true\n', encoding="utf-8")
+    store = seeded(tmp_path / "data" / "store.db")
+    delta(store)
+    store.close()
+    assert main(["agent", "status", "--config", str(conf), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["policy"] == "c/1@2" and status["unmerged"] == 8
+    assert (status["entitlements"], status["hotlist"]) == (5, 2)
