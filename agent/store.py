@@ -30,9 +30,10 @@ complete generation; unfinished ``*.staging`` files are removed by
 Schema changes are migrations (``MIGRATIONS``), tracked in ``PRAGMA user_version``.
 Reads on the tap path use one connection with a lock; bulk writes (policy apply) use
 their own connection and one transaction, which WAL lets run beside the readers, so taps
-never pause for an apply. The reader connection holds one read snapshot between
-:meth:`PolicyStore.refresh` calls, so a committed delta, like a new generation, is seen
-all at once and only when the terminal switches to it (together with its rules).
+never pause for an apply. During an apply the reader holds its read snapshot
+(:meth:`PolicyStore.hold`), so a committed delta, like a new generation, is seen all at
+once and only when the terminal switches to it (:meth:`PolicyStore.refresh`, together
+with its rules).
 """
 
 from __future__ import annotations
@@ -133,7 +134,6 @@ class PolicyStore:
         self.active_path = active_generation(self.path)
         self._conn = self._connect()
         self.migrate(sqlite_utils.Database(self._conn))
-        _pin(self._conn)
         self._info = self._read_info()
 
     def _connect(self, path: Path | None = None) -> sqlite3.Connection:
@@ -207,14 +207,22 @@ class PolicyStore:
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT name FROM artifacts ORDER BY 1")]
 
-    def refresh(self) -> bool:
-        """Follow a generation switch or an apply made by another process or connection.
+    def hold(self) -> None:
+        """Keep reading the current state, whatever another process commits, until
+        :meth:`refresh`. The policy applier calls it before the apply process writes, so
+        a committed delta's rows are seen only when :meth:`refresh` switches to them with
+        the new :attr:`info` (and the applier with the new rules). Between applies the
+        reader takes a fresh snapshot per statement, which lets SQLite checkpoint and
+        restart its WAL (a background merge never changes a decision)."""
+        with self._lock:
+            _pin(self._conn)
 
-        The reader connection holds one read snapshot (see :func:`_pin`) until this call:
-        rows, artifacts and :attr:`info` all change here, together, never while a delta
-        is being committed by another process. Opens the new generation (if the pointer
-        moved) *before* taking the reader lock, so a tap waits at most for one attribute
-        swap. Returns True if the policy identity
+    def refresh(self) -> bool:
+        """Follow a generation switch or an apply made by another process or connection,
+        and end a :meth:`hold`: rows, artifacts and :attr:`info` change here, together.
+
+        Opens the new generation (if the pointer moved) *before* taking the reader lock,
+        so a tap waits at most for one attribute swap. Returns True if the policy identity
         or the generation changed. Raises :class:`StoreError` for an unusable generation
         (the old one stays in use).
         """
@@ -223,7 +231,6 @@ class PolicyStore:
             conn = self._connect(target)
             try:
                 self.migrate(sqlite_utils.Database(conn))
-                _pin(conn)
                 info = self._read_info(conn)
             except BaseException:
                 conn.close()
@@ -234,7 +241,7 @@ class PolicyStore:
             old.close()
             return True
         with self._lock:
-            _pin(self._conn)
+            _release(self._conn)
             info = self._read_info()
             changed, self._info = info != self._info, info
         return changed
@@ -301,6 +308,9 @@ class PolicyStore:
                 if after_batch is not None:
                     after_batch(moved)
                 time.sleep(pause_s)
+            if moved:     # leave an empty WAL behind (readers are between statements)
+                conn.execute("PRAGMA busy_timeout = 1000")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             conn.close()
         return moved
@@ -376,7 +386,7 @@ class PolicyStore:
         finally:
             conn.close()
         with self._lock:
-            _pin(self._conn)
+            _release(self._conn)
             self._info = self._read_info()
 
     def close(self) -> None:
@@ -440,17 +450,21 @@ def _compact_batch(conn: sqlite3.Connection, limit: int) -> int:
 
 
 def _pin(conn: sqlite3.Connection) -> None:
-    """End ``conn``'s read transaction, if any, and open a new one on the newest commit.
+    """Open a read transaction on ``conn`` (ending one it holds) on the newest commit.
 
-    The reader keeps that snapshot until the next call, so a delta committed by the
-    apply process (WAL: readers never block it, nor it them) becomes visible only at
-    :meth:`PolicyStore.refresh` -- rows and policy identity at the same instant. Frames
-    the snapshot still needs stay in the WAL until then; checkpoints resume after.
+    The reader keeps that snapshot until :func:`_release`, so a delta committed by the
+    apply process meanwhile (WAL: readers never block it, nor it them) is not seen.
+    Frames the snapshot needs stay in the WAL until then.
     """
-    if conn.in_transaction:
-        conn.execute("COMMIT")
+    _release(conn)
     conn.execute("BEGIN")
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+
+def _release(conn: sqlite3.Connection) -> None:
+    """End ``conn``'s read transaction, if any: each statement reads the newest commit."""
+    if conn.in_transaction:
+        conn.execute("COMMIT")
 
 
 def _write_info(conn: sqlite3.Connection, info: PolicyInfo) -> None:

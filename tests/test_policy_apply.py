@@ -9,7 +9,9 @@ from datetime import date
 from agent.codes.trust import TrustStore
 from agent.engine import Outcome
 from agent.model import Reason
-from agent.policy.apply import AppliedPolicy, PolicyApplier, SubprocessRunner
+from agent.policy.apply import AppliedPolicy, InProcessRunner, PolicyApplier, SubprocessRunner
+from agent.policy.errors import ApplyFailed, Refusal
+from agent.policy.stage import ApplyPlan
 from agent.policy.wiring import engine_listener
 from agent.store import PolicyInfo, PolicyStore
 from profiles import profile_path
@@ -145,10 +147,11 @@ def test_rules_and_issuer_keys_reach_the_engine_and_survive_restart(policy_env: 
         again.close()
 
 
-def test_reader_sees_a_committed_delta_only_at_refresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_held_reader_sees_a_committed_delta_only_at_refresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
     reader = PolicyStore(tmp_path / "store.db")
     writer = PolicyStore(tmp_path / "store.db")     # as the apply process does
     try:
+        reader.hold()                                   # as the applier does
         writer.apply(hotlist=[("k1", "card", "lost", "2026-11-25")],
                      info=PolicyInfo("c/1", 2, "h2"))
         # rows and identity both still the old snapshot: no mix while the terminal runs
@@ -189,3 +192,20 @@ def test_policy_switches_between_taps_never_inside_one(policy_env: PolicyEnv) ->
     (out,) = result
     assert out.decision.reason is Reason.HOTLISTED
     assert out.record is not None and out.record.body["policy"] == f"{CHANNEL}@2"
+
+
+def test_an_apply_that_lands_but_reports_failure_is_switched_to(policy_env: PolicyEnv) -> None:
+    """A child killed after its commit: the store holds the new version, so the terminal
+    switches to it (rules and all) instead of deciding by new data under old rules."""
+    class LandsThenFails(InProcessRunner):
+        def run(self, plan: ApplyPlan) -> None:
+            super().run(plan)
+            raise ApplyFailed(Refusal.APPLY_FAILED, "killed after the commit")
+
+    env = policy_env
+    t = env.terminal(runner=LandsThenFails())
+    seen: list[int] = []
+    t.applier.add_listener(lambda a: seen.append(a.info.version))
+    env.build(env.population_sources())
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None and t.store.info.version == 1 and seen == [1]

@@ -133,6 +133,7 @@ def test_kill9_during_apply_leaves_old_or_new(policy_env: PolicyEnv, mode: str, 
     snap, delta, i1, i2, store_path = _versions(policy_env)
     daemon = PolicyStore(store_path)         # the terminal keeps reading meanwhile
     try:
+        daemon.hold()                        # as the applier does before an apply
         _kill_at(snap if mode == "snapshot" else delta, phase, policy_env.tmp)
         # whatever the phase, the open reader sees the old policy, rows and identity
         # together, until it refreshes

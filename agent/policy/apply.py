@@ -154,9 +154,9 @@ class Compactor:
     """Merges the store's delta overlay into its big tables in the background, in a child
     process (``python -m agent.policy.stage --compact``, niced, idle I/O class), paced.
 
-    Each merged batch leaves the decisions unchanged, so after each one the daemon's
-    reader moves to the newest state (:meth:`PolicyStore.refresh`), which lets SQLite
-    checkpoint the merged pages as it goes. :meth:`stop` (before the next apply, and at
+    Each merged batch leaves the decisions unchanged, so the daemon's reader (not held
+    between applies, see :meth:`PolicyStore.hold`) may read any of them, and SQLite
+    checkpoints the merged pages as it goes. :meth:`stop` (before the next apply, and at
     shutdown) kills the child: a batch in progress is rolled back, nothing is lost, and
     :meth:`start` later resumes where it stopped.
     """
@@ -199,7 +199,6 @@ class Compactor:
                 continue
             if isinstance(last, dict) and "rows" in last:
                 self.merged = int(last["rows"])
-                self.store.refresh()     # same decisions; lets the merged pages checkpoint
         proc.stdout.close()
         proc.wait()
         self.store.refresh()
@@ -425,11 +424,15 @@ class PolicyApplier:
                             extra={"refusal": err.refusal.value})
                 raise
 
-    def _switch(self, applied: AppliedPolicy) -> None:
-        """Step 8, inside the guard: the store's reader and the listeners move together."""
+    def _switch(self, applied: AppliedPolicy, only_if_landed: bool = False) -> bool:
+        """Step 8, inside the guard: the store's reader and the listeners move together.
+        Returns False (``only_if_landed``) or raises :class:`ApplyFailed` when the store
+        does not hold ``applied``."""
         with self.guard():
             self.store.refresh()
             if self.store.info != applied.info:
+                if only_if_landed:
+                    return False
                 raise ApplyFailed(Refusal.APPLY_FAILED, f"store reports {self.store.info.label} "
                                   f"after applying {applied.info.label}")
             for fn in list(self._listeners):
@@ -437,6 +440,7 @@ class PolicyApplier:
                     fn(applied)
                 except Exception:
                     log.exception("policy listener failed")
+        return True
 
     def close(self) -> None:
         """Stop a background overlay merge (call at shutdown)."""
@@ -485,11 +489,20 @@ class PolicyApplier:
             entitlements=data[slots[0]], hotlist=data[slots[1]], artifacts=artifacts,
             totals={} if delta else dict(manifest.totals))
         log.info("applying %s as %s (from %s)", info.label, plan.mode, have.label)
-        self.runner.run(plan)
         result = AppliedPolicy(info, {p: b.decode() for p, b in rules.items()},
                                checked.issuers, checked.settings, plan.mode, checked.rulesets,
                                checked.keys)
-        self._switch(result)
+        self.store.hold()          # taps keep this state until the switch (step 8)
+        try:
+            self.runner.run(plan)
+        except BaseException:
+            # ends the hold; should the apply have landed after all (a child killed after
+            # its commit), the terminal switches to it like to any other
+            if not self._switch(result, only_if_landed=True):
+                raise
+            log.warning("the apply of %s reported a failure after it landed", info.label)
+        else:
+            self._switch(result)
         self._clean_staging()
         if plan.mode == "snapshot":
             self.store.collect_garbage()     # the reader has moved: old generations go
