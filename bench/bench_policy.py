@@ -214,17 +214,18 @@ def main() -> None:
         n_de, n_dh = n_delta * 9 // 10, n_delta - n_delta * 9 // 10
         for d in range(args.deltas):
             dpath_e, dpath_h = work / f"delta-ent-{d}", work / f"delta-hot-{d}"
-            with open(dpath_e, "wb") as fe:
+            with open(dpath_e, "wb") as fe:      # sorted by key, as the hub writes them
                 w2 = PartWriter(fe, "entitlements", "delta")
-                for _ in range(n_de // 10):
-                    w2.remove(hkey(rnd.randrange(n_ent)), CATS[0])
-                for _ in range(n_de - n_de // 10):
-                    w2.add(hkey(rnd.randrange(n_ent * 2)), "ticket:taishan", "", "")
+                for k_ in sorted({hkey(rnd.randrange(n_ent)) for _ in range(n_de // 10)}):
+                    w2.remove(k_, CATS[0])
+                for k_ in sorted({hkey(rnd.randrange(n_ent * 2))
+                                  for _ in range(n_de - n_de // 10)}):
+                    w2.add(k_, "ticket:taishan", "", "")
                 w2.close()
             with open(dpath_h, "wb") as fh:
                 w2 = PartWriter(fh, "hotlist", "delta")
-                for _ in range(n_dh):
-                    w2.add(ckey(n_hot * 3 + rnd.randrange(1 << 40)), "card", "lost", "")
+                for k_ in sorted({ckey(n_hot * 3 + rnd.randrange(1 << 40)) for _ in range(n_dh)}):
+                    w2.add(k_, "card", "lost", "")
                 w2.close()
             base, info = info, PolicyInfo(info1.channel, 3 + d, f"{3 + d:064x}", info1.expires)
             dt, res2 = applied(ApplyPlan(

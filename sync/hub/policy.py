@@ -337,8 +337,10 @@ class PolicyRepo:
                 if prev_version and changed[table]:
                     delta = self._write_table_part(
                         k, "delta", f"{kind}.delta",
-                        f"SELECT * FROM {table}_new EXCEPT SELECT * FROM {table}",
-                        f"SELECT {keys} FROM {table} EXCEPT SELECT {keys} FROM {table}_new")
+                        f"SELECT * FROM {table}_new EXCEPT SELECT * FROM {table} "
+                        f"ORDER BY {keys}",     # sorted: the terminal writes pages in order
+                        f"SELECT {keys} FROM {table} EXCEPT SELECT {keys} FROM {table}_new "
+                        f"ORDER BY {keys}")
                     if delta is not None:
                         parts.append(delta)
             parts += self._small_parts(sources, prev_parts)
