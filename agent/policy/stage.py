@@ -83,11 +83,12 @@ class ApplyPlan:
 DELTA_CHUNK_ROWS = 2_000
 DELTA_CHUNK_PAUSE_S = 0.05
 """A delta's rows are written in chunks of ``DELTA_CHUNK_ROWS`` with a pause of
-``DELTA_CHUNK_PAUSE_S`` seconds after each (at most 100,000 rows/s: a 100k-row delta in
-about 1.5 s, target 5 s). SQLite spills the transaction's pages to the WAL as it goes,
-and the :class:`WritebackPacer` writes them back in small pieces, instead of one
-burst at commit (three runs each, 10M entitlements, sorted 100k-row delta: tap p99
-during the apply ×1.0–1.7 of idle paced, ×2.5–2.7 unpaced)."""
+``DELTA_CHUNK_PAUSE_S`` seconds after each (at most 40,000 rows/s: a 100k-row delta in
+about 3 s of its 5 s budget). SQLite spills the transaction's pages to the WAL as it
+goes and the :class:`WritebackPacer` writes them back in small pieces, so the I/O is
+spread thin instead of one burst at commit. ``bench/bench_policy.py``, 10M
+entitlements, five sorted 100k-row deltas pooled: tap p99 during the apply ×1.39 of
+idle (×1.09 in another run); with 20 ms pauses (1.5 s) ×2.43–2.53."""
 
 
 def _rows(path: str | None, kind: DataKind, mode: Mode, op: str | None,
