@@ -123,6 +123,8 @@ class Terminal:
     # -- public --------------------------------------------------------------------------
     def submit(self, p: Presentation) -> None:
         """Queue a presentation for decision (called from driver threads)."""
+        if self.applier is not None:
+            self.applier.compactor.activity()   # a background merge yields to taps
         try:
             self._queue.put(p, timeout=1.0)
         except queue.Full:

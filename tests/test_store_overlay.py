@@ -156,3 +156,63 @@ def test_agent_status_reports_unmerged_delta_rows(tmp_path: Path,
     status = json.loads(capsys.readouterr().out)
     assert status["policy"] == "c/1@2" and status["unmerged"] == 8
     assert (status["entitlements"], status["hotlist"]) == (5, 2)
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _big_overlay(path: Path, rows: int) -> PolicyStore:
+    store = seeded(path)
+    store.apply(info=PolicyInfo("c/1", 2, "h2"),
+                entitlements=[(f"x{i:08d}", "student", "", "") for i in range(rows)])
+    return store
+
+
+def test_the_merge_waits_while_taps_come_and_resumes_when_quiet(tmp_path: Path) -> None:
+    from agent.policy.apply import Compactor
+
+    store = _big_overlay(tmp_path / "store.db", 20_000)    # 40 batches: seconds of merge
+    merge = Compactor(store, quiet_s=1.0)
+    try:
+        assert merge.start()
+        time.sleep(0.3)
+        merge.activity()                                   # a tap
+        assert merge.paused and merge._proc is not None
+        pid = merge._proc.pid
+        time.sleep(0.2)
+        assert _proc_state(pid) == "T"                     # stopped, not merging
+        before = merge.merged
+        time.sleep(0.5)
+        assert merge.merged == before and merge.paused     # still quiet-waiting
+        deadline = time.monotonic() + 30
+        while merge.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not merge.running and not merge.paused
+        assert merge.merged == 20_000 and store.overlay_rows() == 0
+        assert store.entitlements("x00001234", DAY) == frozenset({"student"})
+    finally:
+        merge.stop()
+        store.close()
+
+
+def test_a_paused_merge_stops_at_once(tmp_path: Path) -> None:
+    from agent.policy.apply import Compactor
+
+    store = _big_overlay(tmp_path / "store.db", 20_000)
+    merge = Compactor(store, quiet_s=60)
+    try:
+        merge.activity()                    # taps just came: the merge starts paused
+        assert merge.start() and merge.paused
+        assert merge._proc is not None
+        proc = merge._proc
+        t0 = time.monotonic()
+        merge.stop()
+        assert proc.poll() is not None and time.monotonic() - t0 < 5
+        assert not merge.running
+        store.refresh()
+        assert store.overlay_rows() == 20_000      # nothing merged, nothing lost
+        assert store.counts()["entitlements"] == 20_003
+    finally:
+        store.close()

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -152,21 +153,31 @@ class SubprocessRunner:
 
 class Compactor:
     """Merges the store's delta overlay into its big tables in the background, in a child
-    process (``python -m agent.policy.stage --compact``, niced, idle I/O class), paced.
+    process (``python -m agent.policy.stage --compact``, niced, idle I/O class), paced,
+    and only while the terminal is quiet.
 
     Each merged batch leaves the decisions unchanged, so the daemon's reader (not held
     between applies, see :meth:`PolicyStore.hold`) may read any of them, and SQLite
-    checkpoints the merged pages as it goes. :meth:`stop` (before the next apply, and at
-    shutdown) kills the child: a batch in progress is rolled back, nothing is lost, and
-    :meth:`start` later resumes where it stopped.
+    checkpoints the merged pages as it goes. The merge still writes hundreds of MB for a
+    100k-row delta on a 10M-row store, so the daemon reports each presentation
+    (:meth:`activity`): the child is stopped (``SIGSTOP``) at once and continued
+    (``SIGCONT``) once no tap has come for ``quiet_s`` seconds. Under steady taps the
+    merge waits; the overlay answers lookups meanwhile. :meth:`stop` (before the next
+    apply, and at shutdown) ends the child: a batch in progress is rolled back, nothing
+    is lost, and :meth:`start` later resumes where it stopped.
     """
 
-    def __init__(self, store: PolicyStore, python: str = sys.executable) -> None:
+    def __init__(self, store: PolicyStore, python: str = sys.executable,
+                 quiet_s: float = 2.0) -> None:
         self.store = store
         self.python = python
+        self.quiet_s = quiet_s
         self._proc: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._last_activity = -1e9       # time.monotonic() of the last presentation
+        self._paused = False
+        self._done = threading.Event()
         self.merged = 0
         """Rows merged by the last (or current) run."""
 
@@ -175,19 +186,55 @@ class Compactor:
         t = self._thread
         return t is not None and t.is_alive()
 
+    @property
+    def paused(self) -> bool:
+        """True while the merge child is stopped for taps."""
+        return self._paused
+
+    def activity(self) -> None:
+        """A presentation arrived: pause a running merge until the terminal is quiet.
+        Cheap (one signal at most); safe from any thread."""
+        self._last_activity = time.monotonic()
+        if self._proc is not None and not self._paused:
+            with self._lock:
+                self._signal(signal.SIGSTOP, paused=True)
+
+    def _signal(self, sig: int, paused: bool) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.kill(proc.pid, sig)
+            self._paused = paused
+        except ProcessLookupError:
+            pass
+
     def start(self) -> bool:
         """Start merging if the overlay holds rows and no merge runs; True if started."""
         with self._lock:
             if self.running or self.store.overlay_rows() == 0:
                 return False
             self.merged = 0
+            self._paused = False
+            self._done.clear()
             self._proc = subprocess.Popen(
                 stage_command(self.store.path, self.python, compact=True),
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            if time.monotonic() - self._last_activity < self.quiet_s:
+                self._signal(signal.SIGSTOP, paused=True)
             self._thread = threading.Thread(target=self._follow, args=(self._proc,),
                                             name="policy-compact", daemon=True)
             self._thread.start()
+            threading.Thread(target=self._resume_when_quiet, name="policy-compact-quiet",
+                             daemon=True).start()
             return True
+
+    def _resume_when_quiet(self) -> None:
+        while not self._done.wait(0.05):
+            if self._paused and time.monotonic() - self._last_activity >= self.quiet_s:
+                with self._lock:
+                    if time.monotonic() - self._last_activity >= self.quiet_s:
+                        self._signal(signal.SIGCONT, paused=False)
 
     def _follow(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -201,6 +248,8 @@ class Compactor:
                 self.merged = int(last["rows"])
         proc.stdout.close()
         proc.wait()
+        self._done.set()
+        self._paused = False
         self.store.refresh()
         if proc.returncode == 0:
             log.info("policy overlay merged: %d rows", self.merged)
@@ -214,6 +263,7 @@ class Compactor:
             proc, thread = self._proc, self._thread
             if proc is not None and proc.poll() is None:
                 proc.terminate()
+                self._signal(signal.SIGCONT, paused=False)   # a stopped child must run to die
                 try:
                     proc.wait(timeout_s)
                 except subprocess.TimeoutExpired:
@@ -221,6 +271,7 @@ class Compactor:
                     proc.wait()
             if thread is not None:
                 thread.join(timeout_s)
+            self._done.set()
             self._proc = self._thread = None
 
 
