@@ -3,6 +3,7 @@ its decisions while it runs, and a restarted terminal decides by its last bundle
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from agent.config import AgentConfig
@@ -87,6 +88,8 @@ def test_running_daemon_applies_published_policy(policy_env: PolicyEnv, broker: 
         assert out.record is not None and out.record.body["policy"] == f"{CHANNEL}@2"
         assert _tap(terminal, cards, outcomes, newcomer).decision.product == "disabled_free"
         assert terminal.status()["policy_state"] == "applied"
+        # each presentation told the background merge to yield
+        assert time.monotonic() - terminal.applier.compactor._last_activity < 10
     finally:
         terminal.stop()
     # restarted: still decides by v2 -- its data and its rules -- before any broker traffic
