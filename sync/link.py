@@ -173,9 +173,10 @@ class Link:
         With ``share_group`` the subscription is ``$share/{group}/{filter}`` (MQTT 5 shared).
         """
         sub = topic_filter.shared(share_group) if share_group else str(topic_filter)
-        with self._lock:
+        with self._lock:     # atomic with _on_connect's snapshot of the subscriptions
             self._subs.append((sub, topic_filter, qos, handler))
-        if self._connected.is_set():
+            connected = self._connected.is_set()
+        if connected:
             self._client.subscribe(sub, qos=qos)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -264,17 +265,19 @@ class Link:
         log.info("connected to %s:%s as %s", self.settings.host, self.settings.port,
                  self.client_id)
         with self._lock:
+            # a subscribe() after this snapshot sees "connected" and subscribes itself;
+            # one before it is in the snapshot (setting it later lost such a subscription)
             subs = list(self._subs)
             self._pending_subs.clear()
             if not subs:
                 self._subscribed.set()
             else:
                 self._subscribed.clear()
+            self._connected.set()
         for sub, _flt, qos, _h in subs:
             rc, mid = client.subscribe(sub, qos=qos)
             if mid is not None:
                 self._pending_subs.add(mid)
-        self._connected.set()
         if self._on_connect_cb is not None:
             self._guard("on_connect", self._on_connect_cb)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,39 @@ def test_a_failing_callback_does_not_kill_the_loop(broker: Mosquitto,
         assert link.connected
     finally:
         link.stop()
+        link.stop()
+
+
+def test_a_subscription_made_while_connecting_is_not_lost(broker: Mosquitto,
+                                                          listener: Listener) -> None:
+    """Another thread subscribes in the middle of the connect handling (as the policy
+    downlink does on a running uplink's link): the subscription must still take effect."""
+    seen: list[bytes] = []
+    link = Link(fast_settings(broker), "t-late-sub")
+    link.subscribe(TopicFilter("test/first"), lambda t, p: None)
+    real = link._client.subscribe
+    late_done = threading.Event()
+
+    def subscribe_and_race(sub: str, qos: int = 0):  # type: ignore[no-untyped-def]
+        if not late_done.is_set():            # inside _on_connect, after its snapshot
+            late_done.set()
+            t = threading.Thread(target=link.subscribe,
+                                 args=(TopicFilter("test/late"), lambda t, p: seen.append(p)))
+            t.start()
+            t.join()
+        return real(sub, qos=qos)
+
+    link._client.subscribe = subscribe_and_race  # type: ignore[method-assign]
+    link.start()
+    try:
+        assert link.wait_connected(10), "link did not connect"
+        assert late_done.is_set()
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            listener.publish("test/late", b"hello")
+            time.sleep(0.2)
+        assert seen, "the subscription made while connecting was lost"
+    finally:
         link.stop()
 
 
