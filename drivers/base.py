@@ -82,6 +82,11 @@ class PresentationSource(abc.ABC):
             t.join(timeout)
             if t.is_alive():
                 log.warning("%s did not stop within %.1f s", self.name, timeout)
+                return                 # still using its resources: leave them be
+        try:
+            self._release()
+        except Exception:
+            log.exception("releasing %s failed", self.name)
 
     @property
     def stopping(self) -> bool:
@@ -112,6 +117,10 @@ class PresentationSource(abc.ABC):
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release the device (wake ``_run`` if it is blocked). Called from :meth:`stop`."""
+
+    def _release(self) -> None:  # noqa: B027 - optional hook
+        """Free what the thread shared with other threads, once it has ended. Called from
+        :meth:`stop` after the join (not at all if the thread did not end in time)."""
 
     def _guarded_run(self) -> None:
         try:

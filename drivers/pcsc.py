@@ -351,7 +351,12 @@ class PcscCardSource(PresentationSource):
     def _close(self) -> None:
         ctx = self._ctx
         if ctx is not None:
-            scard.SCardCancel(ctx)
+            scard.SCardCancel(ctx)      # wakes the monitor; it releases its own context
+
+    def _release(self) -> None:
+        # only after the monitor thread has ended: disconnecting the PSAM while that
+        # thread was still in pcsc-lite calls crashed the process (SIGSEGV in
+        # SCardDisconnect, seen once in a test run)
         side, self._side_ctx = self._side_ctx, None
         if side is not None:
             scard.SCardReleaseContext(side)
