@@ -193,11 +193,15 @@ class Compactor:
 
     def activity(self) -> None:
         """A presentation arrived: pause a running merge until the terminal is quiet.
-        Cheap (one signal at most); safe from any thread."""
+        Cheap (one signal at most), never waits: if :meth:`start`, :meth:`stop` or the
+        resumer holds the lock, each of them sees the new time stamp and pauses or does
+        not resume (and :meth:`stop` ends the child anyway). Safe from any thread."""
         self._last_activity = time.monotonic()
-        if self._proc is not None and not self._paused:
-            with self._lock:
+        if self._proc is not None and not self._paused and self._lock.acquire(blocking=False):
+            try:
                 self._signal(signal.SIGSTOP, paused=True)
+            finally:
+                self._lock.release()
 
     def _signal(self, sig: int, paused: bool) -> None:
         proc = self._proc
@@ -230,11 +234,13 @@ class Compactor:
             return True
 
     def _resume_when_quiet(self) -> None:
+        """Every 50 ms: continue a paused merge once quiet; pause a running one that an
+        :meth:`activity` could not pause (it never waits for the lock)."""
         while not self._done.wait(0.05):
-            if self._paused and time.monotonic() - self._last_activity >= self.quiet_s:
-                with self._lock:
-                    if time.monotonic() - self._last_activity >= self.quiet_s:
-                        self._signal(signal.SIGCONT, paused=False)
+            with self._lock:
+                quiet = time.monotonic() - self._last_activity >= self.quiet_s
+                if self._paused == quiet:
+                    self._signal(signal.SIGCONT if quiet else signal.SIGSTOP, paused=not quiet)
 
     def _follow(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
