@@ -265,7 +265,7 @@ class PolicyStore:
         entitlements, hotlist."""
         out: dict[str, int] = {}
         with self._lock:
-            for t, key in (("entitlements", ("holder_key", "name")), ("hotlist", ("key",))):
+            for t, key, _cols in _TABLES:
                 match = " AND ".join(f"m.{k} = o.{k}" for k in key)
                 n, added, removed = self._conn.execute(
                     f"SELECT (SELECT count(*) FROM {t}),"
@@ -350,28 +350,21 @@ class PolicyStore:
                     if have != expect:
                         raise StoreError(f"store holds {have.label} ({have.hash[:12]}), "
                                          f"expected {expect.label} ({expect.hash[:12]})")
-                if replace:
-                    for t in ("entitlements", "hotlist", "entitlements_overlay",
-                              "hotlist_overlay"):
+                removals = {"entitlements": remove_entitlements,
+                            "hotlist": ((k,) for k in remove_hotlist)}
+                adds = {"entitlements": entitlements, "hotlist": hotlist}
+                for t, key, cols in _TABLES:
+                    if replace:       # a snapshot: nothing to remove, no overlay left
                         conn.execute(f"DELETE FROM {t}")
-                    conn.executemany("DELETE FROM entitlements WHERE holder_key = ? "
-                                     "AND name = ?", remove_entitlements)
-                    conn.executemany("DELETE FROM hotlist WHERE key = ?",
-                                     ((k,) for k in remove_hotlist))
-                    conn.executemany("INSERT OR REPLACE INTO entitlements VALUES (?, ?, ?, ?)",
-                                     _tuples(entitlements, _ENT_COLS))
-                    conn.executemany("INSERT OR REPLACE INTO hotlist VALUES (?, ?, ?, ?)",
-                                     _tuples(hotlist, _HOT_COLS))
-                else:
-                    conn.executemany("INSERT OR REPLACE INTO entitlements_overlay "
-                                     "VALUES (?, ?, '', '', 1)", remove_entitlements)
-                    conn.executemany("INSERT OR REPLACE INTO hotlist_overlay "
-                                     "VALUES (?, '', '', '', 1)",
-                                     ((k,) for k in remove_hotlist))
-                    conn.executemany("INSERT OR REPLACE INTO entitlements_overlay "
-                                     "VALUES (?, ?, ?, ?, 0)", _tuples(entitlements, _ENT_COLS))
-                    conn.executemany("INSERT OR REPLACE INTO hotlist_overlay "
-                                     "VALUES (?, ?, ?, ?, 0)", _tuples(hotlist, _HOT_COLS))
+                        conn.execute(f"DELETE FROM {t}_overlay")
+                        conn.executemany(f"INSERT OR REPLACE INTO {t} VALUES (?, ?, ?, ?)",
+                                         _tuples(adds[t], cols))
+                        continue
+                    blanks = ", ".join(["''"] * (len(cols) - len(key)))
+                    conn.executemany(f"INSERT OR REPLACE INTO {t}_overlay VALUES "
+                                     f"({', '.join('?' * len(key))}, {blanks}, 1)", removals[t])
+                    conn.executemany(f"INSERT OR REPLACE INTO {t}_overlay VALUES "
+                                     "(?, ?, ?, ?, 0)", _tuples(adds[t], cols))
                 if artifacts is not None:
                     conn.execute("DELETE FROM artifacts")
                     for name, (digest, body) in artifacts.items():
@@ -401,6 +394,9 @@ class PolicyStore:
 # ------------------------------------------------------------------------- generations
 _ENT_COLS = ("holder_key", "name", "valid_from", "valid_until")
 _HOT_COLS = ("key", "kind", "reason", "listed")
+_TABLES = (("entitlements", ("holder_key", "name"), _ENT_COLS),
+           ("hotlist", ("key",), _HOT_COLS))
+"""The two policy tables: name, primary key, columns (the overlay adds ``removed``)."""
 
 
 def _tuples(rows: Iterable[Mapping[str, Any] | Sequence[Any]], cols: tuple[str, ...]
@@ -425,28 +421,26 @@ _ENTITLEMENTS_SQL = (
 def _compact_batch(conn: sqlite3.Connection, limit: int) -> int:
     """Move up to ``limit`` overlay rows (entitlements first) into the big tables in one
     transaction; return how many."""
+    moved = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        rows = conn.execute("SELECT holder_key, name, valid_from, valid_until, removed "
-                            "FROM entitlements_overlay ORDER BY holder_key, name LIMIT ?",
-                            (limit,)).fetchall()
-        conn.executemany("DELETE FROM entitlements WHERE holder_key = ? AND name = ?",
-                         [(r[0], r[1]) for r in rows if r[4]])
-        conn.executemany("INSERT OR REPLACE INTO entitlements VALUES (?, ?, ?, ?)",
-                         [r[:4] for r in rows if not r[4]])
-        conn.executemany("DELETE FROM entitlements_overlay WHERE holder_key = ? AND name = ?",
-                         [(r[0], r[1]) for r in rows])
-        hot = conn.execute("SELECT key, kind, reason, listed, removed FROM hotlist_overlay "
-                           "ORDER BY key LIMIT ?", (limit - len(rows),)).fetchall()
-        conn.executemany("DELETE FROM hotlist WHERE key = ?", [(r[0],) for r in hot if r[4]])
-        conn.executemany("INSERT OR REPLACE INTO hotlist VALUES (?, ?, ?, ?)",
-                         [r[:4] for r in hot if not r[4]])
-        conn.executemany("DELETE FROM hotlist_overlay WHERE key = ?", [(r[0],) for r in hot])
+        for t, key, cols in _TABLES:
+            keys = ", ".join(key)
+            match = " AND ".join(f"{k} = ?" for k in key)
+            rows = conn.execute(f"SELECT {', '.join(cols)}, removed FROM {t}_overlay "
+                                f"ORDER BY {keys} LIMIT ?", (limit - moved,)).fetchall()
+            ids = [r[:len(key)] for r in rows]
+            conn.executemany(f"DELETE FROM {t} WHERE {match}",
+                             [r[:len(key)] for r in rows if r[-1]])
+            conn.executemany(f"INSERT OR REPLACE INTO {t} VALUES (?, ?, ?, ?)",
+                             [r[:-1] for r in rows if not r[-1]])
+            conn.executemany(f"DELETE FROM {t}_overlay WHERE {match}", ids)
+            moved += len(rows)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return len(rows) + len(hot)
+    return moved
 
 
 def _pin(conn: sqlite3.Connection) -> None:
