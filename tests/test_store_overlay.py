@@ -94,7 +94,8 @@ def test_interrupted_compaction_resumes_and_a_killed_one_loses_nothing(tmp_path:
                              stop=lambda: len(batches) >= 2) == 4
         store.refresh()
         assert store.overlay_rows() == 4 and view(store) == EXPECTED
-        # the background merge process, killed mid-way: still the same decisions
+        # more rows, so that the background merge process is killed mid-way
+        store.apply(entitlements=[(f"x{i:06d}", "student", "", "") for i in range(1_500)])
         proc = subprocess.Popen([sys.executable, "-m", "agent.policy.stage", "--compact",
                                  str(tmp_path / "store.db")], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
@@ -104,7 +105,8 @@ def test_interrupted_compaction_resumes_and_a_killed_one_loses_nothing(tmp_path:
         proc.wait()
         proc.stdout.close()
         store.refresh()
-        assert view(store) == EXPECTED and 0 <= store.overlay_rows() < 4
+        assert view(store) == EXPECTED and 0 < store.overlay_rows() < 1_504
+        assert store.counts()["entitlements"] == 5 + 1_500    # nothing lost
         out = subprocess.run([sys.executable, "-m", "agent.policy.stage", "--compact",
                               str(tmp_path / "store.db")], capture_output=True, text=True,
                              check=True).stdout

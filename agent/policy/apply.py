@@ -256,7 +256,6 @@ class Compactor:
         proc.wait()
         self._done.set()
         self._paused = False
-        self.store.refresh()
         if proc.returncode == 0:
             log.info("policy overlay merged: %d rows", self.merged)
         elif proc.returncode > 0:
