@@ -39,6 +39,23 @@ __all__ = ["PASSWORD_ENV", "PASSWORD_CREDENTIAL", "Link", "MessageHandler", "Mqt
 
 log = logging.getLogger(__name__)
 
+
+class _PahoChatter(logging.Filter):
+    """Demote everything paho-mqtt logs to DEBUG.
+
+    paho logs socket errors at ERROR ("failed to receive on socket", "Client is not
+    connected") on every pass of its loop during an ordinary broker outage; the link
+    reports an outage itself, once, as a WARNING when it starts and an INFO when it ends.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return _PAHO_LOG.isEnabledFor(logging.DEBUG)
+
+
+_PAHO_LOG = logging.getLogger("sync.paho")
+_PAHO_LOG.addFilter(_PahoChatter())
+
 PASSWORD_ENV = "YKT_MQTT_PASSWORD"
 """Environment variable holding the MQTT password (never the config file)."""
 PASSWORD_CREDENTIAL = "mqtt-password"
@@ -149,7 +166,7 @@ class Link:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv5)
         c.suppress_exceptions = True
-        c.enable_logger(logging.getLogger("sync.paho"))
+        c.enable_logger(_PAHO_LOG)
         if s.tls_ca_file is not None:
             c.tls_set(ca_certs=str(s.tls_ca_file),
                       certfile=None if s.tls_cert_file is None else str(s.tls_cert_file),
@@ -187,7 +204,7 @@ class Link:
                 return
             self._started = True
             self._stopping = False
-        self._client.enable_logger(logging.getLogger("sync.paho"))
+        self._client.enable_logger(_PAHO_LOG)
         s = self.settings
         props = Properties(mqtt.PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-pytest_plugins = sorted(
-    f"tests.fixtures.{p.stem}"
-    for p in (Path(__file__).parent / "fixtures").glob("*.py")
-    if p.stem != "__init__"
-)
+# the log guard first: other fixture modules import its watch_stderr()
+_OTHERS = sorted(p.stem for p in (Path(__file__).parent / "fixtures").glob("*.py")
+                 if p.stem not in ("__init__", "logguard"))
+pytest_plugins = [f"tests.fixtures.{stem}" for stem in ("logguard", *_OTHERS)]

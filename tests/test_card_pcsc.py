@@ -222,6 +222,7 @@ def test_t0_get_response_and_wrong_le(card_rig: VirtualCardRig, pcscd: Pcscd) ->
         scard.SCardReleaseContext(ctx)
 
 
+@pytest.mark.expect_log("drivers.base", r"presentation sink raised for pcsc")
 def test_raising_sink_does_not_stop_monitoring(card_rig: VirtualCardRig) -> None:
     got = Collector()
     calls = []

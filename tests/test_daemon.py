@@ -17,6 +17,7 @@ from agent.journal import Journal
 from agent.model import Reason
 from drivers.prompt import SimPrompter
 from simulator.cards import SimCardSource
+from tests.fixtures.logguard import watch_stderr
 
 SEQ = re.compile(r"decided seq=(\d+)")
 
@@ -38,6 +39,7 @@ def _config(tmp_path: Path, rate_per_min: float = 20000) -> Path:
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    watch_stderr(log, "agent process")
     with open(log, "ab") as err:  # the child keeps its own descriptor
         return subprocess.Popen([sys.executable, "-m", "agent.cli", "-v", "agent", "run",
                                  "--config", str(cfg)], stderr=err, stdout=subprocess.DEVNULL)

@@ -229,6 +229,7 @@ def test_forced_passage_and_tamper_alarms(serial_gate: SerialGate,
     assert serial_gate.status().tamper
 
 
+@pytest.mark.expect_log("drivers.gate", r"open for record 3 failed: gate refused to open: busy")
 def test_actuator_opens_on_accepted_decisions_only(serial_gate: SerialGate,
                                                    gate_controller: GateControllerSim,
                                                    gate_events: GateEventLog) -> None:

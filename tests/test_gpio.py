@@ -103,6 +103,7 @@ def test_led_blink_with_real_time() -> None:
         assert pin.states[2].timestamp >= 0.09
 
 
+@pytest.mark.expect_log("drivers.gpio", r"gpio input (passage|fire_alarm|tamper): listener raised")
 def test_inputs_report_changes(board: GpioBoard) -> None:
     events: list[InputEvent] = []
     board.subscribe(events.append)

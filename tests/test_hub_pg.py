@@ -262,6 +262,7 @@ def _ingests(hub: HubProcess) -> int:
                for i in range(1, hub.runs + 1))
 
 
+@pytest.mark.expect_log("sync.hub.service", r"fault injection: exiting after commit \d+, before the ack")
 def test_two_hub_processes_share_the_subscription_and_the_database(
         broker: Mosquitto, listener: Listener, pg_dsn: str, tmp_path: Path) -> None:
     """A backlog of 4,000 records through two ``ykt hub run`` processes on one broker and

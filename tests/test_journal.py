@@ -50,6 +50,7 @@ def test_floats_are_refused_with_a_clear_error(tmp_path: Path) -> None:
     assert j.last_seq == 0
 
 
+@pytest.mark.expect_log("agent.journal", r"hub acked seq 99 beyond last journaled seq 10")
 def test_acks_are_monotonic_and_bounded(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.db", "T1")
     _fill(j, 10)

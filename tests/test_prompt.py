@@ -129,6 +129,7 @@ def test_gpio_buzzer_plays_the_outcome_pattern() -> None:
         p.close()
 
 
+@pytest.mark.expect_log("drivers.prompt", r"playing voice clip elderly.wav failed")
 def test_gpio_backend_on_a_shared_board() -> None:
     clock = ManualScheduler()
     with GpioBoard({"backend": "mock", "buzzers": {"beeper": {"pin": 22}}},

@@ -83,6 +83,7 @@ def test_retry_decoder_and_registry() -> None:
     assert load_backend("qr_decoder", "zxing")().name == "zxing"
 
 
+@pytest.mark.expect_log("drivers.qrdecode", r"broken decoder failed on a \(48, 64\) frame")
 def test_decoder_failures_are_logged_at_most_once_per_period(
         caplog: pytest.LogCaptureFixture) -> None:
     """A backend that fails on every frame of a 30 fps camera does not flood the log."""

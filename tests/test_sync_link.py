@@ -49,6 +49,7 @@ def test_publish_while_disconnected_raises_instead_of_dropping(broker: Mosquitto
     link.stop()  # never started: harmless
 
 
+@pytest.mark.expect_log("sync.link", r"callback failed \(link t-callbacks\); continuing")
 def test_a_failing_callback_does_not_kill_the_loop(broker: Mosquitto,
                                                    listener: Listener) -> None:
     seen: list[bytes] = []

@@ -121,6 +121,7 @@ def test_broker_killed_mid_run_every_record_arrives_once(
     assert rep["totals"]["chain_breaks"] == 0 and rep["totals"]["terminals_with_gaps"] == 0
 
 
+@pytest.mark.expect_log("sync.hub.service", r"fault injection: exiting after commit \d+, before the ack")
 def test_hub_crash_between_commit_and_ack(broker: Mosquitto, hub_process: HubProcess,
                                           tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.db", "bus-1")
@@ -142,6 +143,7 @@ def test_hub_crash_between_commit_and_ack(broker: Mosquitto, hub_process: HubPro
     assert rep["totals"]["chain_breaks"] == 0
 
 
+@pytest.mark.expect_log("sync.uplink", r"hub acked seq 999999 beyond last journaled seq")
 def test_malformed_acks_are_counted_and_reported(broker: Mosquitto, hub: Hub,
                                                  listener: Listener, tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.db", "bus-1")
