@@ -116,35 +116,6 @@ def test_profile_with_failing_vector_is_refused(tmp_path: Path) -> None:
     assert "student half fare" in r.stderr and "refusing to activate" in r.stderr
 
 
-def test_prompt_follows_the_journal_commit(tmp_path: Path) -> None:
-    cfg = load_config(_config(tmp_path, rate_per_min=0))
-    prompter = SimPrompter()
-    terminal = Terminal(cfg, actuators=[prompter])
-    cards = SimCardSource(terminal.pseudonymizer, population_size=10)
-    terminal._sources_override = [cards]
-    seen: list[tuple[int, int]] = []
-
-    def check(o) -> None:  # type: ignore[no-untyped-def]
-        assert o.record is not None
-        assert terminal.journal is not None
-        # the record is committed: a fresh connection sees it
-        fresh = Journal(cfg.journal_path, cfg.terminal.id)
-        seen.append((o.record.seq, fresh.last_seq))
-        fresh.close()
-
-    terminal.add_listener(check)
-    terminal.start()
-    try:
-        for h in cards.population.holders[:5]:
-            cards.tap(h)
-        assert terminal.drain(10)
-    finally:
-        terminal.stop()
-    assert len(prompter.history) == 5
-    assert all(seq <= committed for seq, committed in seen)
-    assert [e.text for e in prompter.history][0]
-
-
 def test_card_pulled_mid_read_prompts_tap_again_without_a_record(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, rate_per_min=0))
     prompter = SimPrompter()

@@ -101,23 +101,22 @@ def test_bus_elderly_free_ride_beeps_concession_and_says_elderly(rig: Rig) -> No
     assert rig.prompter.history[-1].pattern == BEEP_PATTERNS["deny"]
 
 
-@pytest.mark.parametrize("rig", [("scenic_gate", True)], indirect=True)
-def test_scenic_gate_opens_after_commit_and_closes_on_passage(rig: Rig) -> None:
-    h = _holder(rig, "elderly", no_categories=True)
-    out = rig.tap(h)
-    assert out.decision.accepted and out.record is not None
-    opened_at = rig.controller.barrier_history[-1][0] if rig.controller.barrier_history else 0
-    assert rig.controller.wait_barrier("open_in", 5), "the gate did not open"
-    assert rig.controller.barrier_history[-1][0] >= opened_at
-    rig.controller.pass_through("in")
-    assert rig.controller.wait_barrier("closed", 5), "the gate did not close after passage"
-    opened = [t for t, s in rig.controller.barrier_history if s == "open_in"][-1]
-    closed = [t for t, s in rig.controller.barrier_history if s == "closed"][-1]
-    assert closed > opened
-    assert (closed - opened) / 1e6 < 1500, "closed by the open timeout, not by the passage"
-    assert rig.events("not_entered") == []
-    again = rig.tap(h)
-    assert again.decision.reason is Reason.PASSBACK, "one entry per holder per day"
+def test_scenic_gate_opens_and_closes_on_passage(tmp_path: Path) -> None:
+    # an open time no test waits out: a close can only come from the passage
+    # (the journal-before-open order itself is tests/test_ordering.py's)
+    rig = Rig(tmp_path, "scenic_gate", gate=True, open_ms=60_000)
+    try:
+        h = _holder(rig, "elderly", no_categories=True)
+        out = rig.tap(h)
+        assert out.decision.accepted and out.record is not None
+        assert rig.controller.wait_barrier("open_in", 5), "the gate did not open"
+        rig.controller.pass_through("in")
+        assert rig.controller.wait_barrier("closed", 5), "the gate did not close after passage"
+        assert rig.events("not_entered") == []
+        again = rig.tap(h)
+        assert again.decision.reason is Reason.PASSBACK, "one entry per holder per day"
+    finally:
+        rig.close()
 
 
 @pytest.mark.parametrize("rig", [("scenic_gate", True)], indirect=True)
