@@ -29,6 +29,7 @@ def _load(args: argparse.Namespace) -> AgentConfig | None:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.daemon import Terminal
+    from agent.datalock import DataDirBusy
 
     cfg = _load(args)
     if cfg is None:
@@ -38,8 +39,11 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigFileError, RuleSetError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}\nthe terminal did not start", file=sys.stderr)
         return 2
-    terminal.run_forever()
-    return 0
+    try:
+        return terminal.run_forever()
+    except DataDirBusy as err:
+        print(f"error: {err}\nthe terminal did not start", file=sys.stderr)
+        return 1
 
 
 def _validate(args: argparse.Namespace) -> int:

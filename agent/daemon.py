@@ -21,12 +21,13 @@ from typing import Any
 
 from agent.clock import clock_quality
 from agent.config import AgentConfig
+from agent.datalock import DataDirLock
 from agent.engine import Engine, Outcome
 from agent.journal import Journal
 from agent.model import ClockQuality, JournalRecord, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
-from agent.sdnotify import notify
+from agent.sdnotify import notify, watchdog_interval_s, worker_stall_s
 from agent.store import PolicyStore
 from drivers.base import Actuator, PresentationSource
 from drivers.registry import load_backend
@@ -47,7 +48,7 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("journal", "store", "engine", "actuators", "gpio", "uplink", "policy",
+    START_ORDER = ("lock", "journal", "store", "engine", "actuators", "gpio", "uplink", "policy",
                    "worker", "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
@@ -77,6 +78,8 @@ class Terminal:
         self._listeners: list[OutcomeListener] = []
         self._started: list[str] = []
         self._stopped = threading.Event()
+        self._lock = DataDirLock(cfg.terminal.data_dir)
+        self._worker_beat = time.monotonic()   # the decision worker's last sign of life
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -105,8 +108,15 @@ class Terminal:
                 log.exception("stopping %s failed", name)
         self._stopped.set()
 
-    def run_forever(self) -> None:
-        """Start, then block until SIGTERM/SIGINT; stop cleanly."""
+    def run_forever(self) -> int:
+        """Start, then block until SIGTERM/SIGINT; stop cleanly. Returns the exit status:
+        0 after a signal, 1 when the journal is no longer this daemon's to write (so
+        systemd restarts it and the restart re-reads the journal).
+
+        The systemd watchdog is pinged only while :meth:`health` finds nothing wrong
+        (never from a bare timer), every half ``$WATCHDOG_USEC`` (5 s without one); a
+        problem is sent as ``STATUS=`` and logged once per change.
+        """
         def _on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("signal %d: stopping", signum)
             self._stopped.set()
@@ -116,9 +126,38 @@ class Terminal:
         self._stopped.clear()
         self.start()
         self._stopped.clear()
-        while not self._stopped.wait(5.0):
-            notify("WATCHDOG=1")
+        status, reported = 0, None
+        while not self._stopped.wait(watchdog_interval_s()):
+            problem = self.health()
+            if problem != reported:
+                if problem is None:
+                    log.info("healthy again")
+                    notify(f"STATUS=deciding as {self.cfg.terminal.id}")
+                else:
+                    log.error("unhealthy: %s", problem)
+                    notify(f"STATUS=unhealthy: {problem}")
+                reported = problem
+            if problem is None:
+                notify("WATCHDOG=1")
+            elif problem.startswith("journal"):
+                log.critical("stopping with status 1 so that the service restarts")
+                status = 1
+                break
         self.stop()
+        return status
+
+    def health(self) -> str | None:
+        """None when the terminal can decide, else the problem: the decision worker has
+        given no sign of life for a whole watchdog period (:func:`worker_stall_s`), or the
+        journal on disk is no longer the one this daemon writes (:meth:`Journal.check`)."""
+        stalled = time.monotonic() - self._worker_beat
+        if self._worker is not None and stalled > worker_stall_s():
+            return f"decision worker stalled for {stalled:.0f} s"
+        if self.journal is not None:
+            problem = self.journal.check()
+            if problem is not None:
+                return problem
+        return None
 
     # -- public --------------------------------------------------------------------------
     def submit(self, p: Presentation) -> None:
@@ -157,6 +196,12 @@ class Terminal:
         return status
 
     # -- components ------------------------------------------------------------------------
+    def _start_lock(self) -> None:
+        self._lock.acquire()     # DataDirBusy naming the PID of the daemon already running
+
+    def _stop_lock(self) -> None:
+        self._lock.release()
+
     def _start_journal(self) -> None:
         self.journal = Journal(self.cfg.journal_path, self.cfg.terminal.id, clock=self.clock)
 
@@ -318,7 +363,11 @@ class Terminal:
     # -- the decision loop ---------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            p = self._queue.get()
+            self._worker_beat = time.monotonic()
+            try:
+                p = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
             try:
                 if p is None:
                     return

@@ -283,6 +283,31 @@ class Journal:
             self._db.execute("DELETE FROM last_taps WHERE ts < ?", (cutoff,))
         return deleted
 
+    def check(self) -> str | None:
+        """Is the file still the journal this object writes? None if so, else what is wrong.
+
+        The newest row on disk must be the record this object appended last: another
+        writer (a second daemon, a file restored underneath) breaks that, and every later
+        append would collide. Cheap (one indexed read); the daemon's watchdog runs it.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None          # an append is under way: the worker's liveness covers it
+        try:
+            try:
+                row = self._db.execute(
+                    "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+            except sqlite3.Error as err:
+                return f"cannot read journal {self.path}: {err}"
+            if row is None and self._last_seq == 0:
+                return None
+            if row is None or (row[0], row[1]) != (self._last_seq, self._last_hash):
+                on_disk = "no record" if row is None else f"seq {row[0]}"
+                return (f"journal {self.path} changed underneath: {on_disk} on disk, "
+                        f"seq {self._last_seq} written last by this daemon")
+            return None
+        finally:
+            self._lock.release()
+
     # -- reading -------------------------------------------------------------------------
     @property
     def last_seq(self) -> int:

@@ -1,4 +1,5 @@
-"""Minimal systemd ``sd_notify`` (READY=1, WATCHDOG=1, STOPPING=1) over ``$NOTIFY_SOCKET``.
+"""Minimal systemd ``sd_notify`` (READY=1, WATCHDOG=1, STATUS=, STOPPING=1) over
+``$NOTIFY_SOCKET``, and the watchdog interval from ``$WATCHDOG_USEC``.
 
 A no-op when not run by systemd. Never raises: a failing notification is logged.
 """
@@ -9,7 +10,7 @@ import logging
 import os
 import socket
 
-__all__ = ["notify"]
+__all__ = ["notify", "watchdog_interval_s", "worker_stall_s"]
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +30,26 @@ def notify(*states: str) -> bool:
     except OSError as err:
         log.warning("sd_notify to %s failed: %s", addr, err)
         return False
+
+
+def _watchdog_s() -> float | None:
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 1e6 if usec > 0 else None
+
+
+def watchdog_interval_s(default: float = 5.0) -> float:
+    """How often to ping the watchdog (seconds): half of systemd's ``$WATCHDOG_USEC``, or
+    ``default`` when it is not set or not a positive number."""
+    period = _watchdog_s()
+    return default if period is None else period / 2
+
+
+def worker_stall_s(default: float = 10.0, floor: float = 2.0) -> float:
+    """Seconds without a sign of life after which a worker counts as stuck: the whole
+    watchdog period (at least ``floor``), or ``default`` without one. A decision takes
+    milliseconds and an idle worker checks in every second."""
+    period = _watchdog_s()
+    return default if period is None else max(floor, period)

@@ -215,12 +215,26 @@ def test_tlv_round_trip(items: list[tuple[int, bytes]]) -> None:
 @settings(max_examples=2000, deadline=None)
 @given(st.sampled_from(sorted(FIELDS)), st.binary(max_size=40))
 def test_fuzz_record_decoders(tag: int, data: bytes) -> None:
-    for fn in (lambda: split_sw(data), lambda: decode_record(FIELDS[tag], data),
-               lambda: decode_bcd_date(data)):
-        try:
-            fn()
-        except MalformedResponse:
-            pass
+    spec = FIELDS[tag]
+    try:
+        body, sw = split_sw(data)
+    except MalformedResponse:
+        assert len(data) < 2
+    else:
+        assert body + sw.to_bytes(2, "big") == data
+    try:
+        value = decode_record(spec, data)
+    except MalformedResponse as err:
+        assert str(err).startswith(spec.where)
+    else:   # only a single TLV of the field's own tag and length decodes
+        assert parse_tlv(data) == [(spec.tag, value)] and len(value) == spec.length
+    try:
+        day = decode_bcd_date(data)
+    except MalformedResponse as err:
+        assert "not" in str(err) or "must be 4 bytes" in str(err)
+        assert data.hex()[:4] not in str(err) or len(data) < 2   # never echoes the digits
+    else:
+        assert data.hex() == day.strftime("%Y%m%d").rjust(8, "0")
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -83,6 +83,12 @@ def test_scan_attributes_a_logged_exception_traceback_to_its_record() -> None:
             "Traceback (most recent call last):\n"
             '  File "x.py", line 1, in <module>\n'
             "ValueError: bad\n"
+            "\n"
+            "The above exception was the direct cause of the following exception:\n"
+            "\n"
+            "Traceback (most recent call last):\n"
+            '  File "z.py", line 3, in <module>\n'
+            "agent.journal.JournalError: cannot append\n"
             "2026-11-26 10:00:02,003 WARNING sync.link: disconnected\n"
             "Traceback (most recent call last):\n"
             '  File "y.py", line 2, in <module>\n'

@@ -220,6 +220,10 @@ def test_a_journal_that_refuses_the_commit_moves_no_actuator(tmp_path: Path) -> 
     terminal.start()
     elderly = next(h for h in cards.population if "elderly" in h.tags)
     try:
+        # the gate's own start-up events are journaled first
+        wait_until(lambda: all(g.available for g in terminal.gates), 10, "the gate")
+        assert terminal.drain(10) and terminal.journal is not None
+        base = terminal.journal.last_seq
         # a real SQLite refusal, from outside the daemon: every INSERT into records aborts
         db = sqlite3.connect(terminal.cfg.journal_path)
         db.executescript(FAIL_TRIGGER)
@@ -241,13 +245,15 @@ def test_a_journal_that_refuses_the_commit_moves_no_actuator(tmp_path: Path) -> 
         terminal.stop()
     probe = probe_terminal(terminal)
     assert probe.violations() == []
+    accepted = outcomes[1].record
+    assert accepted is not None and accepted.seq == base + 1
     for name in (PROMPT, "gate"):
         calls = probe.calls_of(name)
-        assert [c.seq for c in calls] == [1], f"{name} acted on the refused tap"
+        assert [c.seq for c in calls] == [accepted.seq], f"{name} acted on the refused tap"
         assert calls[0].accepted and calls[0].durable
     assert len(prompter.history) == 1
     j = Journal(terminal.cfg.journal_path, "T-ORDER")
-    assert j.last_seq == 1 and j.verify() == []
+    assert j.verify() == [] and j.records(base, 10)[0].seq == accepted.seq
     j.close()
 
 

@@ -57,7 +57,8 @@ def test_published_changes_reach_a_running_terminal(policy_env: PolicyEnv,
         assert out.decision.reason is Reason.HOTLISTED
         assert out.record is not None and out.record.body["policy"] == "city/370302/bus@2"
         assert t.tap(newcomer).decision.product == "disabled_free"
-        assert down.status()["policy_state"] == "applied"
+        # the store switches inside the apply; the downlink says "applied" once it returns
+        wait_until(lambda: down.status()["policy_state"] == "applied", 10, "state applied")
     finally:
         down.stop()
 
