@@ -29,6 +29,7 @@ from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify, watchdog_interval_s, worker_stall_s
 from agent.store import PolicyStore
+from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
 from drivers.registry import load_backend
 from profiles import profile_path
@@ -54,9 +55,13 @@ class Terminal:
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
                  ruleset: RuleSet | None = None,
-                 clock_quality: Callable[[], ClockQuality] = clock_quality) -> None:
+                 clock_quality: Callable[[], ClockQuality] = clock_quality,
+                 mono: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
         self.clock = clock
+        # a test that injects one fake wall clock gets it as the monotonic clock as well
+        self.mono = mono or (time.monotonic if clock is time.time else clock)
+        self.timebase: TimeBase | None = None
         self.clock_quality = clock_quality
         self.ruleset = ruleset or load_ruleset(profile_path(cfg.terminal.profile))
         self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key())
@@ -190,6 +195,7 @@ class Terminal:
             "policy": s.info.label if s else "", "clock": self.clock_quality().value,
             "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
             "time": self.clock(),
+            "clock_offset_s": round(self.timebase.offset_s, 1) if self.timebase else 0.0,
         }
         if self.downlink is not None:
             status.update(self.downlink.status())
@@ -202,8 +208,15 @@ class Terminal:
     def _stop_lock(self) -> None:
         self._lock.release()
 
+    def decision_time(self) -> float:
+        """The time decisions, the journal and pruning go by (:class:`TimeBase`)."""
+        return self.timebase.now() if self.timebase is not None else self.clock()
+
     def _start_journal(self) -> None:
-        self.journal = Journal(self.cfg.journal_path, self.cfg.terminal.id, clock=self.clock)
+        self.journal = Journal(self.cfg.journal_path, self.cfg.terminal.id,
+                               clock=self.decision_time)
+        self.timebase = TimeBase(wall=self.clock, mono=self.mono, quality=self.clock_quality,
+                                 floor=self.journal.last_time, anchors=self.journal)
 
     def _stop_journal(self) -> None:
         if self.journal:
@@ -222,7 +235,8 @@ class Terminal:
         self.engine = Engine(self.ruleset, self.store, self.journal,
                              location=self.cfg.location.build(), clock=self.clock,
                              verifier=self._make_verifier(), clock_quality=self.clock_quality,
-                             gate_ok=lambda: all(g.available for g in self.gates))
+                             gate_ok=lambda: all(g.available for g in self.gates),
+                             timebase=self.timebase)
 
     def _stop_engine(self) -> None:
         pass
@@ -232,7 +246,7 @@ class Terminal:
             return None
         from agent.codes import build_verifier  # imported only when codes are configured
 
-        return build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.clock)
+        return build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.decision_time)
 
     def _start_actuators(self) -> None:
         if self._actuators_override is not None:

@@ -37,6 +37,7 @@ from agent.model import (
 )
 from agent.rules import Facts, RuleSet, age_on
 from agent.store import PolicyStore
+from agent.timebase import TimeBase
 
 __all__ = ["CodeVerifierLike", "Engine", "Outcome"]
 
@@ -96,6 +97,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         clock_quality: Callable[[], ClockQuality] = system_clock_quality,
         gate_ok: Callable[[], bool] = lambda: True,
+        timebase: TimeBase | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.store = store
@@ -105,6 +107,9 @@ class Engine:
         self._clock = clock
         self._clock_quality = clock_quality
         self._gate_ok = gate_ok
+        self._timebase = timebase
+        if timebase is not None:
+            self._clock = timebase.now
         self._tz = ZoneInfo(ruleset.profile.timezone)
         self._between = threading.RLock()
 
@@ -132,8 +137,21 @@ class Engine:
         with self._between:
             return self._handle(p)
 
-    def _handle(self, p: Presentation) -> Outcome:
+    def _now(self) -> float:
+        """The decision time; first journals any wall-clock jump the time base saw
+        (``clock_jump``, before the record it would otherwise have misdated)."""
         now = self._clock()
+        if self._timebase is not None:
+            for jump in self._timebase.take_jumps():
+                log.warning("wall clock %s by %.0f s (%s)", "jumped" if jump.followed else
+                            "left the decision time", jump.offset_s,
+                            "followed: first synchronisation" if jump.followed else
+                            "not followed")
+                self._journal_event_at("clock_jump", jump.fields(), None, now)
+        return now
+
+    def _handle(self, p: Presentation) -> Outcome:
+        now = self._now()
         quality = self._clock_quality()
         ruleset, store = self.ruleset, self.store
         cred: Credential | None = None
@@ -194,7 +212,10 @@ class Engine:
 
     def _journal_event(self, event: str, fields: dict[str, Any] | None,
                        undo: Outcome | None) -> JournalRecord | None:
-        now = self._clock()
+        return self._journal_event_at(event, fields, undo, self._now())
+
+    def _journal_event_at(self, event: str, fields: dict[str, Any] | None,
+                          undo: Outcome | None, now: float) -> JournalRecord | None:
         base: dict[str, Any] = {
             "event": event, "profile": self.ruleset.profile.name,
             "loc": self.location.as_dict(), "clock": self._clock_quality().value,

@@ -169,10 +169,13 @@ class Journal:
             raise JournalError(
                 f"{self.path} is the journal of terminal {owner!r}, not {terminal!r}"
             )
-        row = self._db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self._db.execute(
+            "SELECT seq, hash, ts FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         self._last_seq: int
         self._last_hash: str
         self._last_seq, self._last_hash = (row[0], row[1]) if row else (0, GENESIS)
+        self.last_time: float = float(row[2]) if row else 0.0
+        """The time (epoch s) of the newest record when the journal was opened."""
         self._acked = int(self._meta("acked_seq") or 0)
         self._reader_lock = threading.Lock()
         self._reader = self._connect()
@@ -183,6 +186,16 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         return db
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the journal's meta table (None if unset)."""
+        with self._lock:
+            return self._meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Durably set a meta value (the time anchor, the acked seq)."""
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -259,21 +272,29 @@ class Journal:
     def prune(self, retention_s: float, *, batch: int = 2000) -> int:
         """Delete acknowledged records older than ``retention_s`` seconds; keep the newest.
 
-        Deletes at most ``batch`` records per transaction and releases the writer lock in
-        between, so a large prune (after a long offline period) never stalls a tap's
-        append. Returns how many records were deleted.
+        Only a prefix of the journal goes: everything below the first record that is
+        unacknowledged or not older than the cutoff, so a record stamped by a clock that
+        was set back never leaves a hole in the chain. The cutoff is read from the
+        journal's clock (the daemon's decision time, which does not follow wall-clock
+        jumps). Deletes at most ``batch`` records per transaction and releases the writer
+        lock in between, so a large prune (after a long offline period) never stalls a
+        tap's append. Returns how many records were deleted.
         """
         cutoff = self._clock() - retention_s
         deleted = 0
+        with self._reader_lock:      # a scan, off the writer's lock: records only grow newer
+            young = self._reader.execute("SELECT min(seq) FROM records WHERE ts >= ?",
+                                         (cutoff,)).fetchone()[0]
         while True:
             with self._lock, self._db:
-                upto = min(self._acked, self._last_seq - 1)
+                upto = min(self._acked, self._last_seq - 1,
+                           self._last_seq if young is None else young - 1)
                 first = self._db.execute("SELECT min(seq) FROM records").fetchone()[0]
                 if first is None or first > upto:
                     break
                 cur = self._db.execute(
-                    "DELETE FROM records WHERE seq BETWEEN ? AND ? AND ts < ?",
-                    (first, min(upto, first + batch - 1), cutoff))
+                    "DELETE FROM records WHERE seq BETWEEN ? AND ?",
+                    (first, min(upto, first + batch - 1)))
                 deleted += cur.rowcount
                 if cur.rowcount < batch:
                     break

@@ -238,8 +238,9 @@ def _compile_when(w: When) -> list[Predicate]:
         preds.append(lambda f: f.age is not None and f.age < max_age)
     if w.repeat_within_s is not None:
         window = w.repeat_within_s
+        # a negative interval (a clock set back) is a repeat, never a new fare
         preds.append(lambda f: f.since_last_tap_s is not None
-                     and 0 <= f.since_last_tap_s < window)
+                     and f.since_last_tap_s < window)
     if w.daily_limit is not None:
         lim = w.daily_limit
         preds.append(lambda f: f.counters.get(lim.counter, 0) < lim.max)
