@@ -163,13 +163,13 @@ def _rotate(args: argparse.Namespace) -> int:
 def _pseudonymizer(demo: bool) -> Any:
     """The deployment's pseudonymiser for ``build`` (the same key sources and hex format
     as :meth:`agent.config.AgentConfig.pseudonym_key`). Raises ``ValueError``."""
-    from agent.config import DEMO_PSEUDONYM_KEY, read_secret
+    from agent.keys import DEMO_PSEUDONYM_KEY, read_secret
     from agent.pseudonym import Pseudonymizer
 
     secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
     if secret:
         try:
-            return Pseudonymizer(bytes.fromhex(secret.strip()))
+            return Pseudonymizer(bytes.fromhex(secret))
         except ValueError:
             raise ValueError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
                              "$CREDENTIALS_DIRECTORY/pseudonym-key)") from None
