@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from agent.config import AgentConfig, ConfigFileError, load_config
+from agent.errors import EXIT_USAGE, YktError, exit_code
 from agent.journal import Journal
 from agent.rules import RuleSetError, load_ruleset
 from profiles import profile_path
@@ -35,9 +36,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         terminal = Terminal(cfg)
-    except (ConfigFileError, RuleSetError, FileNotFoundError, ValueError) as err:
+    except (YktError, FileNotFoundError) as err:
         print(f"error: {err}\nthe terminal did not start", file=sys.stderr)
-        return 2
+        return exit_code(err) if isinstance(err, YktError) else EXIT_USAGE
     terminal.run_forever()
     return 0
 

@@ -17,9 +17,15 @@ import logging
 import os
 from pathlib import Path
 
-__all__ = ["DEMO_PSEUDONYM_KEY", "pseudonym_key", "read_secret"]
+from agent.errors import ConfigurationError
+
+__all__ = ["DEMO_PSEUDONYM_KEY", "SecretError", "pseudonym_key", "read_secret"]
 
 log = logging.getLogger(__name__)
+
+
+class SecretError(ConfigurationError):
+    """A secret is missing where it is required, or not in its format (e.g. not hex)."""
 
 DEMO_PSEUDONYM_KEY = bytes.fromhex("59696b61746f6e672d64656d6f2d6b65792d6e6f742d666f722d757365")
 """The demo deployment's key ("Yikatong-demo-key-not-for-use"): for demos and tests only."""
@@ -48,16 +54,17 @@ def _without_line_end(value: str) -> str:
 def pseudonym_key(*, demo: bool) -> bytes:
     """The deployment's pseudonymisation key from ``$YKT_PSEUDONYM_KEY`` or
     ``$CREDENTIALS_DIRECTORY/pseudonym-key`` (hex); the built-in demo key only when
-    ``demo``. Raises ``ValueError`` for a non-hex key or none at all outside demo mode."""
+    ``demo``. Raises :class:`SecretError` (a ``ValueError``) for a non-hex key or none at
+    all outside demo mode."""
     secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
     if secret:
         try:
             return bytes.fromhex(secret)   # fromhex skips whitespace
         except ValueError:
-            raise ValueError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
+            raise SecretError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
                              "$CREDENTIALS_DIRECTORY/pseudonym-key)") from None
     if demo:
         log.warning("using the built-in DEMO pseudonymisation key: not for production")
         return DEMO_PSEUDONYM_KEY
-    raise ValueError("no pseudonymisation key: set YKT_PSEUDONYM_KEY or provide "
+    raise SecretError("no pseudonymisation key: set YKT_PSEUDONYM_KEY or provide "
                      "$CREDENTIALS_DIRECTORY/pseudonym-key (or terminal.demo = true)")

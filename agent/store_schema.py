@@ -29,11 +29,13 @@ from typing import Any
 
 import sqlite_utils
 
+from agent.errors import YktError
+
 __all__ = ["MIGRATIONS", "TABLES", "PolicyInfo", "StoreError", "connect", "migrate",
            "read_info", "row_tuples", "write_info"]
 
 
-class StoreError(RuntimeError):
+class StoreError(YktError, RuntimeError):
     """The store file is unusable (newer schema than this software, corrupt)."""
 
 

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.errors import YktError
 from agent.mqtt_settings import PASSWORD_CREDENTIAL, PASSWORD_ENV, MqttSettings
 from sync.topics import Topic, TopicFilter
 
@@ -41,7 +42,7 @@ MessageHandler = Callable[[str, bytes], None]
 """``handler(topic, payload)`` for messages matching a subscription."""
 
 
-class NotConnected(ConnectionError):
+class NotConnected(YktError, ConnectionError):
     """The link is not connected to the broker; nothing was published."""
 
 

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from agent.errors import YktError
 from agent.journal import GENESIS
 from sync.hub.store import (
     HubStore,
@@ -95,7 +96,7 @@ CREATE TABLE rejects (
 assert [v for v, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
 
-class PgStoreError(OSError):
+class PgStoreError(YktError, OSError):
     """The PostgreSQL store cannot be used: unreachable, or a schema newer than this code.
     The message names the (password-free) database and what to do."""
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.codes.trust import parse_trust_document
+from agent.errors import ConfigurationError
 from agent.journal import canonical, utc_stamp
 from agent.policy.manifest import (
     DeltaBase,
@@ -74,7 +75,7 @@ _SCHEMAS = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(ConfigurationError):
     """A source file is unusable; the message names the file and line."""
 
 
