@@ -26,6 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -37,6 +38,9 @@ __all__ = ["PASSWORD_ENV", "PASSWORD_CREDENTIAL", "Link", "MessageHandler", "Mqt
            "NotConnected"]
 
 log = logging.getLogger(__name__)
+
+_properties: Callable[[int], Properties] = Properties
+"""paho's ``Properties(packet_type)``, typed (paho leaves its constructor untyped)."""
 
 MessageHandler = Callable[[str, bytes], None]
 """``handler(topic, payload)`` for messages matching a subscription."""
@@ -130,7 +134,7 @@ class Link:
             self._stopping = False
         self._client.enable_logger(logging.getLogger("sync.paho"))
         s = self.settings
-        props = Properties(mqtt.PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True,
                                    properties=props)

@@ -166,11 +166,12 @@ def parse_terminal_topic(topic: Topic | str) -> tuple[str, TerminalTopicKind] | 
     head = PREFIX.split("/")
     if len(parts) < 5 or parts[:2] != head or parts[2] != "t":
         return None
-    terminal, kind = parts[3], "/".join(parts[4:])
-    if kind not in _KINDS:
+    terminal, name = parts[3], "/".join(parts[4:])
+    kind = next((k for k in _KINDS if k == name), None)
+    if kind is None:
         return None
     try:
         validate_terminal_id(terminal)
     except ValueError:
         return None
-    return terminal, kind  # type: ignore[return-value]
+    return terminal, kind
