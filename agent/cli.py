@@ -3,7 +3,11 @@
 Each module in :data:`SUBCOMMAND_MODULES` defines ``register(sub)`` that adds its
 subcommands to the argparse sub-parsers and sets ``func`` (returning an exit code).
 Every subcommand prints human text by default and JSON with ``--json``.
-Exit codes: 0 success, 1 failure reported, 2 usage or configuration error.
+Exit codes: 0 success, 1 failure reported, 2 usage or configuration error. A project
+error (:class:`agent.errors.YktError`) that a subcommand does not handle itself ends the
+command with its message and :func:`agent.errors.exit_code` (2 for a
+``ConfigurationError`` or ``Unavailable``, else 1); any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+
+from agent.errors import YktError, exit_code
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
@@ -51,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
+    except YktError as err:
+        print(f"ykt {args.command}: {err}", file=sys.stderr)
+        return exit_code(err)
     except KeyboardInterrupt:
         return 130
 

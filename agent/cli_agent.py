@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from agent.config import AgentConfig, ConfigFileError, load_config
+from agent.errors import EXIT_USAGE, YktError, exit_code
 from agent.journal import Journal
 from agent.rules import RuleSetError, load_ruleset
 from profiles import profile_path
@@ -29,21 +30,20 @@ def _load(args: argparse.Namespace) -> AgentConfig | None:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.daemon import Terminal
-    from agent.datalock import DataDirBusy
 
     cfg = _load(args)
     if cfg is None:
         return 2
     try:
         terminal = Terminal(cfg)
-    except (ConfigFileError, RuleSetError, FileNotFoundError, ValueError) as err:
+    except (YktError, FileNotFoundError) as err:
         print(f"error: {err}\nthe terminal did not start", file=sys.stderr)
-        return 2
+        return exit_code(err) if isinstance(err, YktError) else EXIT_USAGE
     try:
         return terminal.run_forever()
-    except DataDirBusy as err:
+    except YktError as err:      # DataDirBusy (another daemon), a device or journal at start
         print(f"error: {err}\nthe terminal did not start", file=sys.stderr)
-        return 1
+        return exit_code(err)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -61,7 +61,7 @@ def _pseudonymizer() -> Any:
 
 
 def _read(args: argparse.Namespace) -> int:
-    from drivers.exceptions import DriverError
+    from agent.errors import YktError, exit_code
     from drivers.registry import load_backend
 
     try:
@@ -70,9 +70,9 @@ def _read(args: argparse.Namespace) -> int:
                             psam_reader=args.psam_reader,
                             needs=frozenset({"valid_until", "valid_from", "region",
                                              "birth_date", "name"}))
-    except (DriverError, ValueError) as err:
+    except YktError as err:               # DriverError, SecretError, ConfigError, …
         print(f"ykt card read: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     got: queue.Queue[Any] = queue.Queue()
     try:
         source.start(got.put)       # the monitor reads a card already present at start too

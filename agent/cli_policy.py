@@ -163,20 +163,20 @@ def _rotate(args: argparse.Namespace) -> int:
 def _pseudonymizer(demo: bool) -> Any:
     """The deployment's pseudonymiser for ``build`` (the same key sources and hex format
     as :meth:`agent.config.AgentConfig.pseudonym_key`). Raises ``ValueError``."""
-    from agent.config import DEMO_PSEUDONYM_KEY, read_secret
+    from agent.keys import DEMO_PSEUDONYM_KEY, SecretError, read_secret
     from agent.pseudonym import Pseudonymizer
 
     secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
     if secret:
         try:
-            return Pseudonymizer(bytes.fromhex(secret.strip()))
+            return Pseudonymizer(bytes.fromhex(secret))
         except ValueError:
-            raise ValueError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
+            raise SecretError("pseudonym key must be hex (YKT_PSEUDONYM_KEY or "
                              "$CREDENTIALS_DIRECTORY/pseudonym-key)") from None
     if demo:
         log.warning("using the built-in DEMO pseudonymisation key: not for production")
         return Pseudonymizer(DEMO_PSEUDONYM_KEY)
-    raise ValueError("no pseudonymisation key: set YKT_PSEUDONYM_KEY (hex) or "
+    raise SecretError("no pseudonymisation key: set YKT_PSEUDONYM_KEY (hex) or "
                      "$CREDENTIALS_DIRECTORY/pseudonym-key, or pass --demo-key")
 
 

@@ -32,15 +32,15 @@ def _pseudonymizer(demo: bool) -> Any:
     """The deployment's :class:`~agent.pseudonym.Pseudonymizer`, read as the agent reads
     it (``$YKT_PSEUDONYM_KEY`` or ``$CREDENTIALS_DIRECTORY/pseudonym-key``, hex); the demo
     key only if ``demo``; else None. Raises ``ValueError`` for a malformed key."""
-    from agent.config import DEMO_PSEUDONYM_KEY, read_secret
+    from agent.keys import DEMO_PSEUDONYM_KEY, SecretError, read_secret
     from agent.pseudonym import Pseudonymizer
 
     secret = read_secret("pseudonym-key", "YKT_PSEUDONYM_KEY")
     if secret:
         try:
-            return Pseudonymizer(bytes.fromhex(secret.strip()))
+            return Pseudonymizer(bytes.fromhex(secret))
         except ValueError as err:
-            raise ValueError(f"bad pseudonymisation key (YKT_PSEUDONYM_KEY or "
+            raise SecretError(f"bad pseudonymisation key (YKT_PSEUDONYM_KEY or "
                              f"$CREDENTIALS_DIRECTORY/pseudonym-key): {err}") from None
     return Pseudonymizer(DEMO_PSEUDONYM_KEY) if demo else None
 

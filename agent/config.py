@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.keys import DEMO_PSEUDONYM_KEY, pseudonym_key, read_secret
 from agent.model import Location
+from agent.mqtt_settings import MqttSettings
 from agent.tomlconf import ConfigFileError, load_toml_model
-from sync.link import MqttSettings
 
 __all__ = ["DEMO_PSEUDONYM_KEY", "AgentConfig", "ConfigFileError", "load_config",
            "read_secret"]
@@ -84,7 +84,7 @@ class JournalSection(_Section):
 
 
 class MqttSection(MqttSettings):
-    """The MQTT link to the hub (all of :class:`sync.link.MqttSettings`) plus ``enabled``."""
+    """The MQTT link to the hub (all of :class:`agent.mqtt_settings.MqttSettings`) plus ``enabled``."""
 
     enabled: bool = Field(True, description="sync with the hub over MQTT")
 

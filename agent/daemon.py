@@ -27,7 +27,7 @@ from agent.journal import Journal
 from agent.model import ClockQuality, JournalRecord, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
-from agent.sdnotify import notify, watchdog_interval_s, worker_stall_s
+from agent.sdnotify import notify, supervise, worker_stall_s
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
@@ -118,9 +118,8 @@ class Terminal:
         0 after a signal, 1 when the journal is no longer this daemon's to write (so
         systemd restarts it and the restart re-reads the journal).
 
-        The systemd watchdog is pinged only while :meth:`health` finds nothing wrong
-        (never from a bare timer), every half ``$WATCHDOG_USEC`` (5 s without one); a
-        problem is sent as ``STATUS=`` and logged once per change.
+        The systemd watchdog is pinged only while :meth:`health` finds nothing wrong,
+        never from a bare timer (:func:`~agent.sdnotify.supervise`).
         """
         def _on_signal(signum: int, frame: FrameType | None) -> None:
             log.info("signal %d: stopping", signum)
@@ -131,23 +130,7 @@ class Terminal:
         self._stopped.clear()
         self.start()
         self._stopped.clear()
-        status, reported = 0, None
-        while not self._stopped.wait(watchdog_interval_s()):
-            problem = self.health()
-            if problem != reported:
-                if problem is None:
-                    log.info("healthy again")
-                    notify(f"STATUS=deciding as {self.cfg.terminal.id}")
-                else:
-                    log.error("unhealthy: %s", problem)
-                    notify(f"STATUS=unhealthy: {problem}")
-                reported = problem
-            if problem is None:
-                notify("WATCHDOG=1")
-            elif problem.startswith("journal"):
-                log.critical("stopping with status 1 so that the service restarts")
-                status = 1
-                break
+        status = supervise(self._stopped, self.health, f"deciding as {self.cfg.terminal.id}")
         self.stop()
         return status
 

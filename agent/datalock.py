@@ -17,10 +17,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from agent.errors import YktError
+
 __all__ = ["DataDirBusy", "DataDirLock"]
 
 
-class DataDirBusy(RuntimeError):
+class DataDirBusy(YktError, RuntimeError):
     """Another process holds the data directory's lock (``pid`` is its PID, 0 if unknown)."""
 
     def __init__(self, message: str, pid: int) -> None:

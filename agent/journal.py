@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.errors import YktError
 from agent.model import JournalRecord
 
 __all__ = [
@@ -68,7 +69,7 @@ CREATE TABLE IF NOT EXISTS last_taps (
 """
 
 
-class JournalError(RuntimeError):
+class JournalError(YktError, RuntimeError):
     """The journal cannot be written or is inconsistent (wrong terminal, broken file)."""
 
 

@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import re
 
+from agent.errors import ConfigurationError
+
 __all__ = ["Pseudonymizer", "mask_code", "mask_id", "mask_name"]
 
 _KEY_BYTES = 16  # 128-bit keyed hashes: collision-free at city scale, short on the wire
@@ -22,12 +24,12 @@ class Pseudonymizer:
     """Turns identifiers into keyed hashes.
 
     ``key`` is the deployment's secret pseudonymisation key (at least 16 bytes).
-    Raises ``ValueError`` for a short key.
+    Raises :class:`agent.errors.ConfigurationError` (a ``ValueError``) for a short key.
     """
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
-            raise ValueError("pseudonymisation key must be at least 16 bytes")
+            raise ConfigurationError("pseudonymisation key must be at least 16 bytes")
         self._key = key
 
     def key(self, namespace: str, identifier: str) -> str:

@@ -19,13 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.errors import ConfigurationError
 from agent.model import Decision, Prompt, Reason
 from agent.tomlconf import load_toml_model
 
 __all__ = ["Facts", "RuleSet", "RuleSetError", "load_ruleset"]
 
 
-class RuleSetError(ValueError):
+class RuleSetError(ConfigurationError):
     """A rule set is invalid or its test vectors fail."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from collections.abc import Callable
 
-__all__ = ["notify", "watchdog_interval_s", "worker_stall_s"]
+__all__ = ["notify", "supervise", "watchdog_interval_s", "worker_stall_s"]
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +55,34 @@ def worker_stall_s(default: float = 10.0, floor: float = 2.0) -> float:
     milliseconds and an idle worker checks in every second."""
     period = _watchdog_s()
     return default if period is None else max(floor, period)
+
+
+def supervise(stopped: threading.Event, health: Callable[[], str | None], ok_status: str
+              ) -> int:
+    """The watchdog loop of a running service, until ``stopped`` is set.
+
+    Every :func:`watchdog_interval_s` it asks ``health()`` (None: healthy, else the
+    problem) and pings ``WATCHDOG=1`` only when healthy — never from a bare timer, so a
+    stuck worker lets systemd's watchdog restart the service. A change of health is sent
+    as ``STATUS=`` (``ok_status`` when healthy) and logged once, not at every check. A
+    problem starting with "journal" (the journal on disk is no longer this process's to
+    write) ends the loop with exit status 1 so that systemd restarts the service, which
+    re-reads it. Returns 0 when stopped, 1 after such a problem.
+    """
+    reported: str | None = None
+    while not stopped.wait(watchdog_interval_s()):
+        problem = health()
+        if problem != reported:
+            if problem is None:
+                log.info("healthy again")
+                notify(f"STATUS={ok_status}")
+            else:
+                log.error("unhealthy: %s", problem)
+                notify(f"STATUS=unhealthy: {problem}")
+            reported = problem
+        if problem is None:
+            notify("WATCHDOG=1")
+        elif problem.startswith("journal"):
+            log.critical("stopping with status 1 so that the service restarts")
+            return 1
+    return 0

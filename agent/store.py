@@ -1,33 +1,15 @@
-"""The local policy store: entitlements, hotlist and the applied policy's identity (SQLite).
+"""The local policy store: the tap path's reader and the policy apply's writer (SQLite).
 
-Keys are pseudonymous (keyed hashes, see :mod:`agent.pseudonym`): the store never holds
-a raw 社会保障号码, card number or name.
+The tables are described in :mod:`agent.store_schema`. A delta writes only the overlay
+tables: a 100k-row delta then dirties a few MiB of pages instead of ~70k random leaves of
+a 10M-row B-tree, so the commit's flush no longer stalls the taps' journal fsyncs.
+:meth:`PolicyStore.compact` merges the overlay in small, paced, view-preserving
+transactions afterwards; a snapshot starts with empty overlays. A row in an overlay
+overrides the big table's row with the same key.
 
-* ``entitlements(holder_key, name, valid_from, valid_until)`` — what a holder is entitled
-  to: categories (``elderly``, ``disabled``, ``youfu``, ``student``) and products such as
-  pre-booked tickets (``ticket:taishan``), each with inclusive ISO validity dates.
-* ``hotlist(key, kind, reason, listed)`` — lost/stolen cards (``kind = "card"``, key =
-  credential key) and blocked holders (``kind = "holder"``).
-* ``policy`` — the channel, version, hash and expiry of the applied bundle.
-* ``artifacts(name, hash, body)`` — the small parts of the applied bundle (rule files,
-  trusted issuer keys, settings, the policy signers' root), switched with the data.
-* ``entitlements_overlay`` and ``hotlist_overlay`` — the rows of deltas not yet merged
-  into the two big tables, each with ``removed`` (1 = the delta removes that key). A row
-  here overrides the big table's row with the same key. A delta writes only here: a
-  100k-row delta then dirties a few MiB of pages instead of ~70k random leaves of a
-  10M-row B-tree, so the commit's flush no longer stalls the taps' journal fsyncs.
-  :meth:`PolicyStore.compact` merges the overlay in small, paced, view-preserving
-  transactions afterwards; a snapshot starts with empty overlays.
+A big snapshot goes to a new generation file instead (:mod:`agent.store_generations`);
+:meth:`PolicyStore.refresh` follows the switch.
 
-**Generations.** A big snapshot is loaded into a new file (a *generation*,
-``store.db.g<version>-<token>``) in the background, then made current by atomically
-replacing the pointer file ``store.db.current`` (:func:`switch_generation`); readers
-move to it on :meth:`PolicyStore.refresh`. Without a pointer file the data lives in
-``store.db`` itself. A power loss leaves the pointer naming either the old or the new,
-complete generation; unfinished ``*.staging`` files are removed by
-:meth:`PolicyStore.collect_garbage`.
-
-Schema changes are migrations (``MIGRATIONS``), tracked in ``PRAGMA user_version``.
 Reads on the tap path use one connection with a lock; bulk writes (policy apply) use
 their own connection and one transaction, which WAL lets run beside the readers, so taps
 never pause for an apply. During an apply the reader holds its read snapshot
@@ -38,87 +20,37 @@ with its rules).
 
 from __future__ import annotations
 
-import os
-import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlite_utils
 
+from agent.store_generations import (
+    Generation,
+    active_generation,
+    build_generation,
+    collect_garbage,
+    switch_generation,
+)
+from agent.store_schema import (
+    MIGRATIONS,
+    TABLES,
+    PolicyInfo,
+    StoreError,
+    connect,
+    migrate,
+    read_info,
+    row_tuples,
+    write_info,
+)
+
 __all__ = ["MIGRATIONS", "Generation", "PolicyInfo", "PolicyStore", "StoreError",
            "active_generation", "build_generation", "switch_generation"]
-
-
-class StoreError(RuntimeError):
-    """The store file is unusable (newer schema than this software, corrupt)."""
-
-
-def _m1_initial(db: sqlite_utils.Database) -> None:
-    db["entitlements"].create(  # type: ignore[union-attr]
-        {"holder_key": str, "name": str, "valid_from": str, "valid_until": str},
-        pk=("holder_key", "name"), not_null={"holder_key", "name"},
-    )
-    db["hotlist"].create(  # type: ignore[union-attr]
-        {"key": str, "kind": str, "reason": str, "listed": str}, pk="key",
-        not_null={"key", "kind"},
-    )
-    db["policy"].create(  # type: ignore[union-attr]
-        {"id": int, "channel": str, "version": int, "hash": str, "expires": str,
-         "applied": str}, pk="id",
-    )
-
-
-def _m2_without_rowid(db: sqlite_utils.Database) -> None:
-    # Lookups are by primary key only: WITHOUT ROWID halves the index size at 10M rows.
-    for name, cols, pk in (
-        ("entitlements", "holder_key TEXT NOT NULL, name TEXT NOT NULL, valid_from TEXT, "
-                         "valid_until TEXT", "holder_key, name"),
-        ("hotlist", "key TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT, listed TEXT", "key"),
-    ):
-        db.execute(f"CREATE TABLE {name}_new ({cols}, PRIMARY KEY ({pk})) WITHOUT ROWID")
-        db.execute(f"INSERT INTO {name}_new SELECT * FROM {name}")
-        db.execute(f"DROP TABLE {name}")
-        db.execute(f"ALTER TABLE {name}_new RENAME TO {name}")
-
-
-def _m3_artifacts(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE artifacts (name TEXT PRIMARY KEY, hash TEXT NOT NULL, "
-               "body BLOB NOT NULL) WITHOUT ROWID")
-
-
-def _m4_overlay(db: sqlite_utils.Database) -> None:
-    db.execute("CREATE TABLE entitlements_overlay (holder_key TEXT NOT NULL, "
-               "name TEXT NOT NULL, valid_from TEXT, valid_until TEXT, "
-               "removed INTEGER NOT NULL, PRIMARY KEY (holder_key, name)) WITHOUT ROWID")
-    db.execute("CREATE TABLE hotlist_overlay (key TEXT NOT NULL, kind TEXT NOT NULL, "
-               "reason TEXT, listed TEXT, removed INTEGER NOT NULL, PRIMARY KEY (key)) "
-               "WITHOUT ROWID")
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_initial, _m2_without_rowid, _m3_artifacts, _m4_overlay]
-"""Schema migrations in order; ``user_version`` = how many have been applied."""
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyInfo:
-    """Identity of the applied policy bundle (empty channel = embedded defaults)."""
-
-    channel: str = ""
-    version: int = 0
-    hash: str = ""
-    expires: str = ""   # RFC 3339, "" = never
-
-    @property
-    def label(self) -> str:
-        """Short form journaled with each decision, e.g. ``city/370302/bus@42``."""
-        return f"{self.channel}@{self.version}" if self.channel else "local@0"
 
 
 class PolicyStore:
@@ -137,26 +69,13 @@ class PolicyStore:
         self._info = self._read_info()
 
     def _connect(self, path: Path | None = None) -> sqlite3.Connection:
-        conn = sqlite3.connect(path or self.active_path, check_same_thread=False, timeout=30,
-                               isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA cache_size=-8192")  # 8 MiB: bounded memory on a Pi
-        return conn
+        return connect(path or self.active_path)
 
     @staticmethod
     def migrate(db: sqlite_utils.Database) -> int:
-        """Apply pending migrations; return the schema version."""
-        version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise StoreError(f"store schema version {version} is newer than this software "
-                             f"({len(MIGRATIONS)}); upgrade Yikatong Edge")
-        for n in range(version, len(MIGRATIONS)):
-            with db.conn:
-                db.execute("BEGIN")
-                MIGRATIONS[n](db)
-                db.execute(f"PRAGMA user_version = {n + 1}")
-        return len(MIGRATIONS)
+        """Apply pending migrations; return the schema version (see
+        :func:`agent.store_schema.migrate`)."""
+        return migrate(db)
 
     # -- tap path -----------------------------------------------------------------------
     def hotlisted(self, *keys: str) -> str | None:
@@ -190,9 +109,7 @@ class PolicyStore:
         return self._info
 
     def _read_info(self, conn: sqlite3.Connection | None = None) -> PolicyInfo:
-        row = (conn or self._conn).execute(
-            "SELECT channel, version, hash, expires FROM policy WHERE id = 1").fetchone()
-        return PolicyInfo(*row) if row else PolicyInfo()
+        return read_info(conn or self._conn)
 
     def artifact(self, name: str) -> bytes | None:
         """The body of the applied bundle's small part ``name`` (e.g. ``rules/bus_validator``,
@@ -258,14 +175,14 @@ class PolicyStore:
         Call it when no apply is running (daemon start, before staging). Returns the
         removed paths.
         """
-        return _collect_garbage(self.path, keep=active_generation(self.path))
+        return collect_garbage(self.path, keep=active_generation(self.path))
 
     def counts(self) -> dict[str, int]:
         """Row counts as the taps see them (big table and overlay together):
         entitlements, hotlist."""
         out: dict[str, int] = {}
         with self._lock:
-            for t, key, _cols in _TABLES:
+            for t, key, _cols in TABLES:
                 match = " AND ".join(f"m.{k} = o.{k}" for k in key)
                 n, added, removed = self._conn.execute(
                     f"SELECT (SELECT count(*) FROM {t}),"
@@ -353,25 +270,25 @@ class PolicyStore:
                 removals = {"entitlements": remove_entitlements,
                             "hotlist": ((k,) for k in remove_hotlist)}
                 adds = {"entitlements": entitlements, "hotlist": hotlist}
-                for t, key, cols in _TABLES:
+                for t, key, cols in TABLES:
                     if replace:       # a snapshot: nothing to remove, no overlay left
                         conn.execute(f"DELETE FROM {t}")
                         conn.execute(f"DELETE FROM {t}_overlay")
                         conn.executemany(f"INSERT OR REPLACE INTO {t} VALUES (?, ?, ?, ?)",
-                                         _tuples(adds[t], cols))
+                                         row_tuples(adds[t], cols))
                         continue
                     blanks = ", ".join(["''"] * (len(cols) - len(key)))
                     conn.executemany(f"INSERT OR REPLACE INTO {t}_overlay VALUES "
                                      f"({', '.join('?' * len(key))}, {blanks}, 1)", removals[t])
                     conn.executemany(f"INSERT OR REPLACE INTO {t}_overlay VALUES "
-                                     "(?, ?, ?, ?, 0)", _tuples(adds[t], cols))
+                                     "(?, ?, ?, ?, 0)", row_tuples(adds[t], cols))
                 if artifacts is not None:
                     conn.execute("DELETE FROM artifacts")
                     for name, (digest, body) in artifacts.items():
                         conn.execute("INSERT INTO artifacts VALUES (?, ?, ?)",
                                      (name, digest, body))
                 if info is not None:
-                    _write_info(conn, info)
+                    write_info(conn, info)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -391,23 +308,6 @@ class PolicyStore:
                 pass
 
 
-# ------------------------------------------------------------------------- generations
-_ENT_COLS = ("holder_key", "name", "valid_from", "valid_until")
-_HOT_COLS = ("key", "kind", "reason", "listed")
-_TABLES = (("entitlements", ("holder_key", "name"), _ENT_COLS),
-           ("hotlist", ("key",), _HOT_COLS))
-"""The two policy tables: name, primary key, columns (the overlay adds ``removed``)."""
-
-
-def _tuples(rows: Iterable[Mapping[str, Any] | Sequence[Any]], cols: tuple[str, ...]
-            ) -> Iterator[tuple[Any, ...]]:
-    for r in rows:
-        if isinstance(r, Mapping):
-            yield tuple(r.get(c) for c in cols)
-        else:
-            yield tuple(r)
-
-
 _VALID_ON = ("(valid_from IS NULL OR valid_from = '' OR valid_from <= ?2) "
              "AND (valid_until IS NULL OR valid_until = '' OR valid_until >= ?2)")
 _ENTITLEMENTS_SQL = (
@@ -424,7 +324,7 @@ def _compact_batch(conn: sqlite3.Connection, limit: int) -> int:
     moved = 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for t, key, cols in _TABLES:
+        for t, key, cols in TABLES:
             keys = ", ".join(key)
             match = " AND ".join(f"{k} = ?" for k in key)
             rows = conn.execute(f"SELECT {', '.join(cols)}, removed FROM {t}_overlay "
@@ -459,148 +359,3 @@ def _release(conn: sqlite3.Connection) -> None:
     """End ``conn``'s read transaction, if any: each statement reads the newest commit."""
     if conn.in_transaction:
         conn.execute("COMMIT")
-
-
-def _write_info(conn: sqlite3.Connection, info: PolicyInfo) -> None:
-    conn.execute("INSERT OR REPLACE INTO policy VALUES (1, ?, ?, ?, ?, "
-                 "strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
-                 (info.channel, info.version, info.hash, info.expires))
-
-
-def _pointer(base: Path) -> Path:
-    return base.with_name(base.name + ".current")
-
-
-def active_generation(base: str | Path) -> Path:
-    """The file holding the current data of the store ``base`` (``base`` itself when no
-    generation switch has happened). Raises :class:`StoreError` if the pointer names a
-    file that does not exist."""
-    base = Path(base)
-    ptr = _pointer(base)
-    try:
-        name = ptr.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return base
-    gen = base.with_name(name)
-    if not name or "/" in name or not gen.exists():
-        raise StoreError(f"{ptr} names a missing generation {name!r}; restore it or "
-                         "remove the pointer to fall back to " + base.name)
-    return gen
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class Generation(NamedTuple):
-    """A generation file built by :func:`build_generation` and the rows it holds."""
-
-    path: Path
-    counts: dict[str, int]          # rows inserted per table: entitlements, hotlist
-
-
-def build_generation(
-    base: str | Path,
-    *,
-    entitlements: Iterable[Sequence[Any]],
-    hotlist: Iterable[Sequence[Any]],
-    info: PolicyInfo,
-    artifacts: Mapping[str, tuple[str, bytes]] | None = None,
-    batch_size: int = 20_000,
-    progress: Callable[[str, int], None] | None = None,
-) -> Generation:
-    """Load a complete snapshot into a NEW generation file next to ``base``; return it
-    with the number of rows inserted into each table (no second counting pass).
-
-    Rows are tuples in column order, streamed in batches of ``batch_size`` (memory stays
-    bounded: a few MiB whatever the size; sorted input loads fastest). The file is built
-    without a journal (nothing reads it yet), fsynced, switched to WAL and renamed from
-    ``*.staging`` to its final name. It is not current until :func:`switch_generation`.
-    ``progress(table, rows_so_far)`` is called after each batch. Raises ``sqlite3.Error``
-    (e.g. duplicate keys, full disk); the staging file is then removed.
-    """
-    base = Path(base)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    final = base.with_name(f"{base.name}.g{info.version}-{secrets.token_hex(4)}")
-    staging = final.with_name(final.name + ".staging")
-    conn = sqlite3.connect(staging, isolation_level=None)
-    counts: dict[str, int] = {}
-    try:
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-16384")   # 16 MiB
-        PolicyStore.migrate(sqlite_utils.Database(conn))
-        conn.execute("BEGIN")
-        for table, rows in (("entitlements", entitlements), ("hotlist", hotlist)):
-            n = 0
-            batch: list[Sequence[Any]] = []
-            sql = f"INSERT INTO {table} VALUES (?, ?, ?, ?)"
-            for row in rows:
-                batch.append(row)
-                if len(batch) >= batch_size:
-                    conn.executemany(sql, batch)
-                    n += len(batch)
-                    batch.clear()
-                    if progress:
-                        progress(table, n)
-            conn.executemany(sql, batch)
-            n += len(batch)
-            counts[table] = n
-            if progress:
-                progress(table, n)
-        for name, (digest, body) in (artifacts or {}).items():
-            conn.execute("INSERT INTO artifacts VALUES (?, ?, ?)", (name, digest, body))
-        _write_info(conn, info)
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
-        fd = os.open(staging, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(staging, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        conn.close()
-        staging.unlink(missing_ok=True)
-        raise
-    return Generation(final, counts)
-
-
-def switch_generation(base: str | Path, generation: Path) -> None:
-    """Make ``generation`` current: write the pointer atomically (temp file, fsync, rename,
-    fsync the directory). A crash leaves either the old or the new pointer."""
-    base = Path(base)
-    ptr = _pointer(base)
-    tmp = ptr.with_name(ptr.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(generation.name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ptr)
-    _fsync_dir(ptr.parent)
-
-
-def _collect_garbage(base: Path, keep: Path) -> list[Path]:
-    removed = []
-    candidates = [f for f in base.parent.glob(base.name + ".g*")
-                  if not f.name.endswith(("-wal", "-shm", "-journal"))]
-    if keep != base:
-        candidates.append(base)
-    for f in candidates:
-        if f == keep:
-            continue
-        for p in (f, f.with_name(f.name + "-wal"), f.with_name(f.name + "-shm"),
-                  f.with_name(f.name + "-journal")):
-            if p.exists():
-                p.unlink()
-                removed.append(p)
-    tmp = _pointer(base).with_name(_pointer(base).name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    return removed

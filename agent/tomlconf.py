@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from agent.errors import ConfigurationError
+
 __all__ = ["ConfigFileError", "format_loc", "key_lines", "load_toml_model"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -23,7 +25,7 @@ _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r'^\s*((?:[A-Za-z0-9_\-]+|"[^"]*")(?:\s*\.\s*(?:[A-Za-z0-9_\-]+|"[^"]*"))*)\s*=')
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigurationError):
     """A configuration or profile file is invalid. ``problems`` lists ``file:line: key: msg``."""
 
     def __init__(self, path: str | Path, problems: list[str]) -> None:

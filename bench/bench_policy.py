@@ -13,7 +13,7 @@
    ``Engine.handle`` calls with a durable journal): idle; while a second snapshot is
    applied; while each of ``--deltas`` D-entry deltas (90% entitlements, 10% hotlist) is
    applied by the child process, and while its overlay is then merged in the background
-   (:class:`agent.policy.apply.Compactor`, which yields to taps: here they come in
+   (:class:`agent.policy.compaction.Compactor`, which yields to taps: here they come in
    bursts). p99 and the longest tap, in one run.
 """
 
@@ -37,9 +37,10 @@ from pathlib import Path
 from agent.engine import Engine
 from agent.journal import Journal
 from agent.model import Credential, Location, Presentation, PresentationKind
-from agent.policy.apply import Compactor, stage_command
+from agent.policy.compaction import Compactor
 from agent.policy.manifest import Envelope
 from agent.policy.parts import PartWriter
+from agent.policy.runners import stage_command
 from agent.policy.signing import SigningKey
 from agent.policy.stage import ApplyPlan
 from agent.pseudonym import Pseudonymizer
@@ -214,6 +215,7 @@ def main() -> None:
         busy_eng: list[float] = []
         merge_eng: list[float] = []
         t_deltas: list[float] = []
+        t_stops: list[float] = []
         t_merges: list[float] = []
         rss_delta = 0
         n_de, n_dh = n_delta * 9 // 10, n_delta - n_delta * 9 // 10
@@ -240,6 +242,11 @@ def main() -> None:
             rss_delta = max(rss_delta, int(res2["peak_rss_kb"]))  # type: ignore[call-overload]
             # the merge yields to taps (the daemon reports each one): taps come in bursts
             compactor = Compactor(store, quiet_s=args.quiet_s)
+            compactor.activity()                 # a tap just came: the merge starts paused
+            assert compactor.start() and compactor.paused
+            t0 = time.perf_counter()
+            compactor.stop()                     # e.g. the next apply: nothing is lost
+            t_stops.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             assert compactor.start()
             while compactor.running:
@@ -284,6 +291,9 @@ def main() -> None:
              f"taps, {args.gap_s:g} s gaps; the merge runs after {args.quiet_s:g} s quiet)",
              f"{len(merge_eng):,} taps", during(merge_eng),
              f"merge {statistics.median(t_merges):.1f} s median"],
+            ["stop of a paused merge (`Compactor.stop`, SIGTERM + SIGCONT)",
+             f"×{len(t_stops)}", f"{max(t_stops) * 1000:.0f} ms longest",
+             f"target < 5 s: **{'PASS' if max(t_stops) < 5 else 'FAIL'}**"],
             ["tap during a second snapshot apply", f"{len(snap_eng):,} taps",
              during(snap_eng), f"apply {t_snap2 / 60:.2f} min"],
         ]

@@ -1,19 +1,33 @@
-"""Driver errors.
+"""Driver errors: the ``DriverError`` branch of the project's one error tree.
 
-Hierarchy::
+Every class here derives from :class:`agent.errors.YktError` (the root; the whole tree
+is in :mod:`agent.errors` and ``docs/architecture.md``). This branch::
 
-    DriverError
-     ├── DriverUnavailable (ImportError)     backend's library or device missing
+    DriverError (YktError)
+     ├── DriverUnavailable (Unavailable: ImportError)  backend's library or device missing
      ├── DeviceError (OSError)               a device failed; carries a device code
      │    ├── ReaderError                    PC/SC reader or service (code = PC/SC error)
      │    ├── SerialDeviceError              serial port / protocol framing
-     │    └── GateError                      gate controller not answering or faulted
-     └── ConfigError (ValueError)            a driver was configured wrongly
+     │    ├── GateError                      gate controller not answering or faulted
+     │    └── PsamError                      drivers.psam: PSAM missing, refusing (code = SW)
+     ├── CardError                           drivers.ssc: no credential from this card;
+     │    ├── CardRemoved                      ``reason`` is the decision reason
+     │    │    └── CardWasReset                drivers.pcsc: pcscd or a client reset it
+     │    ├── NotSsc
+     │    ├── CardAuthFailed
+     │    └── CardReadError (ValueError)
+     │         ├── StatusWordError
+     │         └── MalformedResponse
+     └── ConfigError (ConfigurationError: ValueError)   a driver was configured wrongly
 
-Vendor errors are wrapped ``raise … from err`` so the original stays in the traceback.
+``ykt`` exits 2 for ``DriverUnavailable`` and ``ConfigError``, 1 for the others
+(:func:`agent.errors.exit_code`). Vendor errors are wrapped ``raise … from err`` so the
+original stays in the traceback.
 """
 
 from __future__ import annotations
+
+from agent.errors import ConfigurationError, Unavailable, YktError
 
 __all__ = [
     "ConfigError",
@@ -26,11 +40,11 @@ __all__ = [
 ]
 
 
-class DriverError(Exception):
+class DriverError(YktError):
     """Base of every driver error."""
 
 
-class DriverUnavailable(DriverError, ImportError):
+class DriverUnavailable(DriverError, Unavailable):
     """The configured backend cannot be used here (library not installed, no device)."""
 
 
@@ -61,5 +75,5 @@ class GateError(DeviceError):
     """The gate controller does not answer or reports a fault."""
 
 
-class ConfigError(DriverError, ValueError):
+class ConfigError(DriverError, ConfigurationError):
     """A driver was configured wrongly (bad pin, unknown option)."""

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Protocol
 
+from agent.errors import YktError
 from drivers.psam import (
     KEY_REF_EXTERNAL,
     KEY_REF_INTERNAL,
@@ -58,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class CardPulled(Exception):
+class CardPulled(YktError):
     """Raised by a virtual card to leave the field now (the slot drops the connection)."""
 
 

@@ -1,8 +1,8 @@
 """The MQTT connection shared by the uplink and the hub.
 
-:class:`MqttSettings` is the ``[mqtt]`` section of the agent's config (and the hub's
-connection settings). :class:`Link` wraps a paho-mqtt 2.x client (MQTT 5) running its
-network loop in a thread:
+:class:`MqttSettings` (defined in :mod:`agent.mqtt_settings`, re-exported here) is the
+``[mqtt]`` section of the agent's config (and the hub's connection settings).
+:class:`Link` wraps a paho-mqtt 2.x client (MQTT 5) running its network loop in a thread:
 
 * it reconnects forever with exponential backoff and jitter
   (``reconnect_min_s`` doubling up to ``reconnect_max_s``, each wait drawn uniformly
@@ -19,19 +19,19 @@ or silently dropping: callers decide (the uplink simply resends from the journal
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.errors import YktError
+from agent.mqtt_settings import PASSWORD_CREDENTIAL, PASSWORD_ENV, MqttSettings
 from sync.topics import Topic, TopicFilter
 
 __all__ = ["PASSWORD_ENV", "PASSWORD_CREDENTIAL", "Link", "MessageHandler", "MqttSettings",
@@ -56,70 +56,15 @@ class _PahoChatter(logging.Filter):
 _PAHO_LOG = logging.getLogger("sync.paho")
 _PAHO_LOG.addFilter(_PahoChatter())
 
-PASSWORD_ENV = "YKT_MQTT_PASSWORD"
-"""Environment variable holding the MQTT password (never the config file)."""
-PASSWORD_CREDENTIAL = "mqtt-password"
-"""File name of the password in systemd's ``$CREDENTIALS_DIRECTORY``."""
+_properties: Callable[[int], Properties] = Properties
+"""paho's ``Properties(packet_type)``, typed (paho leaves its constructor untyped)."""
 
 MessageHandler = Callable[[str, bytes], None]
 """``handler(topic, payload)`` for messages matching a subscription."""
 
 
-class NotConnected(ConnectionError):
+class NotConnected(YktError, ConnectionError):
     """The link is not connected to the broker; nothing was published."""
-
-
-class MqttSettings(BaseModel):
-    """How to reach the broker (the ``[mqtt]`` config section).
-
-    The password is never part of the config: it comes from the environment variable
-    ``YKT_MQTT_PASSWORD`` or the file ``$CREDENTIALS_DIRECTORY/mqtt-password``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = Field(default="127.0.0.1", description="broker host name or address")
-    port: int = Field(default=1883, ge=1, le=65535, description="broker TCP port (8883 for TLS)")
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, seconds")
-    tls_ca_file: Path | None = Field(
-        default=None, description="CA certificate (PEM) to verify the broker; enables TLS")
-    tls_cert_file: Path | None = Field(
-        default=None, description="this client's certificate (PEM) for mutual TLS")
-    tls_key_file: Path | None = Field(
-        default=None, description="this client's private key (PEM) for mutual TLS")
-    username: str | None = Field(
-        default=None, description="MQTT user name; the password comes from YKT_MQTT_PASSWORD or "
-                          "$CREDENTIALS_DIRECTORY/mqtt-password")
-    reconnect_min_s: float = Field(default=0.5, gt=0, le=600,
-                                   description="first reconnect wait, seconds")
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600,
-                                   description="longest reconnect wait, seconds")
-
-    @model_validator(mode="after")
-    def _check(self) -> MqttSettings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be given together")
-        if self.tls_cert_file is not None and self.tls_ca_file is None:
-            raise ValueError("tls_cert_file needs tls_ca_file (mutual TLS needs TLS)")
-        if self.reconnect_min_s > self.reconnect_max_s:
-            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
-        return self
-
-    def password(self) -> str | None:
-        """The password from ``$YKT_MQTT_PASSWORD`` or ``$CREDENTIALS_DIRECTORY/mqtt-password``.
-
-        Returns ``None`` when neither is set. Raises ``OSError`` if the credentials file
-        exists but cannot be read.
-        """
-        env = os.environ.get(PASSWORD_ENV)
-        if env:
-            return env
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if cred_dir:
-            path = Path(cred_dir) / PASSWORD_CREDENTIAL
-            if path.exists():
-                return path.read_text(encoding="utf-8").rstrip("\r\n")
-        return None
 
 
 class Link:
@@ -206,7 +151,7 @@ class Link:
             self._stopping = False
         self._client.enable_logger(_PAHO_LOG)
         s = self.settings
-        props = Properties(mqtt.PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True,
                                    properties=props)

@@ -7,14 +7,16 @@ wildcards); a :class:`TopicFilter` is what one subscribes to (``+``/``#`` allowe
 
 Per-terminal topics are built by :class:`TerminalTopics`; :func:`parse_terminal_topic`
 goes the other way. Terminal ids and policy channel names are validated by
-:func:`validate_terminal_id` / :func:`validate_channel` (``ValueError`` when invalid).
+:func:`validate_terminal_id` / :func:`validate_channel` (``ValueError`` when invalid;
+defined in :mod:`agent.names`, re-exported here).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
+
+from agent.names import TERMINAL_ID_MAX, validate_channel, validate_name, validate_terminal_id
 
 __all__ = [
     "HUB_STATUS_ALL",
@@ -34,49 +36,8 @@ __all__ = [
 PREFIX = "ykt/v1"
 """Every topic of this protocol starts with this prefix (the version is part of it)."""
 
-TERMINAL_ID_MAX = 64
-"""Longest terminal id or channel name, in characters."""
-
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-
 TerminalTopicKind = Literal["tx", "ack", "status", "cmd", "cmd/result"]
 _KINDS: tuple[TerminalTopicKind, ...] = ("tx", "ack", "status", "cmd", "cmd/result")
-
-
-def _validate_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string")
-    if len(value) > TERMINAL_ID_MAX:
-        raise ValueError(f"{what} {value[:16]!r}… is longer than {TERMINAL_ID_MAX} characters")
-    if not _ID_RE.match(value):
-        raise ValueError(
-            f"{what} {value!r} may hold only letters, digits and . _ : - "
-            "(never / + # or spaces) and must start with a letter or digit"
-        )
-    return value
-
-
-def validate_terminal_id(value: str) -> str:
-    """Return ``value`` if it is a valid terminal id, else raise ``ValueError``.
-
-    1–64 characters from ``A-Z a-z 0-9 . _ : -``, starting with a letter or digit; so an
-    id can never contain the MQTT separators or wildcards ``/ + #``.
-    """
-    return _validate_id(value, "terminal id")
-
-
-def validate_channel(value: str) -> str:
-    """Return ``value`` if it is a valid policy channel, else raise ``ValueError``.
-
-    1–8 ``/``-separated segments (e.g. ``city/370302/bus``), each following the rules of
-    terminal ids, so a channel never holds an empty level or the wildcards ``+ #``.
-    """
-    parts = value.split("/") if isinstance(value, str) else []
-    if not 1 <= len(parts) <= 8:
-        raise ValueError(f"policy channel {value!r} must have 1 to 8 '/'-separated segments")
-    for part in parts:
-        _validate_id(part, f"policy channel segment of {value!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +87,7 @@ class TopicFilter:
 
     def shared(self, group: str) -> str:
         """The MQTT 5 shared-subscription string ``$share/{group}/{filter}``."""
-        _validate_id(group, "share group")
+        validate_name(group, "share group")
         return f"$share/{group}/{self.value}"
 
     def __str__(self) -> str:
@@ -184,7 +145,7 @@ def hub_status(instance: str) -> Topic:
     Terminals watch ``ykt/v1/hub/+/status`` and resend their outbox at once when a hub
     comes (back) online, instead of waiting for an ack timeout.
     """
-    return Topic(f"{PREFIX}/hub/{_validate_id(instance, 'hub instance')}/status")
+    return Topic(f"{PREFIX}/hub/{validate_name(instance, 'hub instance')}/status")
 
 
 HUB_STATUS_ALL = TopicFilter(f"{PREFIX}/hub/+/status")
@@ -205,11 +166,12 @@ def parse_terminal_topic(topic: Topic | str) -> tuple[str, TerminalTopicKind] | 
     head = PREFIX.split("/")
     if len(parts) < 5 or parts[:2] != head or parts[2] != "t":
         return None
-    terminal, kind = parts[3], "/".join(parts[4:])
-    if kind not in _KINDS:
+    terminal, name = parts[3], "/".join(parts[4:])
+    kind = next((k for k in _KINDS if k == name), None)
+    if kind is None:
         return None
     try:
         validate_terminal_id(terminal)
     except ValueError:
         return None
-    return terminal, kind  # type: ignore[return-value]
+    return terminal, kind

@@ -185,6 +185,8 @@ def test_prune_deletes_only_a_prefix_even_with_back_dated_records(tmp_path: Path
     assert j2.prune(0.5) == 1                  # seq 1 only: 2 is not older than the cutoff
     assert [r.seq for r in j2.records(0, 100)] == list(range(2, 11))
     assert j2.verify() == []
+    j.close()
+    j2.close()
 
 
 def test_a_restart_in_the_same_boot_keeps_the_decision_time(tmp_path: Path,

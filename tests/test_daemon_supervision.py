@@ -147,7 +147,7 @@ def test_the_lock_dies_with_the_daemon(tmp_path: Path) -> None:
         stop_process(again)
 
 
-@pytest.mark.expect_log("agent.daemon", r"unhealthy: decision worker stalled")
+@pytest.mark.expect_log("agent.sdnotify", r"unhealthy: decision worker stalled")
 def test_the_watchdog_follows_the_decision_worker(tmp_path: Path,
                                                   notify_socket: Notifications) -> None:
     cfg = _config(tmp_path)
@@ -181,8 +181,8 @@ def test_the_watchdog_follows_the_decision_worker(tmp_path: Path,
         stop_process(proc, kill=True)
 
 
-@pytest.mark.expect_log("agent.daemon", r"unhealthy: journal .* changed underneath")
-@pytest.mark.expect_log("agent.daemon", r"stopping with status 1")
+@pytest.mark.expect_log("agent.sdnotify", r"unhealthy: journal .* changed underneath")
+@pytest.mark.expect_log("agent.sdnotify", r"stopping with status 1")
 @pytest.mark.expect_log("agent.engine", r"journal append failed", optional=True,
                         reason="a tap between the intrusion and the next health check")
 def test_a_journal_written_underneath_makes_the_daemon_exit_1(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,33 @@ def test_conflicting_duplicate_is_a_break(store: SqliteHubStore, journal: Journa
     assert rep["chain_breaks"][0]["seq"] == 1
     assert "conflicting duplicate" in rep["chain_breaks"][0]["problem"]
     assert rep["totals"]["records"] == 12
+
+
+@pytest.fixture
+def rewrite_stored_body(store: SqliteHubStore) -> Callable[[str, int, str], None]:
+    """Change a stored record's body text behind the store's back (a damaged database)."""
+    def rewrite(terminal: str, seq: int, text: str) -> None:
+        store._db.execute("UPDATE records SET body=? WHERE terminal=? AND seq=?",
+                          (text, terminal, seq))
+    return rewrite
+
+
+def test_a_stored_record_is_checked_as_stored_when_its_gap_closes(
+        store: SqliteHubStore, journal: Journal,
+        rewrite_stored_body: Callable[[str, int, str], None]) -> None:
+    # both backends advance the chain with sync.hub.chain.advance_chain: a record that
+    # waited beyond a gap is hashed from the text the store holds, as a new one would be
+    recs = incoming(journal)
+    store.ingest("bus-1", recs[:3])
+    assert store.ingest("bus-1", recs[4:6]).beyond_gap == 2          # 5 and 6 wait
+    same_json_other_bytes = json.dumps(recs[4].body, sort_keys=True)  # ", " and ": "
+    assert json.loads(same_json_other_bytes) == recs[4].body
+    rewrite_stored_body("bus-1", 5, same_json_other_bytes)
+    assert store.ingest("bus-1", [recs[3]]).contiguous_seq == 6
+    rep = store.report()
+    assert [(b["seq"], b["problem"]) for b in rep["chain_breaks"]] == [
+        (5, "hash does not match body")]
+    assert {x["seq"] for x in map(json.loads, store.export()) if x["flagged"]} == {5}
 
 
 @pytest.mark.parametrize("payload, message", [

@@ -18,7 +18,7 @@ import os
 import random
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +49,8 @@ test_gap_is_reported_then_closed = sqlite_suite.test_gap_is_reported_then_closed
 test_broken_chain_is_stored_flagged_and_reported = (
     sqlite_suite.test_broken_chain_is_stored_flagged_and_reported)
 test_conflicting_duplicate_is_a_break = sqlite_suite.test_conflicting_duplicate_is_a_break
+test_a_stored_record_is_checked_as_stored_when_its_gap_closes = (
+    sqlite_suite.test_a_stored_record_is_checked_as_stored_when_its_gap_closes)
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -87,6 +89,16 @@ def pg_dsn(pg_database: str) -> str:
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     return f"{pg_database}?options={quote(f'-csearch_path={schema}', safe='')}"
+
+
+@pytest.fixture
+def rewrite_stored_body(pg_dsn: str) -> Callable[[str, int, str], None]:
+    """Change a stored record's body text behind the store's back (a damaged database)."""
+    def rewrite(terminal: str, seq: int, text: str) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE records SET body=%s WHERE terminal=%s AND seq=%s",
+                         (text, terminal, seq))
+    return rewrite
 
 
 @pytest.fixture

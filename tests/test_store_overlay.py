@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import date
 from pathlib import Path
 
 import pytest
 
+from agent.policy.compaction import Compactor
 from agent.policy.stage import WritebackPacer
 from agent.store import PolicyInfo, PolicyStore
 
@@ -133,12 +136,18 @@ def test_a_snapshot_clears_the_overlay(tmp_path: Path) -> None:
 def test_writeback_pacer_follows_files_that_appear_and_closes_them(tmp_path: Path) -> None:
     later = tmp_path / "later.db"
     fds_before = len(os.listdir("/proc/self/fd"))
-    with WritebackPacer(lambda: [later], period_s=0.001) as pacer:
-        time.sleep(0.02)                               # not there yet: looked for again
+    looks = threading.Semaphore(0)
+
+    def paths() -> list[Path]:
+        looks.release()                  # one more pass of the pacer's loop begins
+        return [later]
+
+    with WritebackPacer(paths, period_s=0.001) as pacer:
+        assert looks.acquire(timeout=10) and looks.acquire(timeout=10)
+        assert len(os.listdir("/proc/self/fd")) == fds_before    # not there: looked again
         later.write_bytes(b"x" * 65536)
-        deadline = time.monotonic() + 5
-        while len(os.listdir("/proc/self/fd")) == fds_before and time.monotonic() < deadline:
-            time.sleep(0.005)
+        for _ in range(3):       # the pass that saw the file has ended when the next begins
+            assert looks.acquire(timeout=10)
         assert len(os.listdir("/proc/self/fd")) == fds_before + 1   # opened once, kept
     assert pacer._thread is not None and not pacer._thread.is_alive()
     assert len(os.listdir("/proc/self/fd")) == fds_before
@@ -172,26 +181,46 @@ def _big_overlay(path: Path, rows: int) -> PolicyStore:
     return store
 
 
-def test_the_merge_waits_while_taps_come_and_resumes_when_quiet(tmp_path: Path) -> None:
-    from agent.policy.apply import Compactor
+class ManualClock:
+    """Monotonic seconds that move only when the test says so."""
 
-    store = _big_overlay(tmp_path / "store.db", 20_000)    # 40 batches: seconds of merge
-    merge = Compactor(store, quiet_s=1.0)
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _wait_stopped(pid: int) -> None:
+    """Wait (at most 10 s) until the kernel reports ``pid`` stopped (state ``T``)."""
+    deadline = time.monotonic() + 10
+    while _proc_state(pid) != "T":
+        assert time.monotonic() < deadline, "the merge child was never stopped"
+        time.sleep(0.01)
+
+
+def test_the_merge_waits_while_taps_come_and_resumes_when_quiet(tmp_path: Path) -> None:
+    store = _big_overlay(tmp_path / "store.db", 20_000)    # 40 batches
+    clock = ManualClock()
+    merge = Compactor(store, quiet_s=1.0, clock=clock)
     try:
         assert merge.start()
-        time.sleep(0.3)
-        merge.activity()                                   # a tap
-        assert merge.paused and merge._proc is not None
-        pid = merge._proc.pid
-        time.sleep(0.2)
-        assert _proc_state(pid) == "T"                     # stopped, not merging
-        before = merge.merged
-        time.sleep(0.5)
-        assert merge.merged == before and merge.paused     # still quiet-waiting
-        deadline = time.monotonic() + 30
-        while merge.running and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not merge.running and not merge.paused
+        assert merge.wait_for(lambda c: c.batches >= 1, 30)   # it merges while quiet
+        merge.activity()                                      # a tap
+        assert merge.wait_for(lambda c: c.pauses == 1, 10) and merge.paused
+        assert merge.pid is not None
+        _wait_stopped(merge.pid)                              # stopped, not merging
+        rows = store.overlay_rows()
+        seen = merge.counters()
+        # the resumer looks three more times and finds the terminal not yet quiet
+        assert merge.wait_for(lambda c: c.quiet_checks >= seen.quiet_checks + 3, 10)
+        assert merge.counters().resumes == 0 and merge.paused
+        assert _proc_state(merge.pid) == "T" and store.overlay_rows() == rows
+        assert 0 < rows < 20_000
+        clock.now += 1.0                                      # quiet for quiet_s
+        assert merge.wait_for(lambda c: c.resumes == 1, 10)
+        assert merge.wait_for(lambda c: c.finished == 1, 60) and merge.join(10)
+        assert not merge.paused and merge.counters().pauses == 1
         assert merge.merged == 20_000 and store.overlay_rows() == 0
         assert store.entitlements("x00001234", DAY) == frozenset({"student"})
     finally:
@@ -200,19 +229,20 @@ def test_the_merge_waits_while_taps_come_and_resumes_when_quiet(tmp_path: Path) 
 
 
 def test_a_paused_merge_stops_at_once(tmp_path: Path) -> None:
-    from agent.policy.apply import Compactor
-
     store = _big_overlay(tmp_path / "store.db", 20_000)
-    merge = Compactor(store, quiet_s=60)
+    merge = Compactor(store, quiet_s=1.0, clock=ManualClock())
     try:
         merge.activity()                    # taps just came: the merge starts paused
         assert merge.start() and merge.paused
         assert merge._proc is not None
         proc = merge._proc
-        t0 = time.monotonic()
-        merge.stop()
-        assert proc.poll() is not None and time.monotonic() - t0 < 5
-        assert not merge.running
+        _wait_stopped(proc.pid)
+        merge.stop(timeout_s=30)
+        # ended by the SIGTERM (with the SIGCONT it needs to act on it), not by the
+        # SIGKILL that follows a timeout
+        assert proc.returncode == -signal.SIGTERM
+        assert not merge.running and merge.counters().resumes == 0
+        assert merge.counters().batches == 0
         store.refresh()
         assert store.overlay_rows() == 20_000      # nothing merged, nothing lost
         assert store.counts()["entitlements"] == 20_003

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from agent.errors import ConfigurationError, Unavailable
+
 __all__ = [
     "ALGORITHM_NAMES",
     "SM2_ALG_ID",
@@ -47,11 +49,11 @@ _KTY_OKP, _KTY_EC2 = 1, 2
 _CRV_P256, _CRV_ED25519 = 1, 6
 
 
-class AlgorithmUnavailable(ImportError):
+class AlgorithmUnavailable(Unavailable):
     """The algorithm is known but its library is not installed (SM2 without tongsuopy)."""
 
 
-class KeyFormatError(ValueError):
+class KeyFormatError(ConfigurationError):
     """A key (PEM or COSE_Key) is malformed or does not match the algorithm."""
 
 

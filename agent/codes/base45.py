@@ -7,13 +7,15 @@ a trailing single byte two.
 
 from __future__ import annotations
 
+from agent.errors import YktError
+
 __all__ = ["ALPHABET", "Base45Error", "b45decode", "b45encode"]
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 
 
-class Base45Error(ValueError):
+class Base45Error(YktError, ValueError):
     """The text is not valid Base45 (bad character, bad length, value out of range)."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import cbor2
 
 from agent.codes.algorithms import SignatureAlgorithm
+from agent.errors import YktError
 
 __all__ = [
     "HDR_ALG",
@@ -36,7 +37,7 @@ HDR_KCWT = 13
 """Header parameter carrying a CWT with a ``cnf`` key (RFC 9528 §10.6)."""
 
 
-class CoseError(ValueError):
+class CoseError(YktError, ValueError):
     """The bytes are not a well-formed COSE_Sign1. ``code`` is a short stable token."""
 
     def __init__(self, code: str, message: str) -> None:

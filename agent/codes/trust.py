@@ -41,6 +41,7 @@ from agent.codes.algorithms import (
     SignatureAlgorithm,
     algorithm,
 )
+from agent.errors import ConfigurationError
 from agent.journal import parse_utc
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class TrustStoreError(ValueError):
+class TrustStoreError(ConfigurationError):
     """A trust document is invalid; the message names the file and the key at fault."""
 
 

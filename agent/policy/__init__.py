@@ -4,7 +4,9 @@
 * :mod:`agent.policy.signing` — keys, signing, TUF-style verification;
 * :mod:`agent.policy.parts` — the entitlements/hotlist part format;
 * :mod:`agent.policy.stage` — writing a verified bundle into the store (atomic);
-* :mod:`agent.policy.apply` — the terminal's apply pipeline (:class:`PolicyApplier`).
+* :mod:`agent.policy.apply` — the terminal's apply pipeline (:class:`PolicyApplier`);
+* :mod:`agent.policy.runners` — where a staged apply runs (a child process by default);
+* :mod:`agent.policy.compaction` — the background overlay merge (:class:`Compactor`).
 
 The format and threat model are in ``docs/policy.md``.
 """

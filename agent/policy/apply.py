@@ -14,7 +14,8 @@ bundle or raises. In order:
    (``part_hash_mismatch``);
 6. load every rule set and run its test vectors (``vectors_failed``), parse the issuer keys
    (the checked objects are kept on the :class:`AppliedPolicy`: nothing is parsed twice);
-7. stage and switch (:mod:`agent.policy.stage`, by default in a child process);
+7. stage and switch (:mod:`agent.policy.stage`, by default in a child process: see
+   :mod:`agent.policy.runners`);
 8. between two taps (the ``guard``, :meth:`agent.engine.Engine.between_taps`), move the
    store's reader to the new snapshot and call the listeners with the
    :class:`AppliedPolicy` (new rules, issuer keys): no decision ever mixes one bundle's
@@ -22,7 +23,8 @@ bundle or raises. In order:
 
 Refusals (:class:`BundleRefused`) keep the current policy and are not retried;
 :class:`ApplyFailed` (download, disk, a killed apply) keeps it too and is retried by the
-caller (:class:`sync.downlink.Downlink`). Nothing here runs on the tap path.
+caller (:class:`sync.downlink.Downlink`). Nothing here runs on the tap path. After a
+delta's switch, :class:`agent.policy.compaction.Compactor` merges its overlay.
 """
 
 from __future__ import annotations
@@ -30,10 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,12 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from agent.journal import canonical
+from agent.policy.compaction import Compactor
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.manifest import Envelope, Manifest, PartRef, Root, sha256_hex
+from agent.policy.runners import ApplyRunner, InProcessRunner, SubprocessRunner, stage_command
 from agent.policy.signing import load_root, verify_envelope
-from agent.policy.stage import ApplyPlan, execute_plan
+from agent.policy.stage import ApplyPlan
 from agent.rules import RuleSet, RuleSetError, load_ruleset
-from agent.store import PolicyInfo, PolicyStore, StoreError
+from agent.store import PolicyInfo, PolicyStore
 from agent.tomlconf import ConfigFileError
 
 if TYPE_CHECKING:
@@ -70,214 +70,6 @@ class PartFetcher(Protocol):
     """
 
     def fetch(self, ref: PartRef, url: str, dest: Path) -> None: ...
-
-
-class ApplyRunner(Protocol):
-    """Runs an :class:`ApplyPlan` (in a child process or in this one)."""
-
-    def run(self, plan: ApplyPlan) -> None: ...
-
-
-class InProcessRunner:
-    """Runs plans in the calling thread (tests, tools). Taps then share the GIL with it."""
-
-    def run(self, plan: ApplyPlan) -> None:
-        try:
-            execute_plan(plan)
-        except StoreError as err:
-            raise ApplyFailed(Refusal.BASE_MISMATCH, str(err)) from err
-        except PolicyError:
-            raise
-        except Exception as err:
-            raise ApplyFailed(Refusal.APPLY_FAILED, f"{type(err).__name__}: {err}") from err
-
-
-def stage_command(plan_path: str | Path, python: str = sys.executable,
-                  background: bool = True, compact: bool = False) -> list[str]:
-    """The command line that applies a plan file in a child process (with ``compact``:
-    that merges the delta overlay of the store at ``plan_path``). With ``background``
-    the child runs at lower CPU priority (``nice 10``) and in the idle I/O class
-    (``ionice -c 3``) when those tools exist, so the taps' journal commits go first."""
-    cmd = [python, "-m", "agent.policy.stage", *(["--compact"] if compact else []),
-           str(plan_path)]
-    if background:
-        if shutil.which("ionice"):
-            cmd = ["ionice", "-c", "3", *cmd]
-        if shutil.which("nice"):
-            cmd = ["nice", "-n", "10", *cmd]
-    return cmd
-
-
-class SubprocessRunner:
-    """Runs plans in ``python -m agent.policy.stage`` (the default on terminals): the
-    insert work never holds the daemon's GIL, and a crash of the child is just a failed
-    apply. ``timeout_s`` bounds one apply (seconds)."""
-
-    def __init__(self, python: str = sys.executable, timeout_s: float = 3600.0) -> None:
-        self.python = python
-        self.timeout_s = timeout_s
-
-    def run(self, plan: ApplyPlan) -> None:
-        plan_path = Path(plan.store + ".plan.json")
-        plan_path.write_text(plan.to_json(), encoding="utf-8")
-        try:
-            proc = subprocess.Popen(stage_command(plan_path, self.python),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                out, err = proc.communicate(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise ApplyFailed(Refusal.APPLY_FAILED, "apply process timed out") from None
-        finally:
-            plan_path.unlink(missing_ok=True)
-        last = out.strip().splitlines()[-1] if out.strip() else "{}"
-        try:
-            result = json.loads(last)
-        except json.JSONDecodeError:
-            result = {}
-        if not isinstance(result, dict):
-            result = {}
-        if proc.returncode == 0:
-            return
-        detail = str(result.get("detail") or err.strip()[-300:] or f"exit {proc.returncode}")
-        if proc.returncode == 4:
-            try:
-                refusal = Refusal(result.get("error", Refusal.MALFORMED.value))
-            except ValueError:
-                refusal = Refusal.MALFORMED
-            raise BundleRefused(refusal, detail)
-        reason = Refusal.BASE_MISMATCH if proc.returncode == 3 else Refusal.APPLY_FAILED
-        raise ApplyFailed(reason, detail)
-
-
-class Compactor:
-    """Merges the store's delta overlay into its big tables in the background, in a child
-    process (``python -m agent.policy.stage --compact``, niced, idle I/O class), paced,
-    and only while the terminal is quiet.
-
-    Each merged batch leaves the decisions unchanged, so the daemon's reader (not held
-    between applies, see :meth:`PolicyStore.hold`) may read any of them, and SQLite
-    checkpoints the merged pages as it goes. The merge still writes hundreds of MB for a
-    100k-row delta on a 10M-row store, so the daemon reports each presentation
-    (:meth:`activity`): the child is stopped (``SIGSTOP``) at once and continued
-    (``SIGCONT``) once no tap has come for ``quiet_s`` seconds. Under steady taps the
-    merge waits; the overlay answers lookups meanwhile. :meth:`stop` (before the next
-    apply, and at shutdown) ends the child: a batch in progress is rolled back, nothing
-    is lost, and :meth:`start` later resumes where it stopped.
-    """
-
-    def __init__(self, store: PolicyStore, python: str = sys.executable,
-                 quiet_s: float = 2.0) -> None:
-        self.store = store
-        self.python = python
-        self.quiet_s = quiet_s
-        self._proc: subprocess.Popen[str] | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._last_activity = -1e9       # time.monotonic() of the last presentation
-        self._paused = False
-        self._done = threading.Event()
-        self.merged = 0
-        """Rows merged by the last (or current) run."""
-
-    @property
-    def running(self) -> bool:
-        t = self._thread
-        return t is not None and t.is_alive()
-
-    @property
-    def paused(self) -> bool:
-        """True while the merge child is stopped for taps."""
-        return self._paused
-
-    def activity(self) -> None:
-        """A presentation arrived: pause a running merge until the terminal is quiet.
-        Cheap (one signal at most), never waits: if :meth:`start`, :meth:`stop` or the
-        resumer holds the lock, each of them sees the new time stamp and pauses or does
-        not resume (and :meth:`stop` ends the child anyway). Safe from any thread."""
-        self._last_activity = time.monotonic()
-        if self._proc is not None and not self._paused and self._lock.acquire(blocking=False):
-            try:
-                self._signal(signal.SIGSTOP, paused=True)
-            finally:
-                self._lock.release()
-
-    def _signal(self, sig: int, paused: bool) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.kill(proc.pid, sig)
-            self._paused = paused
-        except ProcessLookupError:
-            pass
-
-    def start(self) -> bool:
-        """Start merging if the overlay holds rows and no merge runs; True if started."""
-        with self._lock:
-            if self.running or self.store.overlay_rows() == 0:
-                return False
-            self.merged = 0
-            self._paused = False
-            self._done.clear()
-            self._proc = subprocess.Popen(
-                stage_command(self.store.path, self.python, compact=True),
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            if time.monotonic() - self._last_activity < self.quiet_s:
-                self._signal(signal.SIGSTOP, paused=True)
-            self._thread = threading.Thread(target=self._follow, args=(self._proc,),
-                                            name="policy-compact", daemon=True)
-            self._thread.start()
-            threading.Thread(target=self._resume_when_quiet, name="policy-compact-quiet",
-                             daemon=True).start()
-            return True
-
-    def _resume_when_quiet(self) -> None:
-        """Every 50 ms: continue a paused merge once quiet; pause a running one that an
-        :meth:`activity` could not pause (it never waits for the lock)."""
-        while not self._done.wait(0.05):
-            with self._lock:
-                quiet = time.monotonic() - self._last_activity >= self.quiet_s
-                if self._paused == quiet:
-                    self._signal(signal.SIGCONT if quiet else signal.SIGSTOP, paused=not quiet)
-
-    def _follow(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        last: dict[str, Any] = {}
-        for line in proc.stdout:
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(last, dict) and "rows" in last:
-                self.merged = int(last["rows"])
-        proc.stdout.close()
-        proc.wait()
-        self._done.set()
-        self._paused = False
-        if proc.returncode == 0:
-            log.info("policy overlay merged: %d rows", self.merged)
-        elif proc.returncode > 0:
-            log.warning("merging the policy overlay failed (%s); retried after the next "
-                        "apply or restart", last.get("detail", f"exit {proc.returncode}"))
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop a running merge and wait for it (the current batch is rolled back)."""
-        with self._lock:
-            proc, thread = self._proc, self._thread
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                self._signal(signal.SIGCONT, paused=False)   # a stopped child must run to die
-                try:
-                    proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if thread is not None:
-                thread.join(timeout_s)
-            self._done.set()
-            self._proc = self._thread = None
 
 
 @dataclass(frozen=True)

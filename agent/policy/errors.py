@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import enum
 
+from agent.errors import YktError
+
 __all__ = ["ApplyFailed", "BundleRefused", "PolicyError", "Refusal"]
 
 
@@ -49,7 +51,7 @@ class Refusal(enum.StrEnum):
     """Staging or switching failed or was interrupted (retried with backoff)."""
 
 
-class PolicyError(RuntimeError):
+class PolicyError(YktError, RuntimeError):
     """A bundle was not applied; ``refusal`` says why, ``detail`` says where."""
 
     retryable = False

@@ -23,9 +23,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.journal import canonical, parse_utc
+from agent.names import validate_channel
 from agent.policy.errors import BundleRefused, Refusal
 from agent.store import PolicyInfo
-from sync.topics import validate_channel
 
 __all__ = [
     "MANIFEST_TYPE",

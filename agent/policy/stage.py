@@ -38,14 +38,8 @@ from typing import Any
 
 from agent.policy.errors import BundleRefused, PolicyError, Refusal
 from agent.policy.parts import DataKind, Mode, read_rows
-from agent.store import (
-    PolicyInfo,
-    PolicyStore,
-    StoreError,
-    active_generation,
-    build_generation,
-    switch_generation,
-)
+from agent.store import PolicyInfo, PolicyStore, StoreError
+from agent.store_generations import active_generation, build_generation, switch_generation
 
 __all__ = ["ApplyPlan", "WritebackPacer", "execute_plan", "main"]
 

@@ -55,15 +55,20 @@ def _where(store: HubStore, db: Path | str) -> str:
     return str(getattr(store, "where", db))
 
 
-def hub_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+def hub_subparsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
+                   ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """The sub-parsers of ``ykt hub``, creating the ``hub`` command on first use."""
     hub = sub.choices.get("hub")
     if hub is None:
         hub = sub.add_parser("hub", help="the hub: ingest, store, report",
                              description="The hub that terminals sync with.")
-        hub.set_defaults(func=lambda _args: (hub.print_help(), 2)[1])
+        def hub_help(_args: argparse.Namespace) -> int:
+            hub.print_help()
+            return 2
+
+        hub.set_defaults(func=hub_help)
     action = getattr(hub, _ATTR, None)
-    if action is None:
+    if not isinstance(action, argparse._SubParsersAction):
         action = hub.add_subparsers(dest="hub_command", metavar="HUB_COMMAND")
         setattr(hub, _ATTR, action)
     return action

@@ -27,7 +27,6 @@ in the URL picks another). Passwords belong in ``$PGPASSWORD`` / ``~/.pgpass``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -38,16 +37,15 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from agent.errors import YktError
 from agent.journal import GENESIS
+from sync.hub.chain import IncomingRecord, advance_chain, split_duplicates
 from sync.hub.store import (
     HubStore,
-    IncomingRecord,
     IngestResult,
-    chain_problems,
     decision_fields,
     export_line,
     report_from,
-    split_duplicates,
     terminal_entry,
 )
 
@@ -62,7 +60,6 @@ SCHEMA_VERSION = 1
 
 _MIGRATION_LOCK = 0x796B7468  # "ykth": pg_advisory_xact_lock key for schema migrations
 _RETRIES = 3
-_GAP_CHUNK = 1000  # stored records fetched per query while walking the chain past a batch
 
 # Each entry brings the schema from version-1 to version. "terminal" columns use the "C"
 # collation so ORDER BY terminal matches SQLite's and can use the primary key index.
@@ -95,7 +92,7 @@ CREATE TABLE rejects (
 assert [v for v, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
 
-class PgStoreError(OSError):
+class PgStoreError(YktError, OSError):
     """The PostgreSQL store cannot be used: unreachable, or a schema newer than this code.
     The message names the (password-free) database and what to do."""
 
@@ -252,8 +249,11 @@ class PgHubStore(HubStore):
                 for s in lost:
                     del new[s]
                 duplicates += len(lost)
-        contig, chash, flagged, chain = self._walk(conn, terminal, contig, chash, new)
-        breaks += chain
+        walk = advance_chain(contig, chash, new, lambda lo, hi: conn.execute(
+            "SELECT seq, hash, body FROM records WHERE terminal=%s AND seq BETWEEN %s AND %s",
+            (terminal, lo, hi)))
+        contig, chash, flagged = walk.contiguous_seq, walk.contiguous_hash, walk.flagged
+        breaks += walk.breaks
         beyond = sum(1 for s in new if s > contig)
         if breaks:
             with conn.cursor() as cur:
@@ -272,40 +272,6 @@ class PgHubStore(HubStore):
                      "last_seen=now() WHERE terminal=%s",
                      (contig, chash, len(new), duplicates, terminal))
         return IngestResult(contig, len(new), duplicates, len(breaks), beyond)
-
-    def _walk(self, conn: psycopg.Connection[Any], terminal: str, contig: int, chash: str,
-              new: dict[int, IncomingRecord]
-              ) -> tuple[int, str, list[int], list[tuple[int, str]]]:
-        """Advance the contiguous seq from ``contig`` over this batch's records and those
-        stored earlier beyond a gap, verifying each link. Returns the new seq and hash, the
-        seqs to flag and the breaks found."""
-        flagged: list[int] = []
-        breaks: list[tuple[int, str]] = []
-        stored: dict[int, tuple[str, str]] = {}  # seq -> (hash, canonical body)
-        fetched_to = contig
-        while True:
-            nxt = contig + 1
-            rec = new.get(nxt)
-            if rec is not None:
-                body, claimed, computed = rec.body, rec.hash, rec.computed_hash
-            else:
-                if nxt not in stored and nxt > fetched_to:
-                    fetched_to = nxt + _GAP_CHUNK - 1
-                    stored.update((int(s), (str(h), str(b))) for s, h, b in conn.execute(
-                        "SELECT seq, hash, body FROM records WHERE terminal=%s "
-                        "AND seq BETWEEN %s AND %s", (terminal, nxt, fetched_to)))
-                row = stored.get(nxt)
-                if row is None:
-                    break
-                claimed, text = row
-                body = json.loads(text)
-                computed = hashlib.sha256(text.encode()).hexdigest()  # text is canonical
-            problems = chain_problems(nxt, body, claimed, computed, chash)
-            if problems:
-                flagged.append(nxt)
-                breaks += [(nxt, p) for p in problems]
-            contig, chash = nxt, claimed
-        return contig, chash, flagged, breaks
 
     def contiguous_seq(self, terminal: str) -> int:
         with self._lock:

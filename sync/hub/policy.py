@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.codes.trust import parse_trust_document
+from agent.errors import ConfigurationError
 from agent.journal import canonical, utc_stamp
 from agent.policy.manifest import (
     DeltaBase,
@@ -74,7 +75,7 @@ _SCHEMAS = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(ConfigurationError):
     """A source file is unusable; the message names the file and line."""
 
 
@@ -265,7 +266,7 @@ class PolicyRepo:
             tmp.unlink()
             return None
         sha, size = self._store_part(tmp)
-        return PartRef(name=name, kind=kind, mode=mode,  # type: ignore[arg-type]
+        return PartRef(name=name, kind=kind, mode=mode,
                        sha256=sha, size=size, rows=w.rows, inline=False)
 
     def _file_part(self, name: str, kind: str, data: bytes) -> PartRef:
@@ -275,7 +276,7 @@ class PolicyRepo:
             tmp = path.with_name(f".{sha}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
-        return PartRef(name=name, kind=kind, mode="file",  # type: ignore[arg-type]
+        return PartRef(name=name, kind=kind, mode="file",
                        sha256=sha, size=len(data), rows=0, inline=False)
 
     def build(self, sources: BundleSources, signer: SigningKey, *, pseudonymizer: Pseudonymizer,

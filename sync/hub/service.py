@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync.hub.store import HubStore, IncomingRecord
+from sync.hub.chain import IncomingRecord
+from sync.hub.store import HubStore
 from sync.link import Link, MqttSettings, NotConnected
 from sync.topics import TerminalTopics, hub_status, parse_terminal_topic
 

@@ -6,7 +6,9 @@ as far as records are present, verifying each link of the hash chain on the way
 (:func:`chain_problems`); breaks are recorded and the records flagged (never dropped).
 :meth:`HubStore.ingest` returns after the commit, with the contiguous seq to acknowledge.
 
-The chain logic is backend-neutral so a PostgreSQL store can reuse it.
+The chain logic (:mod:`sync.hub.chain`) is backend-neutral: this store and the PostgreSQL
+one (:mod:`sync.hub.pgstore`) both advance the chain with
+:func:`~sync.hub.chain.advance_chain`.
 """
 
 from __future__ import annotations
@@ -22,27 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.journal import GENESIS, record_hash, utc_stamp
+from agent.journal import GENESIS, utc_stamp
+from sync.hub.chain import (
+    IncomingRecord,
+    advance_chain,
+    chain_problems,
+    split_duplicates,
+)
 
 __all__ = ["HubStore", "IncomingRecord", "IngestResult", "SqliteHubStore", "assemble_report",
            "chain_problems", "decision_fields"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingRecord:
-    """One structurally valid record of a tx batch.
-
-    ``canonical`` is the canonical body text the hub re-encoded, ``computed_hash`` its
-    SHA-256; ``hash`` is what the terminal claims.
-    """
-
-    seq: int
-    hash: str
-    body: dict[str, Any]
-    canonical: str
-    computed_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,41 +57,6 @@ def decision_fields(body: dict[str, Any]) -> tuple[str, str]:
     product, reason = src.get("product", ""), src.get("reason", "")
     return (product if isinstance(product, str) else str(product),
             reason if isinstance(reason, str) else str(reason))
-
-
-def chain_problems(seq: int, body: dict[str, Any], claimed: str, computed: str,
-                   prev_hash: str) -> list[str]:
-    """What is wrong with record ``seq`` given the hash of record ``seq-1`` (``prev_hash``,
-    :data:`~agent.journal.GENESIS` for seq 1). Empty when the link verifies."""
-    problems = []
-    if body.get("seq") != seq:
-        problems.append("body seq differs from record seq")
-    if body.get("prev") != prev_hash:
-        problems.append(f"prev does not match the hash of seq {seq - 1}")
-    if computed != claimed:
-        problems.append("hash does not match body")
-    return problems
-
-
-def split_duplicates(records: Sequence[IncomingRecord], existing: dict[int, str]
-                     ) -> tuple[dict[int, IncomingRecord], int, list[tuple[int, str]]]:
-    """Split a batch into records new to the store (first copy of each seq wins),
-    a duplicate count, and chain breaks for duplicates whose hash differs from the copy
-    already stored (``existing``: seq → hash) or earlier in the batch."""
-    new: dict[int, IncomingRecord] = {}
-    duplicates = 0
-    breaks: list[tuple[int, str]] = []
-    for r in records:
-        old = existing.get(r.seq)
-        if old is None and r.seq not in new:
-            new[r.seq] = r
-            continue
-        duplicates += 1
-        other = old if old is not None else new[r.seq].hash
-        if other != r.hash:
-            breaks.append((r.seq, "conflicting duplicate: a different record with this "
-                                  "seq was already stored (the first is kept)"))
-    return new, duplicates, breaks
 
 
 def export_line(terminal: str, seq: int, digest: str, flagged: Any, body: str) -> str:
@@ -288,24 +246,11 @@ class SqliteHubStore(HubStore):
         db.executemany("INSERT OR IGNORE INTO records (terminal, seq, hash, body, product, "
                        "reason, received) VALUES (?,?,?,?,?,?,?)", rows)
         # advance the contiguous sequence, verifying each link of the chain
-        flagged: list[int] = []
-        while True:
-            nxt = contig + 1
-            rec = new.get(nxt)
-            if rec is not None:
-                body, claimed, computed = rec.body, rec.hash, rec.computed_hash
-            else:
-                row = db.execute("SELECT body, hash FROM records WHERE terminal=? AND seq=?",
-                                 (terminal, nxt)).fetchone()
-                if row is None:
-                    break
-                body, claimed = json.loads(row[0]), str(row[1])
-                computed = record_hash(body)
-            problems = chain_problems(nxt, body, claimed, computed, chash)
-            if problems:
-                flagged.append(nxt)
-                breaks += [(nxt, p) for p in problems]
-            contig, chash = nxt, claimed
+        walk = advance_chain(contig, chash, new, lambda lo, hi: db.execute(
+            "SELECT seq, hash, body FROM records WHERE terminal=? AND seq BETWEEN ? AND ?",
+            (terminal, lo, hi)))
+        contig, chash, flagged = walk.contiguous_seq, walk.contiguous_hash, walk.flagged
+        breaks += walk.breaks
         beyond = sum(1 for s in new if s > contig)
         if breaks:
             db.executemany("INSERT INTO chain_breaks (terminal, seq, problem, detected) "
