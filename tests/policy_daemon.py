@@ -85,10 +85,13 @@ class PolicyDaemon:
         wait_until(lambda: store.info.version == version, timeout,
                    f"policy v{version} to be applied")
 
-    def wait_refused(self, refusal: str, timeout: float = 30.0) -> None:
-        """Wait until the downlink reports the last bundle refused with ``refusal``."""
-        wait_until(lambda: (self.status()["policy_state"], self.status()["policy_refusal"])
-                   == ("refused", refusal), timeout, f"a refusal: {refusal}")
+    def wait_state(self, state: str, refusal: str = "", timeout: float = 30.0) -> None:
+        """Wait until the downlink reports ``state`` (``applied``, ``refused``, …) with
+        last refusal ``refusal``, i.e. until it has handled the last envelope sent."""
+        def reached() -> bool:
+            s = self.status()
+            return (s["policy_state"], s["policy_refusal"]) == (state, refusal)
+        wait_until(reached, timeout, f"policy state {state} {refusal}".strip())
 
     def journaled(self, seq: int) -> dict[str, Any]:
         """Record ``seq`` as it is on disk, read through a connection of its own."""
