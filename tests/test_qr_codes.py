@@ -9,7 +9,6 @@ import json
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -429,9 +428,7 @@ def test_code_text_never_logged(tmp_path: Path, qr_phone: Callable[..., Phone],
     got: queue.Queue[Presentation] = queue.Queue()
     scanner.start(got.put)
     try:
-        deadline = time.monotonic() + 2
-        while scanner._port is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert scanner.port_open.wait(5)
         scanner._port.write(f"{code}\r\n{id_text}\r\n".encode())
         assert [got.get(timeout=3).text for _ in range(2)] == [code, id_text]
     finally:
