@@ -11,8 +11,10 @@ from agent.model import Credential, Reason, Rejection
 from simulator.phone import Phone
 from tests.fixtures.qr import QR_NOW, QR_PSEUDO
 
-WINDOW_BACK_S = 60.0
-"""The verifier's default backward window: a code issued at ``iat`` expires at iat + 60 s."""
+WIDEST_WINDOW_S = 60.0 + 600.0
+"""The verifier's default backward window plus the widest clock allowance (``unsynced``):
+the replay cache holds a code issued at ``iat`` until iat + 660 s, whatever the clock
+quality when it was accepted."""
 
 
 def _verifier(trust: TrustStore, cap: int) -> CodeVerifier:
@@ -79,14 +81,31 @@ def test_after_the_cap_fresh_codes_are_accepted_and_held(
 
 def test_expired_entries_leave_room_before_the_cap_drops_anything(
         qr_phone: Callable[..., Phone], qr_trust: TrustStore) -> None:
-    """Entries leave the cache at their code's expiry, so a cache that only ever holds
-    one window's codes never reaches the cap and never refuses a fresh code."""
+    """Entries leave the cache once their code is past its widest window, so a cache that
+    only ever holds one window's codes never reaches the cap nor refuses a fresh code."""
     v = _verifier(qr_trust, cap=2)
     phone = qr_phone()
     t = QR_NOW
-    for _ in range(10):                           # 10 codes, 2 per window of 60 s
+    for _ in range(10):                           # 20 codes, 2 per widest window
         for k in range(2):
             _accepted(v, phone.new_code(t + k), t + k)
-        t += WINDOW_BACK_S + 5
+        t += WIDEST_WINDOW_S + 5
     assert v.replay.dropped == 0
     assert len(v.replay) == 2
+
+
+def test_a_replay_is_refused_after_the_clock_quality_widened_the_window(
+        qr_phone: Callable[..., Phone], qr_trust: TrustStore) -> None:
+    """docs/decisions.md 12: a worse clock widens the window, and the replay cache still
+    refuses an exact replay. A code accepted while the clock was synchronised (window
+    60 s) and shown again 100 s later, once the terminal runs on its RTC (window
+    60 + 120 s), is still inside its window: it must be refused, not accepted again."""
+    v = _verifier(qr_trust, cap=1000)
+    code = qr_phone().new_code(QR_NOW)
+    assert isinstance(v.verify(code, now=QR_NOW, clock_quality="synced"), Credential)
+    res = v.verify(code, now=QR_NOW + 100, clock_quality="rtc")
+    assert isinstance(res, Rejection) and res.reason is Reason.CODE_REPLAYED, res
+    res = v.verify(code, now=QR_NOW + 600, clock_quality="unsynced")
+    assert isinstance(res, Rejection) and res.reason is Reason.CODE_REPLAYED, res
+    later = v.verify(code, now=QR_NOW + 700, clock_quality="unsynced")   # past every window
+    assert isinstance(later, Rejection) and later.reason is Reason.CODE_EXPIRED, later

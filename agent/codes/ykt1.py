@@ -275,7 +275,11 @@ class Ykt1Scheme:
             raise _Refused(Reason.CERT_EXPIRED, "code_after_cert_expiry", cert)
         code_id = hashlib.sha256(cert.kid.encode() + b"|" + cert.cti + b"|" + nonce
                                  + iat.to_bytes(8, "big", signed=True)).digest()[:16]
-        seen = self.replay.record(code_id, iat + self.window_back_s + allowance, now)
+        # kept for the widest window any clock quality gives: a clock that falls back from
+        # synced to RTC widens the window, and the code must still be known as seen
+        widest = max(self.allowance_s.values(), default=0.0)
+        seen = self.replay.record(code_id, iat + self.window_back_s + max(allowance, widest),
+                                  now)
         if seen is not ReplayVerdict.NEW:
             raise _Refused(Reason.CODE_REPLAYED, seen.value, cert)
         auth = cert.holder_alg.name if cert.issuer_alg == cert.holder_alg.name else (
