@@ -6,6 +6,7 @@ again. The ``keep_deciding`` side is in ``tests/test_policy_attacks.py``."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from agent.journal import parse_utc
@@ -13,6 +14,7 @@ from agent.model import Reason
 from profiles import profile_path
 from simulator.broker import Mosquitto
 from sync.hub.policy import BundleSources
+from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import CHANNEL, PolicyEnv
 from tests.policy_daemon import PolicyDaemon, publish_envelope
 
@@ -80,5 +82,26 @@ def test_deny_all_denies_every_tap_once_the_policy_expires(policy_env: PolicyEnv
         assert body["accepted"] is True and "policy_stale" not in body
         assert body["policy"] == f"{CHANNEL}@2"
         assert daemon.tap(standard[3]).decision.reason is Reason.HOTLISTED   # v2's data too
+    finally:
+        daemon.stop()
+
+
+def test_the_daemon_judges_a_manifest_expiry_by_its_own_clock(policy_env: PolicyEnv,
+                                                             broker: Mosquitto,
+                                                             tmp_path: Path) -> None:
+    """Applier and engine share the terminal's clock: a bundle that has expired by it is
+    refused as ``expired`` (freeze), though the wall clock would still take it."""
+    env = policy_env
+    wall = time.time()
+    env.build(env.population_sources(), now=wall)            # expires a week after wall time
+    env.clock.t = wall + 30 * 86400                          # the terminal's clock: a month on
+    daemon = PolicyDaemon(env, broker, tmp_path / "t")
+    try:
+        publish_envelope(broker, env.repo.latest_envelope())
+        wait_until(lambda: daemon.status()["policy_state"] in ("applied", "refused"), 30,
+                   "the bundle to be handled")
+        status = daemon.status()
+        assert (status["policy_state"], status["policy_refusal"]) == ("refused", "expired")
+        assert daemon.terminal.store is not None and daemon.terminal.store.info.version == 0
     finally:
         daemon.stop()
