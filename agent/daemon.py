@@ -280,7 +280,7 @@ class Terminal:
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
                                 staging_dir=self.cfg.terminal.data_dir / "staging",
-                                guard=self.engine.between_taps)
+                                guard=self.engine.between_taps, clock=self.clock)
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None))

@@ -15,24 +15,40 @@
 2. Decoder comparison on the generated corpus (:mod:`simulator.frames`): detection rate
    per condition, false detections on no-code frames, and time per frame.
 
-Prints the tables and writes them to ``bench/README.md`` (section ``qr``).
+3. Online schemes (:class:`agent.codes.online.OnlineScheme`) against a hung service: how
+   long a tap waits for the answer when the call times out (``timeout_s`` 0.1 s; budget
+   < 0.5 s), and when the scheme answers at once (offline, backing off after a failure,
+   every worker busy with a hung call; budget < 50 ms). ``--online-only`` runs just this.
+
+Prints the tables and writes them to ``bench/README.md`` (sections ``qr`` and
+``qr-online``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from agent.codes import CodeVerifier, TrustStore
+from agent.codes import CodeVerifier, OnlineScheme, TrustStore
 from agent.codes.trust import parse_trust_document
 from agent.engine import Engine
 from agent.journal import Journal
-from agent.model import ClockQuality, Location, Presentation, PresentationKind
+from agent.model import (
+    ClockQuality,
+    Credential,
+    Location,
+    Presentation,
+    PresentationKind,
+    Reason,
+    Rejection,
+)
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
 from agent.store import PolicyInfo, PolicyStore
@@ -175,15 +191,104 @@ def bench_decoders(per_condition: int) -> tuple[list[list[object]], list[list[ob
     return summary, by_cond
 
 
+ONLINE_TIMEOUT_S = 0.1
+"""The online schemes' ``timeout_s`` in :func:`bench_online`."""
+ONLINE_TIMEOUT_BUDGET_S = 0.5
+"""Budget: a timed-out online call answers the tap within this (seconds)."""
+ONLINE_AT_ONCE_BUDGET_S = 0.05
+"""Budget: offline / backoff / busy answers come within this (seconds)."""
+
+
+class _HungService:
+    """An online verification service that answers nothing until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def verify(self, text: str, timeout_s: float) -> Credential | Rejection:
+        self.release.wait(30)
+        return Rejection(Reason.ONLINE_UNAVAILABLE, "released")
+
+
+def _timed(scheme: OnlineScheme, text: str) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    res = scheme.verify(text, now=time.time(), clock_quality="synced")
+    ms = (time.perf_counter() - t0) * 1000
+    assert isinstance(res, Rejection), res
+    return ms, res.detail
+
+
+def bench_online(rounds: int) -> tuple[list[list[object]], bool]:
+    """Answer times of :class:`OnlineScheme` against a hung service, per path (ms)."""
+    times: dict[str, list[float]] = defaultdict(list)
+    logging.getLogger("agent.codes.online").setLevel(logging.ERROR)   # a timeout per round
+    for _ in range(rounds):
+        service = _HungService()
+        online = threading.Event()
+        online.set()
+        scheme = OnlineScheme(["CITY:"], service, kind="qr:city", timeout_s=ONLINE_TIMEOUT_S,
+                              backoff_s=60.0, max_workers=1, is_online=online.is_set)
+        busy = OnlineScheme(["BUSY:"], service, kind="qr:busy", timeout_s=ONLINE_TIMEOUT_S,
+                            backoff_s=0.0, max_workers=1)
+        try:
+            for path, sch, text in (("timeout", scheme, "CITY:1"),
+                                    ("backoff", scheme, "CITY:2"),
+                                    ("timeout", busy, "BUSY:1"), ("busy", busy, "BUSY:2")):
+                ms, detail = _timed(sch, text)
+                assert detail == path, (path, detail)
+                times[path].append(ms)
+            online.clear()
+            ms, detail = _timed(scheme, "CITY:3")
+            assert detail == "offline", detail
+            times["offline"].append(ms)
+        finally:
+            service.release.set()
+            scheme.close()
+            busy.close()
+    rows: list[list[object]] = []
+    ok = True
+    for path in ("timeout", "backoff", "busy", "offline"):
+        xs = times[path]
+        budget = ONLINE_TIMEOUT_BUDGET_S if path == "timeout" else ONLINE_AT_ONCE_BUDGET_S
+        met = max(xs) < budget * 1000
+        ok = ok and met
+        rows.append([path, len(xs), f"{statistics.median(xs):.2f}", f"{max(xs):.2f}",
+                     f"< {budget * 1000:.0f}", "met" if met else "NOT met"])
+    return rows, ok
+
+
+def online_markdown(rounds: int) -> str:
+    rows, ok = bench_online(rounds)
+    return "\n\n".join([
+        "## Online code schemes against a hung service (`python -m bench.bench_qr --online-only`)",
+        f"Machine: {machine()}; `timeout_s` {ONLINE_TIMEOUT_S} s, {rounds} rounds. How long a "
+        "tap waits for `OnlineScheme.verify` when the service does not answer: the call "
+        "times out, then the scheme answers at once while backing off, while its only "
+        "worker is still stuck in a hung call, or while the terminal is offline.",
+        table(["path", "n", "p50 ms", "max ms", "budget ms", "verdict"], rows),
+        f"Budgets: a timed-out call answers within {ONLINE_TIMEOUT_BUDGET_S * 1000:.0f} ms, "
+        f"the others within {ONLINE_AT_ONCE_BUDGET_S * 1000:.0f} ms: "
+        f"**{'met' if ok else 'NOT met'}**.",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=300, help="frames per algorithm (pipeline)")
     ap.add_argument("--per-condition", type=int, default=22, help="corpus frames per condition")
     ap.add_argument("--quick", action="store_true", help="small run (smoke test)")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/README.md")
+    ap.add_argument("--online-rounds", type=int, default=20, help="rounds of the online bench")
+    ap.add_argument("--online-only", action="store_true", help="only the online schemes")
     args = ap.parse_args(argv)
     if args.quick:
-        args.frames, args.per_condition = 30, 3
+        args.frames, args.per_condition, args.online_rounds = 30, 3, 3
+    online = online_markdown(args.online_rounds)
+    print(online)
+    if not args.no_write:
+        update_section("qr-online", online)
+    if args.online_only:
+        return 0
     pipe = bench_pipeline(args.frames)
     summary, by_cond = bench_decoders(args.per_condition)
     es = next(r for r in pipe if r[:3] == ["ES256", DEFAULT_DECODER, "warm"])

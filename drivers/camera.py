@@ -189,7 +189,10 @@ class CameraSource(PresentationSource):
         self._slot: tuple[int, Any] | None = None
         self._cond = threading.Condition()
         self._eof = False
-        self.stats = {"grabbed": 0, "decoded": 0, "dropped": 0, "emitted": 0, "reopened": 0}
+        self.stats = {"grabbed": 0, "decoded": 0, "dropped": 0, "emitted": 0, "reopened": 0,
+                      "open_failed": 0}
+        """Frames grabbed, decoded, dropped (a newer one came first), codes emitted; camera
+        reopened after a loss, attempts to open it that failed."""
 
     @property
     def live(self) -> bool:
@@ -248,6 +251,7 @@ class CameraSource(PresentationSource):
             except DeviceError as err:
                 if not self.live:
                     raise
+                self.stats["open_failed"] += 1
                 # warn once per outage, not at every retry
                 (log.debug if failing else log.warning)("%s; retrying every %.1f s", err,
                                                         self.reconnect_s)

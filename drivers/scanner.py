@@ -11,11 +11,16 @@ replug cannot prefix the next code); a line that is not UTF-8 or holds control
 characters is discarded as line noise. ``seen_ns`` is the monotonic time the line's
 ending arrived. Identical lines within ``debounce_s`` (scanners in continuous mode repeat
 a code) are one presentation. A failed port is reopened every ``reconnect_s`` seconds.
+
+``port_open`` is set while the port is open (a pseudo-terminal's input written before
+that is flushed by the open); ``stats`` counts bytes read, lines, discards, failed opens
+and reopens, so a caller can wait for what the scanner has seen.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -58,8 +63,10 @@ class SerialScannerSource(PresentationSource):
         self.read_timeout_s = read_timeout_s
         self.debouncer = Debouncer(debounce_s)
         self._port: Any = None
-        self.stats = {"lines": 0, "emitted": 0, "too_long": 0, "noise": 0, "stale": 0,
-                      "reopened": 0}
+        self.port_open = threading.Event()
+        """Set while the port is open."""
+        self.stats = {"bytes": 0, "lines": 0, "emitted": 0, "too_long": 0, "noise": 0,
+                      "stale": 0, "open_failed": 0, "reopened": 0}
 
     def _open(self) -> Any:
         import serial
@@ -76,7 +83,9 @@ class SerialScannerSource(PresentationSource):
         while not self.stopping:
             try:
                 self._port = self._open()
+                self.port_open.set()
             except SerialDeviceError as err:
+                self.stats["open_failed"] += 1
                 log.warning("%s", err)
                 self._stop.wait(self.reconnect_s)
                 continue
@@ -108,6 +117,7 @@ class SerialScannerSource(PresentationSource):
                     overflow = False
                 continue
             last_ns = now
+            self.stats["bytes"] += len(chunk)
             start = 0
             for i, b in enumerate(chunk):
                 if b not in (0x0A, 0x0D):
@@ -158,6 +168,7 @@ class SerialScannerSource(PresentationSource):
                                text=text))
 
     def _close_port(self) -> None:
+        self.port_open.clear()
         port, self._port = self._port, None
         if port is not None:
             try:

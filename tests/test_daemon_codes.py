@@ -15,6 +15,7 @@ from agent.config import AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome
 from agent.model import ClockQuality, Reason
+from drivers.scanner import SerialScannerSource
 from simulator.phone import Phone, SimIssuer
 from simulator.population import Population
 from tests.fixtures.hub import wait_until
@@ -39,6 +40,10 @@ class CodeRig:
         self.outcomes: list[Outcome] = []
         self.terminal.add_listener(self.outcomes.append)
         self.terminal.start()
+        scanner = self.terminal.sources[0]
+        assert isinstance(scanner, SerialScannerSource)
+        # opening the pty flushes what was written before: scan only once it is open
+        assert scanner.port_open.wait(5), "the scanner did not open its port"
 
     def scan(self, text: str) -> Outcome:
         n = len(self.outcomes)

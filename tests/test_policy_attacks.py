@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,10 +234,15 @@ def test_forged_rotation_is_refused(policy_env: PolicyEnv) -> None:
 def test_hostile_root_serial_is_malformed_and_not_retried(policy_env: PolicyEnv,
                                                           broker: Mosquitto) -> None:
     """A root rotation whose serial is not a number is refused as ``malformed`` (before
-    any sorting by serial), once: the downlink does not retry it, the terminal keeps v1."""
+    any sorting by serial), once: the downlink does not retry it, the terminal keeps v1.
+
+    The downlink retries without any pause here, so a refused bundle it wrongly kept
+    would be offered again at once, over and over; the genuine v2 sent after the refusal
+    is then the positive signal: the worker offered exactly the hostile bundle, then v2."""
     env = policy_env
     t = _ready(env)
-    hostile = _mutate(_victim_delta(env), envelope=lambda d: d["roots"].append(
+    good = _victim_delta(env)
+    hostile = _mutate(good, envelope=lambda d: d["roots"].append(
         {"signed": {"type": "ykt-policy-root", "serial": "abc", "keys": []},
          "signatures": []}))
     _refused(t, hostile, Refusal.MALFORMED)
@@ -250,17 +254,19 @@ def test_hostile_root_serial_is_malformed_and_not_retried(policy_env: PolicyEnv,
         return offer(payload, fetcher)
     t.applier.offer = counting  # type: ignore[method-assign]
     down = Downlink(t.applier, settings=MqttSettings(host=broker.host, port=broker.port),
-                    client_id="T1-policy", retry_min_s=0.02, retry_max_s=0.02)
+                    client_id="T1-policy", retry_min_s=0.0, retry_max_s=0.0)
     down.start()
     try:
         down.offer(hostile)
         wait_until(lambda: down.status()["policy_state"] == "refused", 10, "the refusal")
         assert down.status()["policy_refusal"] == "malformed"
-        time.sleep(0.3)                    # ~15 retry periods: a retried bundle would show
-        assert len(offers) == 1
+        _still_deciding_with_v1(env, t)
+        down.offer(good)
+        wait_until(lambda: down.status()["policy_state"] == "applied", 10, "v2 applied")
+        assert offers == [hostile, good]
+        assert t.store.info.version == 2
     finally:
         down.stop()
-    _still_deciding_with_v1(env, t)
 
 
 def test_rules_that_are_not_utf8_are_malformed(policy_env: PolicyEnv) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import queue
-import time
 import tty
 from collections.abc import Callable, Iterator
 
@@ -16,6 +15,7 @@ from drivers.exceptions import ConfigError
 from drivers.registry import load_backend
 from drivers.scanner import SerialScannerSource
 from simulator.phone import Phone
+from tests.fixtures.hub import wait_until
 from tests.fixtures.qr import QR_NOW
 
 
@@ -37,7 +37,7 @@ def scanner(pty_pair: tuple[int, str]) -> Iterator[tuple[int, SerialScannerSourc
     src = SerialScannerSource(path, max_line=1500, stale_partial_s=0.3, debounce_s=0.5)
     got: queue.Queue[Presentation] = queue.Queue()
     src.start(got.put)
-    time.sleep(0.1)  # let it open the port
+    assert src.port_open.wait(5), "the scanner did not open its port"
     yield master, src, got
     src.stop()
 
@@ -50,11 +50,6 @@ def _take(q: queue.Queue[Presentation], n: int, timeout: float = 3.0) -> list[st
         assert p.text is not None
         out.append(p.text)
     return out
-
-
-def _nothing_more(q: queue.Queue[Presentation], wait: float = 0.3) -> None:
-    with pytest.raises(queue.Empty):
-        q.get(timeout=wait)
 
 
 def test_lines_with_cr_lf_crlf(scanner: tuple[int, SerialScannerSource, queue.Queue[Presentation]],
@@ -71,14 +66,16 @@ def test_lines_with_cr_lf_crlf(scanner: tuple[int, SerialScannerSource, queue.Qu
 def test_partial_lines_are_joined(scanner: tuple[int, SerialScannerSource,
                                                  queue.Queue[Presentation]],
                                   qr_phone: Callable[..., Phone]) -> None:
-    master, _src, got = scanner
+    master, src, got = scanner
     code = qr_phone().new_code(QR_NOW)
-    for i in range(0, len(code), 37):
+    for i in range(0, len(code), 37):          # each piece read before the next is sent
         os.write(master, code[i:i + 37].encode())
-        time.sleep(0.01)
-    _nothing_more(got, 0.1)
+        wait_until(lambda n=min(i + 37, len(code)): src.stats["bytes"] >= n, 5,
+                   "the scanner to read the piece")
+    assert src.stats["bytes"] == len(code) and src.stats["lines"] == 0   # nothing emitted
     os.write(master, b"\r\n")
-    assert _take(got, 1) == [code]
+    assert _take(got, 1) == [code]                 # the first presentation: the whole line
+    assert got.empty() and src.stats["emitted"] == 1
 
 
 def test_garbage_long_and_stale(scanner: tuple[int, SerialScannerSource,
@@ -94,7 +91,7 @@ def test_garbage_long_and_stale(scanner: tuple[int, SerialScannerSource,
     assert _take(got, 2) == ["hello scanner", code]
     assert src.stats["noise"] == 1 and src.stats["too_long"] == 1
     os.write(master, b"YKT1:FRAGMENT-OF-A-REPLUG")             # never terminated
-    time.sleep(0.6)
+    wait_until(lambda: src.stats["stale"] == 1, 5, "the fragment to be discarded")
     os.write(master, (code[:-1] + "Z\r").encode())
     assert _take(got, 1) == [code[:-1] + "Z"]                  # fragment did not prefix it
     assert src.stats["stale"] == 1
@@ -102,12 +99,12 @@ def test_garbage_long_and_stale(scanner: tuple[int, SerialScannerSource,
 
 def test_debounce_repeated_scans(scanner: tuple[int, SerialScannerSource,
                                                 queue.Queue[Presentation]]) -> None:
-    master, _src, got = scanner
+    master, src, got = scanner
     for _ in range(5):
         os.write(master, b"YKT1:SAME\r")
-        time.sleep(0.02)
+    wait_until(lambda: src.stats["lines"] == 5, 5, "five lines read")
     assert _take(got, 1) == ["YKT1:SAME"]
-    _nothing_more(got)
+    assert got.empty() and src.stats["emitted"] == 1
 
 
 def test_loop_url_and_registry() -> None:
@@ -115,9 +112,7 @@ def test_loop_url_and_registry() -> None:
     src = cls("loop://", debounce_s=0.0)
     got: queue.Queue[Presentation] = queue.Queue()
     src.start(got.put)
-    deadline = time.monotonic() + 2
-    while src._port is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert src.port_open.wait(5)
     src._port.write(b"ABC\r\n")
     assert _take(got, 1) == ["ABC"]
     src.stop()
@@ -129,6 +124,7 @@ def test_loop_url_and_registry() -> None:
 def test_missing_port_retries_without_crashing() -> None:
     src = SerialScannerSource("/dev/does-not-exist-ykt", reconnect_s=0.05)
     src.start(lambda p: None)
-    time.sleep(0.2)
+    wait_until(lambda: src.stats["open_failed"] >= 3, 5, "three failed opens")
     assert src._thread is not None and src._thread.is_alive()
+    assert not src.port_open.is_set()
     src.stop()

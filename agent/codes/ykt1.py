@@ -48,7 +48,7 @@ from agent.codes.cose import (
     encode_sign1,
     loads_strict,
 )
-from agent.codes.replay import ReplayCache
+from agent.codes.replay import ReplayCache, ReplayVerdict
 from agent.codes.trust import IssuerKey, TrustSnapshot, TrustStore
 from agent.model import Credential, Reason, Rejection
 from agent.pseudonym import Pseudonymizer
@@ -275,8 +275,13 @@ class Ykt1Scheme:
             raise _Refused(Reason.CERT_EXPIRED, "code_after_cert_expiry", cert)
         code_id = hashlib.sha256(cert.kid.encode() + b"|" + cert.cti + b"|" + nonce
                                  + iat.to_bytes(8, "big", signed=True)).digest()[:16]
-        if not self.replay.check_and_add(code_id, iat + self.window_back_s + allowance, now):
-            raise _Refused(Reason.CODE_REPLAYED, "code_replayed", cert)
+        # kept for the widest window any clock quality gives: a clock that falls back from
+        # synced to RTC widens the window, and the code must still be known as seen
+        widest = max(self.allowance_s.values(), default=0.0)
+        seen = self.replay.record(code_id, iat + self.window_back_s + max(allowance, widest),
+                                  now)
+        if seen is not ReplayVerdict.NEW:
+            raise _Refused(Reason.CODE_REPLAYED, seen.value, cert)
         auth = cert.holder_alg.name if cert.issuer_alg == cert.holder_alg.name else (
             f"{cert.issuer_alg}+{cert.holder_alg.name}")
         return Credential(
