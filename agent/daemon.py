@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import clock_quality
 from agent.config import AgentConfig
@@ -31,6 +31,10 @@ from agent.store import PolicyStore
 from drivers.base import Actuator, PresentationSource
 from drivers.registry import load_backend
 from profiles import profile_path
+
+if TYPE_CHECKING:
+    from drivers.gate import Gate
+    from drivers.gpio import GpioBoard
 
 __all__ = ["Terminal"]
 
@@ -69,8 +73,8 @@ class Terminal:
         self.uplink: Any = None
         self.downlink: Any = None           # sync.downlink.Downlink
         self.applier: Any = None            # agent.policy.apply.PolicyApplier
-        self.gates: list[Any] = []          # drivers.gate.GateActuator
-        self.gpio: Any = None               # drivers.gpio.GpioBoard
+        self.gates: list[Gate] = []
+        self.gpio: GpioBoard | None = None
         self._recent: OrderedDict[int, Outcome] = OrderedDict()  # accepted at a gate, for undo
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._worker: threading.Thread | None = None
@@ -195,14 +199,15 @@ class Terminal:
         elif self.cfg.prompt.enabled:
             cls = load_backend("prompt", self.cfg.prompt.backend)
             self.actuators.append(cls(**self.cfg.prompt.options))
+        from drivers.gate import Gate, GateActuator
+
         if self.cfg.gate.enabled:
-            from drivers.gate import GateActuator
 
             gate = GateActuator.from_profile({"backend": self.cfg.gate.backend,
                                               **self.cfg.gate.options})
             self.actuators.append(gate)
         for a in self.actuators:
-            if hasattr(a, "subscribe") and hasattr(a, "available"):   # a gate
+            if isinstance(a, Gate):
                 self.gates.append(a)
                 a.subscribe(self._queue.put)
 
@@ -341,7 +346,7 @@ class Terminal:
         if kind is None:                                   # a GPIO InputEvent
             if ev.name == "fire_alarm":
                 for g in self.gates:
-                    g.gate.emergency(ev.active)
+                    g.emergency(ev.active)
                 record = self.engine.journal_event("fire_alarm", {"active": ev.active,
                                                                   "input": "gpio"})
             elif ev.name == "tamper" and ev.active:
@@ -357,7 +362,7 @@ class Terminal:
         elif kind is GateEventKind.ALARM:
             if ev.alarm == "fire" and ev.active is not None:
                 for g in self.gates:     # every gate opens for evacuation, and closes after
-                    g.gate.emergency(bool(ev.active))
+                    g.emergency(bool(ev.active))
             record = self.engine.journal_event("alarm", {"gate": ev.gate, "alarm": ev.alarm,
                                                          "active": bool(ev.active)})
         elif kind in (GateEventKind.EMERGENCY, GateEventKind.OUT_OF_SERVICE,

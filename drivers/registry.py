@@ -37,7 +37,7 @@ BACKENDS: dict[str, dict[str, str]] = {
     },
     "gate": {
         "serial": "drivers.gate:SerialGate",
-        "sim": "simulator.gate:SimGate",
+        "sim": "drivers.gate.sim:SimGate",
     },
     # every GPIO backend is a GpioBoard; its [gpio] table's ``backend`` picks the pin factory
     "gpio": {
