@@ -98,13 +98,17 @@ class Terminal:
                  self.ruleset.profile.name, self.store.info.label if self.store else "?")
 
     def stop(self) -> None:
-        """Stop components in reverse start order. Safe to call twice."""
+        """Stop components in reverse start order (those without a ``_stop_`` method have
+        nothing to release). Safe to call twice."""
         if self._started:
             notify("STOPPING=1")
         while self._started:
             name = self._started.pop()
+            stop = getattr(self, f"_stop_{name}", None)   # the engine holds nothing to stop
+            if stop is None:
+                continue
             try:
-                getattr(self, f"_stop_{name}")()
+                stop()
             except Exception:
                 log.exception("stopping %s failed", name)
         self._stopped.set()
@@ -182,9 +186,6 @@ class Terminal:
                              location=self.cfg.location.build(), clock=self.clock,
                              verifier=self._make_verifier(), clock_quality=self.clock_quality,
                              gate_ok=lambda: all(g.available for g in self.gates))
-
-    def _stop_engine(self) -> None:
-        pass
 
     def _make_verifier(self) -> Any:
         if not self.cfg.codes.enabled:
