@@ -62,14 +62,17 @@ def _pseudonymizer() -> Any:
 
 def _read(args: argparse.Namespace) -> int:
     from drivers.exceptions import DriverError
-    from drivers.registry import load_backend
+    from drivers.options import CARD_NEEDS, PcscCardOptions
+    from drivers.registry import load_source
 
     try:
-        source_cls = load_backend("cards", "pcsc")
-        source = source_cls(_pseudonymizer(), reader=args.reader, psam=args.psam,
-                            psam_reader=args.psam_reader,
-                            needs=frozenset({"valid_until", "valid_from", "region",
-                                             "birth_date", "name"}))
+        options = PcscCardOptions(reader=args.reader, psam=args.psam,
+                                  psam_reader=args.psam_reader, needs=frozenset(CARD_NEEDS))
+        source = load_source("cards", "pcsc").from_options(options,
+                                                           pseudonymizer=_pseudonymizer())
+        from drivers.pcsc import PcscCardSource  # importable: the registry loaded it
+
+        assert isinstance(source, PcscCardSource)
     except (DriverError, ValueError) as err:
         print(f"ykt card read: {err}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify
 from agent.store import PolicyStore
 from drivers.base import Actuator, PresentationSource
-from drivers.registry import load_backend
+from drivers.registry import load_actuator, load_source, options_for
 from profiles import profile_path
 
 if TYPE_CHECKING:
@@ -198,15 +198,14 @@ class Terminal:
         if self._actuators_override is not None:
             self.actuators = list(self._actuators_override)
         elif self.cfg.prompt.enabled:
-            cls = load_backend("prompt", self.cfg.prompt.backend)
-            self.actuators.append(cls(**self.cfg.prompt.options))
+            prompt = self.cfg.prompt
+            self.actuators.append(load_actuator("prompt", prompt.backend).from_options(
+                prompt.options))
         from drivers.gate import Gate, GateActuator
 
         if self.cfg.gate.enabled:
-
-            gate = GateActuator.from_profile({"backend": self.cfg.gate.backend,
-                                              **self.cfg.gate.options})
-            self.actuators.append(gate)
+            self.actuators.append(GateActuator.from_backend(self.cfg.gate.backend,
+                                                            self.cfg.gate.options))
         for a in self.actuators:
             if isinstance(a, Gate):
                 self.gates.append(a)
@@ -224,7 +223,7 @@ class Terminal:
             return
         from drivers.gpio import GpioBoard
 
-        self.gpio = GpioBoard({"backend": self.cfg.gpio.backend, **self.cfg.gpio.options})
+        self.gpio = GpioBoard.from_options(self.cfg.gpio.backend, self.cfg.gpio.options)
         self.gpio.subscribe(self._queue.put)
 
     def _stop_gpio(self) -> None:
@@ -309,11 +308,14 @@ class Terminal:
             self.sources = list(self._sources_override)
         else:
             if self.cfg.cards.enabled:
-                cls = load_backend("cards", self.card_backend())
-                self.sources.append(cls(self.pseudonymizer, **self.cfg.cards.options))
+                backend = self.card_backend()      # "auto" resolved: its options are defaults
+                options = options_for("cards", backend, self.cfg.cards.options)
+                self.sources.append(load_source("cards", backend).from_options(
+                    options, pseudonymizer=self.pseudonymizer))
             if self.cfg.codes.enabled:
-                cls = load_backend("codes", self.cfg.codes.backend)
-                self.sources.append(cls(**self.cfg.codes.options))
+                codes = self.cfg.codes
+                self.sources.append(load_source("codes", codes.backend).from_options(
+                    codes.options, pseudonymizer=self.pseudonymizer))
         for s in self.sources:
             s.start(self.submit)
 

@@ -1,6 +1,7 @@
 """GPIO peripherals through gpiozero: relays, LEDs, buzzers and inputs, pins from a profile.
 
-The pin factory is chosen by name and imported only when chosen:
+The pin factory is chosen by name (the ``gpio`` kind of :mod:`drivers.registry`) and
+imported only when chosen:
 
 ========== =========================================== ==============================
 name       gpiozero factory                            where
@@ -40,19 +41,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from drivers.exceptions import ConfigError, DriverUnavailable
+from drivers.options import DriverOptions, GpioOptions, expect
 
-__all__ = ["FACTORIES", "GpioBoard", "InputEvent", "ManualScheduler", "Output", "Scheduler",
+__all__ = ["GpioBoard", "InputEvent", "ManualScheduler", "Output", "Scheduler",
            "SwitchInput", "ThreadScheduler", "make_pin_factory"]
 
 log = logging.getLogger(__name__)
-
-FACTORIES: dict[str, str] = {
-    "mock": "gpiozero.pins.mock:MockFactory",
-    "lgpio": "gpiozero.pins.lgpio:LGPIOFactory",
-    "rpigpio": "gpiozero.pins.rpigpio:RPiGPIOFactory",
-    "native": "gpiozero.pins.native:NativeFactory",
-}
-
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
@@ -114,27 +108,21 @@ class ManualScheduler:
 
 
 def make_pin_factory(name: str, *, clock: Callable[[], float] | None = None) -> Any:
-    """Create the gpiozero pin factory ``name`` (see :data:`FACTORIES`).
+    """Create the gpiozero pin factory of GPIO backend ``name`` (see :mod:`drivers.registry`).
 
     For ``mock``, ``clock`` (seconds) timestamps the pins' state history, so
     :class:`ManualScheduler` time shows up in ``MockPin.states``. Raises
     :class:`ConfigError` for an unknown name and :class:`DriverUnavailable` when the
     factory's library (gpiozero, lgpio, RPi.GPIO) is missing or no GPIO chip is present.
     """
-    try:
-        target = FACTORIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown GPIO backend {name!r} (known: {', '.join(FACTORIES)})") from None
-    module_name, _, cls_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise DriverUnavailable(f"GPIO backend {name!r} needs {err.name or module_name!r}; "
-                                "install it with: pip install 'yikatong-edge[gpio]'") from err
+    from drivers.registry import load_pin_factory
+
+    factory_class = load_pin_factory(name)
     if name == "mock" and clock is not None:
-        return module.MockFactory(pin_class=_clocked_mock_pin(module, clock))
+        mock = importlib.import_module(factory_class.__module__)
+        return factory_class(pin_class=_clocked_mock_pin(mock, clock))
     try:
-        return getattr(module, cls_name)()
+        return factory_class()
     except Exception as err:  # e.g. lgpio.error: no /dev/gpiochip0 here
         raise DriverUnavailable(f"GPIO backend {name!r} cannot start here: {err}") from err
 
@@ -358,6 +346,13 @@ class GpioBoard:
         extra = set(spec) - allowed
         if extra:
             raise ConfigError(f"[gpio.{where}] unknown keys: {', '.join(sorted(extra))}")
+
+    @classmethod
+    def from_options(cls, backend: str, options: DriverOptions, *,
+                     scheduler: Scheduler | None = None) -> GpioBoard:
+        """The board of a ``[gpio]`` section: pin factory ``backend``, validated pins."""
+        return cls({"backend": backend, **expect(options, GpioOptions).model_dump()},
+                   scheduler=scheduler)
 
     def relay(self, name: str) -> Output:
         return self._output(name, "relay")

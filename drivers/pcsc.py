@@ -30,6 +30,7 @@ from agent.model import Presentation, PresentationKind, Reason, Rejection
 from agent.pseudonym import Pseudonymizer
 from drivers.base import PresentationSource
 from drivers.exceptions import ConfigError, ReaderError
+from drivers.options import DriverOptions, PcscCardOptions, expect
 from drivers.psam import TEST_KEYS, PcscPsam, Psam, PsamError, ReferenceKeys, SoftPsam
 from drivers.ssc import (
     DEFAULT_NEEDS,
@@ -162,6 +163,13 @@ class PcscCardSource(PresentationSource):
         self._ctx: Any = None
         self._side_ctx: Any = None
         self.contexts_established = 0          # how often the monitor (re)connected to pcscd
+
+    @classmethod
+    def from_options(cls, options: DriverOptions, *,
+                     pseudonymizer: Pseudonymizer) -> PcscCardSource:
+        o = expect(options, PcscCardOptions)
+        return cls(pseudonymizer, reader=o.reader, psam=o.psam, psam_reader=o.psam_reader,
+                   needs=o.needs, wait_s=o.wait_s, retry_s=o.retry_s)
 
     @staticmethod
     def _make_psam(psam: Psam | str, psam_reader: str) -> Psam:

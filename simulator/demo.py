@@ -33,8 +33,8 @@ from agent.store import PolicyInfo, PolicyStore
 from drivers.base import PresentationSource
 from drivers.gate.sim import sim_controller
 from drivers.prompt import SimPrompter
+from drivers.sim_cards import SimCardSource
 from simulator.broker import Mosquitto
-from simulator.cards import SimCardSource
 from simulator.population import Population
 from simulator.process import stop_process
 

@@ -9,6 +9,7 @@ import pytest
 from agent.model import Decision, JournalRecord, Prompt, Reason
 from drivers.exceptions import ConfigError, GateError
 from drivers.gate import GateActuator, GateEventKind, SerialGate
+from drivers.options import GateOptions, SerialGateOptions
 from simulator.gate import GateControllerSim
 from tests.fixtures.gate import FAST, GateEventLog
 from tests.fixtures.hub import wait_until
@@ -240,9 +241,9 @@ def test_actuator_opens_on_accepted_decisions_only(serial_gate: SerialGate,
         actuator.close()
 
 
-def test_actuator_from_profile_with_the_sim_backend(gate_events: GateEventLog) -> None:
-    actuator = GateActuator.from_profile({"backend": "sim", "direction": "out", "open_ms": 300,
-                                          **FAST})
+def test_actuator_from_options_with_the_sim_backend(gate_events: GateEventLog) -> None:
+    actuator = GateActuator.from_backend("sim", GateOptions(direction="out", open_ms=300,
+                                                            **FAST))  # type: ignore[arg-type]
     try:
         actuator.subscribe(gate_events)
         assert actuator.available
@@ -250,8 +251,8 @@ def test_actuator_from_profile_with_the_sim_backend(gate_events: GateEventLog) -
         assert gate_events.wait_for(K.TIMED_OUT).record_seq == 8
     finally:
         actuator.close()
-    with pytest.raises(ConfigError):
-        GateActuator.from_profile({"backend": "sim", "colour": "red"})
+    with pytest.raises(ConfigError, match="url"):     # a serial gate's options: no line here
+        GateActuator.from_backend("sim", SerialGateOptions(url="/dev/ttyUSB0"))
 
 
 def test_unopenable_port_raises_gate_error() -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from agent.model import Decision, JournalRecord
 from drivers.base import Actuator
-from drivers.exceptions import ConfigError
 from drivers.gate.protocol import Direction, GateListener
 from drivers.gate.serial_gate import SerialGate
+from drivers.options import DriverOptions, GateOptions, expect
 
 __all__ = ["Gate", "GateActuator"]
 
@@ -71,19 +71,16 @@ class GateActuator(Actuator):
         self._closed = False
 
     @classmethod
-    def from_profile(cls, section: Mapping[str, Any]) -> GateActuator:
-        """Build from a profile's ``[gate]`` table: ``backend`` ("serial" or "sim"),
-        ``direction``, ``open_ms``, and the backend's own keys (``url``, timings…)."""
-        from drivers.registry import load_backend
+    def from_backend(cls, backend: str, options: DriverOptions | None = None) -> GateActuator:
+        """A gate of ``backend`` ("serial" or "sim") built from its validated options
+        (``direction``, ``open_ms``, the line and timings), owned by the actuator.
+        Raises :class:`ConfigError` for an unknown backend or options of another backend,
+        :class:`~drivers.exceptions.GateError` if the line cannot be opened."""
+        from drivers.registry import load_gate, options_for
 
-        cfg = dict(section)
-        backend = str(cfg.pop("backend", "serial"))
-        direction, open_ms = cfg.pop("direction", "in"), int(cfg.pop("open_ms", 5000))
-        try:
-            gate = load_backend("gate", backend)(**cfg)
-        except TypeError as err:
-            raise ConfigError(f"[gate] {err}") from err
-        return cls(gate, direction=direction, open_ms=open_ms, owns_gate=True)
+        o = expect(options_for("gate", backend, options), GateOptions)
+        gate = load_gate(backend).from_options(o)
+        return cls(gate, direction=o.direction, open_ms=o.open_ms, owns_gate=True)
 
     @property
     def available(self) -> bool:

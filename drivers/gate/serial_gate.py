@@ -60,10 +60,18 @@ from drivers.gate.protocol import (
     GateStatus,
     encode_frame,
 )
+from drivers.options import GateOptions, SerialGateOptions, expect
 
 __all__ = ["SerialGate"]
 
 log = logging.getLogger(__name__)
+
+
+def _timings(o: GateOptions) -> dict[str, Any]:
+    """The :class:`SerialGate` keyword arguments every gate backend's options carry."""
+    return {"name": o.name, "baudrate": o.baudrate, "response_timeout_s": o.response_timeout_s,
+            "retries": o.retries, "heartbeat_s": o.heartbeat_s, "fail_after": o.fail_after,
+            "reconnect_s": o.reconnect_s}
 
 
 @dataclass(slots=True)
@@ -126,6 +134,12 @@ class SerialGate:
                          for fn in (self._reader, self._heartbeat, self._dispatcher)]
         for t in self._threads:
             t.start()
+
+    @classmethod
+    def from_options(cls, options: GateOptions) -> SerialGate:
+        """Backend ``serial``: the line and timings of validated :class:`SerialGateOptions`."""
+        o = expect(options, SerialGateOptions)
+        return cls(o.url, **_timings(o), require_port=o.require_port)
 
     # -- public API -------------------------------------------------------------------
     @property

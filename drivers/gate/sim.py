@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.gate.serial_gate import SerialGate
+from drivers.gate.serial_gate import SerialGate, _timings
+from drivers.options import GateOptions
 from simulator.gate import GateControllerSim
 
 __all__ = ["SimGate", "sim_controller"]
@@ -30,6 +31,11 @@ class SimGate(SerialGate):
             self.controller.stop()
             raise
         self.wait_ready(5.0)
+
+    @classmethod
+    def from_options(cls, options: GateOptions) -> SimGate:
+        """Backend ``sim``: the timings of validated :class:`GateOptions` (no line)."""
+        return cls(**_timings(options))
 
     def close(self) -> None:
         super().close()
