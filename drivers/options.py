@@ -12,7 +12,7 @@ Units are in the field names (``_s`` seconds, ``_ms`` milliseconds).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -186,6 +186,12 @@ class GateOptions(DriverOptions):
     heartbeat_s: float = Field(0.5, gt=0)
     fail_after: int = Field(2, ge=1, description="missed answers before out of service")
     reconnect_s: float = Field(0.5, gt=0)
+
+    def timings(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`drivers.gate.serial_gate.SerialGate` that every
+        gate backend's options carry (all but the line)."""
+        return self.model_dump(include={"name", "baudrate", "response_timeout_s", "retries",
+                                        "heartbeat_s", "fail_after", "reconnect_s"})
 
 
 class SerialGateOptions(GateOptions):

@@ -33,24 +33,8 @@ from typing import Any
 import serial
 
 from drivers.exceptions import ConfigError, GateError
+from drivers.gate import protocol as wire
 from drivers.gate.protocol import (
-    ALARMS,
-    CMD_CLOSE,
-    CMD_EMERGENCY,
-    CMD_EVENT_ACK,
-    CMD_OPEN,
-    CMD_REBOOT,
-    CMD_STATUS,
-    EVT_ALARM,
-    EVT_BOOT,
-    EVT_EMERGENCY,
-    EVT_PASSAGE,
-    EVT_TIMEOUT,
-    OPEN_MAX_MS,
-    OPEN_MIN_MS,
-    RESULTS,
-    RSP,
-    TIMEOUT_WHY,
     Direction,
     Frame,
     FrameDecoder,
@@ -66,12 +50,6 @@ __all__ = ["SerialGate"]
 
 log = logging.getLogger(__name__)
 
-
-def _timings(o: GateOptions) -> dict[str, Any]:
-    """The :class:`SerialGate` keyword arguments every gate backend's options carry."""
-    return {"name": o.name, "baudrate": o.baudrate, "response_timeout_s": o.response_timeout_s,
-            "retries": o.retries, "heartbeat_s": o.heartbeat_s, "fail_after": o.fail_after,
-            "reconnect_s": o.reconnect_s}
 
 
 @dataclass(slots=True)
@@ -139,7 +117,7 @@ class SerialGate:
     def from_options(cls, options: GateOptions) -> SerialGate:
         """Backend ``serial``: the line and timings of validated :class:`SerialGateOptions`."""
         o = expect(options, SerialGateOptions)
-        return cls(o.url, **_timings(o), require_port=o.require_port)
+        return cls(o.url, **o.timings(), require_port=o.require_port)
 
     # -- public API -------------------------------------------------------------------
     @property
@@ -176,7 +154,7 @@ class SerialGate:
         """Ask the controller for its status. Raises :class:`GateError` if it does not answer.
 
         The reader has already applied the answer (service state, boot id, emergency)."""
-        return GateStatus.parse(self._request(CMD_STATUS).payload)
+        return GateStatus.parse(self._request(wire.CMD_STATUS).payload)
 
     def open(self, direction: str | int | Direction, duration_ms: int, *,
              record_seq: int | None = None) -> int:
@@ -188,8 +166,8 @@ class SerialGate:
         :class:`ConfigError` for a bad direction or duration.
         """
         d = Direction.parse(direction)
-        if not OPEN_MIN_MS <= duration_ms <= OPEN_MAX_MS:
-            raise ConfigError(f"open duration must be {OPEN_MIN_MS}..{OPEN_MAX_MS} ms, "
+        if not wire.OPEN_MIN_MS <= duration_ms <= wire.OPEN_MAX_MS:
+            raise ConfigError(f"open duration must be {wire.OPEN_MIN_MS}..{wire.OPEN_MAX_MS} ms, "
                               f"got {duration_ms}")
         with self._lock:
             self._token = (self._token + 1) & 0xFFFF
@@ -197,7 +175,7 @@ class SerialGate:
             self._opens[token] = _Open(token, d, record_seq)
         payload = bytes((d,)) + duration_ms.to_bytes(2, "big") + token.to_bytes(2, "big")
         try:
-            self._check(self._request(CMD_OPEN, payload), "to open")
+            self._check(self._request(wire.CMD_OPEN, payload), "to open")
         except GateError:
             with self._lock:
                 self._opens.pop(token, None)
@@ -206,15 +184,15 @@ class SerialGate:
 
     def close_barrier(self) -> None:
         """Close now (an open in progress ends with ``TIMED_OUT``). Raises GateError."""
-        self._check(self._request(CMD_CLOSE), "to close")
+        self._check(self._request(wire.CMD_CLOSE), "to close")
 
     def emergency(self, on: bool) -> None:
         """Open all ways (fire alarm from the terminal's own input) or release. Raises GateError."""
-        self._check(self._request(CMD_EMERGENCY, b"\x01" if on else b"\x00"), "the emergency")
+        self._check(self._request(wire.CMD_EMERGENCY, b"\x01" if on else b"\x00"), "the emergency")
 
     def reboot(self) -> None:
         """Ask the controller to reboot (it answers first). Raises GateError."""
-        self._check(self._request(CMD_REBOOT), "to reboot")
+        self._check(self._request(wire.CMD_REBOOT), "to reboot")
 
     def report_open_failed(self, direction: Direction, record_seq: int | None,
                            detail: str) -> None:
@@ -245,7 +223,7 @@ class SerialGate:
     def _check(self, rsp: Frame, what: str) -> None:
         code = rsp.payload[0] if rsp.payload else 0xFF
         if code != 0:
-            raise GateError(f"gate refused {what}: {RESULTS.get(code, code)}", device=self.url,
+            raise GateError(f"gate refused {what}: {wire.RESULTS.get(code, code)}", device=self.url,
                             code=code)
 
     def _request(self, ftype: int, payload: bytes = b"") -> Frame:
@@ -382,17 +360,17 @@ class SerialGate:
                     log.exception("gate %s: bad frame 0x%02X", self.name, frame.type)
 
     def _on_frame(self, f: Frame) -> None:
-        if f.type >= EVT_BOOT:
+        if f.type >= wire.EVT_BOOT:
             self._on_event(f)
             return
-        if not f.type & RSP:
+        if not f.type & wire.RSP:
             return
-        if f.type == CMD_STATUS | RSP:
+        if f.type == wire.CMD_STATUS | wire.RSP:
             try:
                 self._note_status(GateStatus.parse(f.payload))
             except GateError as err:   # still answered below: status() raises it
                 log.warning("gate %s: %s", self.name, err)
-        elif f.type == CMD_OPEN | RSP and len(f.payload) >= 3 and f.payload[0] == 0:
+        elif f.type == wire.CMD_OPEN | wire.RSP and len(f.payload) >= 3 and f.payload[0] == 0:
             self._note_opened(int.from_bytes(f.payload[1:3], "big"))
         with self._lock:
             slot = self._pending.get(f.seq)
@@ -402,11 +380,11 @@ class SerialGate:
 
     def _on_event(self, f: Frame) -> None:
         try:
-            self._write(encode_frame(0, CMD_EVENT_ACK, bytes((f.seq,))))
+            self._write(encode_frame(0, wire.CMD_EVENT_ACK, bytes((f.seq,))))
         except GateError as err:
             log.debug("gate %s: cannot ack event: %s", self.name, err)
         p = f.payload
-        if f.type == EVT_BOOT:
+        if f.type == wire.EVT_BOOT:
             # event SEQ restarts with every boot, and BOOT is always its first event
             with self._lock:
                 self._last_evseq = None
@@ -420,23 +398,23 @@ class SerialGate:
                 self.repeated_events += 1
                 return  # a retransmission of an event already delivered
             self._last_evseq = f.seq
-        if f.type in (EVT_PASSAGE, EVT_TIMEOUT) and len(p) >= 4:
+        if f.type in (wire.EVT_PASSAGE, wire.EVT_TIMEOUT) and len(p) >= 4:
             token = int.from_bytes(p[:2], "big")
             with self._lock:
                 o = self._opens.pop(token, None)
             if o is None:
                 o = _Open(token, Direction(p[2]) if p[2] in (1, 2) else Direction.IN, None)
             late = "late: after ABORTED; " if o.aborted else ""
-            if f.type == EVT_PASSAGE:
+            if f.type == wire.EVT_PASSAGE:
                 ms = int.from_bytes(p[3:5], "big") if len(p) >= 5 else None
                 self._emit_open_end(GateEventKind.PASSED, o, elapsed_ms=ms, detail=late.rstrip("; "))
             else:
                 self._emit_open_end(GateEventKind.TIMED_OUT, o,
-                                    detail=late + TIMEOUT_WHY.get(p[3], "?"))
-        elif f.type == EVT_ALARM and len(p) >= 3:
-            self._emit(GateEventKind.ALARM, alarm=ALARMS.get(p[0], str(p[0])), active=bool(p[1]),
+                                    detail=late + wire.TIMEOUT_WHY.get(p[3], "?"))
+        elif f.type == wire.EVT_ALARM and len(p) >= 3:
+            self._emit(GateEventKind.ALARM, alarm=wire.ALARMS.get(p[0], str(p[0])), active=bool(p[1]),
                        direction={1: "in", 2: "out"}.get(p[2], ""))
-        elif f.type == EVT_EMERGENCY and len(p) >= 2:
+        elif f.type == wire.EVT_EMERGENCY and len(p) >= 2:
             with self._lock:
                 self._emergency = bool(p[0])
             src = "+".join(n for b, n in ((1, "fire"), (2, "host")) if p[1] & b)
@@ -445,7 +423,7 @@ class SerialGate:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self._request(CMD_STATUS)   # the reader applies the answer
+                self._request(wire.CMD_STATUS)   # the reader applies the answer
             except GateError as err:
                 log.debug("gate %s heartbeat: %s", self.name, err)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drivers.gate.serial_gate import SerialGate, _timings
+from drivers.gate.serial_gate import SerialGate
 from drivers.options import GateOptions
 from simulator.gate import GateControllerSim
 
@@ -35,7 +35,7 @@ class SimGate(SerialGate):
     @classmethod
     def from_options(cls, options: GateOptions) -> SimGate:
         """Backend ``sim``: the timings of validated :class:`GateOptions` (no line)."""
-        return cls(**_timings(options))
+        return cls(**options.timings())
 
     def close(self) -> None:
         super().close()
