@@ -31,7 +31,13 @@ from typing import Any
 from agent.model import Decision, JournalRecord, Prompt, Reason
 from drivers.base import Actuator
 from drivers.exceptions import ConfigError
-from drivers.options import BuzzerPromptOptions, DriverOptions, PromptOptions, expect
+from drivers.options import (
+    BuzzerPromptOptions,
+    DriverOptions,
+    GpioBoardOptions,
+    PromptOptions,
+    expect,
+)
 
 __all__ = ["BEEP_PATTERNS", "SOUND_FOR_REASON", "VOICE_CLIPS", "BuzzerPrompter", "LogPrompter",
            "PromptEvent", "SimPrompter", "VoiceClip", "display_width", "fit_display"]
@@ -240,7 +246,8 @@ class BuzzerPrompter(SimPrompter):
 
     name = "prompt:gpio"
 
-    def __init__(self, *, board: Any = None, gpio: Mapping[str, Any] | None = None,
+    def __init__(self, *, board: Any = None,
+                 gpio: Mapping[str, Any] | GpioBoardOptions | None = None,
                  buzzer: str = "main", scheduler: Any = None,
                  voice_player: Callable[[str], None] | None = None, **options: Any) -> None:
         super().__init__(**options)
@@ -260,7 +267,7 @@ class BuzzerPrompter(SimPrompter):
     @classmethod
     def from_options(cls, options: DriverOptions) -> BuzzerPrompter:
         o = expect(options, BuzzerPromptOptions)
-        return cls(gpio=o.gpio.model_dump(), buzzer=o.buzzer, **_prompt_kwargs(o))
+        return cls(gpio=o.gpio, buzzer=o.buzzer, **_prompt_kwargs(o))
 
     def _output(self, event: PromptEvent) -> None:
         self.buzzer.play(event.pattern)

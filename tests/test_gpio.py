@@ -121,9 +121,10 @@ def test_inputs_report_changes(board: GpioBoard) -> None:
 
 @pytest.mark.parametrize(("profile", "message"), [
     ({"relays": {"a": {"pin": 17}, "b": {"pin": "GPIO17"}}}, "already used"),
-    ({"relays": {"a": {}}}, "needs a 'pin'"),
-    ({"relays": {"a": {"pin": 17, "colour": "red"}}}, "unknown keys"),
-    ({"sirens": {}}, "unknown keys"),
+    ({"relays": {"a": {}}}, r"\[gpio\] relays\.a\.pin: Field required"),
+    ({"relays": {"a": {"pin": 17, "colour": "red"}}},
+     r"\[gpio\] relays\.a\.colour: Extra inputs are not permitted"),
+    ({"sirens": {}}, r"\[gpio\] sirens: Extra inputs are not permitted"),
     ({"relays": {"a": {"pin": 999}}}, "pin 999"),
     ({"inputs": {"x": {"pin": 5, "pull_up": None}}}, "input 'x'"),
 ])
