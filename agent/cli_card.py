@@ -62,17 +62,20 @@ def _pseudonymizer() -> Any:
 
 def _read(args: argparse.Namespace) -> int:
     from agent.errors import YktError, exit_code
-    from drivers.registry import load_backend
+    from drivers.options import CARD_NEEDS, PcscCardOptions
+    from drivers.registry import load_source
 
     try:
-        source_cls = load_backend("cards", "pcsc")
-        source = source_cls(_pseudonymizer(), reader=args.reader, psam=args.psam,
-                            psam_reader=args.psam_reader,
-                            needs=frozenset({"valid_until", "valid_from", "region",
-                                             "birth_date", "name"}))
-    except YktError as err:               # DriverError, SecretError, ConfigError, …
+        options = PcscCardOptions(reader=args.reader, psam=args.psam,
+                                  psam_reader=args.psam_reader, needs=frozenset(CARD_NEEDS))
+        source = load_source("cards", "pcsc").from_options(options,
+                                                           pseudonymizer=_pseudonymizer())
+        from drivers.pcsc import PcscCardSource  # importable: the registry loaded it
+
+        assert isinstance(source, PcscCardSource)
+    except (YktError, ValueError) as err:  # DriverError, SecretError, bad options, …
         print(f"ykt card read: {err}", file=sys.stderr)
-        return exit_code(err)
+        return exit_code(err) if isinstance(err, YktError) else 2
     got: queue.Queue[Any] = queue.Queue()
     try:
         source.start(got.put)       # the monitor reads a card already present at start too

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.keys import DEMO_PSEUDONYM_KEY, pseudonym_key, read_secret
 from agent.model import Location
 from agent.mqtt_settings import MqttSettings
 from agent.tomlconf import ConfigFileError, load_toml_model
+from drivers.options import DriverOptions
+from drivers.registry import backend_names, options_model
 
 __all__ = ["DEMO_PSEUDONYM_KEY", "AgentConfig", "ConfigFileError", "load_config",
            "read_secret"]
@@ -50,14 +60,66 @@ class LocationSection(_Section):
 
 
 class DriverSection(_Section):
-    """A driver: its backend name and backend-specific options."""
+    """A driver: its backend name and that backend's options.
+
+    ``backend`` must be one registered for the section's kind (:mod:`drivers.registry`);
+    ``options`` is validated against that backend's model (:mod:`drivers.options`,
+    unknown keys refused), so a typo is reported with the file, line and key.
+    """
+
+    kind: ClassVar[str] = ""
 
     backend: str = Field("sim", description="backend name, see drivers/registry.py")
     enabled: bool = True
-    options: dict[str, Any] = Field(default_factory=dict, description="backend options")
+    options: SerializeAsAny[DriverOptions] = Field(
+        default_factory=dict, validate_default=True,  # type: ignore[arg-type]
+        description="backend options (drivers/options.py)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        known = backend_names(cls.kind)
+        if v not in known:
+            raise ValueError(f"unknown {cls.kind} backend {v!r} (known: {', '.join(known)})")
+        return v
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _backend_options(cls, v: Any, info: ValidationInfo) -> DriverOptions:
+        backend = info.data.get("backend")
+        if backend is None:            # the backend itself is wrong: reported on its key
+            return DriverOptions()
+        model = options_model(cls.kind, backend)
+        if type(v) is model:
+            return v
+        if isinstance(v, DriverOptions):
+            v = v.model_dump()
+        return model.model_validate(v if v is not None else {})
+
+
+class CardsSection(DriverSection):
+    kind = "cards"
+    backend: str = Field("auto", description="auto (pcsc if a reader is present), pcsc, sim")
+
+
+class PromptSection(DriverSection):
+    kind = "prompt"
+    backend: str = Field("log", description="sim, log, gpio")
+
+
+class GateSection(DriverSection):
+    kind = "gate"
+    enabled: bool = False
+
+
+class GpioSection(DriverSection):
+    kind = "gpio"
+    backend: str = Field("mock", description="pin factory: mock, lgpio, rpigpio, native")
+    enabled: bool = False
 
 
 class CodesSection(DriverSection):
+    kind = "codes"
     enabled: bool = False
     trust_file: Path | None = Field(None, description="trusted issuer keys for dynamic codes")
     window_back_s: int = Field(60, ge=1, description="accept codes up to this old (s)")
@@ -96,12 +158,11 @@ class AgentConfig(_Section):
     terminal: TerminalSection = Field(default_factory=TerminalSection)
     location: LocationSection = Field(default_factory=lambda: LocationSection(
         route="19路", vehicle="鲁B-D0001"))
-    cards: DriverSection = Field(default_factory=lambda: DriverSection(backend="auto"))
+    cards: CardsSection = Field(default_factory=CardsSection)
     codes: CodesSection = Field(default_factory=CodesSection)
-    prompt: DriverSection = Field(default_factory=lambda: DriverSection(backend="log"))
-    gate: DriverSection = Field(default_factory=lambda: DriverSection(enabled=False))
-    gpio: DriverSection = Field(default_factory=lambda: DriverSection(backend="mock",
-                                                                      enabled=False))
+    prompt: PromptSection = Field(default_factory=PromptSection)
+    gate: GateSection = Field(default_factory=GateSection)
+    gpio: GpioSection = Field(default_factory=GpioSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     policy: PolicySection = Field(default_factory=PolicySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)

@@ -17,22 +17,27 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import clock_quality
 from agent.config import AgentConfig
 from agent.datalock import DataDirLock
 from agent.engine import Engine, Outcome
+from agent.hardware_events import journal_hardware_event
 from agent.journal import Journal
-from agent.model import ClockQuality, JournalRecord, Presentation
+from agent.model import ClockQuality, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify, supervise, worker_stall_s
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
-from drivers.registry import load_backend
+from drivers.registry import load_actuator, load_source, options_for
 from profiles import profile_path
+
+if TYPE_CHECKING:
+    from drivers.gate import Gate
+    from drivers.gpio import GpioBoard
 
 __all__ = ["Terminal"]
 
@@ -75,8 +80,8 @@ class Terminal:
         self.uplink: Any = None
         self.downlink: Any = None           # sync.downlink.Downlink
         self.applier: Any = None            # agent.policy.apply.PolicyApplier
-        self.gates: list[Any] = []          # drivers.gate.GateActuator
-        self.gpio: Any = None               # drivers.gpio.GpioBoard
+        self.gates: list[Gate] = []
+        self.gpio: GpioBoard | None = None
         self._recent: OrderedDict[int, Outcome] = OrderedDict()  # accepted at a gate, for undo
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._worker: threading.Thread | None = None
@@ -102,13 +107,17 @@ class Terminal:
                  self.ruleset.profile.name, self.store.info.label if self.store else "?")
 
     def stop(self) -> None:
-        """Stop components in reverse start order. Safe to call twice."""
+        """Stop components in reverse start order (those without a ``_stop_`` method have
+        nothing to release). Safe to call twice."""
         if self._started:
             notify("STOPPING=1")
         while self._started:
             name = self._started.pop()
+            stop = getattr(self, f"_stop_{name}", None)   # the engine holds nothing to stop
+            if stop is None:
+                continue
             try:
-                getattr(self, f"_stop_{name}")()
+                stop()
             except Exception:
                 log.exception("stopping %s failed", name)
         self._stopped.set()
@@ -221,9 +230,6 @@ class Terminal:
                              gate_ok=lambda: all(g.available for g in self.gates),
                              timebase=self.timebase)
 
-    def _stop_engine(self) -> None:
-        pass
-
     def _make_verifier(self) -> Any:
         if not self.cfg.codes.enabled:
             return None
@@ -235,16 +241,16 @@ class Terminal:
         if self._actuators_override is not None:
             self.actuators = list(self._actuators_override)
         elif self.cfg.prompt.enabled:
-            cls = load_backend("prompt", self.cfg.prompt.backend)
-            self.actuators.append(cls(**self.cfg.prompt.options))
-        if self.cfg.gate.enabled:
-            from drivers.gate import GateActuator
+            prompt = self.cfg.prompt
+            self.actuators.append(load_actuator("prompt", prompt.backend).from_options(
+                prompt.options))
+        from drivers.gate import Gate, GateActuator
 
-            gate = GateActuator.from_profile({"backend": self.cfg.gate.backend,
-                                              **self.cfg.gate.options})
-            self.actuators.append(gate)
+        if self.cfg.gate.enabled:
+            self.actuators.append(GateActuator.from_backend(self.cfg.gate.backend,
+                                                            self.cfg.gate.options))
         for a in self.actuators:
-            if hasattr(a, "subscribe") and hasattr(a, "available"):   # a gate
+            if isinstance(a, Gate):
                 self.gates.append(a)
                 a.subscribe(self._queue.put)
 
@@ -260,7 +266,7 @@ class Terminal:
             return
         from drivers.gpio import GpioBoard
 
-        self.gpio = GpioBoard({"backend": self.cfg.gpio.backend, **self.cfg.gpio.options})
+        self.gpio = GpioBoard.from_options(self.cfg.gpio.backend, self.cfg.gpio.options)
         self.gpio.subscribe(self._queue.put)
 
     def _stop_gpio(self) -> None:
@@ -345,11 +351,14 @@ class Terminal:
             self.sources = list(self._sources_override)
         else:
             if self.cfg.cards.enabled:
-                cls = load_backend("cards", self.card_backend())
-                self.sources.append(cls(self.pseudonymizer, **self.cfg.cards.options))
+                backend = self.card_backend()      # "auto" resolved: its options are defaults
+                options = options_for("cards", backend, self.cfg.cards.options)
+                self.sources.append(load_source("cards", backend).from_options(
+                    options, pseudonymizer=self.pseudonymizer))
             if self.cfg.codes.enabled:
-                cls = load_backend("codes", self.cfg.codes.backend)
-                self.sources.append(cls(**self.cfg.codes.options))
+                codes = self.cfg.codes
+                self.sources.append(load_source("codes", codes.backend).from_options(
+                    codes.options, pseudonymizer=self.pseudonymizer))
         for s in self.sources:
             s.start(self.submit)
 
@@ -378,40 +387,9 @@ class Terminal:
                 self._queue.task_done()
 
     def _hardware_event(self, ev: Any) -> None:
-        """Journal what a gate or a GPIO input reported; give back entries not used."""
-        from drivers.gate import GateEventKind
-
+        """Journal what a gate or a GPIO input reported (:mod:`agent.hardware_events`)."""
         assert self.engine is not None
-        kind = getattr(ev, "kind", None)
-        record: JournalRecord | None = None
-        if kind is None:                                   # a GPIO InputEvent
-            if ev.name == "fire_alarm":
-                for g in self.gates:
-                    g.gate.emergency(ev.active)
-                record = self.engine.journal_event("fire_alarm", {"active": ev.active,
-                                                                  "input": "gpio"})
-            elif ev.name == "tamper" and ev.active:
-                record = self.engine.journal_event("tamper", {"input": "gpio"})
-        elif kind in (GateEventKind.TIMED_OUT, GateEventKind.ABORTED,
-                      GateEventKind.OPEN_FAILED) and ev.record_seq is not None:
-            undo = self._recent.pop(ev.record_seq, None)
-            record = self.engine.journal_event(
-                "not_entered", {"gate": ev.gate, "detail": ev.detail[:80] or kind.value},
-                undo=undo)
-        elif kind is GateEventKind.PASSED and ev.record_seq is not None:
-            self._recent.pop(ev.record_seq, None)
-        elif kind is GateEventKind.ALARM:
-            if ev.alarm == "fire" and ev.active is not None:
-                for g in self.gates:     # every gate opens for evacuation, and closes after
-                    g.gate.emergency(bool(ev.active))
-            record = self.engine.journal_event("alarm", {"gate": ev.gate, "alarm": ev.alarm,
-                                                         "active": bool(ev.active)})
-        elif kind in (GateEventKind.EMERGENCY, GateEventKind.OUT_OF_SERVICE,
-                      GateEventKind.IN_SERVICE, GateEventKind.REBOOTED):
-            fields: dict[str, Any] = {"gate": ev.gate}
-            if ev.active is not None:
-                fields["active"] = bool(ev.active)
-            record = self.engine.journal_event(f"gate_{kind.value}", fields)
+        record = journal_hardware_event(self.engine, self.gates, self._recent, ev)
         if record is not None:
             log.info("journaled event seq=%d %s", record.seq, record.body.get("event"))
             if self.uplink is not None:

@@ -25,8 +25,8 @@ from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
 from agent.store import PolicyInfo, PolicyStore
 from bench.report import machine, table, update_section
+from drivers.sim_cards import credential_from_holder
 from profiles import profile_path
-from simulator.cards import credential_from_holder
 from simulator.population import Population
 
 CATEGORIES = ("elderly", "disabled", "youfu", "student")

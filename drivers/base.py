@@ -24,6 +24,9 @@ from types import TracebackType
 from typing import Self
 
 from agent.model import Decision, JournalRecord, Presentation
+from agent.pseudonym import Pseudonymizer
+from drivers.exceptions import ConfigError
+from drivers.options import DriverOptions
 
 __all__ = ["Actuator", "Debouncer", "PresentationSink", "PresentationSource"]
 
@@ -59,6 +62,14 @@ class PresentationSource(abc.ABC):
         self._sink: PresentationSink | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_options(cls, options: DriverOptions, *,
+                     pseudonymizer: Pseudonymizer) -> PresentationSource:
+        """Build from this backend's validated options (its model is named in
+        :mod:`drivers.registry`); ``pseudonymizer`` keys what a card source reads.
+        Raises :class:`ConfigError` for a source that cannot be configured from a file."""
+        raise ConfigError(f"{cls.__name__} cannot be configured from a file")
 
     # -- public API -----------------------------------------------------------------
     def start(self, sink: PresentationSink) -> None:
@@ -133,6 +144,12 @@ class Actuator(abc.ABC):
     """A device that acts on a journaled decision (prompt, relay, gate)."""
 
     name: str = "actuator"
+
+    @classmethod
+    def from_options(cls, options: DriverOptions) -> Actuator:
+        """Build from this backend's validated options (see :mod:`drivers.registry`).
+        Raises :class:`ConfigError` for an actuator that cannot be configured from a file."""
+        raise ConfigError(f"{cls.__name__} cannot be configured from a file")
 
     @abc.abstractmethod
     def act(self, decision: Decision, record: JournalRecord | None) -> None:

@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.model import Presentation, PresentationKind
-from agent.pseudonym import mask_code
+from agent.pseudonym import Pseudonymizer, mask_code
 from drivers.base import Debouncer, PresentationSource
 from drivers.exceptions import ConfigError, DeviceError, DriverUnavailable
+from drivers.options import CameraOptions, DriverOptions, expect
 from drivers.qrdecode import DEFAULT_DECODER, QRDecoder, make_decoder
 
 __all__ = ["IMAGE_SUFFIXES", "CameraSource", "prepare_frame"]
@@ -193,6 +194,15 @@ class CameraSource(PresentationSource):
                       "open_failed": 0}
         """Frames grabbed, decoded, dropped (a newer one came first), codes emitted; camera
         reopened after a loss, attempts to open it that failed."""
+
+    @classmethod
+    def from_options(cls, options: DriverOptions, *,
+                     pseudonymizer: Pseudonymizer) -> CameraSource:
+        o = expect(options, CameraOptions)
+        return cls(o.device, decoder=o.decoder, retry_decoder=o.retry_decoder, roi=o.roi,
+                   width=o.width, height=o.height, fps=o.fps, exposure=o.exposure,
+                   auto_exposure=o.auto_exposure, debounce_s=o.debounce_s, pace=o.pace,
+                   loop=o.loop, reconnect_s=o.reconnect_s, lost_s=o.lost_s, name=o.name)
 
     @property
     def live(self) -> bool:

@@ -1,6 +1,7 @@
 """GPIO peripherals through gpiozero: relays, LEDs, buzzers and inputs, pins from a profile.
 
-The pin factory is chosen by name and imported only when chosen:
+The pin factory is chosen by name (the ``gpio`` kind of :mod:`drivers.registry`) and
+imported only when chosen:
 
 ========== =========================================== ==============================
 name       gpiozero factory                            where
@@ -39,20 +40,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from drivers.exceptions import ConfigError, DriverUnavailable
+from pydantic import ValidationError
 
-__all__ = ["FACTORIES", "GpioBoard", "InputEvent", "ManualScheduler", "Output", "Scheduler",
+from drivers.exceptions import ConfigError, DriverUnavailable
+from drivers.options import DriverOptions, GpioBoardOptions, GpioOptions, expect
+
+__all__ = ["GpioBoard", "InputEvent", "ManualScheduler", "Output", "Scheduler",
            "SwitchInput", "ThreadScheduler", "make_pin_factory"]
 
 log = logging.getLogger(__name__)
-
-FACTORIES: dict[str, str] = {
-    "mock": "gpiozero.pins.mock:MockFactory",
-    "lgpio": "gpiozero.pins.lgpio:LGPIOFactory",
-    "rpigpio": "gpiozero.pins.rpigpio:RPiGPIOFactory",
-    "native": "gpiozero.pins.native:NativeFactory",
-}
-
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
@@ -114,27 +110,21 @@ class ManualScheduler:
 
 
 def make_pin_factory(name: str, *, clock: Callable[[], float] | None = None) -> Any:
-    """Create the gpiozero pin factory ``name`` (see :data:`FACTORIES`).
+    """Create the gpiozero pin factory of GPIO backend ``name`` (see :mod:`drivers.registry`).
 
     For ``mock``, ``clock`` (seconds) timestamps the pins' state history, so
     :class:`ManualScheduler` time shows up in ``MockPin.states``. Raises
     :class:`ConfigError` for an unknown name and :class:`DriverUnavailable` when the
     factory's library (gpiozero, lgpio, RPi.GPIO) is missing or no GPIO chip is present.
     """
-    try:
-        target = FACTORIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown GPIO backend {name!r} (known: {', '.join(FACTORIES)})") from None
-    module_name, _, cls_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise DriverUnavailable(f"GPIO backend {name!r} needs {err.name or module_name!r}; "
-                                "install it with: pip install 'yikatong-edge[gpio]'") from err
+    from drivers.registry import load_pin_factory
+
+    factory_class = load_pin_factory(name)
     if name == "mock" and clock is not None:
-        return module.MockFactory(pin_class=_clocked_mock_pin(module, clock))
+        mock = importlib.import_module(factory_class.__module__)
+        return factory_class(pin_class=_clocked_mock_pin(mock, clock))
     try:
-        return getattr(module, cls_name)()
+        return factory_class()
     except Exception as err:  # e.g. lgpio.error: no /dev/gpiochip0 here
         raise DriverUnavailable(f"GPIO backend {name!r} cannot start here: {err}") from err
 
@@ -302,62 +292,67 @@ class SwitchInput:
 class GpioBoard:
     """All GPIO peripherals of one terminal, built from a profile's ``[gpio]`` table.
 
-    ``pin_factory`` overrides the profile's ``backend``; ``scheduler`` defaults to real
-    time (:class:`ThreadScheduler`). Raises :class:`ConfigError` for bad keys, pins used
-    twice or pins the factory rejects. Call :meth:`close` (safe twice) to release pins.
+    ``profile`` is validated as :class:`~drivers.options.GpioBoardOptions` (a mapping's
+    ``backend`` defaults to ``mock``); ``pin_factory`` overrides its ``backend``;
+    ``scheduler`` defaults to real time (:class:`ThreadScheduler`). Raises
+    :class:`ConfigError` for bad keys, pins used twice or pins the factory rejects. Call :meth:`close` (safe twice) to release pins.
     """
 
     _OUTPUT_TABLES = {"relays": "relay", "leds": "led", "buzzers": "buzzer"}
 
-    def __init__(self, profile: Mapping[str, Any], *, pin_factory: Any = None,
-                 scheduler: Scheduler | None = None) -> None:
-        unknown = set(profile) - {"backend", "inputs", *self._OUTPUT_TABLES}
-        if unknown:
-            raise ConfigError(f"[gpio] unknown keys: {', '.join(sorted(unknown))}")
+    def __init__(self, profile: Mapping[str, Any] | GpioBoardOptions, *,
+                 pin_factory: Any = None, scheduler: Scheduler | None = None) -> None:
+        board = profile if isinstance(profile, GpioBoardOptions) else self._validate(profile)
         self.scheduler: Scheduler = scheduler or ThreadScheduler()
         self._owns_factory = pin_factory is None
         self.factory = pin_factory if pin_factory is not None else make_pin_factory(
-            str(profile.get("backend", "mock")), clock=self.scheduler.now)
+            board.backend, clock=self.scheduler.now)
         self.outputs: dict[str, Output] = {}
         self.inputs: dict[str, SwitchInput] = {}
         self._closed = False
         used: dict[str, str] = {}
         try:
             for table, kind in self._OUTPUT_TABLES.items():
-                for name, spec in dict(profile.get(table, {})).items():
-                    pin = self._pin(spec, f"{table}.{name}", used)
-                    self._only(spec, {"pin", "active_high"}, f"{table}.{name}")
+                for name, out in getattr(board, table).items():
+                    pin = self._pin(out.pin, f"{table}.{name}", used)
                     self.outputs[name] = Output(name, pin, kind=kind, factory=self.factory,
                                                 scheduler=self.scheduler,
-                                                active_high=bool(spec.get("active_high", True)))
-            for name, spec in dict(profile.get("inputs", {})).items():
-                pin = self._pin(spec, f"inputs.{name}", used)
-                self._only(spec, {"pin", "pull_up", "active_state", "bounce_ms"}, f"inputs.{name}")
+                                                active_high=out.active_high)
+            for name, inp in board.inputs.items():
+                pin = self._pin(inp.pin, f"inputs.{name}", used)
                 self.inputs[name] = SwitchInput(
-                    name, pin, factory=self.factory, pull_up=spec.get("pull_up", True),
-                    active_state=spec.get("active_state"), bounce_ms=spec.get("bounce_ms"))
+                    name, pin, factory=self.factory, pull_up=inp.pull_up,
+                    active_state=inp.active_state, bounce_ms=inp.bounce_ms)
         except Exception:
             self.close()
             raise
 
     @staticmethod
-    def _pin(spec: Any, where: str, used: dict[str, str]) -> int | str:
-        if not isinstance(spec, Mapping) or "pin" not in spec:
-            raise ConfigError(f"[gpio.{where}] needs a 'pin'")
-        pin = spec["pin"]
-        if not isinstance(pin, int | str) or isinstance(pin, bool):
-            raise ConfigError(f"[gpio.{where}] pin must be a number or a name like 'GPIO17'")
+    def _validate(profile: Mapping[str, Any]) -> GpioBoardOptions:
+        """A ``[gpio]`` table as :class:`GpioBoardOptions` (``backend`` defaults to mock);
+        :class:`ConfigError` naming each bad key."""
+        try:
+            return GpioBoardOptions.model_validate({"backend": "mock", **profile})
+        except ValidationError as err:
+            problems = "; ".join(f"[gpio] {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in err.errors())
+            raise ConfigError(problems) from None
+
+    @staticmethod
+    def _pin(pin: int | str, where: str, used: dict[str, str]) -> int | str:
         key = f"GPIO{pin}" if isinstance(pin, int) else pin.upper()
         if key in used:
             raise ConfigError(f"[gpio.{where}] pin {pin} is already used by {used[key]}")
         used[key] = where
         return pin
 
-    @staticmethod
-    def _only(spec: Mapping[str, Any], allowed: set[str], where: str) -> None:
-        extra = set(spec) - allowed
-        if extra:
-            raise ConfigError(f"[gpio.{where}] unknown keys: {', '.join(sorted(extra))}")
+    @classmethod
+    def from_options(cls, backend: str, options: DriverOptions, *,
+                     scheduler: Scheduler | None = None) -> GpioBoard:
+        """The board of a ``[gpio]`` section: pin factory ``backend``, validated pins."""
+        pins = expect(options, GpioOptions).model_dump()
+        return cls(GpioBoardOptions.model_validate({"backend": backend, **pins}),
+                   scheduler=scheduler)
 
     def relay(self, name: str) -> Output:
         return self._output(name, "relay")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from smartcard import scard
@@ -30,6 +30,7 @@ from agent.model import Presentation, PresentationKind, Reason, Rejection
 from agent.pseudonym import Pseudonymizer
 from drivers.base import PresentationSource
 from drivers.exceptions import ConfigError, ReaderError
+from drivers.options import DriverOptions, PcscCardOptions, expect
 from drivers.psam import TEST_KEYS, PcscPsam, Psam, PsamError, ReferenceKeys, SoftPsam
 from drivers.ssc import (
     DEFAULT_NEEDS,
@@ -54,10 +55,6 @@ _LINK_LOST = {c & 0xFFFFFFFF for c in (
     scard.SCARD_E_NO_SMARTCARD, scard.SCARD_W_UNPOWERED_CARD, scard.SCARD_F_COMM_ERROR,
     scard.SCARD_E_READER_UNAVAILABLE, scard.SCARD_E_COMM_DATA_LOST, scard.SCARD_E_NO_SERVICE,
     scard.SCARD_E_SERVICE_STOPPED, scard.SCARD_E_INVALID_HANDLE, scard.SCARD_E_UNKNOWN_READER,
-)}
-_SERVICE_GONE = {c & 0xFFFFFFFF for c in (
-    scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED, scard.SCARD_E_INVALID_HANDLE,
-    scard.SCARD_F_COMM_ERROR, scard.SCARD_E_NO_READERS_AVAILABLE,
 )}
 _PRESENT = scard.SCARD_STATE_PRESENT
 _GONE = scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE | scard.SCARD_STATE_IGNORE
@@ -168,18 +165,11 @@ class PcscCardSource(PresentationSource):
         self.contexts_established = 0          # how often the monitor (re)connected to pcscd
 
     @classmethod
-    def from_config(cls, pseudonymizer: Pseudonymizer, options: Mapping[str, Any]) -> PcscCardSource:
-        """Build from a profile's ``[drivers.cards]`` table (simple types only):
-        ``reader``, ``psam``, ``psam_reader``, ``needs`` (list of strings), ``wait_s``, ``retry_s``.
-        Raises :class:`ConfigError` naming an unknown key."""
-        known = {"reader", "psam", "psam_reader", "needs", "wait_s", "retry_s"}
-        extra = set(options) - known - {"backend"}
-        if extra:
-            raise ConfigError(f"cards.pcsc: unknown option(s) {sorted(extra)}; known: {sorted(known)}")
-        kwargs = {k: v for k, v in options.items() if k in known}
-        if "needs" in kwargs:
-            kwargs["needs"] = frozenset(str(n) for n in kwargs["needs"])
-        return cls(pseudonymizer, **kwargs)
+    def from_options(cls, options: DriverOptions, *,
+                     pseudonymizer: Pseudonymizer) -> PcscCardSource:
+        o = expect(options, PcscCardOptions)
+        return cls(pseudonymizer, reader=o.reader, psam=o.psam, psam_reader=o.psam_reader,
+                   needs=o.needs, wait_s=o.wait_s, retry_s=o.retry_s)
 
     @staticmethod
     def _make_psam(psam: Psam | str, psam_reader: str) -> Psam:

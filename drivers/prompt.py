@@ -31,6 +31,13 @@ from typing import Any
 from agent.model import Decision, JournalRecord, Prompt, Reason
 from drivers.base import Actuator
 from drivers.exceptions import ConfigError
+from drivers.options import (
+    BuzzerPromptOptions,
+    DriverOptions,
+    GpioBoardOptions,
+    PromptOptions,
+    expect,
+)
 
 __all__ = ["BEEP_PATTERNS", "SOUND_FOR_REASON", "VOICE_CLIPS", "BuzzerPrompter", "LogPrompter",
            "PromptEvent", "SimPrompter", "VoiceClip", "display_width", "fit_display"]
@@ -126,6 +133,14 @@ class PromptEvent:
     clip: str = ""
 
 
+def _prompt_kwargs(o: PromptOptions) -> dict[str, Any]:
+    """The :class:`SimPrompter` keyword arguments of validated prompt options."""
+    return {"display_columns": o.display_columns, "voice_dir": o.voice_dir,
+            "voices": {k: v if isinstance(v, str) else v.model_dump(exclude_none=True)
+                       for k, v in o.voices.items()},
+            "patterns": o.patterns, "sounds": {str(k): v for k, v in o.sounds.items()}}
+
+
 class SimPrompter(Actuator):
     """Records prompts in :attr:`history` instead of driving a display and a buzzer.
 
@@ -164,6 +179,10 @@ class SimPrompter(Actuator):
             raise ConfigError(f"prompt options: {err}") from err
         self.history: list[PromptEvent] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_options(cls, options: DriverOptions) -> SimPrompter:
+        return cls(**_prompt_kwargs(expect(options, PromptOptions)))
 
     def act(self, decision: Decision, record: JournalRecord | None) -> None:
         self.show(self.prompt_for(decision))
@@ -227,7 +246,8 @@ class BuzzerPrompter(SimPrompter):
 
     name = "prompt:gpio"
 
-    def __init__(self, *, board: Any = None, gpio: Mapping[str, Any] | None = None,
+    def __init__(self, *, board: Any = None,
+                 gpio: Mapping[str, Any] | GpioBoardOptions | None = None,
                  buzzer: str = "main", scheduler: Any = None,
                  voice_player: Callable[[str], None] | None = None, **options: Any) -> None:
         super().__init__(**options)
@@ -243,6 +263,11 @@ class BuzzerPrompter(SimPrompter):
         self.board = board
         self.buzzer = board.buzzer(buzzer)
         self.voice_player = voice_player
+
+    @classmethod
+    def from_options(cls, options: DriverOptions) -> BuzzerPrompter:
+        o = expect(options, BuzzerPromptOptions)
+        return cls(gpio=o.gpio, buzzer=o.buzzer, **_prompt_kwargs(o))
 
     def _output(self, event: PromptEvent) -> None:
         self.buzzer.play(event.pattern)

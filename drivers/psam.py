@@ -20,7 +20,7 @@ with its APDUs in ``docs/card.md``):
 Two implementations: :class:`SoftPsam`, an in-process PSAM holding the master keys (a
 real implementation of the scheme, for terminals with a software security module and for
 tests), and :class:`PcscPsam`, a PSAM card in a second PC/SC reader or SAM slot (over
-:class:`drivers.pcsc.PcscTransport` and :func:`drivers.ssc.transceive`, like the card;
+:class:`drivers.pcsc.PcscTransport` and :func:`drivers.ssc_records.transceive`, like the card;
 pyscard is imported only when it connects).
 
 Errors: :class:`PsamError` (PSAM missing, refusing or answering nonsense).
@@ -237,7 +237,7 @@ class PcscPsam:
     def _exchange(self, apdu: bytes) -> tuple[bytes, int]:
         """(data, SW) of ``apdu`` (``61xx``/``6Cxx`` followed as for the card)."""
         from drivers.pcsc import PcscTransport  # pyscard only once a PSAM card is used
-        from drivers.ssc import CardReadError, CardRemoved, transceive
+        from drivers.ssc_records import CardReadError, CardRemoved, transceive
 
         with self._lock:
             for attempt in (1, 2):

@@ -17,7 +17,8 @@ import logging
 import time
 from typing import Any
 
-from drivers.exceptions import ConfigError, DriverUnavailable
+from drivers.exceptions import DriverUnavailable
+from drivers.registry import BACKENDS, load_decoder
 
 __all__ = [
     "DEFAULT_DECODER",
@@ -33,7 +34,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_DECODER = "zxing"
-DECODER_NAMES = ("zxing", "zbar", "opencv")
+DECODER_NAMES = tuple(BACKENDS["qr_decoder"])   # the registry names them
 
 
 def _require(module: str, extra: str = "camera") -> Any:
@@ -152,11 +153,6 @@ class RetryDecoder(QRDecoder):
         return self.primary.decode(image) or self.secondary.decode(image)
 
 
-_CLASSES: dict[str, type[QRDecoder]] = {
-    "zxing": ZxingDecoder, "zbar": ZbarDecoder, "opencv": OpenCVDecoder,
-}
-
-
 def make_decoder(name: str = DEFAULT_DECODER, retry_with: str | None = None) -> QRDecoder:
     """The decoder called ``name``, optionally retrying a miss with ``retry_with``.
 
@@ -164,10 +160,7 @@ def make_decoder(name: str = DEFAULT_DECODER, retry_with: str | None = None) -> 
     :class:`~drivers.exceptions.DriverUnavailable` when its library is missing.
     """
     def one(n: str) -> QRDecoder:
-        cls = _CLASSES.get(n)
-        if cls is None:
-            raise ConfigError(f"unknown QR decoder {n!r} (known: {', '.join(DECODER_NAMES)})")
-        return cls()
+        return load_decoder(n)()
 
     dec = one(name)
     if retry_with and retry_with != name:

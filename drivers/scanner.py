@@ -25,9 +25,10 @@ import time
 from typing import Any
 
 from agent.model import Presentation, PresentationKind
-from agent.pseudonym import mask_code
+from agent.pseudonym import Pseudonymizer, mask_code
 from drivers.base import Debouncer, PresentationSource
 from drivers.exceptions import ConfigError, SerialDeviceError
+from drivers.options import DriverOptions, ScannerOptions, expect
 
 __all__ = ["SerialScannerSource"]
 
@@ -67,6 +68,14 @@ class SerialScannerSource(PresentationSource):
         """Set while the port is open."""
         self.stats = {"bytes": 0, "lines": 0, "emitted": 0, "too_long": 0, "noise": 0,
                       "stale": 0, "open_failed": 0, "reopened": 0}
+
+    @classmethod
+    def from_options(cls, options: DriverOptions, *,
+                     pseudonymizer: Pseudonymizer) -> SerialScannerSource:
+        o = expect(options, ScannerOptions)
+        return cls(o.url, baudrate=o.baudrate, max_line=o.max_line,
+                   stale_partial_s=o.stale_partial_s, debounce_s=o.debounce_s,
+                   reconnect_s=o.reconnect_s, read_timeout_s=o.read_timeout_s, name=o.name)
 
     def _open(self) -> Any:
         import serial

@@ -31,9 +31,10 @@ from agent.engine import Outcome
 from agent.pseudonym import Pseudonymizer
 from agent.store import PolicyInfo, PolicyStore
 from drivers.base import PresentationSource
+from drivers.gate.sim import sim_controller
 from drivers.prompt import SimPrompter
+from drivers.sim_cards import SimCardSource
 from simulator.broker import Mosquitto
-from simulator.cards import SimCardSource
 from simulator.population import Population
 from simulator.process import stop_process
 
@@ -227,7 +228,7 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
         where = ", ".join(f"{k} {v}" for k, v in spec["location"].items())
         say(f"{profile} {cfg.terminal.id} ({where}) deciding; broker 127.0.0.1:{broker.port};"
             f" hub pid {hub.proc.pid}")
-        controller = terminal.gates[0].gate.controller if terminal.gates else None
+        controller = sim_controller(terminal.gates[0]) if terminal.gates else None
         services = "AABAC"
         for i, step in enumerate(_script(pop, taps, rnd)):
             if outage and i == taps // 3:

@@ -7,8 +7,8 @@ controller reboots, resets and power cycles — as a real RS-485 line outlives t
 The controller's stdin is its control channel (passage sensors, fire alarm, tamper, line
 faults); its stdout reports barrier changes, recorded in :attr:`barrier_history`.
 
-:class:`SimGate` is the ``sim`` backend of the ``gate`` kind: a
-:class:`~drivers.gate.SerialGate` connected to its own simulated controller.
+:class:`drivers.gate.sim.SimGate` (the ``sim`` backend of the ``gate`` kind) is a
+:class:`~drivers.gate.serial_gate.SerialGate` connected to one of these.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import threading
 import time
 import tty
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from drivers.gate import SerialGate
-
-__all__ = ["FIRMWARE_DIR", "GateControllerSim", "SimGate", "build_controller"]
+__all__ = ["FIRMWARE_DIR", "GateControllerSim", "build_controller"]
 
 log = logging.getLogger(__name__)
 
@@ -246,24 +244,3 @@ class GateControllerSim:
     def _read_stderr(stream: IO[str]) -> None:
         for line in stream:
             log.debug("%s", line.rstrip())
-
-
-class SimGate(SerialGate):
-    """``gate`` backend ``sim``: a :class:`SerialGate` on its own :class:`GateControllerSim`.
-
-    Accepts the keyword arguments of :class:`SerialGate` except ``url``.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("url", None)
-        self.controller = GateControllerSim().start()
-        try:
-            super().__init__(self.controller.port, **kwargs)
-        except Exception:
-            self.controller.stop()
-            raise
-        self.wait_ready(5.0)
-
-    def close(self) -> None:
-        super().close()
-        self.controller.stop()

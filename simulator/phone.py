@@ -12,8 +12,6 @@ QR symbols are made with ``segno`` when installed (faster), else OpenCV's encode
 from __future__ import annotations
 
 import math
-import queue
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -23,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 from agent.codes.algorithms import SignatureAlgorithm, algorithm
 from agent.codes.trust import trust_entry
 from agent.codes.ykt1 import issue_certificate, sign_code
-from agent.model import Presentation, PresentationKind
-from drivers.base import PresentationSource
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Conditions",
     "Phone",
-    "SimCodeSource",
     "SimIssuer",
     "qr_matrix",
     "render_frame",
@@ -93,31 +88,6 @@ class Phone:
         """A freshly signed code (new nonce) issued at ``now`` (epoch s, default now)."""
         return sign_code(self.alg, self.private_key, self.certificate,
                          iat=None if now is None else int(now))
-
-
-class SimCodeSource(PresentationSource):
-    """The ``sim`` backend of ``codes``: emits the texts given to :meth:`show`, as a scanner
-    would (``seen_ns`` = when :meth:`show` was called)."""
-
-    def __init__(self, *, name: str = "sim:codes") -> None:
-        super().__init__()
-        self.name = name
-        self._q: queue.Queue[tuple[int, str] | None] = queue.Queue()
-
-    def show(self, text: str) -> None:
-        """Present ``text`` (e.g. ``phone.new_code()``) to the terminal."""
-        self._q.put((time.monotonic_ns(), text))
-
-    def _run(self) -> None:
-        while not self.stopping:
-            item = self._q.get()
-            if item is None:
-                break
-            self.emit(Presentation(kind=PresentationKind.CODE, source=self.name,
-                                   seen_ns=item[0], text=item[1]))
-
-    def _close(self) -> None:
-        self._q.put(None)
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome
+from drivers.sim_cards import SimCardSource
 from simulator.broker import Mosquitto
-from simulator.cards import SimCardSource
 from simulator.population import CardHolder
 from sync.link import Link, MqttSettings
 from sync.topics import policy_manifest

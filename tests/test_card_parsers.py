@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from drivers.exceptions import ConfigError
 from drivers.psam import TEST_KEYS, ReferenceKeys, SoftPsam, card_cryptogram, diversify, sm4_ecb
-from drivers.ssc import (
+from drivers.ssc import SscCard, read_ssc
+from drivers.ssc_records import (
     ALL_NEEDS,
     FIELDS,
     MAX_GET_RESPONSE,
@@ -20,13 +21,11 @@ from drivers.ssc import (
     CardReadError,
     MalformedResponse,
     NotSsc,
-    SscCard,
     check_needs,
     decode_bcd,
     decode_bcd_date,
     decode_record,
     parse_tlv,
-    read_ssc,
     split_sw,
     transceive,
 )

@@ -21,7 +21,7 @@ from agent.model import ClockQuality
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.prompt import SimPrompter
-from simulator.cards import SimCardSource
+from drivers.sim_cards import SimCardSource
 from simulator.demo import seed_store
 from simulator.population import CardHolder
 from tests.fixtures.hub import wait_until

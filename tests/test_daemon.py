@@ -16,7 +16,7 @@ from agent.daemon import Terminal
 from agent.journal import Journal
 from agent.model import Reason
 from drivers.prompt import SimPrompter
-from simulator.cards import SimCardSource
+from drivers.sim_cards import SimCardSource
 from tests.fixtures.logguard import watch_stderr
 
 SEQ = re.compile(r"decided seq=(\d+)")

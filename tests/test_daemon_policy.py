@@ -9,9 +9,9 @@ from agent.config import AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome
 from agent.model import Reason
+from drivers.sim_cards import SimCardSource
 from profiles import profile_path
 from simulator.broker import Mosquitto
-from simulator.cards import SimCardSource
 from sync.hub.policy import BundleSources
 from sync.link import MqttSettings
 from tests.fixtures.hub import wait_until

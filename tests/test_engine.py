@@ -14,8 +14,8 @@ from agent.model import Location, Presentation, PresentationKind, Reason, Reject
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
 from agent.store import PolicyInfo, PolicyStore
+from drivers.sim_cards import credential_from_holder
 from profiles import profile_path
-from simulator.cards import credential_from_holder
 from simulator.population import Population
 
 TZ = ZoneInfo("Asia/Shanghai")

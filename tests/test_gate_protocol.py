@@ -9,7 +9,7 @@ import serial
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.gate import (
+from drivers.gate.protocol import (
     CMD_OPEN,
     CMD_STATUS,
     EVT_BOOT,

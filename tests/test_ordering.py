@@ -26,7 +26,7 @@ from agent.journal import Journal
 from agent.model import ClockQuality, Reason
 from agent.store import PolicyStore
 from drivers.prompt import SimPrompter
-from simulator.cards import SimCardSource
+from drivers.sim_cards import SimCardSource
 from simulator.demo import seed_store
 from simulator.pcscd import VirtualCardRig
 from simulator.phone import Phone, SimIssuer

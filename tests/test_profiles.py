@@ -13,8 +13,8 @@ from agent.model import Location, Presentation, PresentationKind, Reason
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
 from agent.store import PolicyStore
+from drivers.sim_cards import credential_from_holder
 from profiles import profile_path
-from simulator.cards import credential_from_holder
 from simulator.population import Population
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -9,6 +9,7 @@ import pytest
 from agent.model import Decision, Prompt, Reason
 from drivers.exceptions import ConfigError
 from drivers.gpio import GpioBoard, ManualScheduler
+from drivers.options import BuzzerPromptOptions, PromptOptions
 from drivers.prompt import (
     BEEP_PATTERNS,
     BuzzerPrompter,
@@ -17,7 +18,7 @@ from drivers.prompt import (
     display_width,
     fit_display,
 )
-from drivers.registry import load_backend
+from drivers.registry import load_actuator
 
 ELDERLY = Decision(True, Reason.ACCEPTED, product="elderly_free",
                    prompt=Prompt("老年卡 免费", sound="ok_concession", voice="elderly"))
@@ -94,13 +95,15 @@ def test_bad_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="display_colums"):
         SimPrompter(display_colums=16)                     # a typo is not silently ignored
     with pytest.raises(ConfigError, match="buzer"):
-        load_backend("prompt", "gpio")(gpio={"backend": "mock", "buzzers": {"main": {"pin": 22}}},
-                                       buzer="main")
+        BuzzerPrompter(gpio={"backend": "mock", "buzzers": {"main": {"pin": 22}}}, buzer="main")
+    with pytest.raises(ValueError, match="buzer"):       # and so do the options of a file
+        BuzzerPromptOptions.model_validate(
+            {"gpio": {"backend": "mock", "buzzers": {"main": {"pin": 22}}}, "buzer": "main"})
 
 
 def test_log_backend_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="drivers.prompt")
-    p = load_backend("prompt", "log")()
+    p = load_actuator("prompt", "log").from_options(PromptOptions())
     assert isinstance(p, LogPrompter)
     p.act(ELDERLY, None)
     assert "老年卡 免费" in caplog.text and "voice 老年卡" in caplog.text
@@ -110,9 +113,8 @@ def test_log_backend_logs(caplog: pytest.LogCaptureFixture) -> None:
 def test_gpio_buzzer_plays_the_outcome_pattern() -> None:
     clock = ManualScheduler()
     played: list[str] = []
-    p = load_backend("prompt", "gpio")(
-        gpio={"backend": "mock", "buzzers": {"main": {"pin": 22}}}, scheduler=clock,
-        voice_player=played.append, voice_dir="/v")
+    p = BuzzerPrompter(gpio={"backend": "mock", "buzzers": {"main": {"pin": 22}}},
+                       scheduler=clock, voice_player=played.append, voice_dir="/v")
     try:
         assert isinstance(p, BuzzerPrompter)
         pin = p.board.mock_pin("main")
@@ -126,6 +128,20 @@ def test_gpio_buzzer_plays_the_outcome_pattern() -> None:
         assert [e.sound for e in p.history] == ["deny_hotlist", "ok_concession"]
     finally:
         p.close()
+        p.close()
+
+
+def test_gpio_backend_from_its_options() -> None:
+    options = BuzzerPromptOptions.model_validate(
+        {"gpio": {"backend": "mock", "buzzers": {"horn": {"pin": 22}}}, "buzzer": "horn",
+         "sounds": {"hotlisted": "error"}})
+    p = load_actuator("prompt", "gpio").from_options(options)
+    try:
+        assert isinstance(p, BuzzerPrompter)
+        assert p.buzzer is p.board.buzzer("horn")
+        p.act(Decision(False, Reason.HOTLISTED), None)
+        assert p.history[0].sound == "error"        # the configured sound, as a Reason key
+    finally:
         p.close()
 
 

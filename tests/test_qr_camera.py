@@ -17,11 +17,13 @@ import pytest
 
 from agent.codes import CodeVerifier
 from agent.model import Credential, Presentation, PresentationKind
+from agent.pseudonym import Pseudonymizer
 from drivers.base import Debouncer
 from drivers.camera import CameraSource, prepare_frame
 from drivers.exceptions import ConfigError, DeviceError
+from drivers.options import CameraOptions
 from drivers.qrdecode import QRDecoder
-from drivers.registry import load_backend
+from drivers.registry import load_source
 from simulator.phone import Conditions, Phone, render_frame, write_images, write_video
 from tests.fixtures.hub import wait_until
 from tests.fixtures.qr import QR_NOW
@@ -64,8 +66,11 @@ def test_camera_from_image_directory(tmp_path: Path, qr_phone: Callable[..., Pho
     codes, frames = _scene(qr_phone("EdDSA"))
     write_images(frames, tmp_path / "imgs")
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
-    src = load_backend("codes", "camera")(str(tmp_path / "imgs"), pace="all", debounce_s=5.0,
-                                          decoder="zbar")
+    options = CameraOptions(device=str(tmp_path / "imgs"), pace="all", debounce_s=5.0,
+                            decoder="zbar")
+    src = load_source("codes", "camera").from_options(options,
+                                                      pseudonymizer=Pseudonymizer(bytes(16)))
+    assert isinstance(src, CameraSource)
     got = _collect(src)
     assert [p.text for p in got] == codes
     assert src.stats["decoded"] == len(frames)

@@ -19,7 +19,7 @@ from drivers.qrdecode import (
     RetryDecoder,
     make_decoder,
 )
-from drivers.registry import load_backend
+from drivers.registry import load_decoder
 from simulator.frames import CONDITIONS, load_corpus
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def test_retry_decoder_and_registry() -> None:
     assert isinstance(dec, RetryDecoder) and dec.name == "opencv+zxing"
     with pytest.raises(ConfigError):
         make_decoder("nope")
-    assert load_backend("qr_decoder", "zxing")().name == "zxing"
+    assert load_decoder("zxing")().name == "zxing"
 
 
 @pytest.mark.expect_log("drivers.qrdecode", r"broken decoder failed on a \(48, 64\) frame")

@@ -11,8 +11,10 @@ import pytest
 
 from agent.codes import CodeVerifier
 from agent.model import Credential, Presentation, PresentationKind
+from agent.pseudonym import Pseudonymizer
 from drivers.exceptions import ConfigError
-from drivers.registry import load_backend
+from drivers.options import ScannerOptions
+from drivers.registry import load_source
 from drivers.scanner import SerialScannerSource
 from simulator.phone import Phone
 from tests.fixtures.hub import wait_until
@@ -108,8 +110,9 @@ def test_debounce_repeated_scans(scanner: tuple[int, SerialScannerSource,
 
 
 def test_loop_url_and_registry() -> None:
-    cls = load_backend("codes", "scanner")
-    src = cls("loop://", debounce_s=0.0)
+    src = load_source("codes", "scanner").from_options(
+        ScannerOptions(url="loop://", debounce_s=0.0), pseudonymizer=Pseudonymizer(bytes(16)))
+    assert isinstance(src, SerialScannerSource)
     got: queue.Queue[Presentation] = queue.Queue()
     src.start(got.put)
     assert src.port_open.wait(5)

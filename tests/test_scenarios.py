@@ -17,7 +17,7 @@ from agent.engine import Outcome
 from agent.model import Reason
 from agent.store import PolicyStore
 from drivers.prompt import BEEP_PATTERNS, SimPrompter
-from simulator.cards import SimCardSource
+from drivers.sim_cards import SimCardSource
 from simulator.demo import seed_store
 from simulator.population import CardHolder
 from tests.fixtures.hub import wait_until

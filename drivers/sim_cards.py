@@ -1,9 +1,10 @@
-"""The in-process ``sim`` card source: taps from a population, no reader hardware.
+"""``cards`` backend ``sim``: taps from a simulated population, no reader hardware.
 
 It produces exactly what the PC/SC driver produces after a successful read and
 authentication (a :class:`~agent.model.Credential` of keyed hashes), so the decision
 path, journal and sync are exercised unchanged. Use :meth:`SimCardSource.tap` to tap a
 given holder (tests, the demo) or ``rate_per_min`` for random taps (``ykt agent run``).
+The population itself is built by :mod:`simulator.population`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from agent.model import Credential, Presentation, PresentationKind, Reason, Rejection
 from agent.pseudonym import Pseudonymizer
 from drivers.base import PresentationSource
+from drivers.options import DriverOptions, SimCardOptions, expect
 from drivers.ssc import SscData, credential_from
 from simulator.population import CardHolder, Population
 
@@ -43,6 +45,13 @@ class SimCardSource(PresentationSource):
         self.population = population or Population.generate(population_size, seed=seed)
         self._rnd = random.Random(seed)
         self.rate_per_min = rate_per_min
+
+    @classmethod
+    def from_options(cls, options: DriverOptions, *,
+                     pseudonymizer: Pseudonymizer) -> SimCardSource:
+        o = expect(options, SimCardOptions)
+        return cls(pseudonymizer, population_size=o.population_size, seed=o.seed,
+                   rate_per_min=o.rate_per_min)
 
     def tap(self, holder: CardHolder, *, service: str = "") -> Presentation:
         """Present ``holder``'s card now (at a kiosk, for ``service``); returns it."""
