@@ -1,8 +1,8 @@
 """The hub's documented behaviour (``docs/protocol.md`` §4–§6, ``docs/hub.md``) shown on
 ``ykt hub run`` as a process, over a real broker, with the hub's acks read from the
 terminals' ack topics: rejects (a bad topic, an over-size batch, a terminal not in
-``--terminals``), conflicting duplicates, a gap that closes, and two processes in one
-``--share-group``.
+``--terminals``), conflicting duplicates, a gap that closes, two processes in one
+``--share-group``; and the status heartbeat as the hub stores it (§7).
 
 "No ack was sent" is proven by a later message's ack: the hub handles one tx message at
 a time and acks it before the next, so once a later batch is acked, an ack for the
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.journal import GENESIS, Journal, canonical, record_hash, utc_stamp
+from agent.journal import GENESIS, Journal, canonical, parse_utc, record_hash, utc_stamp
 from simulator.broker import Mosquitto
 from sync.hub.service import MAX_BATCH_RECORDS
 from sync.uplink import Uplink, UplinkSettings, encode_batch
@@ -235,3 +236,36 @@ def test_two_hub_processes_in_one_share_group_split_the_load(
     assert a > 0 and b > 0, f"one hub of the group ingested nothing: {split}"
     assert a + b == alone, f"each message to one member of the group: {split}"
 
+
+
+def test_protocol_fields_win_over_the_agents_status_fields(
+        running_hub: HubProcess, tmp_path: Path) -> None:
+    """§7: the agent adds fields to the status heartbeat, and on a name clash the protocol
+    fields win; the hub stores and reports the merged heartbeat."""
+    journal = Journal(tmp_path / "j.db", "bus-1")
+    fill(journal, 3)
+    clashing = {"v": 99, "state": "degraded", "terminal": "bus-2", "time": 12.5,
+                "last_seq": 999, "acked_seq": 998, "outbox": -1, "uplink": "stale",
+                "policy_version": "2026.11.1", "clock": "rtc"}
+    beats = iter(range(1, 1000))
+    up = Uplink(journal, fast_settings(running_hub.broker), "bus-1",
+                lambda: dict(clashing, beat=next(beats)))
+    up.start()
+    try:
+        assert up.wait_synced(20)
+        assert up.publish_status()
+        last_beat = next(beats) - 1  # the beat of the heartbeat just published
+
+        def status() -> dict[str, Any]:
+            return dict(running_hub.report()["terminals"]["bus-1"]["status"] or {})
+
+        wait_until(lambda: status().get("beat") == last_beat, 20, "the status after the sync")
+        got = status()
+    finally:
+        up.stop()
+    assert {k: got[k] for k in ("v", "state", "terminal", "last_seq", "acked_seq", "outbox")} \
+        == {"v": 1, "state": "online", "terminal": "bus-1", "last_seq": 3, "acked_seq": 3,
+            "outbox": 0}
+    assert isinstance(got["time"], str) and parse_utc(got["time"]) > 0
+    assert isinstance(got["uplink"], dict) and got["uplink"]["acks"] >= 1
+    assert (got["policy_version"], got["clock"]) == ("2026.11.1", "rtc")  # no clash: kept
