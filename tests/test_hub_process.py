@@ -19,7 +19,7 @@ import pytest
 
 from agent.journal import GENESIS, Journal, canonical, parse_utc, record_hash, utc_stamp
 from simulator.broker import Mosquitto
-from sync.hub.service import MAX_BATCH_RECORDS
+from sync.hub.service import MAX_BATCH_RECORDS, default_instance
 from sync.uplink import Uplink, UplinkSettings, encode_batch
 from tests.fixtures.hub import HubProcess, Listener, fast_settings, wait_until
 from tests.test_hub import fill
@@ -189,10 +189,11 @@ def _commits(hub: HubProcess) -> int:
 
 
 def test_two_hub_processes_in_one_share_group_split_the_load(
-        broker: Mosquitto, pg_dsn: str, tmp_path: Path) -> None:
+        broker: Mosquitto, listener: Listener, pg_dsn: str, tmp_path: Path) -> None:
     """Two ``ykt hub run --share-group fleet-a`` on one PostgreSQL database each ingest a
     part and together every record exactly once; a third hub in the default group, on a
-    SQLite file of its own, gets every message (so ``--share-group`` is really used)."""
+    SQLite file of its own, gets every message (so ``--share-group`` is really used).
+    Each hub announces itself on its own retained status topic (``docs/hub.md``)."""
     terminals, per = ["bus-1", "bus-2", "bus-3"], 300
     dirs = [tmp_path / d for d in ("a", "b", "observer")]
     for d in dirs:
@@ -204,6 +205,14 @@ def test_two_hub_processes_in_one_share_group_split_the_load(
     try:
         for h in (hub_a, hub_b, observer):
             h.start()
+        listener.subscribe("ykt/v1/hub/+/status")
+        host = default_instance().rsplit("-", 1)[0]
+        pids = [h.proc.pid for h in (hub_a, hub_b, observer) if h.proc is not None]
+        topics = {f"ykt/v1/hub/{host}-{pid}/status" for pid in pids}
+        wait_until(lambda: all(listener.got(t) for t in topics), 10, "each hub's status")
+        for topic in topics:
+            status = json.loads(listener.got(topic)[-1])
+            assert status["state"] == "online" and topic == f"ykt/v1/hub/{status['instance']}/status"
         for t in terminals:
             j = Journal(tmp_path / f"{t}.db", t)
             fill(j, per)
