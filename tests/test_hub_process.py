@@ -228,6 +228,10 @@ def test_two_hub_processes_in_one_share_group_split_the_load(
 
         wait_until(lambda: complete(hub_a) and complete(observer), 30,
                    "both groups to have every record")
+        # every message (resends included) went to the observer and to one member of the
+        # group: once both have handled all of them, the counts meet
+        wait_until(lambda: _commits(hub_a) + _commits(hub_b) == _commits(observer), 20,
+                   "the group's members together to have handled what the observer did")
         shared, own = hub_a.export(), observer.export()
         rep = hub_b.report()
         split = (_commits(hub_a), _commits(hub_b), _commits(observer))
@@ -241,9 +245,7 @@ def test_two_hub_processes_in_one_share_group_split_the_load(
     assert [(x["terminal"], x["seq"]) for x in own] == expected
     assert [x["hash"] for x in shared] == [x["hash"] for x in own]
     assert rep["totals"]["chain_breaks"] == 0 and rep["totals"]["terminals_with_gaps"] == 0
-    a, b, alone = split
-    assert a > 0 and b > 0, f"one hub of the group ingested nothing: {split}"
-    assert a + b == alone, f"each message to one member of the group: {split}"
+    assert split[0] > 0 and split[1] > 0, f"one hub of the group ingested nothing: {split}"
 
 
 
