@@ -11,7 +11,8 @@ parallel never share one, and :func:`drop_stale_clusters` removes the clusters o
 processes that are gone (a run killed before its teardown). The superuser ``postgres``
 has a random password kept in a ``passfile`` (mode 0600) that the cluster's URL names
 (``…?passfile=PATH``), so the password is neither in the URL nor in any command line.
-The server runs with ``fsync=off``: it holds test data only.
+The server runs with ``fsync=off`` (it holds test data only) unless made ``durable``
+(the bench, which compares durable commits).
 """
 
 from __future__ import annotations
@@ -122,10 +123,13 @@ class PgCluster:
 
     :attr:`url` is the superuser's URL of database ``postgres`` (set by :meth:`start`).
     ``start`` raises :class:`PgUnavailable` with what to do when it cannot make one.
+    ``durable=False`` (tests) turns ``fsync`` and ``full_page_writes`` off.
     """
 
-    def __init__(self, *, version: str | None = None, start_timeout: float = 60.0) -> None:
+    def __init__(self, *, version: str | None = None, durable: bool = False,
+                 start_timeout: float = 60.0) -> None:
         self.version = version
+        self.durable = durable
         self.start_timeout = start_timeout
         self.name = f"{CLUSTER_PREFIX}-{os.getpid()}-{secrets.token_hex(4)}"
         self.port = 0
@@ -135,7 +139,15 @@ class PgCluster:
         self.passfile = self._dir / "pgpass"
 
     def start(self) -> None:
-        """Create and start the cluster; wait until it accepts connections."""
+        """Create and start the cluster; wait until it accepts connections. On failure
+        nothing is left behind."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
         if os.geteuid() != 0:
             raise PgUnavailable("making a PostgreSQL cluster needs root (the Debian cluster "
                                 "tools run the server as 'postgres')")
@@ -157,10 +169,8 @@ class PgCluster:
         started = _run("pg_ctlcluster", self.version, self.name, "start",
                        timeout=self.start_timeout)
         if started.returncode != 0:
-            log_text = self._log_tail()
-            self.close()
             raise PgUnavailable(f"PostgreSQL cluster {self.version}/{self.name} did not start: "
-                                f"{started.stderr.strip()}\n{log_text}")
+                                f"{started.stderr.strip()}\n{self._log_tail()}")
         self._wait_accepting()
 
     def _create(self, password: str, owner_uid: int) -> None:
@@ -175,9 +185,9 @@ class PgCluster:
         try:
             for _attempt in range(3):
                 self.port = free_port()
+                fast = [] if self.durable else ["-o", "fsync=off", "-o", "full_page_writes=off"]
                 res = _run("pg_createcluster", "--quiet", "-p", str(self.port),
-                           "--start-conf=manual", "-o", "fsync=off", "-o",
-                           "full_page_writes=off", self.version, self.name, "--",
+                           "--start-conf=manual", *fast, self.version, self.name, "--",
                            "--auth-host=scram-sha-256", "--auth-local=peer",
                            f"--pwfile={pwfile}")
                 if res.returncode == 0:
@@ -200,10 +210,9 @@ class PgCluster:
                 return
             except psycopg.OperationalError as err:
                 if time.monotonic() > deadline:
-                    log_text = self._log_tail()
-                    self.close()
                     raise PgUnavailable(f"PostgreSQL cluster {self.version}/{self.name} "
-                                        f"accepts no connection: {err}\n{log_text}") from err
+                                        f"accepts no connection: {err}\n"
+                                        f"{self._log_tail()}") from err
                 time.sleep(0.1)
 
     def _log_tail(self) -> str:
