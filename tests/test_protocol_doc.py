@@ -10,8 +10,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
+from agent.config import AgentConfig
 from agent.journal import GENESIS, Journal, canonical, parse_utc, record_hash, verify_chain
 from agent.model import JournalRecord
+from sync.topics import validate_terminal_id
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 JOURNAL_FIELDS = {"v", "terminal", "seq", "prev", "time"}
@@ -69,3 +74,23 @@ def test_the_wire_example_abbreviates_the_first_hash() -> None:
     shown = re.search(r'"seq":1,.*"hash":"([0-9a-f]{4})…([0-9a-f]{4})"',
                       DOC.read_text(encoding="utf-8"))
     assert shown is not None and (shown[1], shown[2]) == (first[:4], first[-4:])
+
+
+@pytest.mark.parametrize("terminal", [
+    "bus-0042", "BUS-370302-0815", "gate:north.1", "k_9", "x" * 64,
+    "-bus", ".bus", "_bus", ":bus", "bus 1", "bus/1", "bus+", "bus#", "", "x" * 65, "公交1",
+])
+def test_the_config_accepts_exactly_the_terminal_ids_of_the_protocol(terminal: str) -> None:
+    """§3's terminal ids: a config the daemon accepts never names a terminal whose
+    topics the uplink would refuse, and the other way round."""
+    try:
+        validate_terminal_id(terminal)
+        protocol_ok = True
+    except ValueError:
+        protocol_ok = False
+    try:
+        AgentConfig.model_validate({"terminal": {"id": terminal}})
+        config_ok = True
+    except ValidationError:
+        config_ok = False
+    assert config_ok == protocol_ok
