@@ -58,8 +58,7 @@ def wait_acks(listener: Listener, terminal: str, count: int, timeout: float = 20
 
 
 def all_acks(listener: Listener) -> dict[str, list[bytes]]:
-    with listener._lock:
-        return {t: list(m) for t, m in listener.messages.items() if t.endswith("/ack")}
+    return listener.received("/ack")
 
 
 @pytest.fixture
