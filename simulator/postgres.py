@@ -166,12 +166,7 @@ class PgCluster:
         self.passfile.chmod(0o600)
         self.url = (f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
                     f"?passfile={quote(str(self.passfile), safe='/')}")
-        started = _run("pg_ctlcluster", self.version, self.name, "start",
-                       timeout=self.start_timeout)
-        if started.returncode != 0:
-            raise PgUnavailable(f"PostgreSQL cluster {self.version}/{self.name} did not start: "
-                                f"{started.stderr.strip()}\n{self._log_tail()}")
-        self._wait_accepting()
+        self.start_server()
 
     def _create(self, password: str, owner_uid: int) -> None:
         """``pg_createcluster`` on a free port (a few tries: a port may be taken meanwhile).
@@ -214,6 +209,25 @@ class PgCluster:
                                         f"accepts no connection: {err}\n"
                                         f"{self._log_tail()}") from err
                 time.sleep(0.1)
+
+    def stop_server(self) -> None:
+        """Stop the server (fast mode: sessions are cut), keeping the cluster: a database
+        outage. Raises :class:`PgUnavailable` if it does not stop."""
+        self._ctl("stop")
+
+    def start_server(self) -> None:
+        """Start the server again after :meth:`stop_server`; waits until it accepts
+        connections. Raises :class:`PgUnavailable` if it does not."""
+        self._ctl("start")
+        self._wait_accepting()
+
+    def _ctl(self, action: str) -> None:
+        assert self.version is not None and self._created, "start() the cluster first"
+        res = _run("pg_ctlcluster", self.version, self.name, action,
+                   timeout=self.start_timeout)
+        if res.returncode != 0:
+            raise PgUnavailable(f"pg_ctlcluster {self.version} {self.name} {action}: "
+                                f"{res.stderr.strip()}\n{self._log_tail()}")
 
     def _log_tail(self) -> str:
         path = Path(f"/var/log/postgresql/postgresql-{self.version}-{self.name}.log")
