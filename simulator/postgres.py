@@ -217,8 +217,10 @@ class PgCluster:
 
     def start_server(self) -> None:
         """Start the server again after :meth:`stop_server`; waits until it accepts
-        connections. Raises :class:`PgUnavailable` if it does not."""
-        self._ctl("start")
+        connections (at once if it runs). Raises :class:`PgUnavailable` if it does not."""
+        assert self.version is not None
+        if _run("pg_ctlcluster", self.version, self.name, "status").returncode != 0:
+            self._ctl("start")
         self._wait_accepting()
 
     def _ctl(self, action: str) -> None:
