@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make \
+DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make postgresql \
                 python3-venv python3-dev
 PYTEST_ARGS ?=
 CARDS ?= sim

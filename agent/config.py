@@ -40,7 +40,8 @@ class _Section(BaseModel):
 
 
 class TerminalSection(_Section):
-    id: str = Field("BUS-DEMO-0001", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$",
+    id: str = Field("BUS-DEMO-0001", min_length=1, max_length=64,
+                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
                     description="terminal id: unique in the fleet, used in MQTT topics")
     profile: str = Field("bus_validator", description="profile name in profiles/ or a path")
     data_dir: Path = Field(Path("var/ykt"), description="journal and store live here")

@@ -1,7 +1,7 @@
 """Hub ingest: SQLite vs PostgreSQL, in-process and end to end, one hub vs two.
 
 Run: ``.venv/bin/python -m bench.bench_hub_pg [--records 100000] [--terminals 4]
-[--pg postgresql://postgres@127.0.0.1:5432/postgres]``
+[--pg postgresql://postgres@HOST:PORT/postgres]``
 
 * **store** — :meth:`HubStore.ingest` in-process: tx payloads of 500 records are parsed
   (:func:`sync.hub.service.parse_batch`) and committed one transaction each, as the hub
@@ -13,9 +13,11 @@ Run: ``.venv/bin/python -m bench.bench_hub_pg [--records 100000] [--terminals 4]
   PostgreSQL hub, and two PostgreSQL hubs sharing the subscription and the database.
 
 Both databases commit durably (SQLite ``synchronous=FULL``; PostgreSQL as configured —
-``synchronous_commit`` and ``fsync`` are printed). A fresh database
-``ykt_bench_<random>`` is created on the server and dropped afterwards. If PostgreSQL is
-not reachable the benchmark says so and exits 0 without touching ``bench/README.md``.
+``synchronous_commit`` and ``fsync`` are printed). The server is ``--pg``, or else a
+durable throw-away cluster made for the run (:class:`simulator.postgres.PgCluster`, which
+needs root and the ``postgresql`` package). A fresh database ``ykt_bench_<random>`` is
+created on the server and dropped afterwards. If PostgreSQL is not reachable the benchmark
+says so and exits 1 without touching ``bench/README.md``.
 Writes its table to ``bench/README.md`` (section ``hub_pg``).
 """
 
@@ -31,7 +33,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg
 
@@ -39,6 +40,7 @@ from agent.journal import Journal
 from bench.bench_backlog import journal_with
 from bench.report import machine, table, update_section
 from simulator.broker import Mosquitto
+from simulator.postgres import PgCluster, PgUnavailable, with_database, with_search_path
 from sync.hub.pgstore import PgHubStore, redact_dsn
 from sync.hub.service import parse_batch
 from sync.hub.store import HubStore, IncomingRecord, SqliteHubStore
@@ -50,18 +52,12 @@ BATCH = 500
 log = logging.getLogger("bench.hub_pg")
 
 
-def _db_url(admin_url: str, dbname: str, schema: str | None = None) -> str:
-    base = admin_url.partition("?")[0].rsplit("/", 1)[0] + "/" + dbname
-    return base if schema is None else (
-        f"{base}?options={quote(f'-csearch_path={schema}', safe='')}")
-
-
 def fresh_schema(db_url: str) -> str:
     """URL of a new empty schema in ``db_url``'s database."""
     schema = f"s_{secrets.token_hex(4)}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{db_url}?options={quote(f'-csearch_path={schema}', safe='')}"
+    return with_search_path(db_url, schema)
 
 
 def payloads(journal: Journal) -> list[bytes]:
@@ -158,23 +154,36 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=100_000, help="records in all")
     ap.add_argument("--terminals", type=int, default=4, help="terminals sharing them")
-    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                    help="PostgreSQL URL of a role that may create databases")
+    ap.add_argument("--pg", default=None,
+                    help="PostgreSQL URL of a role that may create databases (default: a "
+                         "throw-away cluster made for the run)")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/README.md")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.pg is not None:
+        return run(args, args.pg)
     try:
-        admin = psycopg.connect(args.pg, autocommit=True, connect_timeout=5)
+        with PgCluster(durable=True) as cluster:
+            return run(args, cluster.url)
+    except PgUnavailable as err:
+        print(f"no PostgreSQL for the bench: {err}; or give --pg URL", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace, admin_url: str) -> int:
+    """The benchmark on the server at ``admin_url``; returns the exit status."""
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as err:
-        print(f"PostgreSQL not reachable at {redact_dsn(args.pg)} ({str(err).strip()}); "
-              "skipped")
-        return 0
+        print(f"PostgreSQL not reachable at {redact_dsn(admin_url)} ({str(err).strip()})",
+              file=sys.stderr)
+        return 1
     dbname = f"ykt_bench_{secrets.token_hex(4)}"
     admin.execute(f'CREATE DATABASE "{dbname}"')
     sync_commit = admin.execute("SHOW synchronous_commit").fetchone()
     fsync = admin.execute("SHOW fsync").fetchone()
     pg_version = admin.execute("SHOW server_version").fetchone()
-    db_url = _db_url(args.pg, dbname)
+    db_url = with_database(admin_url, dbname)
     per = args.records // args.terminals
     n = per * args.terminals
     rows: list[list[object]] = []

@@ -175,6 +175,9 @@ class Link:
         self._client.drop_out_messages()
         self._client.disconnect()
         self._client.loop_stop()
+        # paho closes the loop's wake-up socket pair only when the client is collected,
+        # which a reference cycle (callbacks) may defer to the end of the process
+        getattr(self._client, "_reset_sockets", lambda: None)()
         self._connected.clear()
 
     @property

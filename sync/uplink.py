@@ -195,6 +195,17 @@ class Uplink:
             return False
         return True
 
+    def prune(self) -> int:
+        """Delete the journal's acknowledged records older than ``retention_s`` (by the
+        journal's clock; the newest record is always kept). The sender thread calls this
+        every ``prune_interval_s``. Returns how many records were deleted; raises
+        :class:`~agent.journal.JournalError`/``sqlite3.Error`` if the journal fails."""
+        pruned = self.journal.prune(self.options.retention_s)
+        self.stats["pruned"] += pruned
+        if pruned:
+            log.info("pruned %d acknowledged journal records", pruned)
+        return pruned
+
     # -- callbacks (link thread) ---------------------------------------------------------
     def _on_connect(self) -> None:
         self.publish_status()
@@ -268,10 +279,7 @@ class Uplink:
                         self._resend = True
                 if now >= next_prune:
                     next_prune = now + opts.prune_interval_s
-                    pruned = self.journal.prune(opts.retention_s)
-                    self.stats["pruned"] += pruned
-                    if pruned:
-                        log.info("pruned %d acknowledged journal records", pruned)
+                    self.prune()
             except Exception:
                 log.exception("uplink step failed; retrying")
                 with self._cond:

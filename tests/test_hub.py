@@ -175,7 +175,8 @@ def test_bad_records_are_dropped_one_by_one(journal: Journal) -> None:
 
 
 def test_hub_rejects_and_reports_bad_input_without_crashing(
-        broker: Mosquitto, listener: Listener, tmp_path: Path, journal: Journal) -> None:
+        broker: Mosquitto, listener: Listener, tmp_path: Path, journal: Journal,
+        capsys: pytest.CaptureFixture[str]) -> None:
     store = SqliteHubStore(tmp_path / "hub-bad.db")
     hub = Hub(store, fast_settings(broker), {"bus-1"}, client_id="hub-bad")
     hub.start()
@@ -206,7 +207,21 @@ def test_hub_rejects_and_reports_bad_input_without_crashing(
     assert rep["totals"]["terminals_with_gaps"] == 1
 
     # and the CLI shows the same, in text and JSON
+    capsys.readouterr()
     assert main(["hub", "report", "--db", str(tmp_path / "hub-bad.db"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rep
+    assert main(["hub", "report", "--db", str(tmp_path / "hub-bad.db")]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == ("records: 9  terminals: 1  duplicates rejected: 0  chain breaks: 0  "
+                       "terminals with gaps: 1")
+    assert text[1] == ("rejected: malformed_payload 2, malformed_status 1, "
+                       "unknown_terminal 1")
+    row = next(line.split() for line in text if line.startswith("bus-1 "))
+    assert row == ["bus-1", "9", "3", "0", "0", "missing", "4..6"]
+    rejects = text[text.index("rejects:") + 1:]
+    assert sorted((r.split()[0], r.split()[1], r.split()[2]) for r in rejects) == sorted(
+        (r["kind"], r["terminal"], str(r["count"])) for r in rep["rejects"])
+    assert any("unknown_terminal" in r and "bus-9" in r for r in rejects)
 
 
 def test_cli_report_and_export(tmp_path: Path, journal: Journal,

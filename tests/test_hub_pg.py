@@ -3,43 +3,34 @@ contract tests, concurrency of several stores on one database, schema versioning
 CLI with ``--db postgresql://…``, and two real ``ykt hub run`` processes sharing one
 broker subscription and one database.
 
-Needs a PostgreSQL server: ``$YKT_TEST_PG`` (default
-``postgresql://postgres@127.0.0.1:5432/postgres``, a role allowed to create databases).
-A fresh database ``ykt_test_<random>`` is created for the session and dropped afterwards;
-each test gets its own schema in it. Without a reachable server every test here is
-skipped with the reason.
+The server is a throw-away cluster made for the session (``tests/fixtures/postgres.py``),
+or ``$YKT_TEST_PG_URL`` when set; a fresh database ``ykt_test_<random>`` is created for
+the session and dropped afterwards, and each test gets its own schema in it. Nothing here
+is skipped: without PostgreSQL these tests fail, saying what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+import psycopg
 import pytest
 
 from agent.cli import main
 from agent.journal import GENESIS, Journal
 from simulator.broker import Mosquitto
+from sync.hub.pgstore import PgHubStore, PgStoreError
 from sync.hub.store import HubStore, IngestResult
 from sync.uplink import Uplink, UplinkSettings, encode_batch
 from tests import test_hub as sqlite_suite
 from tests.fixtures.hub import HubProcess, Listener, fast_settings, wait_until
 from tests.test_hub import fill, incoming
-
-psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (extra 'pg')")
-
-from sync.hub.pgstore import PgHubStore, PgStoreError, redact_dsn  # noqa: E402
-
-PG_ENV = "YKT_TEST_PG"
-PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # The SQLite store's contract tests, run here against PgHubStore (the local `store`
 # fixture below replaces theirs; `journal` is theirs).
@@ -51,44 +42,6 @@ test_broken_chain_is_stored_flagged_and_reported = (
 test_conflicting_duplicate_is_a_break = sqlite_suite.test_conflicting_duplicate_is_a_break
 test_a_stored_record_is_checked_as_stored_when_its_gap_closes = (
     sqlite_suite.test_a_stored_record_is_checked_as_stored_when_its_gap_closes)
-
-
-def _with_db(url: str, dbname: str) -> str:
-    base, _, _query = url.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + dbname
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """URL of a fresh database for this session (dropped at the end), or skip."""
-    admin_url = os.environ.get(PG_ENV, PG_DEFAULT)
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as err:
-        pytest.skip(f"PostgreSQL not reachable at {redact_dsn(admin_url)} "
-                    f"({str(err).strip()}); "
-                    f"set ${PG_ENV} to a server URL to run the PostgreSQL hub tests")
-    name = f"ykt_test_{secrets.token_hex(4)}"
-    try:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as err:
-        admin.close()
-        pytest.skip(f"cannot create a test database on {redact_dsn(admin_url)}: "
-                    f"{str(err).strip()}")
-    try:
-        yield _with_db(admin_url, name)
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-@pytest.fixture
-def pg_dsn(pg_database: str) -> str:
-    """URL of an empty schema of its own (via ``search_path``) in the session database."""
-    schema = f"t_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_database, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{pg_database}?options={quote(f'-csearch_path={schema}', safe='')}"
 
 
 @pytest.fixture

@@ -163,8 +163,8 @@ class PgHubStore(HubStore):
         """Run ``work`` in one transaction; retry on a lost connection, deadlock or
         serialization failure (every caller is idempotent). Caller holds ``_lock``."""
         for attempt in range(1, _RETRIES + 1):
-            conn = self._connection()
             try:
+                conn = self._connection()  # a failed reconnect is a failed attempt too
                 with conn.transaction():
                     return work(conn)
             except (psycopg.OperationalError, PgStoreError) as err:
