@@ -146,6 +146,15 @@ class JournalSection(_Section):
     retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
 
 
+class IdentitySection(_Section):
+    """The terminal's identity (``docs/security.md``): its key, its certificate from the hub
+    CA, the hub CA and the hub's signing key, as files in one directory
+    (:class:`agent.identity.TerminalIdentityPaths`), written by ``ykt enroll``. Without it
+    the terminal speaks the legacy unsigned protocol: development only."""
+
+    dir: Path | None = Field(None, description="identity directory written by `ykt enroll`")
+
+
 class MqttSection(MqttSettings):
     """The MQTT link to the hub (all of :class:`agent.mqtt_settings.MqttSettings`) plus ``enabled``."""
 
@@ -167,6 +176,7 @@ class AgentConfig(_Section):
     journal: JournalSection = Field(default_factory=JournalSection)
     policy: PolicySection = Field(default_factory=PolicySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    identity: IdentitySection = Field(default_factory=IdentitySection)
 
     @model_validator(mode="after")
     def _checks(self) -> AgentConfig:

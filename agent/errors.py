@@ -14,6 +14,7 @@ tree (also in ``docs/architecture.md``)::
      │    ├── TrustStoreError                   agent.codes.trust: an issuer trust document
      │    ├── KeyFormatError                    agent.codes.algorithms: a PEM or COSE key
      │    ├── SecretError                       agent.keys: a secret is missing or malformed
+     │    ├── IdentityError                     agent.identity: a key or certificate file
      │    ├── SourceError                       sync.hub.policy: a policy bundle source file
      │    └── ConfigError (+ DriverError)       drivers.exceptions: a driver's options
      ├── Unavailable (ImportError)              a library or device is not there → exit 2
@@ -45,6 +46,7 @@ tree (also in ``docs/architecture.md``)::
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
      ├── PgStoreError (OSError)                 sync.hub.pgstore: PostgreSQL unusable
+     ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
      └── CardPulled                             simulator.vcard: a virtual card leaves the field
 
 **Exit codes** of ``ykt`` (:func:`exit_code`): 0 success; 2 usage or configuration

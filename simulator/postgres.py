@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from agent.errors import YktError
 from simulator.broker import free_port
 
 __all__ = ["CLUSTER_PREFIX", "PgCluster", "PgUnavailable", "drop_stale_clusters",
@@ -45,7 +46,7 @@ _PG_LIB = Path("/usr/lib/postgresql")
 _NAME_RE = re.compile(rf"^{CLUSTER_PREFIX}-(\d+)-[0-9a-f]+$")
 
 
-class PgUnavailable(RuntimeError):
+class PgUnavailable(YktError, RuntimeError):
     """No throw-away cluster can be made here (PostgreSQL not installed, not root, or the
     server would not start); the message says what to do."""
 

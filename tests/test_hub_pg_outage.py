@@ -78,6 +78,7 @@ def test_a_transaction_is_tried_three_times_reconnecting(
         journal.close()
 
 
+@pytest.mark.expect_log("sync.link", r"message ykt/v1/t/bus-1/tx callback failed")
 def test_a_hub_process_loses_nothing_while_its_database_is_down(
         cluster: PgCluster, dsn: str, broker: Mosquitto, tmp_path: Path) -> None:
     """``docs/hub.md``: if PostgreSQL is down, ingest fails after the retries, no ack is

@@ -16,8 +16,8 @@ from pathlib import Path
 from agent.config import load_config
 from agent.daemon import Terminal
 from agent.journal import Journal
+from drivers.sim_cards import SimCardSource
 from simulator.broker import Mosquitto
-from simulator.cards import SimCardSource
 from sync.uplink import Uplink, UplinkSettings
 from tests.fixtures.hub import HubProcess, Listener, fast_settings, wait_until
 from tests.test_hub import fill
