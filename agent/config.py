@@ -144,6 +144,9 @@ class PolicySection(_Section):
 
 class JournalSection(_Section):
     retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
+    reserve_mb: float = Field(
+        8.0, ge=0, description="disk space kept in reserve for a full disk (MiB): released "
+        "when the disk fills so the terminal can journal 'out of service', prune and sync")
 
 
 class IdentitySection(_Section):

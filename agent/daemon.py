@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from agent.clock import clock_quality
 from agent.config import AgentConfig
 from agent.datalock import DataDirLock
+from agent.diskguard import DiskGuard
 from agent.engine import Engine, Outcome
 from agent.hardware_events import journal_hardware_event
 from agent.journal import Journal
@@ -32,7 +33,7 @@ from agent.sdnotify import notify, supervise, worker_stall_s
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
-from drivers.registry import load_actuator, load_source, options_for
+from drivers.registry import load_actuator, load_source, options_for, resolve_auto_cards
 from profiles import profile_path
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("lock", "journal", "store", "engine", "actuators", "gpio", "uplink", "policy",
-                   "worker", "sources")
+    START_ORDER = ("lock", "journal", "store", "engine", "disk", "actuators", "gpio", "uplink",
+                   "policy", "worker", "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
@@ -67,6 +68,8 @@ class Terminal:
         # a test that injects one fake wall clock gets it as the monotonic clock as well
         self.mono = mono or (time.monotonic if clock is time.time else clock)
         self.timebase: TimeBase | None = None
+        self.disk: DiskGuard | None = None
+        self.disk_check_s = 5.0       # how often a full disk is checked for space (s)
         self.clock_quality = clock_quality
         self.ruleset = ruleset or load_ruleset(profile_path(cfg.terminal.profile))
         self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key())
@@ -188,10 +191,18 @@ class Terminal:
             "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
             "time": self.clock(),
             "clock_offset_s": round(self.timebase.offset_s, 1) if self.timebase else 0.0,
+            "alarms": self.alarms(),
         }
         if self.downlink is not None:
             status.update(self.downlink.status())
         return status
+
+    def alarms(self) -> list[str]:
+        """What needs a technician: ``out_of_service``, ``disk_low``, ``journal_failing``."""
+        out = self.disk.alarms() if self.disk is not None else []
+        if self.engine is not None and self.engine.journal_failing:
+            out.append("journal_failing")
+        return out
 
     # -- components ------------------------------------------------------------------------
     def _start_lock(self) -> None:
@@ -209,6 +220,10 @@ class Terminal:
                                clock=self.decision_time)
         self.timebase = TimeBase(wall=self.clock, mono=self.mono, quality=self.clock_quality,
                                  floor=self.journal.last_time, anchors=self.journal)
+        self.disk = DiskGuard(self.cfg.terminal.data_dir, self.journal,
+                              reserve_bytes=int(self.cfg.journal.reserve_mb * 2**20),
+                              resume=lambda: self.engine.resume() if self.engine else None,
+                              check_s=self.disk_check_s)
 
     def _stop_journal(self) -> None:
         if self.journal:
@@ -228,7 +243,16 @@ class Terminal:
                              location=self.cfg.location.build(), clock=self.clock,
                              verifier=self._make_verifier(), clock_quality=self.clock_quality,
                              gate_ok=lambda: all(g.available for g in self.gates),
-                             timebase=self.timebase)
+                             timebase=self.timebase,
+                             disk_full=self.disk.on_full if self.disk else None)
+
+    def _start_disk(self) -> None:
+        assert self.disk is not None
+        self.disk.start()     # the reserve; a full disk at start is an alarm, not an error
+
+    def _stop_disk(self) -> None:
+        if self.disk is not None:
+            self.disk.stop()
 
     def _make_verifier(self) -> Any:
         if not self.cfg.codes.enabled:
@@ -329,22 +353,9 @@ class Terminal:
             self._worker.join(10)
 
     def card_backend(self) -> str:
-        """The configured card backend; ``auto`` is ``pcsc`` when a PC/SC reader is present
-        (or on a production terminal, which then waits for one), else ``sim`` in demo mode."""
+        """The configured card backend, ``auto`` resolved (:func:`resolve_auto_cards`)."""
         backend = self.cfg.cards.backend
-        if backend != "auto":
-            return backend
-        try:
-            from smartcard.System import readers
-
-            present = [str(r) for r in readers()]
-        except Exception:   # no pyscard, or pcscd not running
-            present = []
-        if present or not self.cfg.terminal.demo:
-            log.info("cards: auto -> pcsc (readers: %s)", ", ".join(present) or "none yet")
-            return "pcsc"
-        log.warning("cards: auto -> sim (no PC/SC reader present; demo mode)")
-        return "sim"
+        return resolve_auto_cards(demo=self.cfg.terminal.demo) if backend == "auto" else backend
 
     def _start_sources(self) -> None:
         if self._sources_override is not None:
@@ -403,12 +414,14 @@ class Terminal:
                  outcome.record.seq if outcome.record else "-",
                  "accept" if d.accepted else "deny", d.reason.value, d.product or "-",
                  d.amount_cents, d.rule_id)
-        if outcome.actionable:
-            for a in self.actuators:
-                try:
+        for a in self.actuators:
+            try:
+                if outcome.actionable:
                     a.act(outcome.decision, outcome.record)
-                except Exception:
-                    log.exception("actuator %s failed", a.name)
+                else:            # nothing journaled: "设备故障 请稍后", nothing opens
+                    a.failsafe(d.prompt)
+            except Exception:
+                log.exception("actuator %s failed", a.name)
         if outcome.record is not None and d.accepted and self.gates:
             self._recent[outcome.record.seq] = outcome
             while len(self._recent) > 1000:

@@ -251,7 +251,10 @@ def test_a_journal_that_refuses_the_commit_moves_no_actuator(tmp_path: Path) -> 
         calls = probe.calls_of(name)
         assert [c.seq for c in calls] == [accepted.seq], f"{name} acted on the refused tap"
         assert calls[0].accepted and calls[0].durable
-    assert len(prompter.history) == 1
+    # the rider of the refused tap was told the terminal is out of order; nothing opened
+    assert probe.failsafes == [(PROMPT, "设备故障 请稍后"), ("gate", "设备故障 请稍后")]
+    assert [e.text for e in prompter.history][0] == "设备故障 请稍后"
+    assert len(prompter.history) == 2
     j = Journal(terminal.cfg.journal_path, "T-ORDER")
     assert j.verify() == [] and j.records(base, 10)[0].seq == accepted.seq
     j.close()
