@@ -44,6 +44,10 @@ __all__ = ["Terminal"]
 
 log = logging.getLogger(__name__)
 
+REPLAY_LOOKBACK_S = 3600.0
+"""How far back a restart reads the journal for accepted codes (s): beyond every code
+window (at most the back window plus the widest clock allowance, ~11 min)."""
+
 OutcomeListener = Callable[[Outcome], None]
 
 
@@ -259,7 +263,11 @@ class Terminal:
             return None
         from agent.codes import build_verifier  # imported only when codes are configured
 
-        return build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.decision_time)
+        verifier = build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.decision_time)
+        assert self.journal is not None         # codes seen before a restart stay seen
+        now = self.decision_time()
+        verifier.remember(self.journal.bodies_since(now - REPLAY_LOOKBACK_S), now)
+        return verifier
 
     def _start_actuators(self) -> None:
         if self._actuators_override is not None:

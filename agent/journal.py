@@ -320,6 +320,15 @@ class Journal:
         """Records journaled but not yet acknowledged by the hub (the outbox depth)."""
         return self._last_seq - self._acked
 
+    def bodies_since(self, since: float, *, limit: int = 100_000) -> list[dict[str, Any]]:
+        """The bodies of the records stamped at or after ``since`` (epoch s), oldest first,
+        at most the newest ``limit`` (a restart rebuilds the replay cache from them)."""
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT body FROM records WHERE seq > ? AND ts >= ? ORDER BY seq",
+                (self._last_seq - limit, since)).fetchall()
+        return [json.loads(b) for (b,) in rows]
+
     def records(self, after: int = 0, limit: int = 1000) -> list[JournalRecord]:
         """Up to ``limit`` records with ``seq > after``, in order (uses the reader connection)."""
         with self._reader_lock:
