@@ -26,6 +26,7 @@ from agent.journal import Journal
 from agent.model import ClockQuality, Reason
 from agent.store import PolicyStore
 from drivers.prompt import SimPrompter
+from drivers.scanner import SerialScannerSource
 from drivers.sim_cards import SimCardSource
 from simulator.demo import seed_store
 from simulator.pcscd import VirtualCardRig
@@ -156,6 +157,10 @@ def test_codes_from_a_serial_scanner_every_prompt_follows_the_commit(
         real_time=True)                  # the phone signs its codes with the real time
     terminal.start()
     try:
+        scanner = terminal.sources[0]
+        assert isinstance(scanner, SerialScannerSource)
+        # opening the pty flushes what was written before: scan only once it is open
+        assert scanner.port_open.wait(5), "the scanner did not open its port"
         pop = Population.generate(10, seed=9)
         elderly = next(h for h in pop if "elderly" in h.tags)
         phone = Phone.enroll(next(iter(qr_issuers.values())),
