@@ -202,10 +202,13 @@ class Terminal:
         return status
 
     def alarms(self) -> list[str]:
-        """What needs a technician: ``out_of_service``, ``disk_low``, ``journal_failing``."""
+        """What needs a technician: ``out_of_service``, ``disk_low``, ``journal_failing``,
+        ``clock_jump``."""
         out = self.disk.alarms() if self.disk is not None else []
         if self.engine is not None and self.engine.journal_failing:
             out.append("journal_failing")
+        if self.timebase is not None and abs(self.timebase.offset_s) > self.timebase.jump_s:
+            out.append("clock_jump")          # the wall clock disagrees with decision time
         return out
 
     # -- components ------------------------------------------------------------------------
@@ -318,7 +321,8 @@ class Terminal:
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
                                 staging_dir=self.cfg.terminal.data_dir / "staging",
-                                guard=self.engine.between_taps, clock=self.clock)
+                                guard=self.engine.between_taps, clock=self.clock,
+                                keep_free_bytes=2 * self.disk.reserve_bytes if self.disk else 0)
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None))
