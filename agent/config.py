@@ -44,7 +44,8 @@ class TerminalSection(_Section):
                     pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
                     description="terminal id: unique in the fleet, used in MQTT topics")
     profile: str = Field("bus_validator", description="profile name in profiles/ or a path")
-    data_dir: Path = Field(Path("var/ykt"), description="journal and store live here")
+    data_dir: Path = Field(Path("/var/lib/ykt"), description="journal and store live here "
+                           "(absolute; the agent unit's StateDirectory)")
     demo: bool = Field(False, description="allow the built-in demo pseudonymisation key")
 
 
