@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from agent.errors import YktError, exit_code
+from agent.logsetup import configure as configure_logging
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
@@ -49,9 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 from agent.config import AgentConfig, ConfigFileError, load_config
 from agent.errors import EXIT_USAGE, YktError, exit_code
 from agent.journal import Journal
+from agent.logsetup import configure as configure_logging
 from agent.rules import RuleSetError, load_ruleset
 from profiles import profile_path
 
@@ -35,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
+    configure_logging(args.verbose, default=logging.INFO, terminal=cfg.terminal.id)
     problems = startup_problems(cfg, args.config)     # checked before anything is created
     if problems:
         for p in problems:

@@ -422,7 +422,7 @@ class Terminal:
         assert self.engine is not None
         outcome = self.engine.handle(p)   # journaled durably before anything acts
         d = outcome.decision
-        log.info("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
+        log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
                  outcome.record.seq if outcome.record else "-",
                  "accept" if d.accepted else "deny", d.reason.value, d.product or "-",
                  d.amount_cents, d.rule_id)
