@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import clock_quality
 from agent.config import AgentConfig
+from agent.control import ControlServer, control_server, health, heartbeat
 from agent.datalock import DataDirLock
 from agent.diskguard import DiskGuard
 from agent.engine import Engine, Outcome
@@ -29,7 +30,7 @@ from agent.journal import Journal
 from agent.model import ClockQuality, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
-from agent.sdnotify import notify, supervise, worker_stall_s
+from agent.sdnotify import notify, supervise
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
@@ -73,6 +74,7 @@ class Terminal:
         self.mono = mono or (time.monotonic if clock is time.time else clock)
         self.timebase: TimeBase | None = None
         self.disk: DiskGuard | None = None
+        self.control: ControlServer | None = None
         self.disk_check_s = 5.0       # how often a full disk is checked for space (s)
         self.clock_quality = clock_quality
         self.ruleset = ruleset or load_ruleset(profile_path(cfg.terminal.profile))
@@ -96,7 +98,7 @@ class Terminal:
         self._started: list[str] = []
         self._stopped = threading.Event()
         self._lock = DataDirLock(cfg.terminal.data_dir)
-        self._worker_beat = time.monotonic()   # the decision worker's last sign of life
+        self.worker_beat = time.monotonic()    # the decision worker's last sign of life
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -150,18 +152,13 @@ class Terminal:
         self.stop()
         return status
 
+    @property
+    def worker_running(self) -> bool:
+        return self._worker is not None
+
     def health(self) -> str | None:
-        """None when the terminal can decide, else the problem: the decision worker has
-        given no sign of life for a whole watchdog period (:func:`worker_stall_s`), or the
-        journal on disk is no longer the one this daemon writes (:meth:`Journal.check`)."""
-        stalled = time.monotonic() - self._worker_beat
-        if self._worker is not None and stalled > worker_stall_s():
-            return f"decision worker stalled for {stalled:.0f} s"
-        if self.journal is not None:
-            problem = self.journal.check()
-            if problem is not None:
-                return problem
-        return None
+        """None when the terminal can decide, else the problem (:func:`control.health`)."""
+        return health(self)
 
     # -- public --------------------------------------------------------------------------
     def submit(self, p: Presentation) -> None:
@@ -187,29 +184,9 @@ class Terminal:
         return False
 
     def status(self) -> dict[str, Any]:
-        """Heartbeat fields: profile, policy, clock quality, journal position."""
-        j, s = self.journal, self.store
-        status: dict[str, Any] = {
-            "terminal": self.cfg.terminal.id, "profile": self.ruleset.profile.name,
-            "policy": s.info.label if s else "", "clock": self.clock_quality().value,
-            "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
-            "time": self.clock(),
-            "clock_offset_s": round(self.timebase.offset_s, 1) if self.timebase else 0.0,
-            "alarms": self.alarms(),
-        }
-        if self.downlink is not None:
-            status.update(self.downlink.status())
-        return status
-
-    def alarms(self) -> list[str]:
-        """What needs a technician: ``out_of_service``, ``disk_low``, ``journal_failing``,
-        ``clock_jump``."""
-        out = self.disk.alarms() if self.disk is not None else []
-        if self.engine is not None and self.engine.journal_failing:
-            out.append("journal_failing")
-        if self.timebase is not None and abs(self.timebase.offset_s) > self.timebase.jump_s:
-            out.append("clock_jump")          # the wall clock disagrees with decision time
-        return out
+        """Heartbeat fields (:func:`agent.control.heartbeat`): profile, policy, clock,
+        journal position, alarms."""
+        return heartbeat(self)
 
     # -- components ------------------------------------------------------------------------
     def _start_lock(self) -> None:
@@ -358,8 +335,12 @@ class Terminal:
     def _start_worker(self) -> None:
         self._worker = threading.Thread(target=self._work, name="decide", daemon=True)
         self._worker.start()
+        self.control = control_server(self)      # `ykt status` for the technician
+        self.control.start()
 
     def _stop_worker(self) -> None:
+        if self.control is not None:
+            self.control.stop()
         self._queue.put(None)
         if self._worker:
             self._worker.join(10)
@@ -392,7 +373,7 @@ class Terminal:
     # -- the decision loop ---------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            self._worker_beat = time.monotonic()
+            self.worker_beat = time.monotonic()
             try:
                 p = self._queue.get(timeout=1.0)
             except queue.Empty:
