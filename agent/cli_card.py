@@ -34,12 +34,15 @@ def register(sub: Any) -> None:
     card = sub.add_parser("card", help="social security cards on PC/SC readers")
     actions = card.add_subparsers(dest="card_command", metavar="ACTION")
     read = actions.add_parser("read", help="wait for a card and show its fields, masked")
-    read.add_argument("--reader", default="", help="reader name or part of it (default: any)")
-    read.add_argument("--psam", default=os.environ.get("YKT_PSAM", "pcsc"),
+    read.add_argument("--config", "-c", default=None,
+                      help="take reader, psam and psam_reader from this terminal config's "
+                           "[cards] options (default: /etc/ykt/terminal.toml when it exists)")
+    read.add_argument("--reader", default=None, help="reader name or part of it (default: any)")
+    read.add_argument("--psam", default=os.environ.get("YKT_PSAM"),
                       choices=["pcsc", "soft", "test"],
                       help="PSAM: a card in --psam-reader, in-process keys from "
                            "$YKT_PSAM_KEYS, or the published test keys")
-    read.add_argument("--psam-reader", default=os.environ.get("YKT_PSAM_READER", ""),
+    read.add_argument("--psam-reader", default=os.environ.get("YKT_PSAM_READER"),
                       help="the PSAM's reader (with --psam pcsc)")
     read.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for a card")
     read.add_argument("--json", action="store_true", help="print JSON")
@@ -66,8 +69,15 @@ def _read(args: argparse.Namespace) -> int:
     from drivers.registry import load_source
 
     try:
-        options = PcscCardOptions(reader=args.reader, psam=args.psam,
-                                  psam_reader=args.psam_reader, needs=frozenset(CARD_NEEDS))
+        base = _configured_options(args.config)
+        given = {k: v for k, v in (("reader", args.reader), ("psam", args.psam),
+                                   ("psam_reader", args.psam_reader)) if v is not None}
+        merged = {"reader": "", "psam": "pcsc", "psam_reader": "", **base, **given}
+        if merged["psam"] == "pcsc" and not merged["psam_reader"]:
+            return _no_psam_reader()
+        options = PcscCardOptions(reader=merged["reader"], psam=merged["psam"],
+                                  psam_reader=merged["psam_reader"],
+                                  needs=frozenset(CARD_NEEDS))
         source = load_source("cards", "pcsc").from_options(options,
                                                            pseudonymizer=_pseudonymizer())
         from drivers.pcsc import PcscCardSource  # importable: the registry loaded it
@@ -95,6 +105,33 @@ def _read(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:>15}: {v}")
     return 0 if presentation.credential is not None else 1
+
+
+def _configured_options(path: str | None) -> dict[str, Any]:
+    """``reader``/``psam``/``psam_reader`` of a terminal config's ``[cards]`` (pcsc)."""
+    from pathlib import Path
+
+    from agent.config import load_config
+
+    default = Path("/etc/ykt/terminal.toml")
+    if path is None and not default.exists():
+        return {}
+    cfg = load_config(path or default)
+    o = cfg.cards.options
+    return {k: getattr(o, k) for k in ("reader", "psam", "psam_reader") if hasattr(o, k)}
+
+
+def _no_psam_reader() -> int:
+    try:
+        from smartcard.System import readers
+
+        present = ", ".join(str(r) for r in readers()) or "none"
+    except Exception:
+        present = "(pcscd not reachable)"
+    print("ykt card read: the PSAM is in a reader: give --psam-reader NAME (readers: "
+          f"{present}), or --config with [cards] options psam_reader, or --psam test for the "
+          "published test keys", file=sys.stderr)
+    return 2
 
 
 def _describe(p: Any) -> dict[str, Any]:

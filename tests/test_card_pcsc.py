@@ -312,3 +312,25 @@ def test_cli_card_read_key_from_credentials_and_no_card(card_rig: VirtualCardRig
     card_rig.pcscd.wait_card(card_rig.card_reader, present=False)
     assert main([*args, "0.5"]) == 1
     assert "no card within 0.5 s" in capsys.readouterr().err
+
+
+def test_cli_card_read_takes_the_readers_from_the_terminal_config(  # type: ignore[no-untyped-def]
+        card_rig: VirtualCardRig, capsys, monkeypatch, tmp_path) -> None:
+    from agent.cli import main
+
+    monkeypatch.setenv("YKT_PSEUDONYM_KEY", "00" * 16)
+    cfg = tmp_path / "terminal.toml"
+    cfg.write_text('[terminal]\nid = "BUS-C"\n[cards]\nbackend = "pcsc"\n'
+                   f'options = {{ reader = "{card_rig.card_reader}", psam = "pcsc", '
+                   f'psam_reader = "{card_rig.psam_reader}" }}\n', encoding="utf-8")
+    card_rig.present(_g3())
+    rc = main(["card", "read", "--config", str(cfg), "--json", "--timeout", "5"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    out = json.loads(captured.out)
+    assert out["reader"] == card_rig.card_reader
+    # without a PSAM reader anywhere: a usage error that lists the readers
+    monkeypatch.setattr("agent.cli_card._configured_options", lambda path: {})
+    assert main(["card", "read", "--timeout", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "give --psam-reader NAME" in err and card_rig.psam_reader in err
