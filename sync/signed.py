@@ -193,8 +193,8 @@ def parse_hub_status(payload: bytes, hub_key: PublicKey | None) -> str:
     state = msg.get("state")
     if not isinstance(state, str):
         raise ValueError("hub status has no state")
-    if hub_key is None:
-        return state
+    if hub_key is None or state != "online":
+        return state  # only "online" makes a terminal act, so only it must be signed
     if msg.get("v") != PROTOCOL_V2 or "sig" not in msg:
         raise BadSignature("hub status is not signed")
     sig = unb64(msg.pop("sig"))

@@ -318,7 +318,7 @@ class Uplink:
         if own is not None and own != ack.hash:
             self._ignored("mismatched_acks", f"ack {ack.seq}: hash is not our record's")
             return
-        if own is None and ack.seq >= self.journal.acked_seq:
+        if own is None and ack.seq > self.journal.acked_seq:
             self._ignored("mismatched_acks", f"ack {ack.seq}: we hold no such record")
             return
         self.stats["acks"] += 1
@@ -420,8 +420,8 @@ class Uplink:
             rows = self.journal.raw_records(self._next_seq - 1, opts.batch_records)
             if not rows:
                 break
-            if rows[0][0] != self._next_seq:
-                log.error("journal has no record %d (next is %d); sending from there",
+            if rows[0][0] != self._next_seq:  # pruned, then lost at the hub (reported)
+                log.warning("journal has no record %d (next is %d); sending from there",
                           self._next_seq, rows[0][0])
             batch_id = ""
             if self.identity is None:

@@ -178,3 +178,138 @@ def test_a_fake_hub_online_flood_causes_no_resend(broker: Mosquitto, trust: Trus
         assert up.stats["batches_sent"] == 6
     finally:
         up.stop()
+
+
+def test_hub_restored_from_a_backup_gets_every_record_again(
+        broker: Mosquitto, trust: TrustDirs, tmp_path: Path) -> None:
+    """Stop the hub, put back a backup taken seconds earlier, ``ykt hub reincarnate``,
+    start it: the terminal resends what the hub lost; 0 lost, 0 duplicated, not stuck."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    ident = trust.enroll("bus-1", tmp_path)
+    db = tmp_path / "hub.db"
+    hub = HubProcess(db, broker, tmp_path, identity=trust.hub)
+    hub.start()
+    journal = Journal(tmp_path / "j.db", "bus-1")
+    fill(journal, 200)
+    up = signed_uplink(journal, broker, ident)
+    up.start()
+    try:
+        assert up.wait_synced(20)
+        backup = tmp_path / "backup.db"
+        with sqlite3.connect(db) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        fill(journal, 300)
+        up.notify()
+        assert up.wait_synced(20) and journal.acked_seq == 500
+        old_store = up.status_payload()["hub_store"]
+        hub.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        backup.rename(db)
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "hub", "reincarnate",
+                              "--db", str(db)], capture_output=True, text=True, check=True)
+        assert old_store in out.stdout
+        hub.start()
+        fill(journal, 10)
+        up.notify()
+        wait_until(lambda: journal.acked_seq == 510, 30, "every record acked by the restored hub")
+        rows = hub.export()
+        assert [r["seq"] for r in rows] == list(range(1, 511))  # 0 lost, 0 duplicated
+        assert up.stats["resyncs"] == 1 and up.status_payload()["hub_store"] != old_store
+        assert "records_lost_at_hub" not in up.status_payload()
+        assert hub.report()["totals"]["chain_breaks"] == 0
+    finally:
+        up.stop()
+        hub.stop()
+
+
+def test_a_replaced_data_directory_is_a_new_incarnation(
+        broker: Mosquitto, trust: TrustDirs, tmp_path: Path) -> None:
+    """Same terminal id, new journal (new SD card): both incarnations' records are at the
+    hub, each chain verifies, the report tells them apart; the old card syncing later
+    still delivers its records."""
+    ident = trust.enroll("bus-1", tmp_path)
+    hub = HubProcess(tmp_path / "hub.db", broker, tmp_path, identity=trust.hub)
+    hub.start()
+    old = Journal(tmp_path / "old" / "j.db", "bus-1")
+    fill(old, 150)
+    up = signed_uplink(old, broker, ident)
+    up.start()
+    assert up.wait_synced(20)
+    fill(old, 20)  # written after the last sync: only on the old card
+    up.stop()
+    new = Journal(tmp_path / "new" / "j.db", "bus-1")
+    assert new.epoch != old.epoch
+    fill(new, 40)
+    up2 = signed_uplink(new, broker, ident)
+    up2.start()
+    try:
+        assert up2.wait_synced(20), f"new card not synced: acked {new.acked_seq}"
+        assert up2.stats.get("mismatched_acks", 0) == 0
+    finally:
+        up2.stop()
+    up3 = signed_uplink(old, broker, ident)  # the old card is found and syncs
+    up3.start()
+    try:
+        assert up3.wait_synced(20)
+    finally:
+        up3.stop()
+    rows = hub.export()
+    by_epoch: dict[str, list[int]] = {}
+    for r in rows:
+        by_epoch.setdefault(r["epoch"], []).append(r["seq"])
+    assert by_epoch == {old.epoch: list(range(1, 171)), new.epoch: list(range(1, 41))}
+    rep = hub.report()
+    assert rep["totals"]["chain_breaks"] == 0
+    assert sorted((i["epoch"], i["contiguous_seq"])
+                  for i in rep["terminals"]["bus-1"]["incarnations"]) == sorted(
+        [(old.epoch, 170), (new.epoch, 40)])
+    hub.stop()
+
+
+@pytest.mark.expect_log("sync.uplink", "lost at the hub")
+def test_records_pruned_before_the_hub_lost_them_are_reported(
+        broker: Mosquitto, trust: TrustDirs, tmp_path: Path) -> None:
+    """The hub's store is replaced by one that lost 101..300 while the terminal had
+    pruned them: the terminal reports records_lost_at_hub (status and journal event),
+    resends what it holds, and keeps syncing."""
+    ident = trust.enroll("bus-1", tmp_path)
+    db = tmp_path / "hub.db"
+    hub = HubProcess(db, broker, tmp_path, identity=trust.hub)
+    hub.start()
+    journal = Journal(tmp_path / "j.db", "bus-1")
+    fill(journal, 100)
+    up = signed_uplink(journal, broker, ident, retention_s=0)
+    up.start()
+    try:
+        assert up.wait_synced(20)
+        hub.stop()
+        import shutil
+        shutil.copy(db, tmp_path / "backup.db")
+        hub.start()
+        fill(journal, 200)
+        up.notify()
+        assert up.wait_synced(20)
+        assert up.prune() > 0 and journal.first_seq == 300
+        hub.stop()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        (tmp_path / "backup.db").rename(db)
+        hub.start()  # not reincarnated: the lower ack answering a new batch tells
+        fill(journal, 5)
+        up.notify()
+        wait_until(lambda: up.stats["resyncs"] == 1, 20, "the resync")
+        lost = up.status_payload()["records_lost_at_hub"]
+        assert [(x["from"], x["to"]) for x in lost] == [(101, 299)]
+        events = [r.body for r in journal.records(300, 100) if "event" in r.body]
+        assert events and events[0]["event"] == "records_lost_at_hub"
+        wait_until(lambda: max(r["seq"] for r in hub.export()) == journal.last_seq, 20,
+                   "the held records and the event at the hub")
+        assert {r["seq"] for r in hub.export()} == set(range(1, 101)) | set(
+            range(300, journal.last_seq + 1))
+    finally:
+        up.stop()
+        hub.stop()
