@@ -62,14 +62,18 @@ def new_batch_id() -> str:
 
 
 def encode_batch_v2(terminal: str, epoch: str, rows: list[tuple[int, str, str]],
-                    key: PrivateKey, batch_id: str) -> bytes:
+                    key: PrivateKey, batch_id: str,
+                    skip: tuple[int, int] | None = None) -> bytes:
     """The v2 tx payload for ``rows`` of ``(seq, canonical body text, hash)`` (consecutive,
-    chained), signed over the last record's ``(seq, hash)``."""
+    chained), signed over the last record's ``(seq, hash)``. ``skip`` ``(from, to)``:
+    records the hub lost and this terminal no longer holds (signed too), so the hub's
+    chain can go on past them (``docs/protocol.md`` §10.4)."""
     seq, _, digest = rows[-1]
-    sig = b64(sign(key, tx_head_bytes(terminal, epoch, seq, digest)))
+    sig = b64(sign(key, tx_head_bytes(terminal, epoch, seq, digest, skip)))
     parts = ",".join(f'{{"seq":{s},"body":{body},"hash":"{h}"}}' for s, body, h in rows)
+    gap = "" if skip is None else f'"skip":{{"from":{skip[0]},"to":{skip[1]}}},'
     return (f'{{"v":2,"terminal":{json.dumps(terminal)},"epoch":"{epoch}",'
-            f'"batch":"{batch_id}","records":[{parts}],"sig":"{sig}"}}').encode()
+            f'"batch":"{batch_id}",{gap}"records":[{parts}],"sig":"{sig}"}}').encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,10 +100,15 @@ def unb64(text: Any) -> bytes:
         raise ValueError("sig is not base64url") from None
 
 
-def tx_head_bytes(terminal: str, epoch: str, seq: int, digest: str) -> bytes:
-    """What a terminal signs for a batch whose last record is ``(seq, digest)``."""
-    return canonical({"kind": TX_HEAD_KIND, "v": PROTOCOL_V2, "terminal": terminal,
-                      "epoch": epoch, "seq": seq, "hash": digest})
+def tx_head_bytes(terminal: str, epoch: str, seq: int, digest: str,
+                  skip: tuple[int, int] | None = None) -> bytes:
+    """What a terminal signs for a batch whose last record is ``(seq, digest)``; with
+    ``skip`` ``(from, to)``, also its statement that it no longer holds those records."""
+    signed: dict[str, Any] = {"kind": TX_HEAD_KIND, "v": PROTOCOL_V2, "terminal": terminal,
+                              "epoch": epoch, "seq": seq, "hash": digest}
+    if skip is not None:
+        signed["skip"] = {"from": skip[0], "to": skip[1]}
+    return canonical(signed)
 
 
 @dataclass(frozen=True, slots=True)

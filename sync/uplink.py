@@ -420,16 +420,18 @@ class Uplink:
             rows = self.journal.raw_records(self._next_seq - 1, opts.batch_records)
             if not rows:
                 break
+            skip = None
             if rows[0][0] != self._next_seq:  # pruned, then lost at the hub (reported)
                 log.warning("journal has no record %d (next is %d); sending from there",
-                          self._next_seq, rows[0][0])
+                            self._next_seq, rows[0][0])
+                skip = (self._next_seq, rows[0][0] - 1)
             batch_id = ""
             if self.identity is None:
                 payload = encode_batch(self.terminal, rows)
             else:
                 batch_id = new_batch_id()
                 payload = encode_batch_v2(self.terminal, self.epoch, rows, self.identity.key,
-                                          batch_id)
+                                          batch_id, skip)
                 self._sent.add(batch_id, SentBatch(rows[0][0], rows[-1][0], rows[-1][2],
                                                    acked))
             try:

@@ -39,7 +39,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.errors import YktError
 from agent.journal import GENESIS
-from sync.hub.chain import IncomingRecord, advance_chain, split_duplicates
+from sync.hub.chain import IncomingRecord, advance_chain, apply_skip, split_duplicates
 from sync.hub.store import (
     HubStore,
     IngestResult,
@@ -230,10 +230,11 @@ class PgHubStore(HubStore):
 
     # -- ingest ----------------------------------------------------------------------------
     def ingest(self, terminal: str, records: Sequence[IncomingRecord], epoch: str = "",
-               head_sig: str | None = None) -> IngestResult:
+               head_sig: str | None = None, skip: tuple[int, int] | None = None
+               ) -> IngestResult:
         with self._lock:
-            return self._transact("ingest", lambda c: self._ingest(c, terminal, epoch,
-                                                                   records, head_sig))
+            return self._transact("ingest", lambda c: self._ingest(
+                c, terminal, epoch, records, head_sig, skip))
 
     def _lock_terminal(self, conn: psycopg.Connection[Any], terminal: str) -> tuple[int, str]:
         """The terminal's (contiguous seq, its hash), row-locked until the transaction ends."""
@@ -259,15 +260,18 @@ class PgHubStore(HubStore):
         return int(row[0]), str(row[1])
 
     def _ingest(self, conn: psycopg.Connection[Any], terminal: str, epoch: str,
-                records: Sequence[IncomingRecord], head_sig: str | None) -> IngestResult:
+                records: Sequence[IncomingRecord], head_sig: str | None,
+                skip: tuple[int, int] | None) -> IngestResult:
         self._lock_terminal(conn, terminal)
         contig, chash = self._chain(conn, terminal, epoch)
+        contig, chash, skipped = apply_skip(contig, chash, skip, records)
         existing: dict[int, str] = {}
         if records:  # by the batch's own seqs: bounded work whatever the seqs are
             existing = {int(s): str(h) for s, h in conn.execute(
                 "SELECT seq, hash FROM records WHERE terminal=%s AND epoch=%s AND "
                 "seq = ANY(%s::bigint[])", (terminal, epoch, sorted({r.seq for r in records})))}
         new, duplicates, breaks = split_duplicates(records, existing)
+        breaks = skipped + breaks
         head = records[-1].seq if records else None
         if new:
             cols: tuple[list[Any], ...] = ([], [], [], [], [], [])

@@ -44,6 +44,7 @@ from sync.signed import (
     SignedAck,
     b64,
     check_epoch,
+    check_seq,
     encode_ack,
     encode_hub_status,
     load_json,
@@ -73,6 +74,7 @@ class ParsedBatch:
     epoch: str = ""
     batch_id: str = ""
     sig: bytes = b""
+    skip: tuple[int, int] | None = None
 
 
 def _record(terminal: str, i: int, raw: Any) -> IncomingRecord:
@@ -149,6 +151,15 @@ def parse_batch(topic_terminal: str, payload: bytes) -> ParsedBatch:
         if not isinstance(batch_id, str) or not _BATCH_ID_RE.match(batch_id):
             raise ValueError("batch id is not 1 to 32 lowercase hex digits")
         batch.batch_id = batch_id
+        skip = msg.get("skip")
+        if skip is not None:
+            if not isinstance(skip, dict) or set(skip) != {"from", "to"}:
+                raise ValueError("skip is not {from, to}")
+            lo, hi = check_seq(skip["from"], "skip.from", minimum=1), check_seq(
+                skip["to"], "skip.to", minimum=1)
+            if lo > hi:
+                raise ValueError("skip.from is beyond skip.to")
+            batch.skip = (lo, hi)
     for i, raw in enumerate(records):
         try:
             batch.records.append(_record(topic_terminal, i, raw))
@@ -267,7 +278,8 @@ class Hub:
             self._reject(terminal, "malformed_record", problem)
         head_sig = b64(batch.sig) if batch.version == 2 else None
         with self._lock:
-            result = self.store.ingest(terminal, batch.records, batch.epoch, head_sig)
+            result = self.store.ingest(terminal, batch.records, batch.epoch, head_sig,
+                                       batch.skip)
             self.commits += 1
             if self.crash_after_commit is not None and self.commits >= self.crash_after_commit:
                 log.critical("fault injection: exiting after commit %d, before the ack",
@@ -300,11 +312,15 @@ class Hub:
                          + batch.bad_records[0])
             return False
         problem = check_batch_chain(batch.records)
+        if problem is None and batch.skip is not None and \
+                batch.records[0].seq != batch.skip[1] + 1:
+            problem = "skip does not end right before the batch's first record"
         if problem is not None:
             self._reject(t, "unchained_batch", problem)
             return False
         try:
-            good = self.trust.verify_head(t, batch.epoch, batch.records[-1], batch.sig)
+            good = self.trust.verify_head(t, batch.epoch, batch.records[-1], batch.sig,
+                                          batch.skip)
         except UntrustedTerminal as err:
             self._reject("", err.kind, f"batch: {err}"[:300])
             return False

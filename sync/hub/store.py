@@ -29,6 +29,7 @@ from agent.journal import GENESIS, utc_stamp
 from sync.hub.chain import (
     IncomingRecord,
     advance_chain,
+    apply_skip,
     chain_problems,
     split_duplicates,
 )
@@ -155,11 +156,13 @@ class HubStore(abc.ABC):
 
     @abc.abstractmethod
     def ingest(self, terminal: str, records: Sequence[IncomingRecord], epoch: str = "",
-               head_sig: str | None = None) -> IngestResult:
+               head_sig: str | None = None, skip: tuple[int, int] | None = None
+               ) -> IngestResult:
         """Store ``records`` of ``terminal``'s incarnation ``epoch`` idempotently in one
         transaction, verify the chain as far as it is contiguous, commit, and return what
         to acknowledge. ``head_sig`` (the batch's signature) is stored with the last
-        record when that record is new."""
+        record when that record is new; ``skip`` is a verified statement of records lost
+        (:func:`~sync.hub.chain.apply_skip`)."""
 
     @abc.abstractmethod
     def contiguous_seq(self, terminal: str, epoch: str = "") -> int:
@@ -311,13 +314,14 @@ class SqliteHubStore(HubStore):
         return int(row[0]), str(row[1])
 
     def ingest(self, terminal: str, records: Sequence[IncomingRecord], epoch: str = "",
-               head_sig: str | None = None) -> IngestResult:
+               head_sig: str | None = None, skip: tuple[int, int] | None = None
+               ) -> IngestResult:
         now = time.time()
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                result = self._ingest(terminal, epoch, records, head_sig, now)
+                result = self._ingest(terminal, epoch, records, head_sig, skip, now)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -325,9 +329,11 @@ class SqliteHubStore(HubStore):
         return result
 
     def _ingest(self, terminal: str, epoch: str, records: Sequence[IncomingRecord],
-                head_sig: str | None, now: float) -> IngestResult:
+                head_sig: str | None, skip: tuple[int, int] | None, now: float
+                ) -> IngestResult:
         db = self._db
         contig, chash = self._chain_row(terminal, epoch, now)
+        contig, chash, skipped = apply_skip(contig, chash, skip, records)
         existing: dict[int, str] = {}
         seqs = sorted({r.seq for r in records})
         for i in range(0, len(seqs), 500):  # by the batch's own seqs: bounded work
@@ -336,6 +342,7 @@ class SqliteHubStore(HubStore):
                 f"SELECT seq, hash FROM records WHERE terminal=? AND epoch=? AND seq IN "
                 f"({','.join('?' * len(part))})", (terminal, epoch, *part)).fetchall())
         new, duplicates, breaks = split_duplicates(records, existing)
+        breaks = skipped + breaks
         head = records[-1].seq if records else None
         rows = []
         for r in new.values():

@@ -86,11 +86,12 @@ class HubTrust:
         return key
 
     def verify_head(self, terminal: str, epoch: str, head: IncomingRecord,
-                    signature: bytes) -> bool:
-        """Does ``signature`` verify with ``terminal``'s key over the batch head? Raises
-        :class:`UntrustedTerminal` as :meth:`terminal_key`."""
+                    signature: bytes, skip: tuple[int, int] | None = None) -> bool:
+        """Does ``signature`` verify with ``terminal``'s key over the batch head (and its
+        ``skip`` statement)? Raises :class:`UntrustedTerminal` as :meth:`terminal_key`."""
         key = self.terminal_key(terminal)
-        return verify(key, signature, tx_head_bytes(terminal, epoch, head.seq, head.hash))
+        return verify(key, signature, tx_head_bytes(terminal, epoch, head.seq, head.hash,
+                                                    skip))
 
 
 def check_batch_chain(records: Sequence[IncomingRecord]) -> str | None:
