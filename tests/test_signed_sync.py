@@ -226,13 +226,17 @@ def test_hub_restored_from_a_backup_gets_every_record_again(
         hub.stop()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_replaced_data_directory_is_a_new_incarnation(
-        broker: Mosquitto, trust: TrustDirs, tmp_path: Path) -> None:
+        broker: Mosquitto, trust: TrustDirs, tmp_path: Path, backend: str,
+        request: pytest.FixtureRequest) -> None:
     """Same terminal id, new journal (new SD card): both incarnations' records are at the
     hub, each chain verifies, the report tells them apart; the old card syncing later
-    still delivers its records."""
+    still delivers its records. On SQLite and on PostgreSQL."""
     ident = trust.enroll("bus-1", tmp_path)
-    hub = HubProcess(tmp_path / "hub.db", broker, tmp_path, identity=trust.hub)
+    db: Path | str = (tmp_path / "hub.db" if backend == "sqlite"
+                      else request.getfixturevalue("pg_dsn"))
+    hub = HubProcess(db, broker, tmp_path, identity=trust.hub)
     hub.start()
     old = Journal(tmp_path / "old" / "j.db", "bus-1")
     fill(old, 150)
