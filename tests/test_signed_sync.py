@@ -325,3 +325,40 @@ def test_records_pruned_before_the_hub_lost_them_are_reported(
     finally:
         up.stop()
         hub.stop()
+
+
+def test_the_agent_daemon_with_an_identity_speaks_v2(broker: Mosquitto, trust: TrustDirs,
+                                                     tmp_path: Path) -> None:
+    """``ykt agent run`` with ``[identity] dir``: its records reach a ``--identity`` hub
+    signed, under its journal's epoch, and are acked."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fixtures.logguard import watch_stderr
+
+    ident = trust.enroll("BUS-T1", tmp_path)
+    hub = HubProcess(tmp_path / "hub.db", broker, tmp_path, identity=trust.hub)
+    hub.start()
+    cfg = tmp_path / "terminal.toml"
+    cfg.write_text(f'[terminal]\nid = "BUS-T1"\ndata_dir = "{tmp_path / "data"}"\n'
+                   'demo = true\n[cards]\nbackend = "sim"\n'
+                   'options = { rate_per_min = 3000, population_size = 30 }\n'
+                   f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+                   f'[identity]\ndir = "{ident}"\n')
+    log = tmp_path / "agent.log"
+    watch_stderr(log, "agent process")
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "-v", "agent", "run",
+                                 "--config", str(cfg)], stderr=err, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: any("sig" in r for r in hub.export()), 60,
+                   "a signed batch of the agent at the hub")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        hub.stop()
+    epoch = Journal(tmp_path / "data" / "journal.db", "BUS-T1").epoch
+    rows = hub.export()
+    assert epoch and {r["epoch"] for r in rows} == {epoch}
+    assert hub.report()["totals"]["rejected"] == {}
