@@ -271,6 +271,12 @@ def test_a_replaced_data_directory_is_a_new_incarnation(
     assert sorted((i["epoch"], i["contiguous_seq"])
                   for i in rep["terminals"]["bus-1"]["incarnations"]) == sorted(
         [(old.epoch, 170), (new.epoch, 40)])
+    import subprocess
+    import sys
+    human = subprocess.run([sys.executable, "-m", "agent.cli", "hub", "report", "--db",
+                            str(db)], capture_output=True, text=True, check=True).stdout
+    assert f"epoch {old.epoch}: 170 records" in human
+    assert f"epoch {new.epoch}: 40 records" in human
     hub.stop()
 
 

@@ -232,6 +232,10 @@ def _human(rep: dict[str, Any]) -> str:
                      f"{term.get('contiguous_seq', 0):>8} "
                      f"{term.get('duplicates_rejected', 0):>6} "
                      f"{term.get('chain_breaks', 0):>6}  {gap_s}")
+        incarnations = term.get("incarnations", [])
+        if len(incarnations) > 1:  # a replaced data directory: one chain per epoch
+            lines += [f"  epoch {i['epoch'] or '(legacy)'}: {i['records']} records, "
+                      f"contiguous {i['contiguous_seq']}" for i in incarnations]
     lines.append("")
     lines.append(f"{'terminal':<20} {'product':<16} {'reason':<20} {'count':>8}")
     for c in rep["counts"]:
