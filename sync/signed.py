@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agent.errors import YktError
 from agent.identity import PrivateKey, PublicKey, sign, verify
 from agent.journal import canonical
 
@@ -138,7 +139,7 @@ def encode_ack(key: PrivateKey, ack: SignedAck) -> bytes:
     return canonical({**body, "sig": b64(sig)})
 
 
-class BadSignature(ValueError):
+class BadSignature(YktError, ValueError):
     """The message is well formed but its signature does not verify."""
 
 

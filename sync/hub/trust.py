@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cryptography.x509.oid import NameOID
 
+from agent.errors import YktError
 from agent.identity import (
     HubIdentityPaths,
     IdentityError,
@@ -37,7 +38,7 @@ from sync.signed import tx_head_bytes
 __all__ = ["HubTrust", "UntrustedTerminal", "check_batch_chain"]
 
 
-class UntrustedTerminal(ValueError):
+class UntrustedTerminal(YktError, ValueError):
     """A terminal the hub must not believe: ``kind`` is ``unknown_terminal`` (no enrolled
     certificate) or ``revoked_terminal``."""
 
