@@ -324,8 +324,13 @@ class Terminal:
 
         assert self.journal
         settings = self.cfg.mqtt.link_settings()
+        identity = None
+        if self.cfg.identity.dir is not None:  # signed protocol v2; without: legacy v1
+            from sync.acks import UplinkIdentity
+            identity = UplinkIdentity.load(self.cfg.identity.dir)
         self.uplink = Uplink(self.journal, settings, self.cfg.terminal.id, status=self.status,
-                             retention_s=self.cfg.journal.retention_days * 86400)
+                             retention_s=self.cfg.journal.retention_days * 86400,
+                             identity=identity)
         self.uplink.start()
 
     def _stop_uplink(self) -> None:

@@ -45,6 +45,8 @@ tree (also in ``docs/architecture.md``)::
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
+     ├── BadSignature (ValueError)              sync.signed: a v2 message's signature fails
+     ├── UntrustedTerminal (ValueError)         sync.hub.trust: not enrolled, or revoked
      ├── PgStoreError (OSError)                 sync.hub.pgstore: PostgreSQL unusable
      ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
      └── CardPulled                             simulator.vcard: a virtual card leaves the field

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -128,6 +129,14 @@ class Journal:
         self.last_time: float = float(row[2]) if row else 0.0
         """The time (epoch s) of the newest record when the journal was opened."""
         self._acked = int(self._meta("acked_seq") or 0)
+        epoch = self._meta("epoch")
+        if epoch is None:
+            # a new journal is a new incarnation of the terminal; one that already holds
+            # records (written before epochs existed) continues the legacy epoch ""
+            epoch = "" if row else secrets.token_hex(16)
+            with self._db:
+                self._db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
+        self.epoch: str = epoch  # incarnation id; the hub keys records by (terminal, epoch, seq)
         self._reader_lock = threading.Lock()
         self._reader = self._connect()
 
@@ -245,6 +254,35 @@ class Journal:
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked_seq', ?)", (str(seq),))
             self._acked = seq
             return seq
+
+    def resync_acked(self, seq: int) -> int:
+        """Set the acked seq to ``seq``, even lower: the hub lost records (``sync.uplink``).
+        ``ValueError`` outside ``0..last_seq``. Returns the previous acked seq."""
+        with self._lock:
+            if not 0 <= seq <= self._last_seq:
+                raise ValueError(f"resync to seq {seq} outside 0..{self._last_seq}")
+            with self._db:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked_seq', ?)",
+                                 (str(seq),))
+            old, self._acked = self._acked, seq
+            return old
+
+    def hash_at(self, seq: int) -> str | None:
+        """The hash of record ``seq`` (:data:`GENESIS` for 0), or None if it is not held
+        (pruned, or not written)."""
+        if seq == 0:
+            return GENESIS
+        with self._reader_lock:
+            row = self._reader.execute("SELECT hash FROM records WHERE seq=?",
+                                       (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @property
+    def first_seq(self) -> int:
+        """The lowest seq still held (``last_seq + 1`` when empty)."""
+        with self._reader_lock:
+            row = self._reader.execute("SELECT min(seq) FROM records").fetchone()
+        return self._last_seq + 1 if row[0] is None else int(row[0])
 
     def prune(self, retention_s: float, *, batch: int = 2000) -> int:
         """Delete acknowledged records older than ``retention_s`` seconds; keep the newest.

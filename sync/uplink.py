@@ -12,12 +12,20 @@ After a reconnect, or when the oldest batch in flight is not acknowledged within
 
 The uplink also publishes a retained status heartbeat and prunes acknowledged records
 older than ``retention_s``.
+
+With an identity (:class:`~sync.acks.UplinkIdentity`) it speaks protocol v2
+(``docs/protocol.md`` §10): each batch carries the journal's epoch and the signature of
+its chain head; only an ack signed by the hub, for this terminal and epoch, whose hash is
+the terminal's own record and which answers a batch it sent counts; a lower such ack, or
+one from another hub store, makes the terminal resend what it still holds and report
+what it cannot (``records_lost_at_hub``). Without one it speaks the legacy v1.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -28,7 +36,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.journal import Journal, JournalError, utc_stamp
+from sync.acks import Ignored, SentBatch, SentBatches, UplinkIdentity, encode_batch_v2, new_batch_id
 from sync.link import Link, MqttSettings, NotConnected
+from sync.signed import BadSignature, SignedAck, load_json, parse_ack_v2, parse_hub_status
 from sync.topics import HUB_STATUS_ALL, TerminalTopics, TopicFilter
 
 __all__ = ["PROTOCOL_VERSION", "Uplink", "UplinkSettings", "encode_batch", "parse_ack"]
@@ -53,6 +63,8 @@ class UplinkSettings(BaseModel):
     retention_s: float = Field(default=7 * 86400.0, ge=0, description="keep acknowledged records "
                                "this many seconds before pruning them")
     prune_interval_s: float = Field(default=600.0, gt=0, description="how often to prune, s")
+    hub_online_resend_s: float = Field(default=10.0, ge=0, description="at most one resend "
+                                       "triggered by hub 'online' messages per this many s")
 
 
 @dataclass(slots=True)
@@ -60,6 +72,7 @@ class _Batch:
     first: int
     last: int
     sent_at: float
+    batch_id: str = ""
 
 
 def encode_batch(terminal: str, rows: list[tuple[int, str, str]]) -> bytes:
@@ -75,10 +88,7 @@ def encode_batch(terminal: str, rows: list[tuple[int, str, str]]) -> bytes:
 
 def parse_ack(payload: bytes) -> int:
     """The ``seq`` of an ack payload ``{"v":1,"seq":N}``. Raises ``ValueError`` if malformed."""
-    try:
-        msg = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"ack is not JSON: {err}") from err
+    msg = load_json(payload, 4096)
     if not isinstance(msg, dict):
         raise ValueError("ack is not a JSON object")
     if msg.get("v") != PROTOCOL_VERSION:
@@ -101,7 +111,7 @@ class Uplink:
     def __init__(self, journal: Journal, settings: MqttSettings, terminal: str,
                  status: Callable[[], dict[str, Any]] | None = None, *,
                  options: UplinkSettings | None = None, retention_s: float | None = None,
-                 client_id: str | None = None,
+                 client_id: str | None = None, identity: UplinkIdentity | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.journal = journal
         self.terminal = terminal
@@ -120,10 +130,18 @@ class Uplink:
         self._next_seq = journal.acked_seq + 1
         self._acked_seen = journal.acked_seq
         self._timeouts_in_row = 0
+        self.identity = identity
+        self.epoch = journal.epoch if identity is not None else ""
+        self._sent = SentBatches()
+        self._hub_store = journal.get_meta("hub_store") if identity is not None else None
+        self._last_online_resend: float | None = None
         self.stats: dict[str, int] = {"batches_sent": 0, "records_sent": 0, "resends": 0,
                                       "acks": 0, "malformed_acks": 0, "acks_beyond": 0,
-                                      "pruned": 0}
-        """Counters (monotonic over this uplink's life), also sent in the heartbeat."""
+                                      "pruned": 0, "hub_online_resends": 0,
+                                      "hub_online_limited": 0, "resyncs": 0}
+        """Counters (monotonic over this uplink's life), also sent in the heartbeat; the
+        kinds of ignored messages (``forged_acks``…) are added when first seen."""
+        self._ignored = Ignored(self.stats)
         self.link = Link(settings, client_id or f"ykt-t-{terminal}",
                          status_topic=self.topics.status,
                          on_connect=self._on_connect, on_disconnect=self._on_disconnect)
@@ -184,6 +202,11 @@ class Uplink:
         extra.update(v=PROTOCOL_VERSION, state="online", terminal=self.terminal,
                      time=utc_stamp(time.time()), last_seq=j.last_seq, acked_seq=j.acked_seq,
                      outbox=j.pending_count, uplink=dict(self.stats))
+        if self.identity is not None:
+            extra.update(v=2, epoch=self.epoch, hub_store=self._hub_store)
+        lost = j.get_meta("records_lost_at_hub")
+        if lost:
+            extra["records_lost_at_hub"] = json.loads(lost)
         return extra
 
     def publish_status(self) -> bool:
@@ -218,19 +241,36 @@ class Uplink:
         self.notify()
 
     def _on_hub_status(self, topic: str, payload: bytes) -> None:
-        """A hub came (back) online and subscribed: resend the outbox now, not at timeout."""
+        """A hub came (back) online and subscribed: resend the outbox now, not at timeout
+        (at most once per ``hub_online_resend_s``; with an identity, only if signed)."""
+        if not payload:
+            return  # a cleared retained status
         try:
-            state = json.loads(payload).get("state")
-        except (ValueError, AttributeError):
-            log.warning("malformed hub status on %s (%d bytes) ignored", topic, len(payload))
+            state = parse_hub_status(payload, None if self.identity is None
+                                     else self.identity.hub_key)
+        except BadSignature as err:
+            self._ignored("forged_hub_status", f"{topic}: {err}")
+            return
+        except ValueError as err:
+            self._ignored("malformed_hub_status", f"{topic} ({len(payload)} bytes): {err}")
             return
         if state == "online" and self.journal.pending_count:
+            now = self._clock()
+            last = self._last_online_resend
+            if last is not None and now - last < self.options.hub_online_resend_s:
+                self.stats["hub_online_limited"] += 1
+                return
+            self._last_online_resend = now
+            self.stats["hub_online_resends"] += 1
             with self._cond:
                 self._resend = True
                 self._wake = True
                 self._cond.notify_all()
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
+        if self.identity is not None:
+            self._on_signed_ack(topic, payload)
+            return
         try:
             seq = parse_ack(payload)
         except ValueError as err:
@@ -251,6 +291,75 @@ class Uplink:
         with self._cond:
             self._wake = True
             self._cond.notify_all()
+
+    def _on_signed_ack(self, topic: str, payload: bytes) -> None:
+        """A v2 ack: act only on a genuine, current answer to a batch this uplink sent."""
+        try:
+            ack = parse_ack_v2(payload, self.identity.hub_key)  # type: ignore[union-attr]
+        except BadSignature as err:
+            self._ignored("forged_acks", str(err))
+            return
+        except ValueError as err:
+            self._ignored("malformed_acks", f"{topic} ({len(payload)} bytes): {err}")
+            return
+        if ack.terminal != self.terminal or ack.epoch != self.epoch:
+            self._ignored("foreign_acks", f"ack for {ack.terminal[:64]!r} epoch "
+                          f"{ack.epoch!r}, not this terminal's epoch {self.epoch!r}")
+            return
+        sent = self._sent.get(ack.answers_batch)
+        if sent is None or (sent.last, sent.head_hash) != (ack.answers_seq, ack.answers_hash):
+            self._ignored("stale_acks", f"ack {ack.seq} answers no batch recently sent")
+            return
+        if ack.seq > self.journal.last_seq:
+            self._ignored("acks_beyond", f"ack {ack.seq} beyond last seq "
+                          f"{self.journal.last_seq}")
+            return
+        own = self.journal.hash_at(ack.seq)
+        if own is not None and own != ack.hash:
+            self._ignored("mismatched_acks", f"ack {ack.seq}: hash is not our record's")
+            return
+        if own is None and ack.seq > self.journal.acked_seq:
+            self._ignored("mismatched_acks", f"ack {ack.seq}: we hold no such record")
+            return
+        self.stats["acks"] += 1
+        changed = self._hub_store is not None and ack.hub_store != self._hub_store
+        try:
+            if changed or ack.seq < sent.acked_at_send:
+                self._resync(ack, "a new hub store" if changed else "a lower ack")
+            elif ack.seq > self.journal.acked_seq:
+                self.journal.mark_acked(ack.seq)
+            if ack.hub_store != self._hub_store:
+                self.journal.set_meta("hub_store", ack.hub_store)
+                self._hub_store = ack.hub_store
+        except (JournalError, OSError, sqlite3.Error) as err:
+            log.error("cannot record ack %d in the journal: %s", ack.seq, err)
+            return
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def _resync(self, ack: SignedAck, why: str) -> None:
+        """The hub holds only ``1..ack.seq`` (signed, answering a batch sent after our
+        acked point): resend from there, report what we no longer hold."""
+        j = self.journal
+        old = j.resync_acked(ack.seq)
+        first = j.first_seq
+        self.stats["resyncs"] += 1
+        self._sent.clear()  # acks of the hub's earlier life are stale from now on
+        log.warning("hub store %s (%s) holds our records only up to %d (we had %d acked): "
+                    "resending from %d", ack.hub_store, why, ack.seq, old, ack.seq + 1)
+        if ack.seq + 1 < first:
+            lost = {"epoch": self.epoch, "from": ack.seq + 1, "to": first - 1,
+                    "hub_store": ack.hub_store, "time": utc_stamp(time.time())}
+            ranges = json.loads(j.get_meta("records_lost_at_hub") or "[]")
+            ranges.append(lost)
+            j.set_meta("records_lost_at_hub", json.dumps(ranges[-20:]))
+            log.error("records %d..%d lost at the hub (store %s) and already pruned here: "
+                      "records_lost_at_hub", lost["from"], lost["to"], ack.hub_store)
+            j.append({"event": "records_lost_at_hub", "lost_from": lost["from"],
+                      "lost_to": lost["to"], "hub_store": ack.hub_store})
+        with self._cond:
+            self._resend = True
 
     # -- sender thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -311,14 +420,25 @@ class Uplink:
             rows = self.journal.raw_records(self._next_seq - 1, opts.batch_records)
             if not rows:
                 break
-            if rows[0][0] != self._next_seq:
-                log.error("journal has no record %d (next is %d); sending from there",
-                          self._next_seq, rows[0][0])
+            skip = None
+            if rows[0][0] != self._next_seq:  # pruned, then lost at the hub (reported)
+                log.warning("journal has no record %d (next is %d); sending from there",
+                            self._next_seq, rows[0][0])
+                skip = (self._next_seq, rows[0][0] - 1)
+            batch_id = ""
+            if self.identity is None:
+                payload = encode_batch(self.terminal, rows)
+            else:
+                batch_id = new_batch_id()
+                payload = encode_batch_v2(self.terminal, self.epoch, rows, self.identity.key,
+                                          batch_id, skip)
+                self._sent.add(batch_id, SentBatch(rows[0][0], rows[-1][0], rows[-1][2],
+                                                   acked))
             try:
-                self.link.publish(self.topics.tx, encode_batch(self.terminal, rows), qos=1)
+                self.link.publish(self.topics.tx, payload, qos=1)
             except NotConnected:
                 return  # resent after the reconnect; the journal still holds them
-            inflight.append(_Batch(rows[0][0], rows[-1][0], now))
+            inflight.append(_Batch(rows[0][0], rows[-1][0], now, batch_id))
             self._next_seq = rows[-1][0] + 1
             self.stats["batches_sent"] += 1
             self.stats["records_sent"] += len(rows)

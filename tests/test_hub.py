@@ -149,7 +149,7 @@ def test_a_stored_record_is_checked_as_stored_when_its_gap_closes(
     (b"\xff\xfe", "not JSON"),
     (b"{not json", "not JSON"),
     (b"[1,2]", "not a JSON object"),
-    (b'{"v":2,"terminal":"bus-1","records":[]}', "unsupported payload version"),
+    (b'{"v":3,"terminal":"bus-1","records":[]}', "unsupported payload version"),
     (b'{"v":1,"terminal":"bus-2","records":[]}', "differs from the topic"),
     (b'{"v":1,"terminal":"bus-1","records":[]}', "non-empty list"),
     (b'{"v":1,"terminal":"bus-1","records":{}}', "non-empty list"),

@@ -25,7 +25,7 @@ import pytest
 from agent.cli import main
 from agent.journal import GENESIS, Journal
 from simulator.broker import Mosquitto
-from sync.hub.pgstore import PgHubStore, PgStoreError
+from sync.hub.pgstore import SCHEMA_VERSION, PgHubStore, PgStoreError
 from sync.hub.store import HubStore, IngestResult
 from sync.uplink import Uplink, UplinkSettings, encode_batch
 from tests import test_hub as sqlite_suite
@@ -167,7 +167,7 @@ def test_schema_is_versioned_and_migrated_once_by_concurrent_hubs(pg_dsn: str) -
         s.close()
     assert not errors and len(opened) == 4
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM hub_schema").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM hub_schema").fetchall() == [(SCHEMA_VERSION,)]
         conn.execute("UPDATE hub_schema SET version = 99")
     with pytest.raises(PgStoreError, match="version 99 is newer"):
         PgHubStore(pg_dsn)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["GAP_CHUNK", "ChainAdvance", "IncomingRecord", "StoredRecords", "advance_chain",
+           "apply_skip",
            "chain_problems", "split_duplicates", "text_hash"]
 
 GAP_CHUNK = 1000
@@ -96,6 +97,22 @@ def advance_chain(contiguous_seq: int, contiguous_hash: str,
             out.breaks += [(nxt, p) for p in problems]
         out.contiguous_seq, out.contiguous_hash = nxt, claimed
     return out
+
+
+def apply_skip(contiguous_seq: int, contiguous_hash: str, skip: tuple[int, int] | None,
+               records: Sequence[IncomingRecord]) -> tuple[int, str, list[tuple[int, str]]]:
+    """Move the contiguous seq past records a terminal declared (signed) lost at the hub
+    and no longer held: when the chain stops right before ``skip``'s first seq, it
+    continues from ``skip``'s last with the hash the batch's first record names as its
+    ``prev``. Returns the new ``(seq, hash)`` and the break to record (none if the skip
+    does not apply)."""
+    if skip is None or not records or contiguous_seq != skip[0] - 1:
+        return contiguous_seq, contiguous_hash, []
+    prev = records[0].body.get("prev")
+    if records[0].seq != skip[1] + 1 or not isinstance(prev, str):
+        return contiguous_seq, contiguous_hash, []
+    return skip[1], prev, [(skip[0], f"records {skip[0]}..{skip[1]} lost at the hub and no "
+                                     "longer held by the terminal (its signed statement)")]
 
 
 def chain_problems(seq: int, body: dict[str, Any], claimed: str, computed: str,

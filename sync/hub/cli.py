@@ -88,7 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="comma-separated terminal ids allowed to send (default: any)")
     run.add_argument("--share-group", default="ykt-hub",
                      help="MQTT shared-subscription group of the hub instances")
+    run.add_argument("--identity", default=None, type=Path,
+                     help="hub identity directory: signed protocol v2 (docs/protocol.md §10)")
     run.set_defaults(func=_run)
+
+    rei = hs.add_parser("reincarnate", help="give a restored hub store a new id (run "
+                        "after restoring a backup, before starting the hub)")
+    rei.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
+    rei.set_defaults(func=_reincarnate)
 
     exp = hs.add_parser("export", help="dump every stored record")
     exp.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
@@ -127,11 +134,19 @@ def _run(args: argparse.Namespace) -> int:
                      if t.strip()}
         except ValueError as err:
             return _err(f"--terminals: {err}")
+    trust = None
+    if args.identity is not None:
+        from agent.identity import IdentityError
+        from sync.hub.trust import HubTrust
+        try:
+            trust = HubTrust(args.identity)
+        except IdentityError as err:
+            return _err(str(err))
     try:
         store = _open_store(args.db)
     except OSError as err:
         return _err(str(err))
-    hub = Hub(store, settings, known, share_group=args.share_group)
+    hub = Hub(store, settings, known, share_group=args.share_group, trust=trust)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -161,6 +176,18 @@ def _open_existing(args: argparse.Namespace) -> HubStore | int:
         return _open_store(args.db)
     except OSError as err:
         return _err(str(err))
+
+
+def _reincarnate(args: argparse.Namespace) -> int:
+    store = _open_existing(args)
+    if isinstance(store, int):
+        return store
+    try:
+        old, new = store.store_id, store.reincarnate()
+    finally:
+        store.close()
+    print(f"hub store {_where(store, args.db)}: id {old} -> {new}")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -210,6 +237,10 @@ def _human(rep: dict[str, Any]) -> str:
                      f"{term.get('contiguous_seq', 0):>8} "
                      f"{term.get('duplicates_rejected', 0):>6} "
                      f"{term.get('chain_breaks', 0):>6}  {gap_s}")
+        incarnations = term.get("incarnations", [])
+        if len(incarnations) > 1:  # a replaced data directory: one chain per epoch
+            lines += [f"  epoch {i['epoch'] or '(legacy)'}: {i['records']} records, "
+                      f"contiguous {i['contiguous_seq']}" for i in incarnations]
     lines.append("")
     lines.append(f"{'terminal':<20} {'product':<16} {'reason':<20} {'count':>8}")
     for c in rep["counts"]:

@@ -39,12 +39,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agent.errors import YktError
 from agent.journal import GENESIS
-from sync.hub.chain import IncomingRecord, advance_chain, split_duplicates
+from sync.hub.chain import IncomingRecord, advance_chain, apply_skip, split_duplicates
 from sync.hub.store import (
     HubStore,
     IngestResult,
     decision_fields,
     export_line,
+    new_store_id,
     report_from,
     terminal_entry,
 )
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema this code writes; a database at a newer version is refused."""
 
 _MIGRATION_LOCK = 0x796B7468  # "ykth": pg_advisory_xact_lock key for schema migrations
@@ -87,6 +88,26 @@ CREATE TABLE rejects (
     count bigint NOT NULL, last_detail text NOT NULL, last_at timestamptz NOT NULL,
     PRIMARY KEY (terminal, kind)
 );
+"""),
+    # 2: terminal incarnations (records keyed by terminal, epoch, seq; one chain per
+    # epoch; existing records are the legacy epoch ''), head signatures, the store id
+    (2, """
+ALTER TABLE records ADD COLUMN epoch text COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE records ADD COLUMN sig text;
+ALTER TABLE records DROP CONSTRAINT records_pkey;
+ALTER TABLE records ADD PRIMARY KEY (terminal, epoch, seq);
+ALTER TABLE terminals ADD COLUMN epoch text COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE chain_breaks ADD COLUMN epoch text COLLATE "C" NOT NULL DEFAULT '';
+CREATE TABLE chains (
+    terminal text COLLATE "C" NOT NULL, epoch text COLLATE "C" NOT NULL,
+    contiguous_seq bigint NOT NULL DEFAULT 0, contiguous_hash text NOT NULL,
+    records bigint NOT NULL DEFAULT 0, first_seen timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (terminal, epoch)
+);
+INSERT INTO chains SELECT terminal, '', contiguous_seq, contiguous_hash, records,
+    coalesce(last_seen, now()), coalesce(last_seen, now()) FROM terminals WHERE batches > 0;
+CREATE TABLE hub_meta (key text PRIMARY KEY, value text NOT NULL);
+INSERT INTO hub_meta VALUES ('store_id', md5(random()::text || clock_timestamp()::text));
 """),
 )
 assert [v for v, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -135,6 +156,9 @@ class PgHubStore(HubStore):
             conn = self._connection()
             try:
                 self.schema_version = self._migrate(conn)
+                row = conn.execute("SELECT value FROM hub_meta WHERE key='store_id'").fetchone()
+                assert row is not None
+                self.store_id = str(row[0])
             except BaseException:
                 self._closed, self._db = True, None
                 conn.close()
@@ -196,10 +220,21 @@ class PgHubStore(HubStore):
                 conn.execute("UPDATE hub_schema SET version=%s", (SCHEMA_VERSION,))
         return SCHEMA_VERSION
 
-    # -- ingest ----------------------------------------------------------------------------
-    def ingest(self, terminal: str, records: Sequence[IncomingRecord]) -> IngestResult:
+    def reincarnate(self) -> str:
+        new = new_store_id()
         with self._lock:
-            return self._transact("ingest", lambda c: self._ingest(c, terminal, records))
+            self._transact("reincarnate", lambda c: c.execute(
+                "UPDATE hub_meta SET value=%s WHERE key='store_id'", (new,)))
+        self.store_id = new
+        return new
+
+    # -- ingest ----------------------------------------------------------------------------
+    def ingest(self, terminal: str, records: Sequence[IncomingRecord], epoch: str = "",
+               head_sig: str | None = None, skip: tuple[int, int] | None = None
+               ) -> IngestResult:
+        with self._lock:
+            return self._transact("ingest", lambda c: self._ingest(
+                c, terminal, epoch, records, head_sig, skip))
 
     def _lock_terminal(self, conn: psycopg.Connection[Any], terminal: str) -> tuple[int, str]:
         """The terminal's (contiguous seq, its hash), row-locked until the transaction ends."""
@@ -213,35 +248,52 @@ class PgHubStore(HubStore):
             assert row is not None
         return int(row[0]), str(row[1])
 
-    def _ingest(self, conn: psycopg.Connection[Any], terminal: str,
-                records: Sequence[IncomingRecord]) -> IngestResult:
-        contig, chash = self._lock_terminal(conn, terminal)
+    def _chain(self, conn: psycopg.Connection[Any], terminal: str, epoch: str
+               ) -> tuple[int, str]:
+        """``(terminal, epoch)``'s contiguous seq and hash (caller holds the row lock)."""
+        row = conn.execute("SELECT contiguous_seq, contiguous_hash FROM chains WHERE "
+                           "terminal=%s AND epoch=%s", (terminal, epoch)).fetchone()
+        if row is None:
+            conn.execute("INSERT INTO chains (terminal, epoch, contiguous_hash) VALUES "
+                         "(%s, %s, %s)", (terminal, epoch, GENESIS))
+            return 0, GENESIS
+        return int(row[0]), str(row[1])
+
+    def _ingest(self, conn: psycopg.Connection[Any], terminal: str, epoch: str,
+                records: Sequence[IncomingRecord], head_sig: str | None,
+                skip: tuple[int, int] | None) -> IngestResult:
+        self._lock_terminal(conn, terminal)
+        contig, chash = self._chain(conn, terminal, epoch)
+        contig, chash, skipped = apply_skip(contig, chash, skip, records)
         existing: dict[int, str] = {}
-        if records:
-            lo = min(r.seq for r in records)
-            hi = max(r.seq for r in records)
+        if records:  # by the batch's own seqs: bounded work whatever the seqs are
             existing = {int(s): str(h) for s, h in conn.execute(
-                "SELECT seq, hash FROM records WHERE terminal=%s AND seq BETWEEN %s AND %s",
-                (terminal, lo, hi))}
+                "SELECT seq, hash FROM records WHERE terminal=%s AND epoch=%s AND "
+                "seq = ANY(%s::bigint[])", (terminal, epoch, sorted({r.seq for r in records})))}
         new, duplicates, breaks = split_duplicates(records, existing)
+        breaks = skipped + breaks
+        head = records[-1].seq if records else None
         if new:
-            cols: tuple[list[Any], ...] = ([], [], [], [], [])
+            cols: tuple[list[Any], ...] = ([], [], [], [], [], [])
             for r in new.values():
                 product, reason = decision_fields(r.body)
-                for col, value in zip(cols, (r.seq, r.hash, r.canonical, product, reason),
+                for col, value in zip(cols, (r.seq, r.hash, r.canonical, product, reason,
+                                             head_sig if r.seq == head else None),
                                       strict=True):
                     col.append(value)
             inserted = {int(s) for (s,) in conn.execute(
-                "INSERT INTO records (terminal, seq, hash, body, product, reason) "
-                "SELECT %s::text, * FROM unnest(%b::bigint[], %b::text[], %b::text[], "
-                "%b::text[], %b::text[]) ON CONFLICT (terminal, seq) DO NOTHING RETURNING seq",
-                (terminal, *cols))}
+                "INSERT INTO records (terminal, epoch, seq, hash, body, product, reason, sig) "
+                "SELECT %s::text, %s::text, * FROM unnest(%b::bigint[], %b::text[], "
+                "%b::text[], %b::text[], %b::text[], %b::text[]) "
+                "ON CONFLICT (terminal, epoch, seq) DO NOTHING RETURNING seq",
+                (terminal, epoch, *cols))}
             if len(inserted) != len(new):  # only if something wrote without the row lock
                 lost = [s for s in new if s not in inserted]
                 log.warning("terminal %s: %d records appeared concurrently; counted as "
                             "duplicates", terminal, len(lost))
                 for s, h in conn.execute("SELECT seq, hash FROM records WHERE terminal=%s "
-                                         "AND seq = ANY(%s::bigint[])", (terminal, lost)):
+                                         "AND epoch=%s AND seq = ANY(%s::bigint[])",
+                                         (terminal, epoch, lost)):
                     if h != new[int(s)].hash:
                         breaks.append((int(s), "conflicting duplicate: a different record "
                                                "with this seq was already stored (the first "
@@ -250,34 +302,38 @@ class PgHubStore(HubStore):
                     del new[s]
                 duplicates += len(lost)
         walk = advance_chain(contig, chash, new, lambda lo, hi: conn.execute(
-            "SELECT seq, hash, body FROM records WHERE terminal=%s AND seq BETWEEN %s AND %s",
-            (terminal, lo, hi)))
+            "SELECT seq, hash, body FROM records WHERE terminal=%s AND epoch=%s AND seq "
+            "BETWEEN %s AND %s", (terminal, epoch, lo, hi)))
         contig, chash, flagged = walk.contiguous_seq, walk.contiguous_hash, walk.flagged
         breaks += walk.breaks
         beyond = sum(1 for s in new if s > contig)
         if breaks:
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO chain_breaks (terminal, seq, problem) "
-                                "VALUES (%s, %s, %s)", [(terminal, s, p) for s, p in breaks])
+                cur.executemany("INSERT INTO chain_breaks (terminal, epoch, seq, problem) "
+                                "VALUES (%s, %s, %s, %s)",
+                                [(terminal, epoch, s, p) for s, p in breaks])
             for s, p in breaks:
                 log.warning("chain break: terminal %s seq %d: %s", terminal, s, p)
         if flagged:
-            conn.execute("UPDATE records SET flagged=true WHERE terminal=%s "
-                         "AND seq = ANY(%s::bigint[])", (terminal, flagged))
+            conn.execute("UPDATE records SET flagged=true WHERE terminal=%s AND epoch=%s "
+                         "AND seq = ANY(%s::bigint[])", (terminal, epoch, flagged))
         if beyond:
             log.warning("terminal %s: %d records stored beyond a gap after seq %d",
                         terminal, beyond, contig)
-        conn.execute("UPDATE terminals SET contiguous_seq=%s, contiguous_hash=%s, "
+        conn.execute("UPDATE chains SET contiguous_seq=%s, contiguous_hash=%s, "
+                     "records=records+%s, last_seen=now() WHERE terminal=%s AND epoch=%s",
+                     (contig, chash, len(new), terminal, epoch))
+        conn.execute("UPDATE terminals SET contiguous_seq=%s, contiguous_hash=%s, epoch=%s, "
                      "batches=batches+1, records=records+%s, duplicates=duplicates+%s, "
                      "last_seen=now() WHERE terminal=%s",
-                     (contig, chash, len(new), duplicates, terminal))
-        return IngestResult(contig, len(new), duplicates, len(breaks), beyond)
+                     (contig, chash, epoch, len(new), duplicates, terminal))
+        return IngestResult(contig, len(new), duplicates, len(breaks), beyond, chash)
 
-    def contiguous_seq(self, terminal: str) -> int:
+    def contiguous_seq(self, terminal: str, epoch: str = "") -> int:
         with self._lock:
             row = self._transact("contiguous_seq", lambda c: c.execute(
-                "SELECT contiguous_seq FROM terminals WHERE terminal=%s",
-                (terminal,)).fetchone())
+                "SELECT contiguous_seq FROM chains WHERE terminal=%s AND epoch=%s",
+                (terminal, epoch)).fetchone())
         return 0 if row is None else int(row[0])
 
     def record_reject(self, terminal: str, kind: str, detail: str) -> None:
@@ -302,8 +358,8 @@ class PgHubStore(HubStore):
         """Streams from its own connection with a server-side cursor (one snapshot)."""
         with psycopg.connect(self._conninfo) as conn, conn.cursor(name="ykt_hub_export") as cur:
             cur.itersize = 5000
-            cur.execute("SELECT terminal, seq, hash, flagged, body FROM records "
-                        "ORDER BY terminal, seq")
+            cur.execute("SELECT terminal, epoch, seq, hash, flagged, body, sig FROM records "
+                        "ORDER BY terminal, epoch, seq")
             for row in cur:
                 yield export_line(*row)
 
@@ -315,14 +371,15 @@ class PgHubStore(HubStore):
         db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         terminals: dict[str, Any] = {}
         for (t, contig, batches, n, dups, seen, status, beyond, first_beyond,
-             max_seq) in db.execute(
+             max_seq, epoch) in db.execute(
                 "SELECT t.terminal, t.contiguous_seq, t.batches, t.records, t.duplicates, "
                 "extract(epoch FROM t.last_seen)::float8, t.status, count(r.seq), "
-                "min(r.seq), max(r.seq) FROM terminals t LEFT JOIN records r "
-                "ON r.terminal = t.terminal AND r.seq > t.contiguous_seq "
-                "GROUP BY t.terminal ORDER BY t.terminal"):
+                "min(r.seq), max(r.seq), t.epoch FROM terminals t LEFT JOIN records r "
+                "ON r.terminal = t.terminal AND r.epoch = t.epoch AND "
+                "r.seq > t.contiguous_seq GROUP BY t.terminal ORDER BY t.terminal"):
             terminals[t] = terminal_entry(contig, batches, n, dups, seen, status, beyond,
                                           first_beyond, max_seq)
+            terminals[t]["epoch"] = epoch
         return report_from(db.execute, terminals)
 
     def close(self) -> None:
