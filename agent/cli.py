@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = [
     "agent.cli_agent",    # ykt agent run / config validate / journal verify / status
     "agent.cli_status",   # ykt status / sync now|status
     "agent.cli_diag",     # ykt diag
+    "agent.cli_config",   # ykt config show / get / set (after cli_agent's config validate)
     "agent.cli_demo",     # ykt demo
     "agent.cli_card",     # ykt card read
     "agent.cli_qr",       # ykt qr decode / issue
