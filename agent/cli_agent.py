@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, ConfigFileError, load_config
@@ -145,6 +146,39 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Write the journal from ``--since`` (default: the first record the hub has not
+    acknowledged) to an archive for ``ykt hub import`` (sync/archive.py)."""
+    from sync.acks import UplinkIdentity
+    from sync.archive import write_archive
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    j = _open_journal(args)
+    if j is None:
+        return 2
+    try:
+        identity = (UplinkIdentity.load(cfg.identity.dir) if cfg.identity.dir is not None
+                    else None)
+        since = args.since if args.since is not None else j.acked_seq + 1
+        header = write_archive(j, cfg.terminal.id, Path(args.to), since=since,
+                               identity=identity)
+    except OSError as err:
+        print(f"ykt journal export: cannot write {args.to}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
+    finally:
+        j.close()
+    text = (f"{args.to}: records {header['from']}..{header['to']} of {header['terminal']} "
+            f"in {header['batches']} {'signed ' if header['signed'] else ''}batches; "
+            "import at the hub with `ykt hub import`")
+    if not header["batches"]:
+        text = f"{args.to}: nothing to export from seq {since} (everything is acknowledged)"
+    _emit(args, header, text)
+    return 0
+
+
 def journal_stats(j: Journal, by: str, tz: str = "Asia/Shanghai") -> dict[str, int]:
     """Count journaled decisions by local ``hour`` (accepted entries), ``reason`` or
     ``product`` (accepted only). Events (not_entered, fire_alarm) are counted by ``event``."""
@@ -229,6 +263,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     journal = sub.add_parser("journal", help="the local journal")
     jsub = journal.add_subparsers(dest="journal_cmd", metavar="ACTION", required=True)
+    p = jsub.add_parser("export", help="records the hub has not acknowledged, to a file "
+                        "for `ykt hub import` (a terminal offline for weeks)")
+    common(p, config_required=True)
+    p.add_argument("--to", required=True, help="archive file to write (e.g. on a USB stick)")
+    p.add_argument("--since", type=int, default=None,
+                   help="first seq (default: the first one not acknowledged)")
+    p.set_defaults(func=_export)
     p = jsub.add_parser("verify", help="verify the hash chain and sequence")
     common(p)
     p.set_defaults(func=_verify)

@@ -97,6 +97,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rei.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     rei.set_defaults(func=_reincarnate)
 
+    imp = hs.add_parser("import", help="store a terminal's journal archive (`ykt journal "
+                        "export`): same checks and exactly-once as over MQTT")
+    imp.add_argument("archive", type=Path, help="the archive file")
+    imp.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
+    imp.add_argument("--identity", default=None, type=Path,
+                     help="hub identity directory (required for signed archives)")
+    imp.add_argument("--json", action="store_true", help="print JSON")
+    imp.set_defaults(func=_import)
+
     exp = hs.add_parser("export", help="dump every stored record")
     exp.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     exp.add_argument("--format", choices=["jsonl"], default="jsonl",
@@ -166,6 +175,49 @@ def _run(args: argparse.Namespace) -> int:
         hub.stop()
         store.close()
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    """Feed an archive's batches through the hub's own ingest (checks, exactly-once)."""
+    from sync.archive import read_archive
+
+    trust = None
+    if args.identity is not None:
+        from agent.identity import IdentityError
+        from sync.hub.trust import HubTrust
+        try:
+            trust = HubTrust(args.identity)
+        except IdentityError as err:
+            return _err(str(err))
+    try:
+        header, batches = read_archive(args.archive)
+    except (OSError, ValueError) as err:
+        return _err(str(err))
+    try:
+        store = _open_store(args.db)
+    except OSError as err:
+        return _err(str(err))
+    hub = Hub(store, MqttSettings(), trust=trust)          # never connected: no MQTT here
+    done = {"batches": 0, "stored": 0, "duplicates": 0, "rejected": 0}
+    try:
+        for payload in batches:
+            result = hub.ingest_payload(header["terminal"], payload)
+            done["batches"] += 1
+            if result is None:
+                done["rejected"] += 1
+            else:
+                done["stored"] += result[1].stored
+                done["duplicates"] += result[1].duplicates
+    finally:
+        store.close()
+    summary = {"terminal": header["terminal"], "epoch": header.get("epoch", ""), **done}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.archive}: terminal {header['terminal']}: {done['batches']} batches, "
+              f"{done['stored']} records stored, {done['duplicates']} already there, "
+              f"{done['rejected']} batches rejected (see `ykt hub report`)")
+    return 1 if done["rejected"] else 0
 
 
 def _open_existing(args: argparse.Namespace) -> HubStore | int:

@@ -263,17 +263,37 @@ class Hub:
         terminal = self._sender(topic, "batch")
         if terminal is None:
             return
+        done = self.ingest_payload(terminal, payload)
+        if done is None:
+            return
+        batch, result = done
+        ack = self._ack(batch, result)
+        try:
+            self.link.publish(TerminalTopics(terminal).ack, ack, qos=1)
+            self.stats["acks"] += 1
+        except NotConnected:
+            # the terminal resends after its ack timeout; the store already has the batch
+            self.stats["ack_failures"] += 1
+            log.warning("could not ack terminal %s (seq %d): not connected", terminal,
+                        result.contiguous_seq)
+
+    def ingest_payload(self, terminal: str, payload: bytes
+                       ) -> tuple[ParsedBatch, IngestResult] | None:
+        """Check and store one tx payload of ``terminal`` — from MQTT or from an exported
+        archive (``ykt hub import``), with the same checks and the same exactly-once
+        store. Returns the batch and what was stored, or None when it was rejected
+        (recorded)."""
         try:
             batch = parse_batch(terminal, payload)
         except ValueError as err:
             self._reject(terminal, "malformed_payload", str(err))
-            return
+            return None
         if self.trust is not None and not self._authentic(batch):
-            return
+            return None
         if self.trust is None and batch.version != 1:
             self._reject(terminal, "unverifiable_batch", "a signed (v2) batch, but this hub "
                          "runs without --identity")
-            return
+            return None
         for problem in batch.bad_records:
             self._reject(terminal, "malformed_record", problem)
         head_sig = b64(batch.sig) if batch.version == 2 else None
@@ -289,15 +309,7 @@ class Hub:
                   result.stored, result.duplicates, result.contiguous_seq)
         self.stats["batches"] += 1
         self.stats["records"] += result.stored
-        ack = self._ack(batch, result)
-        try:
-            self.link.publish(TerminalTopics(terminal).ack, ack, qos=1)
-            self.stats["acks"] += 1
-        except NotConnected:
-            # the terminal resends after its ack timeout; the store already has the batch
-            self.stats["ack_failures"] += 1
-            log.warning("could not ack terminal %s (seq %d): not connected", terminal,
-                        result.contiguous_seq)
+        return batch, result
 
     def _authentic(self, batch: ParsedBatch) -> bool:
         """Is ``batch`` a signed batch of its (enrolled) terminal whose records all chain
