@@ -219,12 +219,15 @@ def _clock(cfg: AgentConfig) -> Check:
 
 
 def _sm2() -> Check:
-    try:
-        import tongsuopy  # noqa: F401
-    except ImportError:
-        return Check("SM2 (国密)", None, "no SM2 backend installed: SM2-signed codes are "
-                     "refused as unsupported (install the 'sm2' extra where it has wheels)")
-    return Check("SM2 (国密)", True, "backend: tongsuopy")
+    from agent.codes.algorithms import sm2_backend
+
+    backend = sm2_backend()
+    if backend == "none":
+        return Check("SM2 (国密)", None, "no SM2 backend (neither tongsuopy nor an SM2-capable "
+                     "libcrypto): SM2-signed codes are refused as unsupported")
+    what = {"tongsuopy": "tongsuopy (verify and sign)",
+            "libcrypto": "the system's libcrypto (verify only)"}.get(backend, backend)
+    return Check("SM2 (国密)", True, f"backend: {what}")
 
 
 CHECKS: list[Callable[[AgentConfig, str | None], Check]] = [

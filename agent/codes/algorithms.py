@@ -363,7 +363,8 @@ def algorithm(name: str) -> SignatureAlgorithm:
     """The algorithm called ``name`` (``ES256``, ``EdDSA``, ``SM2``; ``SM2SM3`` also accepted).
 
     Raises ``ValueError`` for an unknown name and :class:`AlgorithmUnavailable` for SM2
-    without tongsuopy.
+    with neither tongsuopy nor an SM2-capable libcrypto (then SM2 verifies through
+    :mod:`agent.codes.sm2_libcrypto`, which cannot sign).
     """
     key = "SM2" if name.upper() in ("SM2", "SM2SM3", "SM2-SM3") else name
     key = {"ES256": "ES256", "EDDSA": "EdDSA", "ED25519": "EdDSA"}.get(key.upper(), key)
@@ -373,8 +374,26 @@ def algorithm(name: str) -> SignatureAlgorithm:
         if cls is None:
             raise ValueError(f"unknown signature algorithm {name!r} "
                              f"(known: {', '.join(ALGORITHM_NAMES)})")
-        inst = _instances[key] = cls()
+        try:
+            inst = cls()
+        except AlgorithmUnavailable:
+            # no tongsuopy (no aarch64 wheels): verify SM2 with the system's libcrypto
+            from agent.codes import sm2_libcrypto
+
+            if key != "SM2" or not sm2_libcrypto.available():
+                raise
+            inst = sm2_libcrypto.verifier_class()()
+        _instances[key] = inst
     return inst
+
+
+def sm2_backend() -> str:
+    """Which SM2 implementation verifies here: ``tongsuopy``, ``libcrypto`` (verify
+    only), or ``none``."""
+    try:
+        return str(getattr(algorithm("SM2"), "backend", "tongsuopy"))
+    except AlgorithmUnavailable:
+        return "none"
 
 
 def algorithm_by_cose_id(cose_id: object) -> SignatureAlgorithm | None:
