@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -28,6 +29,7 @@ SUBCOMMAND_MODULES = [
     "agent.cli_agent",    # ykt agent run / config validate / journal verify / status
     "agent.cli_status",   # ykt status / sync now|status
     "agent.cli_diag",     # ykt diag
+    "agent.cli_gate",     # ykt gate test
     "agent.cli_config",   # ykt config show / get / set (after cli_agent's config validate)
     "agent.cli_demo",     # ykt demo
     "agent.cli_card",     # ykt card read
@@ -40,7 +42,8 @@ SUBCOMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ykt", description="Yikatong Edge terminal and hub")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-v info, -vv debug)")
+                        help="more logging (-v info, -vv debug); anywhere on the line")
+    parser.add_argument("--version", action="version", version=f"ykt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         if importlib.util.find_spec(name) is None:
@@ -49,9 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("yikatong-edge")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def split_verbosity(argv: Sequence[str]) -> tuple[int, list[str]]:
+    """``-v``/``-vv``/``--verbose`` taken from anywhere on the line (``ykt journal show
+    -v`` as well as ``ykt -v journal show``), up to a ``--``; the rest in order."""
+    level, rest = 0, list[str]()
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg == "--verbose":
+            level += 1
+        elif len(arg) > 1 and arg.startswith("-") and set(arg[1:]) == {"v"}:
+            level += len(arg) - 1
+        else:
+            rest.append(arg)
+    return level, rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    level, rest = split_verbosity(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(rest)
+    args.verbose = level + args.verbose
     configure_logging(args.verbose)
     func = getattr(args, "func", None)
     if func is None:
