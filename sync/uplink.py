@@ -67,12 +67,18 @@ class UplinkSettings(BaseModel):
                                        "triggered by hub 'online' messages per this many s")
 
 
+RECONNECT_GRACE_S = 60.0
+"""After a (re)connect, unanswered batches are not reported for this long (s): the hub is
+usually reconnecting after the same broker outage."""
+
+
 @dataclass(slots=True)
 class _Batch:
     first: int
     last: int
     sent_at: float
     batch_id: str = ""
+    connection: int = 0          # the link's connection count when it was sent
 
 
 def encode_batch(terminal: str, rows: list[tuple[int, str, str]]) -> bytes:
@@ -130,6 +136,7 @@ class Uplink:
         self._next_seq = journal.acked_seq + 1
         self._acked_seen = journal.acked_seq
         self._timeouts_in_row = 0
+        self._connected_at = 0.0     # when the link last (re)connected (uplink clock, s)
         self.identity = identity
         self.epoch = journal.epoch if identity is not None else ""
         self._sent = SentBatches()
@@ -231,6 +238,7 @@ class Uplink:
 
     # -- callbacks (link thread) ---------------------------------------------------------
     def _on_connect(self) -> None:
+        self._connected_at = self._clock()
         self.publish_status()
         with self._cond:
             self._resend = True
@@ -403,9 +411,18 @@ class Uplink:
             inflight.popleft()
         if acked > self._acked_seen:
             self._acked_seen, self._timeouts_in_row = acked, 0
-        if inflight and now - inflight[0].sent_at > opts.ack_timeout_s:
-            # warn once per stall (the hub may be down for hours), then only at debug level
-            log.log(logging.WARNING if self._timeouts_in_row == 0 else logging.DEBUG,
+        # sent on a connection that has since dropped: resent now, quietly (the link
+        # reported the outage); not a stall of the hub
+        if inflight and inflight[0].connection != self.link.connects:
+            resend = True
+        if not resend and inflight and now - inflight[0].sent_at > opts.ack_timeout_s:
+            # warn once per stall (the hub may be down for hours), then only at debug level;
+            # not at all while the broker is away: the link reported that outage already
+            # ... nor right after a reconnect: the hub comes back from the same outage
+            # (its signed "online" status then triggers the resend)
+            loud = (self._timeouts_in_row == 0 and self.link.connected
+                    and now - self._connected_at > RECONNECT_GRACE_S)
+            log.log(logging.WARNING if loud else logging.DEBUG,
                     "no ack for seq %d..%d within %.1f s; resending from %d",
                     inflight[0].first, inflight[0].last, opts.ack_timeout_s, acked + 1)
             self._timeouts_in_row += 1
@@ -438,7 +455,8 @@ class Uplink:
                 self.link.publish(self.topics.tx, payload, qos=1)
             except NotConnected:
                 return  # resent after the reconnect; the journal still holds them
-            inflight.append(_Batch(rows[0][0], rows[-1][0], now, batch_id))
+            inflight.append(_Batch(rows[0][0], rows[-1][0], now, batch_id,
+                                   self.link.connects))
             self._next_seq = rows[-1][0] + 1
             self.stats["batches_sent"] += 1
             self.stats["records_sent"] += len(rows)

@@ -48,11 +48,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def _fill(path: Path, leave: int) -> Path:
     """A file that takes all but ``leave`` bytes of the file system."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    # unbuffered: a write the disk refused must not linger in a buffer that the close
+    # would try to flush again (ENOSPC at close, a flake of the first version)
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
-                f.write(b"\0" * 16384)
-                f.flush()
+                f.write(b"\0" * 4096)
         except OSError as err:
             assert err.errno == errno.ENOSPC
     os.truncate(filler, max(0, filler.stat().st_size - leave))

@@ -227,6 +227,11 @@ def test_sm2_code_without_tongsuopy(monkeypatch: pytest.MonkeyPatch,
     cose = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: algmod.SM2_ALG_ID, 13: b"x"}), {},
                                           b"", b"s" * 64]))
     monkeypatch.setattr(algmod, "_instances", {})
+    # neither tongsuopy nor an SM2-capable libcrypto (else SM2 verifies through it:
+    # tests/test_sm2_libcrypto.py)
+    from agent.codes import sm2_libcrypto
+
+    monkeypatch.setattr(sm2_libcrypto, "available", lambda: False)
     real_import = builtins.__import__
 
     def no_tongsuo(name: str, *a: Any, **kw: Any) -> Any:
