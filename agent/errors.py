@@ -45,6 +45,11 @@ tree (also in ``docs/architecture.md``)::
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
+     ├── SessionRefused (ConnectionError)       sync.session: the broker refused a connection
+     ├── EnrollmentError                        agent.enroll: the hub refused or is not the one
+     │    └── CertificateExpired                  the certificate expired: re-enroll (new token)
+     ├── EnrollmentRefused                      sync.hub.enroll: bad/used/expired token, bad CSR
+     ├── DynsecError                            sync.hub.dynsec: the broker refused a command
      ├── PgStoreError (OSError)                 sync.hub.pgstore: PostgreSQL unusable
      ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
      └── CardPulled                             simulator.vcard: a virtual card leaves the field

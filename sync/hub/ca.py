@@ -220,7 +220,8 @@ class HubCA:
     def sign_csr(self, csr: x509.CertificateSigningRequest, name: str, *,
                  days: float = CLIENT_DAYS, not_before: dt.datetime | None = None
                  ) -> x509.Certificate:
-        """A terminal certificate for a CSR whose CN is ``name`` and whose signature holds.
+        """A terminal certificate, CN = ``name``, for a CSR whose signature holds (its own
+        CN, if any, must be ``name``: a terminal may not know its id before enrollment).
 
         Raises :class:`IdentityError` if the CSR is not self-signed correctly, names
         another terminal or carries a key we do not use.
@@ -228,8 +229,8 @@ class HubCA:
         if not csr.is_signature_valid:
             raise IdentityError("the CSR's signature does not verify")
         cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if len(cns) != 1 or cns[0].value != name:
-            raise IdentityError(f"the CSR must have exactly CN={name}")
+        if len(cns) > 1 or (cns and cns[0].value != name):
+            raise IdentityError(f"the CSR must have no CN or exactly CN={name}")
         pub = csr.public_key()
         if not ((isinstance(pub, ec.EllipticCurvePublicKey)
                  and isinstance(pub.curve, ec.SECP256R1))
