@@ -310,7 +310,7 @@ class Terminal:
         from sync.uplink import Uplink
 
         assert self.journal
-        settings = self.cfg.mqtt.link_settings()
+        settings = self.cfg.mqtt.link_settings().with_identity(self.cfg.identity.dir)
         self.uplink = Uplink(self.journal, settings, self.cfg.terminal.id, status=self.status,
                              retention_s=self.cfg.journal.retention_days * 86400)
         self.uplink.start()

@@ -78,8 +78,7 @@ class BrokerSession:
     def connect(self, timeout: float = 10.0, *, max_packet_size: int | None = None) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0
-        if max_packet_size is not None:
-            props.MaximumPacketSize = max_packet_size
+        props.MaximumPacketSize = max_packet_size or self.settings.max_packet_size
         try:
             self._client.connect(self.settings.host, self.settings.port, keepalive=30,
                                  clean_start=True, properties=props)

@@ -35,16 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.identity import load_certificate
+from agent.mqtt_settings import BROKER_MAX_PACKET
 from sync.hub.ca import ADMIN_NAME, HubCA, new_private_key, write_private_key, write_public
 from sync.topics import PREFIX
 
 __all__ = ["BROKER_MAX_PACKET", "DYNSEC_PLUGIN", "BrokerFiles", "acl_roles",
            "dynsec_plugin_path", "terminal_channels", "write_broker_config"]
 
-BROKER_MAX_PACKET = 8 * 1024 * 1024
-"""The broker's ``max_packet_size``, bytes: a full tx batch (5000 records of up to ~1.5 KB
-each as JSON) fits; smaller limits for what a client accepts (a 192 KiB manifest) are set
-by each client's own CONNECT."""
 
 DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
 SHARE_GROUP = "ykt-hub"
@@ -91,16 +88,17 @@ def terminal_role(terminal: str, channels: Iterable[str]) -> dict[str, Any]:
 
 def acl_roles() -> list[dict[str, Any]]:
     """The shared roles: ``hub``, ``operator`` (publishes manifests) and ``admin``
-    (the dynamic-security control topic, used by ``ykt hub enroll``/``revoke``)."""
+    (the dynamic-security control topic, used by ``ykt hub enroll``/``revoke``).
+    Manifests are ``policy/#``: a channel has up to 8 levels, which ``+`` would not match."""
     t = f"{PREFIX}/t/+"
     hub = [_acl("publishClientSend", f"{t}/{k}") for k in ("ack", "cmd")]
     hub += [_acl("publishClientSend", f"{PREFIX}/hub/+/status"),
-            _acl("publishClientSend", f"{PREFIX}/policy/+/manifest"),
+            _acl("publishClientSend", f"{PREFIX}/policy/#"),
             _acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{t}/tx"),
             _acl("subscribeLiteral", f"{t}/status"),
             _acl("subscribeLiteral", f"{t}/cmd/result"),
             _acl("subscribeLiteral", f"{PREFIX}/hub/+/status")]
-    operator = [_acl("publishClientSend", f"{PREFIX}/policy/+/manifest")]
+    operator = [_acl("publishClientSend", f"{PREFIX}/policy/#")]
     admin = [_acl("publishClientSend", "$CONTROL/dynamic-security/#"),
              _acl("subscribeLiteral", "$CONTROL/dynamic-security/v1/response")]
     return [{"rolename": "hub", "acls": hub}, {"rolename": "operator", "acls": operator},
