@@ -134,6 +134,10 @@ def test_renewal_at_two_thirds_and_an_expired_certificate_says_re_enroll(
     assert tls_broker.ca.paths.terminal_cert("E").read_bytes() == paths.cert.read_bytes()
     with pytest.raises(CertificateExpired, match="new token"):
         renew(web.url, ident, now=end + dt.timedelta(days=1))
+    # back after weeks offline: a new token enrolls it again, under the same id
+    again, _ = issue_token(tls_broker.ca, "E", ["bus"])
+    assert enroll(web.url, again, ident).terminal == "E"
+    assert load_certificate(paths.cert).serial_number != second.serial_number
     assert main(["enroll", "--hub", web.url, "--renew", "--identity", str(ident)]) == 0
 
 

@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +210,15 @@ def _web(args: argparse.Namespace) -> int:
 
     server = EnrollmentServer(ca, args.listen, args.listen_port,
                               hosts=args.hostname, on_issued=on_issued)
-    print(f"hub web ready: {server.url}", flush=True)
-    server.serve_forever()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    server.start()
+    try:
+        print(f"hub web ready: {server.url}", flush=True)
+        done.wait()
+    finally:
+        server.stop()
     return 0
 
 

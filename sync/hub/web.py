@@ -160,10 +160,6 @@ class EnrollmentServer:
         if not self.server.started:
             raise TimeoutError(f"the enrollment server did not start on {self.url}")
 
-    def serve_forever(self) -> None:
-        """Run in the calling thread until SIGINT/SIGTERM (uvicorn handles them)."""
-        self.server.run()
-
     def stop(self) -> None:
         self.server.should_exit = True
         if self._thread is not None:
