@@ -45,6 +45,7 @@ tree (also in ``docs/architecture.md``)::
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
+     ├── PacketTooLarge (ValueError)            sync.link: over the broker's packet limit
      ├── SessionRefused (ConnectionError)       sync.session: the broker refused a connection
      ├── EnrollmentError                        agent.enroll: the hub refused or is not the one
      │    └── CertificateExpired                  the certificate expired: re-enroll (new token)
