@@ -16,7 +16,7 @@ PROFILE ?= bus_validator
 # the demo speaks mutual TLS with an enrolled terminal (docs/security.md); TLS= for plain MQTT
 TLS ?= --tls
 
-.PHONY: demo test lint typecheck bench deb venv firmware clean
+.PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall
 
 demo: $(STAMP) firmware
 	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE) $(TLS)
@@ -58,6 +58,13 @@ $(STAMP): pyproject.toml | deb
 	@$(BIN)/python -m pip install -q -e '.[sm2]' 2>/dev/null || \
 	  echo "note: tongsuopy (SM2) has no wheel here; SM2 tests will be skipped"
 	@touch $(STAMP)
+
+# install on this machine (or into DESTDIR=... as a staging root): docs/operations.md
+install:
+	scripts/install install $(if $(DESTDIR),--destdir $(DESTDIR)) $(if $(ROLE),--role $(ROLE))
+
+uninstall:
+	scripts/install uninstall $(if $(DESTDIR),--destdir $(DESTDIR)) $(if $(ROLE),--role $(ROLE))
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

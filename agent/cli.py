@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from agent.errors import YktError, exit_code
+from agent.logsetup import configure as configure_logging
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
 SUBCOMMAND_MODULES = [
     "agent.cli_agent",    # ykt agent run / config validate / journal verify / status
+    "agent.cli_status",   # ykt status / sync now|status
+    "agent.cli_diag",     # ykt diag
     "agent.cli_demo",     # ykt demo
     "agent.cli_card",     # ykt card read
     "agent.cli_qr",       # ykt qr decode / issue
@@ -50,15 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
     try:
         return int(func(args) or 0)
+    except BrokenPipeError:       # the reader went away (`ykt journal show | head`): quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the flush at exit cannot fail again
+        return 0
     except YktError as err:
         print(f"ykt {args.command}: {err}", file=sys.stderr)
         return exit_code(err)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
 from agent.config import AgentConfig, ConfigFileError, load_config
 from agent.errors import EXIT_USAGE, YktError, exit_code
 from agent.journal import Journal
+from agent.logsetup import configure as configure_logging
 from agent.rules import RuleSetError, load_ruleset
 from profiles import profile_path
 
@@ -29,10 +31,18 @@ def _load(args: argparse.Namespace) -> AgentConfig | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from agent.config_checks import startup_problems
     from agent.daemon import Terminal
 
     cfg = _load(args)
     if cfg is None:
+        return 2
+    configure_logging(args.verbose, default=logging.INFO, terminal=cfg.terminal.id)
+    problems = startup_problems(cfg, args.config)     # checked before anything is created
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        print("the terminal did not start", file=sys.stderr)
         return 2
     try:
         terminal = Terminal(cfg)
@@ -48,6 +58,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Validate a config file and the profile it names (rules + test vectors)."""
+    from agent.config_checks import startup_problems
+
+    if not args.config and not args.profile:
+        print("ykt config validate: give a config file (e.g. /etc/ykt/terminal.toml) "
+              "or --profile NAME", file=sys.stderr)
+        return 2
     problems: list[str] = []
     cfg = None
     if args.config:
@@ -55,6 +71,8 @@ def _validate(args: argparse.Namespace) -> int:
             cfg = load_config(args.config)
         except ConfigFileError as err:
             problems += err.problems
+        else:
+            problems += startup_problems(cfg, args.config)
     profiles = list(args.profile or [])
     if cfg is not None and not profiles:
         profiles = [cfg.terminal.profile]
@@ -74,7 +92,7 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"error: {p}", file=sys.stderr)
         if not problems and args.config:
             print(f"{args.config}: ok")
-    return 1 if problems else 0
+    return 2 if problems else 0
 
 
 def _open_journal(args: argparse.Namespace) -> Journal | None:
@@ -167,6 +185,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from agent.store import PolicyStore
+    from agent.store_generations import active_generation
 
     cfg = _load(args)
     if cfg is None:
@@ -176,7 +195,8 @@ def _status(args: argparse.Namespace) -> int:
         j = Journal(cfg.journal_path, cfg.terminal.id)
         data.update(last_seq=j.last_seq, acked_seq=j.acked_seq, outbox=j.pending_count)
         j.close()
-    if cfg.store_path.exists():
+    # once a bundle has been applied the data lives in a generation file, not store.db
+    if active_generation(cfg.store_path).exists():
         s = PolicyStore(cfg.store_path)
         data.update(policy=s.info.label, **s.counts(), unmerged=s.overlay_rows())
         s.close()

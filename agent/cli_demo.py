@@ -8,6 +8,7 @@ import sys
 from zoneinfo import ZoneInfo
 
 from agent.engine import Outcome
+from agent.textcols import pad
 
 __all__ = ["register"]
 
@@ -18,8 +19,8 @@ def _line(o: Outcome, who: str) -> str:
         if o.record else "--:--:--"
     mark = "✔" if d.accepted else "✘"
     seq = f"#{o.record.seq}" if o.record else "(not journaled)"
-    return (f"{t} {mark} {d.prompt.text:<14}\t{d.reason.value:<13} {d.product:<13} "
-            f"{d.amount_cents / 100:>5.2f}  {who:<24} {seq}")
+    return (f"{t} {mark} {pad(d.prompt.text, 20)} {d.reason.value:<13} {d.product:<13} "
+            f"{d.amount_cents / 100:>5.2f}  {pad(who, 24)} {seq}")
 
 
 def _demo(args: argparse.Namespace) -> int:

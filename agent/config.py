@@ -44,7 +44,8 @@ class TerminalSection(_Section):
                     pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
                     description="terminal id: unique in the fleet, used in MQTT topics")
     profile: str = Field("bus_validator", description="profile name in profiles/ or a path")
-    data_dir: Path = Field(Path("var/ykt"), description="journal and store live here")
+    data_dir: Path = Field(Path("/var/lib/ykt"), description="journal and store live here "
+                           "(absolute; the agent unit's StateDirectory)")
     demo: bool = Field(False, description="allow the built-in demo pseudonymisation key")
 
 
@@ -144,6 +145,9 @@ class PolicySection(_Section):
 
 class JournalSection(_Section):
     retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
+    reserve_mb: float = Field(
+        8.0, ge=0, description="disk space kept in reserve for a full disk (MiB): released "
+        "when the disk fills so the terminal can journal 'out of service', prune and sync")
 
 
 class IdentitySection(_Section):

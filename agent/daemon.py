@@ -21,18 +21,20 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import clock_quality
 from agent.config import AgentConfig
+from agent.control import ControlServer, control_server, health, heartbeat
 from agent.datalock import DataDirLock
+from agent.diskguard import DiskGuard
 from agent.engine import Engine, Outcome
 from agent.hardware_events import journal_hardware_event
 from agent.journal import Journal
 from agent.model import ClockQuality, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
-from agent.sdnotify import notify, supervise, worker_stall_s
+from agent.sdnotify import notify, supervise
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
-from drivers.registry import load_actuator, load_source, options_for
+from drivers.registry import load_actuator, load_source, options_for, resolve_auto_cards
 from profiles import profile_path
 
 if TYPE_CHECKING:
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 __all__ = ["Terminal"]
 
 log = logging.getLogger(__name__)
+
+REPLAY_LOOKBACK_S = 3600.0
+"""How far back a restart reads the journal for accepted codes (s): beyond every code
+window (at most the back window plus the widest clock allowance, ~11 min)."""
 
 OutcomeListener = Callable[[Outcome], None]
 
@@ -54,8 +60,8 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("lock", "journal", "store", "engine", "actuators", "gpio", "uplink", "policy",
-                   "worker", "sources")
+    START_ORDER = ("lock", "journal", "store", "engine", "disk", "actuators", "gpio", "uplink",
+                   "policy", "worker", "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
@@ -67,6 +73,9 @@ class Terminal:
         # a test that injects one fake wall clock gets it as the monotonic clock as well
         self.mono = mono or (time.monotonic if clock is time.time else clock)
         self.timebase: TimeBase | None = None
+        self.disk: DiskGuard | None = None
+        self.control: ControlServer | None = None
+        self.disk_check_s = 5.0       # how often a full disk is checked for space (s)
         self.clock_quality = clock_quality
         self.ruleset = ruleset or load_ruleset(profile_path(cfg.terminal.profile))
         self.pseudonymizer = Pseudonymizer(cfg.pseudonym_key())
@@ -89,7 +98,7 @@ class Terminal:
         self._started: list[str] = []
         self._stopped = threading.Event()
         self._lock = DataDirLock(cfg.terminal.data_dir)
-        self._worker_beat = time.monotonic()   # the decision worker's last sign of life
+        self.worker_beat = time.monotonic()    # the decision worker's last sign of life
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -143,18 +152,13 @@ class Terminal:
         self.stop()
         return status
 
+    @property
+    def worker_running(self) -> bool:
+        return self._worker is not None
+
     def health(self) -> str | None:
-        """None when the terminal can decide, else the problem: the decision worker has
-        given no sign of life for a whole watchdog period (:func:`worker_stall_s`), or the
-        journal on disk is no longer the one this daemon writes (:meth:`Journal.check`)."""
-        stalled = time.monotonic() - self._worker_beat
-        if self._worker is not None and stalled > worker_stall_s():
-            return f"decision worker stalled for {stalled:.0f} s"
-        if self.journal is not None:
-            problem = self.journal.check()
-            if problem is not None:
-                return problem
-        return None
+        """None when the terminal can decide, else the problem (:func:`control.health`)."""
+        return health(self)
 
     # -- public --------------------------------------------------------------------------
     def submit(self, p: Presentation) -> None:
@@ -180,18 +184,9 @@ class Terminal:
         return False
 
     def status(self) -> dict[str, Any]:
-        """Heartbeat fields: profile, policy, clock quality, journal position."""
-        j, s = self.journal, self.store
-        status: dict[str, Any] = {
-            "terminal": self.cfg.terminal.id, "profile": self.ruleset.profile.name,
-            "policy": s.info.label if s else "", "clock": self.clock_quality().value,
-            "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
-            "time": self.clock(),
-            "clock_offset_s": round(self.timebase.offset_s, 1) if self.timebase else 0.0,
-        }
-        if self.downlink is not None:
-            status.update(self.downlink.status())
-        return status
+        """Heartbeat fields (:func:`agent.control.heartbeat`): profile, policy, clock,
+        journal position, alarms."""
+        return heartbeat(self)
 
     # -- components ------------------------------------------------------------------------
     def _start_lock(self) -> None:
@@ -209,6 +204,10 @@ class Terminal:
                                clock=self.decision_time)
         self.timebase = TimeBase(wall=self.clock, mono=self.mono, quality=self.clock_quality,
                                  floor=self.journal.last_time, anchors=self.journal)
+        self.disk = DiskGuard(self.cfg.terminal.data_dir, self.journal,
+                              reserve_bytes=int(self.cfg.journal.reserve_mb * 2**20),
+                              resume=lambda: self.engine.resume() if self.engine else None,
+                              check_s=self.disk_check_s)
 
     def _stop_journal(self) -> None:
         if self.journal:
@@ -228,14 +227,27 @@ class Terminal:
                              location=self.cfg.location.build(), clock=self.clock,
                              verifier=self._make_verifier(), clock_quality=self.clock_quality,
                              gate_ok=lambda: all(g.available for g in self.gates),
-                             timebase=self.timebase)
+                             timebase=self.timebase,
+                             disk_full=self.disk.on_full if self.disk else None)
+
+    def _start_disk(self) -> None:
+        assert self.disk is not None
+        self.disk.start()     # the reserve; a full disk at start is an alarm, not an error
+
+    def _stop_disk(self) -> None:
+        if self.disk is not None:
+            self.disk.stop()
 
     def _make_verifier(self) -> Any:
         if not self.cfg.codes.enabled:
             return None
         from agent.codes import build_verifier  # imported only when codes are configured
 
-        return build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.decision_time)
+        verifier = build_verifier(self.cfg.codes, self.pseudonymizer, clock=self.decision_time)
+        assert self.journal is not None         # codes seen before a restart stay seen
+        now = self.decision_time()
+        verifier.remember(self.journal.bodies_since(now - REPLAY_LOOKBACK_S), now)
+        return verifier
 
     def _start_actuators(self) -> None:
         if self._actuators_override is not None:
@@ -286,7 +298,8 @@ class Terminal:
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
                                 staging_dir=self.cfg.terminal.data_dir / "staging",
-                                guard=self.engine.between_taps, clock=self.clock)
+                                guard=self.engine.between_taps, clock=self.clock,
+                                keep_free_bytes=2 * self.disk.reserve_bytes if self.disk else 0)
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None))
@@ -322,29 +335,20 @@ class Terminal:
     def _start_worker(self) -> None:
         self._worker = threading.Thread(target=self._work, name="decide", daemon=True)
         self._worker.start()
+        self.control = control_server(self)      # `ykt status` for the technician
+        self.control.start()
 
     def _stop_worker(self) -> None:
+        if self.control is not None:
+            self.control.stop()
         self._queue.put(None)
         if self._worker:
             self._worker.join(10)
 
     def card_backend(self) -> str:
-        """The configured card backend; ``auto`` is ``pcsc`` when a PC/SC reader is present
-        (or on a production terminal, which then waits for one), else ``sim`` in demo mode."""
+        """The configured card backend, ``auto`` resolved (:func:`resolve_auto_cards`)."""
         backend = self.cfg.cards.backend
-        if backend != "auto":
-            return backend
-        try:
-            from smartcard.System import readers
-
-            present = [str(r) for r in readers()]
-        except Exception:   # no pyscard, or pcscd not running
-            present = []
-        if present or not self.cfg.terminal.demo:
-            log.info("cards: auto -> pcsc (readers: %s)", ", ".join(present) or "none yet")
-            return "pcsc"
-        log.warning("cards: auto -> sim (no PC/SC reader present; demo mode)")
-        return "sim"
+        return resolve_auto_cards(demo=self.cfg.terminal.demo) if backend == "auto" else backend
 
     def _start_sources(self) -> None:
         if self._sources_override is not None:
@@ -369,7 +373,7 @@ class Terminal:
     # -- the decision loop ---------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            self._worker_beat = time.monotonic()
+            self.worker_beat = time.monotonic()
             try:
                 p = self._queue.get(timeout=1.0)
             except queue.Empty:
@@ -399,16 +403,18 @@ class Terminal:
         assert self.engine is not None
         outcome = self.engine.handle(p)   # journaled durably before anything acts
         d = outcome.decision
-        log.info("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
+        log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
                  outcome.record.seq if outcome.record else "-",
                  "accept" if d.accepted else "deny", d.reason.value, d.product or "-",
                  d.amount_cents, d.rule_id)
-        if outcome.actionable:
-            for a in self.actuators:
-                try:
+        for a in self.actuators:
+            try:
+                if outcome.actionable:
                     a.act(outcome.decision, outcome.record)
-                except Exception:
-                    log.exception("actuator %s failed", a.name)
+                else:            # nothing journaled: "设备故障 请稍后", nothing opens
+                    a.failsafe(d.prompt)
+            except Exception:
+                log.exception("actuator %s failed", a.name)
         if outcome.record is not None and d.accepted and self.gates:
             self._recent[outcome.record.seq] = outcome
             while len(self._recent) > 1000:

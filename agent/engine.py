@@ -98,6 +98,7 @@ class Engine:
         clock_quality: Callable[[], ClockQuality] = system_clock_quality,
         gate_ok: Callable[[], bool] = lambda: True,
         timebase: TimeBase | None = None,
+        disk_full: Callable[[], bool] | None = None,
     ) -> None:
         self.ruleset = ruleset
         self.store = store
@@ -108,6 +109,12 @@ class Engine:
         self._clock_quality = clock_quality
         self._gate_ok = gate_ok
         self._timebase = timebase
+        self._on_disk_full = disk_full
+        self.out_of_service = ""
+        """Why the terminal decides nothing now ("disk_full"), or "" when in service."""
+        self._journal_ok = True
+        self.journal_failures = 0
+        """Appends the journal refused (status heartbeat)."""
         if timebase is not None:
             self._clock = timebase.now
         self._tz = ZoneInfo(ruleset.profile.timezone)
@@ -150,8 +157,28 @@ class Engine:
                 self._journal_event_at("clock_jump", jump.fields(), None, now)
         return now
 
+    @property
+    def journal_failing(self) -> bool:
+        """True from a refused append until the next one that lands."""
+        return not self._journal_ok
+
+    def resume(self) -> None:
+        """Back in service after :attr:`out_of_service` (journals ``in_service``)."""
+        with self._between:
+            if self.out_of_service:
+                reason, self.out_of_service = self.out_of_service, ""
+                self._journal_event_at("in_service", {"after": reason}, None, self._now())
+
+    def _go_out_of_service(self, reason: str, now: float) -> None:
+        if not self.out_of_service:
+            self.out_of_service = reason
+            self._journal_event_at("out_of_service", {"reason": reason}, None, now)
+
     def _handle(self, p: Presentation) -> Outcome:
         now = self._now()
+        if self.out_of_service:      # the failsafe prompt; nothing decided, nothing opens
+            return Outcome(self._deny(Reason.INTERNAL_ERROR, f"pre:{self.out_of_service}",
+                                      _FAILSAFE), None, None, p)
         quality = self._clock_quality()
         ruleset, store = self.ruleset, self.store
         cred: Credential | None = None
@@ -307,7 +334,23 @@ class Engine:
     def _append(self, fields: dict[str, Any], counters: dict[tuple[str, str, str], int] | None,
                 last_tap: tuple[str, str] | None, now: float) -> JournalRecord | None:
         try:
-            return self.journal.append(fields, counters=counters, last_tap=last_tap, at=now)
-        except (JournalError, ValueError):
-            log.critical("journal append failed: decision not acted on", exc_info=True)
+            record = self.journal.append(fields, counters=counters, last_tap=last_tap, at=now)
+        except (JournalError, ValueError) as err:
+            if (isinstance(err, JournalError) and err.disk_full
+                    and self._on_disk_full is not None and self._on_disk_full()):
+                # the reserve was released: this record, then the out-of-service event
+                retried = self._append(fields, counters, last_tap, now)
+                self._go_out_of_service("disk_full", now)
+                return retried
+            self.journal_failures += 1
+            if self._journal_ok:     # one line per change of state, not one per tap
+                self._journal_ok = False
+                log.critical("journal append failed: decision not acted on", exc_info=True)
+            else:
+                log.debug("journal append failed again: %s", err)
             return None
+        if not self._journal_ok:
+            self._journal_ok = True
+            log.warning("journal writable again after %d refused appends",
+                        self.journal_failures)
+        return record

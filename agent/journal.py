@@ -15,20 +15,27 @@ connection, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.errors import YktError
 from agent.model import JournalRecord
+from agent.records import (
+    GENESIS,
+    ChainBreak,
+    canonical,
+    parse_utc,
+    record_hash,
+    utc_stamp,
+    verify_chain,
+)
 
 __all__ = [
     "GENESIS",
@@ -44,10 +51,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENESIS = "0" * 64
-"""The ``prev`` of record 1."""
-
 FORMAT_VERSION = 1
+
+WAL_LIMIT_BYTES = 1 << 20
+"""The WAL is truncated to at most this many bytes after a checkpoint (1 MiB)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -70,82 +77,25 @@ CREATE TABLE IF NOT EXISTS last_taps (
 
 
 class JournalError(YktError, RuntimeError):
-    """The journal cannot be written or is inconsistent (wrong terminal, broken file)."""
+    """The journal cannot be written or is inconsistent (wrong terminal, broken file).
 
-
-def canonical(body: Mapping[str, Any]) -> bytes:
-    """Canonical encoding of a record body: UTF-8 JSON, keys sorted, no spaces, no floats.
-
-    Raises ``ValueError`` if the body holds a float (floats have no single canonical text).
+    ``disk_full`` is True when the file system refused to grow the file (SQLITE_FULL or
+    ENOSPC): an alarm the terminal handles itself (:mod:`agent.diskguard`), not a bug.
     """
-    _reject_floats(body)
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
-def record_hash(body: Mapping[str, Any]) -> str:
-    """Hex SHA-256 of :func:`canonical` of ``body`` (which includes ``prev``)."""
-    return hashlib.sha256(canonical(body)).hexdigest()
+_SQLITE_FULL = 13
 
 
-def utc_stamp(epoch: float) -> str:
-    """RFC 3339 UTC time with milliseconds, e.g. ``2026-11-25T02:00:00.123Z``."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
-
-
-def parse_utc(stamp: str) -> float:
-    """Epoch seconds of an RFC 3339 stamp with ``Z`` or a UTC offset
-    (``2026-11-25T08:00:00Z``, ``…T16:00:00.123+08:00``). Raises ``ValueError`` for
-    anything else, including a stamp without an offset."""
-    if not isinstance(stamp, str):
-        raise ValueError(f"time {stamp!r} is not a string")
-    dt = datetime.fromisoformat(stamp[:-1] + "+00:00" if stamp.endswith(("Z", "z")) else stamp)
-    if dt.tzinfo is None:
-        raise ValueError(f"time {stamp!r} has no UTC offset")
-    return dt.timestamp()
-
-
-def _reject_floats(value: Any) -> None:
-    if isinstance(value, float):
-        raise ValueError(f"floats are not allowed in journal records: {value!r}")
-    if isinstance(value, Mapping):
-        for v in value.values():
-            _reject_floats(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            _reject_floats(v)
-
-
-@dataclass(frozen=True, slots=True)
-class ChainBreak:
-    """Where a chain fails to verify: ``seq`` and what is wrong there."""
-
-    seq: int
-    problem: str
-
-
-def verify_chain(records: Iterator[JournalRecord] | list[JournalRecord],
-                 prev: str = GENESIS, first_seq: int = 1) -> list[ChainBreak]:
-    """Check hashes, ``prev`` links and gapless ``seq`` of consecutive records.
-
-    ``prev``/``first_seq`` say where the checked range starts (after a prune, the hash of
-    the record before it). Returns the breaks found (empty when the chain verifies).
-    """
-    breaks: list[ChainBreak] = []
-    expected_seq = first_seq
-    for rec in records:
-        if rec.seq != expected_seq:
-            breaks.append(ChainBreak(rec.seq, f"gap: expected seq {expected_seq}"))
-        if rec.body.get("seq") != rec.seq:
-            breaks.append(ChainBreak(rec.seq, "body seq differs from record seq"))
-        if rec.body.get("prev") != prev:
-            breaks.append(ChainBreak(rec.seq, "prev does not match the previous hash"))
-        if record_hash(rec.body) != rec.hash:
-            breaks.append(ChainBreak(rec.seq, "hash does not match body"))
-        prev = rec.hash
-        expected_seq = rec.seq + 1
-    return breaks
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, sqlite3.Error):
+        code = getattr(err, "sqlite_errorcode", None)
+        return code == _SQLITE_FULL or "disk is full" in str(err)
+    return isinstance(err, OSError) and err.errno == errno.ENOSPC
 
 
 class Journal:
@@ -186,7 +136,31 @@ class Journal:
                              timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # checkpoint every ~1 MiB of WAL (not SQLite's 4 MiB) and truncate the WAL to
+        # that after each checkpoint: it never keeps megabytes that a full disk needs back
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_LIMIT_BYTES // 4096}")   # pages
         return db
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (after a prune, on a full disk).
+        Never raises: a checkpoint that cannot run now (a reader, no space) is retried by
+        the next call."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as err:
+                log.debug("checkpoint of %s deferred: %s", self.path, err)
+
+    def free_pages_bytes(self) -> int:
+        """Bytes of pages inside the file that pruned records left free for new ones."""
+        with self._lock:
+            try:
+                free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            except sqlite3.Error:
+                return 0
+        return int(free) * int(size)
 
     def get_meta(self, key: str) -> str | None:
         """A value of the journal's meta table (None if unset)."""
@@ -245,10 +219,12 @@ class Journal:
                         )
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:   # SQLITE_FULL has rolled it back already
+                        self._db.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as err:
-                raise JournalError(f"cannot append to journal {self.path}: {err}") from err
+            except (sqlite3.Error, OSError) as err:
+                raise JournalError(f"cannot append to journal {self.path}: {err}",
+                                   disk_full=_is_disk_full(err)) from err
             self._last_seq, self._last_hash = seq, digest
         return JournalRecord(seq=seq, body=body, hash=digest)
 
@@ -343,6 +319,15 @@ class Journal:
     def pending_count(self) -> int:
         """Records journaled but not yet acknowledged by the hub (the outbox depth)."""
         return self._last_seq - self._acked
+
+    def bodies_since(self, since: float, *, limit: int = 100_000) -> list[dict[str, Any]]:
+        """The bodies of the records stamped at or after ``since`` (epoch s), oldest first,
+        at most the newest ``limit`` (a restart rebuilds the replay cache from them)."""
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT body FROM records WHERE seq > ? AND ts >= ? ORDER BY seq",
+                (self._last_seq - limit, since)).fetchall()
+        return [json.loads(b) for (b,) in rows]
 
     def records(self, after: int = 0, limit: int = 1000) -> list[JournalRecord]:
         """Up to ``limit`` records with ``seq > after``, in order (uses the reader connection)."""

@@ -139,6 +139,8 @@ class Credential:
     authenticated_by: str = ""             # "psam:sm4", "sig:ES256", "sim", ...
     masked_id: str = ""                    # for local display only, e.g. "3701**********1234"
     masked_name: str = ""                  # for local display only, e.g. "张*"
+    replay_id: str = ""                    # a dynamic code's id (hex): journaled so the
+    replay_until_ms: int = 0               # replay cache is rebuilt after a restart
 
     def journal_fields(self) -> dict[str, Any]:
         """The fields of this credential that may be journaled and sent (no personal data)."""
@@ -149,6 +151,8 @@ class Credential:
             "region": self.region,
             "generation": self.generation,
             "auth": self.authenticated_by,
+            **({"code": self.replay_id, "code_until_ms": self.replay_until_ms}
+               if self.replay_id else {}),
         }
 
 

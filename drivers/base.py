@@ -23,7 +23,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
-from agent.model import Decision, JournalRecord, Presentation
+from agent.model import Decision, JournalRecord, Presentation, Prompt
 from agent.pseudonym import Pseudonymizer
 from drivers.exceptions import ConfigError
 from drivers.options import DriverOptions
@@ -157,6 +157,11 @@ class Actuator(abc.ABC):
 
         Must return quickly (start a timer rather than sleep); errors are logged by the agent.
         """
+
+    def failsafe(self, prompt: Prompt) -> None:  # noqa: B027 - optional hook
+        """Nothing could be journaled (a full or broken disk): tell the rider ``prompt``
+        ("设备故障 请稍后"). Never opens, charges or records anything; a gate stays shut.
+        Displays override it; the default does nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device. Safe to call twice."""

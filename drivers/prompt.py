@@ -187,6 +187,9 @@ class SimPrompter(Actuator):
     def act(self, decision: Decision, record: JournalRecord | None) -> None:
         self.show(self.prompt_for(decision))
 
+    def failsafe(self, prompt: Prompt) -> None:
+        self.show(prompt)
+
     def prompt_for(self, decision: Decision) -> Prompt:
         """The decision's prompt, with the outcome's beep pattern if it did not choose one."""
         p = decision.prompt

@@ -17,6 +17,7 @@ The load functions are typed by kind: :func:`load_source` (``cards``, ``codes``)
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
     from drivers.gate import SerialGate
     from drivers.qrdecode import QRDecoder
 
+log = logging.getLogger(__name__)
+
 __all__ = ["BACKENDS", "Backend", "backend_names", "load_actuator", "load_decoder",
+           "resolve_auto_cards",
            "load_gate", "load_pin_factory", "load_source", "options_for", "options_model"]
 
 SourceKind = Literal["cards", "codes"]
@@ -60,7 +64,7 @@ _NO_OPTIONS = DriverOptions
 #: kind → backend → Backend. Drivers add their entries here.
 BACKENDS: dict[str, dict[str, Backend]] = {
     "cards": {
-        # resolved to pcsc or sim at start (Terminal.card_backend); takes no options
+        # resolved to pcsc or sim at start (resolve_auto_cards); takes no options
         "auto": Backend("", AutoCardOptions),
         "sim": Backend("drivers.sim_cards:SimCardSource", SimCardOptions),
         "pcsc": Backend("drivers.pcsc:PcscCardSource", PcscCardOptions),
@@ -185,3 +189,20 @@ def load_decoder(name: str) -> type[QRDecoder]:
 def load_pin_factory(name: str) -> Any:
     """The gpiozero pin factory class of GPIO backend ``name`` (gpiozero is untyped)."""
     return _load("gpio", name)
+
+
+def resolve_auto_cards(*, demo: bool) -> str:
+    """What the ``auto`` card backend means here: ``pcsc`` when a PC/SC reader is present,
+    or on a production terminal (which then waits for one); ``sim`` in demo mode without
+    a reader."""
+    try:
+        from smartcard.System import readers
+
+        present = [str(r) for r in readers()]
+    except Exception:   # no pyscard, or pcscd not running
+        present = []
+    if present or not demo:
+        log.info("cards: auto -> pcsc (readers: %s)", ", ".join(present) or "none yet")
+        return "pcsc"
+    log.warning("cards: auto -> sim (no PC/SC reader present; demo mode)")
+    return "sim"

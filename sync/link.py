@@ -126,6 +126,8 @@ class Link:
         self._stopping = False
         self.connects = 0
         """How many times a connection was established (for tests and status)."""
+        self.connect_failures = 0
+        """How many connection attempts failed (logged at DEBUG: an outage is one WARNING)."""
         self.callback_errors = 0
         """How many callback exceptions were caught and logged."""
         self.server_max_packet: int | None = None
@@ -323,6 +325,7 @@ class Link:
                 self._guard("on_disconnect", self._on_disconnect_cb)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.connect_failures += 1
         log.debug("connection to %s:%s failed; retrying", self.settings.host,
                   self.settings.port)
         self._guard("reconnect-delay", self._next_delay)

@@ -31,8 +31,8 @@ PACKAGES = ("agent", "drivers", "sync", "simulator", "profiles")
 SIZED = ("agent", "drivers", "sync", "simulator")
 MAX_LINES = 450
 
-CORE = ("agent.model", "agent.engine", "agent.journal", "agent.rules", "agent.store",
-        "agent.store_schema", "agent.store_generations")
+CORE = ("agent.model", "agent.engine", "agent.journal", "agent.records", "agent.timebase",
+        "agent.rules", "agent.store", "agent.store_schema", "agent.store_generations")
 OUTSIDE_THE_CORE = ("drivers", "sync", "simulator")
 
 

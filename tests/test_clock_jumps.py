@@ -13,16 +13,21 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.codes import CodeVerifier, TrustStore
 from agent.config import AgentConfig
 from agent.daemon import Terminal
-from agent.engine import Outcome
+from agent.engine import Engine, Outcome
 from agent.journal import Journal
-from agent.model import ClockQuality
+from agent.model import ClockQuality, Presentation, PresentationKind, Reason
+from agent.pseudonym import Pseudonymizer
+from agent.rules import load_ruleset
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 from drivers.prompt import SimPrompter
 from drivers.sim_cards import SimCardSource
+from profiles import profile_path
 from simulator.demo import seed_store
+from simulator.phone import Phone, SimIssuer
 from simulator.population import CardHolder
 from tests.fixtures.hub import wait_until
 
@@ -133,6 +138,7 @@ def test_clock_set_back_an_hour_is_no_second_fare(bus: Bus, clocks: Clocks) -> N
     charged = [o for o in bus.outcomes if o.decision.product == "standard"]
     assert len(charged) == 2
     assert bus.terminal.status()["clock_offset_s"] == pytest.approx(-HOUR, abs=60)
+    assert "clock_jump" in bus.terminal.status()["alarms"]
 
 
 @pytest.mark.parametrize("jumps", [(-DAY, +DAY), (+DAY, -DAY), (-DAY, +2 * DAY)])
@@ -230,3 +236,34 @@ def test_the_first_synchronisation_is_followed_and_journaled() -> None:
     assert tb.now() == pytest.approx(START + 61)
     (jump,) = tb.take_jumps()
     assert not jump.followed
+
+
+def test_no_code_replay_across_clock_jumps(tmp_path: Path, qr_trust: TrustStore,
+                                           qr_issuers: dict[str, SimIssuer]) -> None:
+    """A forward jump used to purge the replay cache; the clock set back again then let the
+    same code in a second time."""
+    c = Clocks()
+    journal = Journal(tmp_path / "j.db", "BUS-QR")
+    store = PolicyStore(tmp_path / "s.db")
+    tb = TimeBase(wall=c.wall, mono=c.mono, floor=journal.last_time, anchors=journal)
+    pseudo = Pseudonymizer(b"clock-jump-test-key")
+    verifier = CodeVerifier(qr_trust, pseudonymizer=pseudo, clock=tb.now)
+    engine = Engine(load_ruleset(profile_path("bus_validator")), store, journal,
+                    verifier=verifier, timebase=tb, clock_quality=lambda: ClockQuality.SYNCED)
+    phone = Phone.enroll(qr_issuers["ES256"], holder_key="ab" * 16, now=START - HOUR)
+    other = Phone.enroll(qr_issuers["ES256"], holder_key="cd" * 16, now=START - HOUR)
+
+    def scan(text: str) -> Reason:
+        return engine.handle(Presentation(PresentationKind.CODE, "test", 0,
+                                          text=text)).decision.reason
+
+    code = phone.new_code(now=START)
+    assert scan(code) is Reason.ACCEPTED
+    c.wait(5)
+    c.jump(+DAY)                                  # a bad NTP answer
+    assert scan(other.new_code(now=START + 5)) is Reason.ACCEPTED   # purges nothing
+    c.wait(5)
+    c.jump(-DAY)                                  # corrected
+    assert scan(code) is Reason.CODE_REPLAYED
+    journal.close()
+    store.close()

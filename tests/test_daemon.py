@@ -41,7 +41,7 @@ def _config(tmp_path: Path, rate_per_min: float = 20000) -> Path:
 def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     watch_stderr(log, "agent process")
     with open(log, "ab") as err:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "agent.cli", "-v", "agent", "run",
+        return subprocess.Popen([sys.executable, "-m", "agent.cli", "-vv", "agent", "run",
                                  "--config", str(cfg)], stderr=err, stdout=subprocess.DEVNULL)
 
 

@@ -92,3 +92,29 @@ def test_codes_decide_through_the_daemon(rig: CodeRig, qr_issuers: dict[str, Sim
     assert rig.scan(lost_phone.new_code()).decision.reason is Reason.HOTLISTED
     j = rig.terminal.journal
     assert j is not None and j.last_seq == 5 and j.verify() == []
+
+
+def test_a_code_accepted_before_a_restart_is_still_a_replay_after_it(
+        tmp_path: Path, qr_trust_doc: dict[str, object],
+        qr_issuers: dict[str, SimIssuer]) -> None:
+    first = CodeRig(tmp_path, qr_trust_doc)
+    try:
+        pop = Population.generate(20, seed=9)
+        elderly = next(h for h in pop if "elderly" in h.tags)
+        phone = Phone.enroll(next(iter(qr_issuers.values())),
+                             holder_key=first.terminal.pseudonymizer.holder_key(elderly.ssn),
+                             birth_date=elderly.birth_date)
+        code = phone.new_code()
+        ok = first.scan(code)
+        assert ok.decision.accepted and ok.record is not None
+        cred = ok.record.body["cred"]
+        assert len(cred["code"]) == 32 and cred["code_until_ms"] > 0
+        assert code not in json.dumps(ok.record.body)
+    finally:
+        first.close()
+    again = CodeRig(tmp_path, qr_trust_doc)      # the daemon restarted on the same journal
+    try:
+        assert again.scan(code).decision.reason is Reason.CODE_REPLAYED
+        assert again.scan(phone.new_code()).decision.accepted   # the next code is fine
+    finally:
+        again.close()

@@ -83,7 +83,7 @@ def notify_socket(tmp_path: Path) -> Iterator[Notifications]:
 def _start(cfg: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     watch_stderr(log, f"agent process {log.name}")
     with open(log, "ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "agent.cli", "-v", "agent", "run",
+        return subprocess.Popen([sys.executable, "-m", "agent.cli", "-vv", "agent", "run",
                                  "--config", str(cfg)], stderr=err, stdout=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})})
 

@@ -26,6 +26,7 @@ from agent.journal import Journal
 from agent.model import ClockQuality, Reason
 from agent.store import PolicyStore
 from drivers.prompt import SimPrompter
+from drivers.scanner import SerialScannerSource
 from drivers.sim_cards import SimCardSource
 from simulator.demo import seed_store
 from simulator.pcscd import VirtualCardRig
@@ -156,6 +157,10 @@ def test_codes_from_a_serial_scanner_every_prompt_follows_the_commit(
         real_time=True)                  # the phone signs its codes with the real time
     terminal.start()
     try:
+        scanner = terminal.sources[0]
+        assert isinstance(scanner, SerialScannerSource)
+        # opening the pty flushes what was written before: scan only once it is open
+        assert scanner.port_open.wait(5), "the scanner did not open its port"
         pop = Population.generate(10, seed=9)
         elderly = next(h for h in pop if "elderly" in h.tags)
         phone = Phone.enroll(next(iter(qr_issuers.values())),
@@ -251,7 +256,10 @@ def test_a_journal_that_refuses_the_commit_moves_no_actuator(tmp_path: Path) -> 
         calls = probe.calls_of(name)
         assert [c.seq for c in calls] == [accepted.seq], f"{name} acted on the refused tap"
         assert calls[0].accepted and calls[0].durable
-    assert len(prompter.history) == 1
+    # the rider of the refused tap was told the terminal is out of order; nothing opened
+    assert probe.failsafes == [(PROMPT, "设备故障 请稍后"), ("gate", "设备故障 请稍后")]
+    assert [e.text for e in prompter.history][0] == "设备故障 请稍后"
+    assert len(prompter.history) == 2
     j = Journal(terminal.cfg.journal_path, "T-ORDER")
     assert j.verify() == [] and j.records(base, 10)[0].seq == accepted.seq
     j.close()

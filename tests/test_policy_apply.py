@@ -6,6 +6,8 @@ import json
 import threading
 from datetime import date
 
+import pytest
+
 from agent.codes.trust import TrustStore
 from agent.engine import Outcome
 from agent.model import Reason
@@ -209,3 +211,22 @@ def test_an_apply_that_lands_but_reports_failure_is_switched_to(policy_env: Poli
     env.build(env.population_sources())
     applied = t.applier.offer(env.repo.latest_envelope(), None)
     assert applied is not None and t.store.info.version == 1 and seen == [1]
+
+
+def test_a_snapshot_never_starts_without_room_for_it_and_the_journal_reserve(
+        policy_env: PolicyEnv) -> None:
+    env = policy_env
+    t = env.terminal()
+    free = [0]
+    t.applier.keep_free_bytes = 16 << 20                 # the journal's reserve, twice
+    t.applier._free_bytes = lambda path: free[0]
+    built = env.build(env.population_sources())
+    parts = sum(p.size for p in built.parts if p.kind in ("entitlements", "hotlist"))
+    need = max(t.store.active_path.stat().st_size, 4 * parts) + (16 << 20)
+    free[0] = need - 1                                   # one byte short
+    with pytest.raises(ApplyFailed, match="not enough disk space for a snapshot"):
+        t.applier.offer(env.repo.latest_envelope(), None)
+    assert t.store.info.version == 0, "nothing was applied"
+    free[0] += 1
+    applied = t.applier.offer(env.repo.latest_envelope(), None)
+    assert applied is not None and applied.mode == "snapshot"

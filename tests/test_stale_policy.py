@@ -46,7 +46,9 @@ def test_deny_all_denies_every_tap_once_the_policy_expires(policy_env: PolicyEnv
         publish_envelope(broker, v1)
         daemon.wait_version(1)
         engine = daemon.terminal.engine
-        assert engine is not None and engine.ruleset.profile.stale_policy == "deny_all"
+        assert engine is not None
+        with engine.between_taps():     # the store and the rules switch together in here
+            assert engine.ruleset.profile.stale_policy == "deny_all"
         standard = env.pop.tagged("standard")
         elderly = env.pop.tagged("elderly")[0]
         hotlisted = env.pop.tagged("hotlisted")[0]

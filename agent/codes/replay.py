@@ -20,6 +20,7 @@ import enum
 import heapq
 import logging
 import threading
+from collections.abc import Iterable
 
 __all__ = ["ReplayCache", "ReplayVerdict"]
 
@@ -78,6 +79,15 @@ class ReplayCache:
                                 "expiring before %.0f are refused", self._max, self.dropped,
                                 until)
             return ReplayVerdict.NEW
+
+    def seed(self, entries: Iterable[tuple[bytes, float]], now: float) -> int:
+        """Remember codes accepted before a restart (``(code_id, expires_at)``, e.g. from
+        the journal); entries already expired at ``now`` are skipped. Returns how many."""
+        n = 0
+        for code_id, expires_at in entries:
+            if expires_at >= now and self.record(code_id, expires_at, now) is ReplayVerdict.NEW:
+                n += 1
+        return n
 
     def check_and_add(self, code_id: bytes, expires_at: float, now: float) -> bool:
         """True if ``code_id`` is new (and now recorded); False if it must be refused as a

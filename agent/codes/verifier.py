@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from agent.codes.replay import ReplayCache
@@ -61,6 +61,23 @@ class CodeVerifier:
                                window_ahead_s=window_ahead_s, allowance_s=allowance_s,
                                pseudonymizer=pseudonymizer, replay=self.replay)
         self.schemes = SchemeRegistry([self.ykt1])
+
+    def remember(self, bodies: Iterable[Mapping[str, Any]], now: float) -> int:
+        """Seed the replay cache from journal record bodies (``cred.code`` and
+        ``cred.code_until_ms``), so a restart forgets no code still within its window.
+        Malformed entries are skipped. Returns how many codes were remembered."""
+        def entries() -> Iterator[tuple[bytes, float]]:
+            for body in bodies:
+                cred = body.get("cred")
+                if not isinstance(cred, Mapping):
+                    continue
+                code, until = cred.get("code"), cred.get("code_until_ms")
+                if isinstance(code, str) and isinstance(until, int) and len(code) == 32:
+                    try:
+                        yield bytes.fromhex(code), until / 1000
+                    except ValueError:
+                        continue
+        return self.replay.seed(entries(), now)
 
     def register(self, scheme: CodeScheme) -> None:
         """Add another code scheme (by its prefixes); ``ValueError`` if a prefix is taken."""

@@ -278,8 +278,8 @@ class Ykt1Scheme:
         # kept for the widest window any clock quality gives: a clock that falls back from
         # synced to RTC widens the window, and the code must still be known as seen
         widest = max(self.allowance_s.values(), default=0.0)
-        seen = self.replay.record(code_id, iat + self.window_back_s + max(allowance, widest),
-                                  now)
+        until = iat + self.window_back_s + max(allowance, widest)
+        seen = self.replay.record(code_id, until, now)
         if seen is not ReplayVerdict.NEW:
             raise _Refused(Reason.CODE_REPLAYED, seen.value, cert)
         auth = cert.holder_alg.name if cert.issuer_alg == cert.holder_alg.name else (
@@ -291,6 +291,7 @@ class Ykt1Scheme:
             valid_until=datetime.fromtimestamp(cert.exp, UTC).date(),
             birth_date=cert.birth_date, categories=cert.categories,
             authenticated_by=f"sig:{auth}",
+            replay_id=code_id.hex(), replay_until_ms=int(until * 1000),
         )
 
     def _certificate(self, cert_raw: bytes, now: float, allowance: float) -> HolderCertificate:

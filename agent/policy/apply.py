@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -171,8 +172,14 @@ class PolicyApplier:
                  staging_dir: str | Path | None = None, runner: ApplyRunner | None = None,
                  clock: Callable[[], float] = time.time,
                  guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                 compactor: Compactor | None = None) -> None:
+                 compactor: Compactor | None = None, keep_free_bytes: int = 0,
+                 free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free
+                 ) -> None:
         self.store = store
+        self.keep_free_bytes = keep_free_bytes
+        """Disk space an apply must leave free (bytes): the journal's reserve and as much
+        again, so a policy never eats the room the journal needs."""
+        self._free_bytes = free_bytes
         self.guard = guard
         self.compactor = compactor or Compactor(store)
         self.channel = channel
@@ -336,6 +343,8 @@ class PolicyApplier:
             info=asdict(info), expect=asdict(have) if delta else None,
             entitlements=data[slots[0]], hotlist=data[slots[1]], artifacts=artifacts,
             totals={} if delta else dict(manifest.totals))
+        if plan.mode == "snapshot":
+            self._check_room(manifest)
         log.info("applying %s as %s (from %s)", info.label, plan.mode, have.label)
         result = AppliedPolicy(info, {p: b.decode() for p, b in rules.items()},
                                checked.issuers, checked.settings, plan.mode, checked.rulesets,
@@ -357,6 +366,23 @@ class PolicyApplier:
         log.info("policy %s applied (%s)", info.label, plan.mode)
         self.compactor.start()
         return result
+
+    def _check_room(self, manifest: Manifest) -> None:
+        """A snapshot builds a new generation beside the active one: refuse to start
+        (:class:`ApplyFailed`, retried later) unless the disk holds about one more store
+        (the active one's size, or four times the compressed parts for a first apply)
+        on top of :attr:`keep_free_bytes`."""
+        try:
+            active = self.store.active_path.stat().st_size
+        except OSError:
+            active = 0
+        parts = sum(p.size for p in manifest.parts if p.kind in ("entitlements", "hotlist"))
+        need = max(active, 4 * parts) + self.keep_free_bytes
+        free = self._free_bytes(self.store.path.parent)
+        if free < need:
+            raise ApplyFailed(Refusal.APPLY_FAILED,
+                              f"not enough disk space for a snapshot: needs {need >> 20} MiB "
+                              f"(the journal's reserve kept), {free >> 20} MiB free")
 
     def _obtain(self, env: Envelope, manifest: Manifest, ref: PartRef,
                 fetcher: PartFetcher | None) -> Path:

@@ -21,9 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from agent.policy.runners import stage_command
+from agent.policy.runners import relay_child_stderr, stage_command
 from agent.store import PolicyStore
 
 __all__ = ["CompactionCounters", "Compactor"]
@@ -70,6 +71,7 @@ class Compactor:
         self.quiet_s = quiet_s
         self.clock = clock
         self._proc: subprocess.Popen[str] | None = None
+        self._stderr = Path(f"{store.path}.compact.err")
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._last_activity = -1e9       # clock() of the last presentation
@@ -150,9 +152,11 @@ class Compactor:
             self.merged = 0
             self._paused = False
             self._done.clear()
-            self._proc = subprocess.Popen(
-                stage_command(self.store.path, self.python, compact=True),
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._stderr = Path(f"{self.store.path}.compact.err")
+            with open(self._stderr, "w") as err:   # read back when the child ends
+                self._proc = subprocess.Popen(
+                    stage_command(self.store.path, self.python, compact=True),
+                    stdout=subprocess.PIPE, stderr=err, text=True)
             self._count(started=1)
             if self.clock() - self._last_activity < self.quiet_s:
                 self._pause()
@@ -190,6 +194,11 @@ class Compactor:
                     self._count(batches=1)
         proc.stdout.close()
         proc.wait()
+        try:
+            relay_child_stderr(self._stderr.read_text(errors="replace"), "policy merge child")
+            self._stderr.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("cannot read the merge child's errors: %s", err)
         self._done.set()
         self._paused = False
         if proc.returncode == 0:

@@ -12,6 +12,7 @@ Both raise :class:`~agent.policy.errors.BundleRefused` or
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from typing import Protocol
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.stage import ApplyPlan, execute_plan
 from agent.store import StoreError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ApplyRunner", "InProcessRunner", "SubprocessRunner", "stage_command"]
 
@@ -61,6 +64,22 @@ def stage_command(plan_path: str | Path, python: str = sys.executable,
     return cmd
 
 
+def relay_child_stderr(text: str, who: str) -> None:
+    """Pass what a policy child process wrote to stderr on to this process's log: its
+    ERROR/CRITICAL lines and tracebacks at ERROR, its WARNING lines at WARNING (the child
+    logs with ``logging.basicConfig``'s ``LEVEL:name:message``). Nothing a child reports
+    is lost in a pipe, and the test suite's log guard sees it."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(("ERROR:", "CRITICAL:")):
+            log.error("%s: %s", who, line)
+        elif line.startswith("WARNING:"):
+            log.warning("%s: %s", who, line)
+        elif line.startswith("Traceback (most recent call last):"):
+            tail = next((x for x in lines[i + 1:] if x and not x.startswith(" ")), "")
+            log.error("%s crashed: %s", who, tail)
+
+
 class SubprocessRunner:
     """Runs plans in ``python -m agent.policy.stage`` (the default on terminals): the
     insert work never holds the daemon's GIL, and a crash of the child is just a failed
@@ -84,6 +103,7 @@ class SubprocessRunner:
                 raise ApplyFailed(Refusal.APPLY_FAILED, "apply process timed out") from None
         finally:
             plan_path.unlink(missing_ok=True)
+        relay_child_stderr(err, "policy apply child")
         last = out.strip().splitlines()[-1] if out.strip() else "{}"
         try:
             result = json.loads(last)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.sdnotify import notify, supervise
 from sync.hub.service import Hub
 from sync.hub.store import HubStore, SqliteHubStore
 from sync.link import MqttSettings
@@ -141,7 +142,11 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
         print(f"hub ready: db={_where(store, args.db)} "
               f"broker={settings.host}:{settings.port}", flush=True)
-        done.wait()
+        # under systemd (Type=notify): ready, then the watchdog while the main loop runs;
+        # the ingest itself rides on the MQTT client's thread and is retried by terminals
+        notify("READY=1", f"STATUS=ingesting from {settings.host}:{settings.port}")
+        supervise(done, lambda: None, f"ingesting from {settings.host}:{settings.port}")
+        notify("STOPPING=1")
     finally:
         hub.stop()
         store.close()

@@ -1,0 +1,84 @@
+"""``ykt status`` and ``ykt sync now|status``: what a technician asks a terminal first.
+
+From the running daemon through its control socket (``DATA_DIR/control.sock``), falling
+back to the files when the daemon is down. Exit 0 when the daemon runs with no alarm,
+1 when it is down or reports an alarm (``docs/operations.md`` says what to do), 2 for a
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from agent.config import ConfigFileError, load_config
+from agent.control import SOCKET_NAME, ask, status_from_files
+from agent.textcols import pad
+
+__all__ = ["register"]
+
+_ORDER = ("terminal", "profile", "daemon", "policy", "policy_state", "policy_expires",
+          "unmerged", "last_seq", "acked_seq", "outbox", "oldest_unsynced", "clock",
+          "clock_offset_s", "disk_free_mb", "alarms")
+
+
+def _text(st: dict[str, Any]) -> str:
+    lines = [f"{pad(k, 16, '>')}: {st[k]}" for k in _ORDER if k in st and k != "alarms"]
+    alarms = st.get("alarms")
+    lines.append(f"{pad('alarms', 16, '>')}: {', '.join(alarms) if alarms else 'none'}")
+    for d in st.get("last_decisions") or []:
+        what = d.get("event") or ("ACCEPT" if d.get("accepted") else "DENY")
+        lines.append(f"{'':>16}  #{d.get('seq')} {d.get('time')} {what} "
+                     f"{d.get('reason') or ''} {d.get('product') or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    st = ask(cfg.terminal.data_dir / SOCKET_NAME, "status") or status_from_files(cfg)
+    print(json.dumps(st, ensure_ascii=False, indent=2) if args.json else _text(st))
+    return 1 if st.get("daemon") != "running" or st.get("alarms") else 0
+
+
+def _sync_now(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    reply = ask(cfg.terminal.data_dir / SOCKET_NAME, "sync")
+    if reply is None:
+        print("ykt sync now: the agent is not running (systemctl start ykt-agent)",
+              file=sys.stderr)
+        return 1
+    if "error" in reply:
+        print(f"ykt sync now: {reply['error']}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply) if args.json else f"sync started; {reply['outbox']} records pending")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", default="/etc/ykt/terminal.toml",
+                       help="terminal config file (default: %(default)s)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("status", help="the terminal now: daemon, policy, outbox, clock, "
+                       "disk, alarms, last decisions")
+    common(p)
+    p.set_defaults(func=_status)
+    sync = sub.add_parser("sync", help="the uplink to the hub")
+    ssub = sync.add_subparsers(dest="sync_cmd", metavar="ACTION", required=True)
+    p = ssub.add_parser("now", help="send what is pending now")
+    common(p)
+    p.set_defaults(func=_sync_now)
+    p = ssub.add_parser("status", help="journal position and outbox (same as `ykt status`)")
+    common(p)
+    p.set_defaults(func=_status)
