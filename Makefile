@@ -13,11 +13,13 @@ DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gc
 PYTEST_ARGS ?=
 CARDS ?= sim
 PROFILE ?= bus_validator
+# the demo speaks mutual TLS with an enrolled terminal (docs/security.md); TLS= for plain MQTT
+TLS ?= --tls
 
 .PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall
 
 demo: $(STAMP) firmware
-	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE)
+	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE) $(TLS)
 
 test: $(STAMP) firmware
 	$(BIN)/ruff check .

@@ -36,6 +36,8 @@ SUBCOMMAND_MODULES = [
     "agent.cli_qr",       # ykt qr decode / issue
     "agent.cli_policy",   # ykt hub policy …
     "sync.hub.cli",       # ykt hub run / export / report / fleet
+    "sync.hub.cli_trust",  # ykt hub ca / identity / broker-config / enroll / web / revoke / crl
+    "agent.cli_enroll",   # ykt enroll (terminal side)
 ]
 
 

@@ -39,7 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         taps = args.taps or (120 if args.profile == "bus_validator" else 40)
         s = run_demo(taps, profile=args.profile, seed=args.seed, outage=not args.no_outage,
-                     cards_backend=args.cards,
+                     tls=args.tls, cards_backend=args.cards,
                      workdir=args.workdir, gap_s=args.gap,
                      on_outcome=on_outcome, on_event=on_event)
     except (RuntimeError, FileNotFoundError, TimeoutError, ValueError) as err:
@@ -80,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="sim: in-process cards; vpcd: virtual cards through pcscd + pyscard")
     p.add_argument("--seed", type=int, default=7, help="population and script seed")
     p.add_argument("--no-outage", action="store_true", help="skip the broker outage")
+    p.add_argument("--tls", action="store_true",
+                   help="mutual TLS: hub CA, generated broker config, terminal enrolled "
+                        "over HTTPS (docs/security.md)")
     p.add_argument("--gap", type=float, default=0.03, help="real seconds between taps")
     p.add_argument("--workdir", help="keep the run's files here (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")

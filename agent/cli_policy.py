@@ -106,7 +106,13 @@ def _repo_args(p: argparse.ArgumentParser) -> None:
 def _mqtt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt-host", default="127.0.0.1")
     p.add_argument("--mqtt-port", type=int, default=1883)
-    p.add_argument("--tls-ca", type=Path, help="CA file: connect with TLS")
+    p.add_argument("--tls-ca", type=Path, help="CA file: connect with TLS "
+                   "(default $CREDENTIALS_DIRECTORY/mqtt-ca.crt if present)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (an operator identity "
+                   "from `ykt hub identity issue NAME --role operator`)")
+    p.add_argument("--tls-key", type=Path, help="the client certificate's private key")
+    p.add_argument("--mqtt-username", default=None,
+                   help="MQTT user name (password from $YKT_MQTT_PASSWORD or credentials)")
 
 
 def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
@@ -183,7 +189,30 @@ def _pseudonymizer(demo: bool) -> Any:
 def _settings(args: argparse.Namespace) -> Any:
     from sync.link import MqttSettings
 
-    return MqttSettings(host=args.mqtt_host, port=args.mqtt_port, tls_ca_file=args.tls_ca)
+    return MqttSettings(host=args.mqtt_host, port=args.mqtt_port, tls_ca_file=args.tls_ca,
+                        tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
+                        username=args.mqtt_username)
+
+
+def _publish_capped(repo: Any, args: argparse.Namespace) -> int:
+    """Publish the latest envelope retained, QoS 1, and check the broker's PUBACK
+    (``PermissionError`` when refused); ``ValueError`` when it is over the manifest cap
+    terminals accept (:data:`agent.mqtt_settings.MANIFEST_MAX_BYTES`)."""
+    from agent.mqtt_settings import MANIFEST_MAX_BYTES
+    from sync.session import BrokerSession
+    from sync.topics import policy_manifest
+
+    data = repo.latest_envelope()
+    if len(data) > MANIFEST_MAX_BYTES:
+        raise ValueError(f"the {len(data)}-byte manifest is over the {MANIFEST_MAX_BYTES}-byte "
+                         "cap terminals accept; move data into parts served over HTTP")
+    with BrokerSession(_settings(args), "") as session:   # the broker names it (its CN)
+        session.connect()
+        rc = session.publish(str(policy_manifest(args.channel)), data, retain=True)
+    if rc >= 0x80:
+        raise PermissionError(f"the broker refused the manifest (reason {rc:#x}): publish "
+                              "with an operator or hub certificate")
+    return int(repo.version)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -205,7 +234,7 @@ def _build(args: argparse.Namespace) -> int:
             key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,
             base_url=args.base_url)
         if args.publish:
-            repo.publish(_settings(args))
+            _publish_capped(repo, args)
     except (OSError, ValueError, LookupError, PermissionError, TimeoutError) as err:
         return _fail(str(err))
     finally:
@@ -228,8 +257,8 @@ def _publish(args: argparse.Namespace) -> int:
 
     repo = PolicyRepo(args.repo, args.channel)
     try:
-        version = repo.publish(_settings(args))
-    except (LookupError, TimeoutError, OSError) as err:
+        version = _publish_capped(repo, args)
+    except (LookupError, TimeoutError, OSError, ValueError) as err:
         return _fail(str(err))
     finally:
         repo.close()

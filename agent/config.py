@@ -25,7 +25,7 @@ from pydantic import (
 
 from agent.keys import DEMO_PSEUDONYM_KEY, pseudonym_key, read_secret
 from agent.model import Location
-from agent.mqtt_settings import MqttSettings
+from agent.mqtt_settings import AGENT_MAX_PACKET, MqttSettings
 from agent.tomlconf import ConfigFileError, load_toml_model
 from drivers.options import DriverOptions
 from drivers.registry import backend_names, options_model
@@ -163,6 +163,10 @@ class MqttSection(MqttSettings):
     """The MQTT link to the hub (all of :class:`agent.mqtt_settings.MqttSettings`) plus ``enabled``."""
 
     enabled: bool = Field(True, description="sync with the hub over MQTT")
+    max_packet_size: int = Field(
+        AGENT_MAX_PACKET, ge=1024, le=268435455,
+        description="MQTT 5 Maximum Packet Size of the terminal's connection, bytes: the "
+                    "largest message it accepts (a 192 KiB manifest and its topic)")
 
     def link_settings(self) -> MqttSettings:
         return MqttSettings.model_validate(self.model_dump(exclude={"enabled"}))

@@ -323,7 +323,7 @@ class Terminal:
         from sync.uplink import Uplink
 
         assert self.journal
-        settings = self.cfg.mqtt.link_settings()
+        settings = self.cfg.mqtt.link_settings().with_identity(self.cfg.identity.dir)
         identity = None
         if self.cfg.identity.dir is not None:  # signed protocol v2; without: legacy v1
             from sync.acks import UplinkIdentity

@@ -47,6 +47,12 @@ tree (also in ``docs/architecture.md``)::
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
      ├── BadSignature (ValueError)              sync.signed: a v2 message's signature fails
      ├── UntrustedTerminal (ValueError)         sync.hub.trust: not enrolled, or revoked
+     ├── PacketTooLarge (ValueError)            sync.link: over the broker's packet limit
+     ├── SessionRefused (ConnectionError)       sync.session: the broker refused a connection
+     ├── EnrollmentError                        agent.enroll: the hub refused or is not the one
+     │    └── CertificateExpired                  the certificate expired: re-enroll (new token)
+     ├── EnrollmentRefused                      sync.hub.enroll: bad/used/expired token, bad CSR
+     ├── DynsecError                            sync.hub.dynsec: the broker refused a command
      ├── PgStoreError (OSError)                 sync.hub.pgstore: PostgreSQL unusable
      ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
      └── CardPulled                             simulator.vcard: a virtual card leaves the field

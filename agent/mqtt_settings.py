@@ -8,18 +8,33 @@ A neutral module: :mod:`agent.config` builds its ``[mqtt]`` section on it and
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.keys import read_secret
 
-__all__ = ["PASSWORD_CREDENTIAL", "PASSWORD_ENV", "MqttSettings"]
+__all__ = ["AGENT_MAX_PACKET", "BROKER_MAX_PACKET", "CREDENTIAL_FILES", "MANIFEST_MAX_BYTES", "PASSWORD_CREDENTIAL",
+           "PASSWORD_ENV", "MqttSettings"]
 
 PASSWORD_ENV = "YKT_MQTT_PASSWORD"
 """Environment variable holding the MQTT password (never the config file)."""
 PASSWORD_CREDENTIAL = "mqtt-password"
 """File name of the password in systemd's ``$CREDENTIALS_DIRECTORY``."""
+CREDENTIAL_FILES = {"tls_ca_file": "mqtt-ca.crt", "tls_cert_file": "mqtt-client.crt",
+                    "tls_key_file": "mqtt-client.key"}
+"""File names of the TLS files in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``),
+used when the settings name none."""
+MANIFEST_MAX_BYTES = 192 * 1024
+"""Largest signed policy manifest (envelope) a publisher sends and a terminal accepts."""
+BROKER_MAX_PACKET = 8 * 1024 * 1024
+"""The broker's ``max_packet_size`` (``ykt hub broker-config``) and the default limit of a
+hub or publisher connection, bytes: a full tx batch (5000 records of up to ~1.5 KB each
+as JSON) fits."""
+AGENT_MAX_PACKET = MANIFEST_MAX_BYTES + 8 * 1024
+"""A terminal's MQTT 5 Maximum Packet Size, bytes: the largest thing it receives is a
+manifest; 8 KiB leave room for the topic and properties."""
 
 
 class MqttSettings(BaseModel):
@@ -43,6 +58,10 @@ class MqttSettings(BaseModel):
     username: str | None = Field(
         default=None, description="MQTT user name; the password comes from YKT_MQTT_PASSWORD or "
                           "$CREDENTIALS_DIRECTORY/mqtt-password")
+    max_packet_size: int = Field(
+        default=BROKER_MAX_PACKET, ge=1024, le=268435455,
+        description="MQTT 5 Maximum Packet Size sent in CONNECT: the broker sends nothing "
+                    "larger, and larger messages are dropped before parsing, bytes")
     reconnect_min_s: float = Field(default=0.5, gt=0, le=600,
                                    description="first reconnect wait, seconds")
     reconnect_max_s: float = Field(default=30.0, gt=0, le=3600,
@@ -57,6 +76,35 @@ class MqttSettings(BaseModel):
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
         return self
+
+    def with_identity(self, identity_dir: Path | None) -> MqttSettings:
+        """These settings with the TLS files of a terminal identity directory
+        (``ca.crt``, ``terminal.crt``, ``terminal.key``, see :mod:`agent.identity`) where
+        they name none; unchanged without a directory."""
+        if identity_dir is None:
+            return self
+        d = Path(identity_dir)
+        return self._fill({"tls_ca_file": d / "ca.crt", "tls_cert_file": d / "terminal.crt",
+                           "tls_key_file": d / "terminal.key"})
+
+    def with_credentials(self) -> MqttSettings:
+        """These settings with the TLS files found in ``$CREDENTIALS_DIRECTORY``
+        (:data:`CREDENTIAL_FILES`) where they name none and the file exists."""
+        cred = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred:
+            return self
+        found = {k: Path(cred) / name for k, name in CREDENTIAL_FILES.items()
+                 if (Path(cred) / name).exists()}
+        return self._fill(found)
+
+    def _fill(self, files: dict[str, Path]) -> MqttSettings:
+        if self.tls_ca_file is not None or not files.get("tls_ca_file"):
+            return self
+        update: dict[str, Path] = {"tls_ca_file": files["tls_ca_file"]}
+        if self.tls_cert_file is None and "tls_cert_file" in files and "tls_key_file" in files:
+            update |= {"tls_cert_file": files["tls_cert_file"],
+                       "tls_key_file": files["tls_key_file"]}
+        return self.model_copy(update=update)
 
     def password(self) -> str | None:
         """The password from ``$YKT_MQTT_PASSWORD`` or ``$CREDENTIALS_DIRECTORY/mqtt-password``.

@@ -3,12 +3,19 @@
 The broker is a child process with its own config and (optional) persistence directory;
 ``stop()``/``start()`` keep the same port so clients can reconnect, which is how tests
 and the demo simulate a broker outage.
+
+Two modes: plain (anonymous, no TLS: development, the ``broker`` test fixture) and
+:meth:`Mosquitto.from_broker_config` — the configuration written by ``ykt hub broker-config``
+(:mod:`sync.hub.brokerconf`: mutual TLS, dynamic-security ACLs, CRL), the same one users
+run. :meth:`Mosquitto.reload` sends SIGHUP (Mosquitto re-reads its CRL then).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -53,7 +60,9 @@ class Mosquitto:
         self.persistence = persistence
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
+        self.tls = False
         self.conf = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
@@ -66,6 +75,28 @@ class Mosquitto:
             "log_type warning\n"
         )
 
+    @classmethod
+    def from_broker_config(cls, conf: Path, port: int, *, start_timeout: float = 10.0) -> Mosquitto:
+        """A broker run from a configuration written by ``ykt hub broker-config`` for
+        ``127.0.0.1:port`` (its directory is the broker's; it is not removed on close).
+        Its log goes to ``mosquitto.log`` in a directory of its own beside it."""
+        logdir = Path(conf).parent.with_name(Path(conf).parent.name + "-log")
+        b = cls(port, workdir=logdir, persistence=False, start_timeout=start_timeout)
+        b._own_dir = False
+        b.conf = Path(conf)
+        b.tls = True
+        return b
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its configuration files, the CRL among them."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("mosquitto is not running")
+        os.kill(self._proc.pid, signal.SIGHUP)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -74,7 +105,7 @@ class Mosquitto:
         """Start the broker (no-op if running) and wait until it accepts connections."""
         if self.running:
             return
-        log_file = open(self.workdir / "mosquitto.log", "ab")  # noqa: SIM115 - owned by proc
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by proc
         self._proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
                                       stdout=log_file, stderr=log_file)
         log_file.close()
@@ -82,7 +113,7 @@ class Mosquitto:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited with {self._proc.returncode}; see "
-                                   f"{self.workdir / 'mosquitto.log'}")
+                                   f"{self.log_path}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return

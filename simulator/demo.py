@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -104,13 +105,14 @@ def _script(pop: Population, taps: int, rnd: random.Random) -> list[str | int]:
 class _Hub:
     """The hub as a real second process (``ykt hub run``)."""
 
-    def __init__(self, db: Path, port: int, workdir: Path) -> None:
+    def __init__(self, db: Path, port: int, workdir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.db = db
         self._log = open(workdir / "hub.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "-v", "hub", "run", "--db", str(db),
              "--host", "127.0.0.1", "--port", str(port), "--reconnect-max", "1"],
-            stdout=self._log, stderr=self._log)
+            stdout=self._log, stderr=self._log, env={**os.environ, **(env or {})})
 
     def export(self) -> list[dict[str, Any]]:
         out = subprocess.run([sys.executable, "-m", "agent.cli", "hub", "export", "--db",
@@ -140,12 +142,14 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
              outage: bool = True, cards_backend: str = "sim",
              workdir: str | Path | None = None, gap_s: float = 0.01,
              on_outcome: Callable[[Outcome, str], None] | None = None,
-             on_event: Callable[[str], None] | None = None) -> DemoSummary:
+             on_event: Callable[[str], None] | None = None, tls: bool = False) -> DemoSummary:
     """Run the whole demo; returns its summary. ``gap_s`` is the real pause between taps.
 
     Simulated time: each tap advances a simulated clock by 5–40 s from the profile's
     opening time. ``cards_backend`` ``"vpcd"`` presents virtual cards through the real
     pcscd + vpcd + pyscard path (with the virtual PSAM) instead of the in-process ``sim``.
+    ``tls``: mutual TLS on the broker ``ykt hub broker-config`` writes, the terminal
+    enrolled over the hub's HTTPS endpoint (:mod:`simulator.trust`).
     Raises ``RuntimeError`` if the backlog does not reach the hub within 60 s.
     """
     if profile not in _PROFILES:
@@ -160,9 +164,16 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
     today = datetime.now(tz).date()
     hh, mm = (int(x) for x in spec["start"].split(":"))
     sim_now = [datetime(today.year, today.month, today.day, hh, mm, tzinfo=tz).timestamp()]
-    broker = Mosquitto(workdir=work / "broker")
-    broker.start()
-    hub = _Hub(work / "hub.db", broker.port, work)
+    secure = None
+    if tls:
+        from simulator.trust import secure_demo
+
+        secure = secure_demo(work, spec["id"], [])
+        broker = secure.broker
+    else:
+        broker = Mosquitto(workdir=work / "broker")
+        broker.start()
+    hub = _Hub(work / "hub.db", broker.port, work, secure.hub_env if secure else None)
     cfg_dict: dict[str, Any] = {
         "terminal": {"id": spec["id"], "profile": profile, "data_dir": str(work / "terminal"),
                      "demo": True},
@@ -170,6 +181,8 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.2,
                  "reconnect_max_s": 1.0},
     }
+    if secure is not None:
+        cfg_dict["identity"] = {"dir": str(secure.terminal_identity)}
     if spec["gate"]:
         cfg_dict["gate"] = {"enabled": True, "backend": "sim",
                             "options": {"direction": "in", "open_ms": 700}}
@@ -282,7 +295,7 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
     finally:
         terminal.stop()
         hub.stop()
-        broker.close()
+        (secure or broker).close()
         if rig is not None:
             rig.close()
     rows = [r for r in hub.export() if r.get("terminal") == cfg.terminal.id]

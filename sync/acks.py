@@ -30,10 +30,10 @@ from agent.identity import (
     load_public_key,
     sign,
 )
-from sync.signed import b64, tx_head_bytes
+from sync.signed import b64, load_json, tx_head_bytes
 
-__all__ = ["SENT_MEMORY", "Ignored", "SentBatch", "SentBatches", "UplinkIdentity",
-           "encode_batch_v2", "new_batch_id"]
+__all__ = ["PROTOCOL_V1", "SENT_MEMORY", "Ignored", "SentBatch", "SentBatches",
+           "UplinkIdentity", "encode_batch", "encode_batch_v2", "new_batch_id", "parse_ack"]
 
 log = logging.getLogger("sync.uplink")
 
@@ -130,3 +130,31 @@ class Ignored:
             self._logged[kind] = now
             log.warning("ignored %d message(s) counted as %s (%d in all); latest: %s",
                         self._since.pop(kind), kind, self.stats[kind], detail[:200])
+
+
+PROTOCOL_V1 = 1
+"""The legacy, unsigned protocol (``docs/protocol.md`` §4, §5)."""
+
+
+def encode_batch(terminal: str, rows: list[tuple[int, str, str]]) -> bytes:
+    """The tx payload for ``rows`` of ``(seq, canonical body text, hash)``.
+
+    The canonical body text is embedded verbatim (it is JSON), so nothing is re-encoded.
+    """
+    parts = ",".join(f'{{"seq":{seq},"body":{body},"hash":"{digest}"}}'
+                     for seq, body, digest in rows)
+    return (f'{{"v":{PROTOCOL_V1},"terminal":{json.dumps(terminal)},'
+            f'"records":[{parts}]}}').encode()
+
+
+def parse_ack(payload: bytes) -> int:
+    """The ``seq`` of an ack payload ``{"v":1,"seq":N}``. Raises ``ValueError`` if malformed."""
+    msg = load_json(payload, 4096)
+    if not isinstance(msg, dict):
+        raise ValueError("ack is not a JSON object")
+    if msg.get("v") != PROTOCOL_V1:
+        raise ValueError(f"ack has unsupported version {msg.get('v')!r}")
+    seq = msg.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ValueError("ack seq is not a non-negative integer")
+    return seq

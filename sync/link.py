@@ -14,6 +14,17 @@
 
 :meth:`Link.publish` raises :class:`NotConnected` while disconnected instead of queueing
 or silently dropping: callers decide (the uplink simply resends from the journal later).
+
+Sizes (MQTT 5 Maximum Packet Size): the CONNECT carries ``settings.max_packet_size``, so
+the broker sends this client nothing larger, and a larger message that arrives anyway is
+dropped (counted in ``oversize_dropped``) before any handler parses it. The broker's own
+limit, from its CONNACK, is :attr:`Link.server_max_packet`; :meth:`Link.publish` raises
+:class:`PacketTooLarge` instead of sending a packet over it (Mosquitto would disconnect
+the sender, and a resend after reconnecting would loop), and :meth:`Link.max_payload`
+tells a sender how many payload bytes fit on a topic.
+
+TLS: the settings' CA, certificate and key; where they name none, the files of systemd's
+``$CREDENTIALS_DIRECTORY`` (:meth:`MqttSettings.with_credentials`).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from agent.mqtt_settings import PASSWORD_CREDENTIAL, PASSWORD_ENV, MqttSettings
 from sync.topics import Topic, TopicFilter
 
 __all__ = ["PASSWORD_ENV", "PASSWORD_CREDENTIAL", "Link", "MessageHandler", "MqttSettings",
-           "NotConnected"]
+           "NotConnected", "PacketTooLarge", "publish_packet_size"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,21 @@ class NotConnected(YktError, ConnectionError):
     """The link is not connected to the broker; nothing was published."""
 
 
+class PacketTooLarge(YktError, ValueError):
+    """A publish would exceed the broker's Maximum Packet Size; nothing was sent."""
+
+
+def _varint_len(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def publish_packet_size(topic: str, payload_len: int, qos: int = 1) -> int:
+    """Bytes of an MQTT 5 PUBLISH without properties: fixed header, topic, packet id,
+    property length (0) and payload."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + 1 + payload_len
+    return 1 + _varint_len(remaining) + remaining
+
+
 class Link:
     """One MQTT 5 client with a loop thread, reconnect with backoff+jitter, retained status.
 
@@ -81,7 +107,7 @@ class Link:
                  on_connect: Callable[[], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None,
                  rng: random.Random | None = None) -> None:
-        self.settings = settings
+        self.settings = settings = settings.with_credentials()
         self.client_id = client_id
         self._status_topic = status_topic
         self._will = will_payload
@@ -104,6 +130,10 @@ class Link:
         """How many connection attempts failed (logged at DEBUG: an outage is one WARNING)."""
         self.callback_errors = 0
         """How many callback exceptions were caught and logged."""
+        self.server_max_packet: int | None = None
+        """The broker's Maximum Packet Size from its last CONNACK, bytes (None: no limit)."""
+        self.oversize_dropped = 0
+        """Messages larger than ``settings.max_packet_size`` dropped unparsed."""
         self._client = self._make_client()
         self._next_delay()
 
@@ -155,6 +185,7 @@ class Link:
         s = self.settings
         props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0
+        props.MaximumPacketSize = s.max_packet_size
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True,
                                    properties=props)
         self._client.loop_start()
@@ -196,12 +227,29 @@ class Link:
         """Publish; raises :class:`NotConnected` if the link is down (nothing is queued)."""
         if not self._connected.is_set():
             raise NotConnected(f"not connected to {self.settings.host}:{self.settings.port}")
+        size = publish_packet_size(str(topic), len(payload.encode() if isinstance(payload, str)
+                                                   else payload), qos)
+        limit = self.server_max_packet
+        if limit is not None and size > limit:
+            raise PacketTooLarge(f"a {size}-byte packet on {topic} exceeds the broker's "
+                                 f"maximum of {limit} bytes; not sent")
         info = self._client.publish(str(topic), payload, qos=qos, retain=retain)
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
             raise NotConnected("connection lost while publishing")
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise NotConnected(f"publish failed: {mqtt.error_string(info.rc)}")
         return info
+
+    def max_payload(self, topic: Topic, qos: int = 1) -> int | None:
+        """The largest payload, bytes, that fits the broker's limit on ``topic`` (None: the
+        broker announced none, or not connected yet)."""
+        limit = self.server_max_packet
+        if limit is None:
+            return None
+        n = limit - publish_packet_size(str(topic), 0, qos)
+        while n > 0 and publish_packet_size(str(topic), n, qos) > limit:
+            n -= 1
+        return max(n, 0)
 
     # -- paho callbacks (loop thread) ----------------------------------------------------
     def _next_delay(self) -> None:
@@ -228,6 +276,8 @@ class Link:
             return
         self._attempt = 0
         self._guard("reconnect-delay", self._next_delay)
+        mps = getattr(properties, "MaximumPacketSize", None)
+        self.server_max_packet = int(mps) if mps is not None else None
         self.connects += 1
         log.info("connected to %s:%s as %s", self.settings.host, self.settings.port,
                  self.client_id)
@@ -282,6 +332,11 @@ class Link:
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     msg: mqtt.MQTTMessage) -> None:
+        if len(msg.payload) > self.settings.max_packet_size:
+            self.oversize_dropped += 1
+            log.warning("dropped a %d-byte message on %s unparsed (limit %d bytes)",
+                        len(msg.payload), msg.topic, self.settings.max_packet_size)
+            return
         with self._lock:
             subs = list(self._subs)
         for _sub, flt, _qos, handler in subs:

@@ -36,9 +36,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.journal import Journal, JournalError, utc_stamp
-from sync.acks import Ignored, SentBatch, SentBatches, UplinkIdentity, encode_batch_v2, new_batch_id
+from sync.acks import (
+    Ignored,
+    SentBatch,
+    SentBatches,
+    UplinkIdentity,
+    encode_batch,
+    encode_batch_v2,
+    new_batch_id,
+    parse_ack,
+)
 from sync.link import Link, MqttSettings, NotConnected
-from sync.signed import BadSignature, SignedAck, load_json, parse_ack_v2, parse_hub_status
+from sync.signed import BadSignature, SignedAck, parse_ack_v2, parse_hub_status
 from sync.topics import HUB_STATUS_ALL, TerminalTopics, TopicFilter
 
 __all__ = ["PROTOCOL_VERSION", "Uplink", "UplinkSettings", "encode_batch", "parse_ack"]
@@ -79,30 +88,6 @@ class _Batch:
     sent_at: float
     batch_id: str = ""
     connection: int = 0          # the link's connection count when it was sent
-
-
-def encode_batch(terminal: str, rows: list[tuple[int, str, str]]) -> bytes:
-    """The tx payload for ``rows`` of ``(seq, canonical body text, hash)``.
-
-    The canonical body text is embedded verbatim (it is JSON), so nothing is re-encoded.
-    """
-    parts = ",".join(f'{{"seq":{seq},"body":{body},"hash":"{digest}"}}'
-                     for seq, body, digest in rows)
-    return (f'{{"v":{PROTOCOL_VERSION},"terminal":{json.dumps(terminal)},'
-            f'"records":[{parts}]}}').encode()
-
-
-def parse_ack(payload: bytes) -> int:
-    """The ``seq`` of an ack payload ``{"v":1,"seq":N}``. Raises ``ValueError`` if malformed."""
-    msg = load_json(payload, 4096)
-    if not isinstance(msg, dict):
-        raise ValueError("ack is not a JSON object")
-    if msg.get("v") != PROTOCOL_VERSION:
-        raise ValueError(f"ack has unsupported version {msg.get('v')!r}")
-    seq = msg.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise ValueError("ack seq is not a non-negative integer")
-    return seq
 
 
 class Uplink:
