@@ -106,12 +106,13 @@ class _Hub:
     """The hub as a real second process (``ykt hub run``)."""
 
     def __init__(self, db: Path, port: int, workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, identity: Path | None = None) -> None:
         self.db = db
         self._log = open(workdir / "hub.log", "ab")  # noqa: SIM115 - closed in stop()
+        signed = ["--identity", str(identity)] if identity is not None else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "-v", "hub", "run", "--db", str(db),
-             "--host", "127.0.0.1", "--port", str(port), "--reconnect-max", "1"],
+             "--host", "127.0.0.1", "--port", str(port), "--reconnect-max", "1", *signed],
             stdout=self._log, stderr=self._log, env={**os.environ, **(env or {})})
 
     def export(self) -> list[dict[str, Any]]:
@@ -173,7 +174,10 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
     else:
         broker = Mosquitto(workdir=work / "broker")
         broker.start()
-    hub = _Hub(work / "hub.db", broker.port, work, secure.hub_env if secure else None)
+    # with TLS the terminal is enrolled: it signs its batches (protocol v2), so the hub
+    # verifies them with its identity and signs its acks
+    hub = _Hub(work / "hub.db", broker.port, work, secure.hub_env if secure else None,
+               secure.hub_identity if secure else None)
     cfg_dict: dict[str, Any] = {
         "terminal": {"id": spec["id"], "profile": profile, "data_dir": str(work / "terminal"),
                      "demo": True},

@@ -34,6 +34,7 @@ class SecureDemo:
     hub_env: dict[str, str]
     terminal_identity: Path
     broker_root: Path
+    hub_identity: Path
 
     def close(self) -> None:
         self.broker.close()
@@ -74,4 +75,5 @@ def secure_demo(work: Path, terminal: str, channels: list[str]) -> SecureDemo:
     shutil.copyfile(ca.paths.client_cert, cred / "mqtt-client.crt")
     shutil.copyfile(ca.paths.client_key, cred / "mqtt-client.key")
     os.chmod(cred / "mqtt-client.key", 0o600)
-    return SecureDemo(broker, {"CREDENTIALS_DIRECTORY": str(cred)}, ident, broker_root)
+    return SecureDemo(broker, {"CREDENTIALS_DIRECTORY": str(cred)}, ident, broker_root,
+                      ca.paths.dir)
