@@ -32,7 +32,7 @@ from agent.identity import (
 )
 from sync.signed import b64, load_json, tx_head_bytes
 
-__all__ = ["PROTOCOL_V1", "SENT_MEMORY", "Ignored", "SentBatch", "SentBatches",
+__all__ = ["fit_batch", "PROTOCOL_V1", "SENT_MEMORY", "Ignored", "SentBatch", "SentBatches",
            "UplinkIdentity", "encode_batch", "encode_batch_v2", "new_batch_id", "parse_ack"]
 
 log = logging.getLogger("sync.uplink")
@@ -158,3 +158,23 @@ def parse_ack(payload: bytes) -> int:
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ValueError("ack seq is not a non-negative integer")
     return seq
+
+
+Rows = list[tuple[int, str, str]]
+
+
+def fit_batch(rows: Rows, encode: Callable[[Rows], bytes], limit: int | None
+              ) -> tuple[Rows, bytes]:
+    """The longest prefix of ``rows`` whose encoded payload fits ``limit`` bytes (the
+    broker's Maximum Packet Size on the tx topic; None: no limit), and that payload. A
+    batch that does not fit is halved until it does, so an oversize batch is never sent
+    (Mosquitto would disconnect the sender, and the resend after reconnecting would loop).
+    Raises ``ValueError`` when not even one record fits."""
+    while True:
+        payload = encode(rows)
+        if limit is None or len(payload) <= limit:
+            return rows, payload
+        if len(rows) == 1:
+            raise ValueError(f"record {rows[0][0]} alone ({len(payload)} bytes) exceeds the "
+                             f"broker's limit of {limit} bytes")
+        rows = rows[:len(rows) // 2]

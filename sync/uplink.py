@@ -43,6 +43,7 @@ from sync.acks import (
     UplinkIdentity,
     encode_batch,
     encode_batch_v2,
+    fit_batch,
     new_batch_id,
     parse_ack,
 )
@@ -427,13 +428,14 @@ class Uplink:
                 log.warning("journal has no record %d (next is %d); sending from there",
                             self._next_seq, rows[0][0])
                 skip = (self._next_seq, rows[0][0] - 1)
-            batch_id = ""
-            if self.identity is None:
-                payload = encode_batch(self.terminal, rows)
-            else:
-                batch_id = new_batch_id()
-                payload = encode_batch_v2(self.terminal, self.epoch, rows, self.identity.key,
-                                          batch_id, skip)
+            batch_id = "" if self.identity is None else new_batch_id()
+            key = None if self.identity is None else self.identity.key
+            rows, payload = fit_batch(       # sized in bytes from the broker's CONNACK
+                rows, (lambda r: encode_batch(self.terminal, r)) if key is None else
+                (lambda r, k=key, b=batch_id, g=skip:     # type: ignore[misc]
+                 encode_batch_v2(self.terminal, self.epoch, r, k, b, g)),
+                self.link.max_payload(self.topics.tx))
+            if batch_id:
                 self._sent.add(batch_id, SentBatch(rows[0][0], rows[-1][0], rows[-1][2],
                                                    acked))
             try:
