@@ -17,6 +17,7 @@ The server runs with ``fsync=off`` (it holds test data only) unless made ``durab
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pwd
@@ -94,8 +95,15 @@ def drop_stale_clusters() -> list[str]:
     and remove their password directories (``$TMPDIR/ykt-test-{pid}-….*``).
 
     Returns the ``VERSION/NAME`` of the clusters dropped. Never touches another cluster,
-    nor one whose process still runs.
+    nor one whose process still runs. Sessions running side by side take turns (a
+    machine-wide ``flock``), so two never drop the same cluster at once.
     """
+    with open(Path(tempfile.gettempdir()) / f"{CLUSTER_PREFIX}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _drop_stale_clusters()
+
+
+def _drop_stale_clusters() -> list[str]:
     for leftover in Path(tempfile.gettempdir()).glob(f"{CLUSTER_PREFIX}-*.*"):
         m = _NAME_RE.match(leftover.name.partition(".")[0])
         if m and not _alive(int(m.group(1))):

@@ -44,9 +44,10 @@ def test_a_cluster_left_by_a_killed_run_is_dropped_and_a_live_one_is_kept(
     assert (version, name) in _clusters()
     assert Path(secrets_dir).is_dir()
 
-    dropped = drop_stale_clusters()
+    drop_stale_clusters()
 
-    assert f"{version}/{name}" in dropped
+    # gone (this call or a test session running beside this one dropped it: they take
+    # turns on a lock, either may be first)
     assert (version, name) not in _clusters()
     assert not Path(secrets_dir).exists()
     # the session's own server (its process, this one, is alive) still answers

@@ -333,18 +333,21 @@ def test_records_pruned_before_the_hub_lost_them_are_reported(
         hub.stop()
 
 
-def test_the_agent_daemon_with_an_identity_speaks_v2(broker: Mosquitto, trust: TrustDirs,
-                                                     tmp_path: Path) -> None:
-    """``ykt agent run`` with ``[identity] dir``: its records reach a ``--identity`` hub
-    signed, under its journal's epoch, and are acked."""
+def test_the_agent_daemon_with_an_identity_speaks_v2(tmp_path: Path) -> None:
+    """``ykt agent run`` with ``[identity] dir`` (enrolled over the hub's HTTPS endpoint):
+    over mutual TLS, its records reach a ``--identity`` hub signed, under its journal's
+    epoch, and are acked."""
     import signal
     import subprocess
     import sys
 
+    from simulator.trust import secure_demo
     from tests.fixtures.logguard import watch_stderr
 
-    ident = trust.enroll("BUS-T1", tmp_path)
-    hub = HubProcess(tmp_path / "hub.db", broker, tmp_path, identity=trust.hub)
+    secure = secure_demo(tmp_path / "trust", "BUS-T1", [])
+    broker, ident = secure.broker, secure.terminal_identity
+    hub = HubProcess(tmp_path / "hub.db", broker, tmp_path, identity=secure.hub_identity,
+                     env=secure.hub_env)
     hub.start()
     cfg = tmp_path / "terminal.toml"
     cfg.write_text(f'[terminal]\nid = "BUS-T1"\ndata_dir = "{tmp_path / "data"}"\n'
@@ -364,6 +367,7 @@ def test_the_agent_daemon_with_an_identity_speaks_v2(broker: Mosquitto, trust: T
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         hub.stop()
+        secure.close()
     epoch = Journal(tmp_path / "data" / "journal.db", "BUS-T1").epoch
     rows = hub.export()
     assert epoch and {r["epoch"] for r in rows} == {epoch}
