@@ -9,12 +9,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make postgresql \
-                python3-venv python3-dev
+                python3-venv python3-dev espeak-ng sox alsa-utils
+VOICE_DIR ?= build/voices
 PYTEST_ARGS ?=
 CARDS ?= sim
 PROFILE ?= bus_validator
 
-.PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall
+.PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall voices
+
+# voice clips (Mandarin, espeak-ng) for the prompt driver's player; its voice_dir
+voices: $(STAMP)
+	.venv/bin/python -m drivers.voice $(VOICE_DIR)
 
 demo: $(STAMP) firmware
 	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE)
