@@ -21,8 +21,11 @@ PROFILE ?= bus_validator
 voices: $(STAMP)
 	.venv/bin/python -m drivers.voice $(VOICE_DIR)
 
+# pcscd and its vpcd readers are one per machine: a vpcd demo takes the same lock as the
+# tests (a card another run put in the shared reader was once read as this demo's tap)
+PCSCD_LOCK ?= /tmp/pcscd.lock
 demo: $(STAMP) firmware
-	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE)
+	$(if $(filter vpcd,$(CARDS)),flock $(PCSCD_LOCK)) $(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE)
 
 test: $(STAMP) firmware
 	$(BIN)/ruff check .
