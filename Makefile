@@ -9,17 +9,25 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make postgresql \
-                python3-venv python3-dev
+                python3-venv python3-dev espeak-ng sox alsa-utils
+VOICE_DIR ?= build/voices
 PYTEST_ARGS ?=
 CARDS ?= sim
 PROFILE ?= bus_validator
 # the demo speaks mutual TLS with an enrolled terminal (docs/security.md); TLS= for plain MQTT
 TLS ?= --tls
 
-.PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall
+.PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall voices
 
+# voice clips (Mandarin, espeak-ng) for the prompt driver's player; its voice_dir
+voices: $(STAMP)
+	.venv/bin/python -m drivers.voice $(VOICE_DIR)
+
+# pcscd and its vpcd readers are one per machine: a vpcd demo takes the same lock as the
+# tests (a card another run put in the shared reader was once read as this demo's tap)
+PCSCD_LOCK ?= /tmp/pcscd.lock
 demo: $(STAMP) firmware
-	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE) $(TLS)
+	$(if $(filter vpcd,$(CARDS)),flock $(PCSCD_LOCK)) $(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE) $(TLS)
 
 test: $(STAMP) firmware
 	$(BIN)/ruff check .

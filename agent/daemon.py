@@ -302,7 +302,7 @@ class Terminal:
                                 keep_free_bytes=2 * self.disk.reserve_bytes if self.disk else 0)
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
-                                     trust=getattr(verifier, "trust", None))
+                                     trust=getattr(verifier, "trust", None), base=self.ruleset)
         applier.add_listener(on_applied)
         on_applied(applier.current())      # a restarted terminal decides by its last bundle
         self.applier = applier

@@ -210,8 +210,7 @@ class Engine:
                 number = self.journal.count(SITE, f"queue:{rule.queue}", day) + 1
                 counters[(SITE, f"queue:{rule.queue}", day)] = 1
                 extra["queue_no"] = f"{rule.queue}{number:03d}"
-                prompt = Prompt(prompt.text.replace("{queue}", extra["queue_no"]), prompt.sound,
-                                prompt.voice)
+                prompt = prompt.with_queue(extra["queue_no"])
         decision = replace(decision, prompt=prompt, policy_version=store.info.label)
         last_tap = ((cred.credential_key, self.location.passback_scope)
                     if decision.reason is Reason.ACCEPTED else None)

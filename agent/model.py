@@ -179,7 +179,13 @@ class Prompt:
 
     text: str
     sound: str = "ok"              # beep pattern name, see drivers.prompt
-    voice: str = ""                # optional voice clip name, e.g. "elderly"
+    voice: str = ""                # optional voice clip name, e.g. "elderly", or "number:A001"
+    short: str = ""                # the large-text form (half the columns); "" = ``text``
+
+    def with_queue(self, number: str) -> Prompt:
+        """This prompt with ``{queue}`` in its text, short form and voice replaced."""
+        return Prompt(self.text.replace("{queue}", number), self.sound,
+                      self.voice.replace("{queue}", number), self.short.replace("{queue}", number))
 
 
 @dataclass(frozen=True, slots=True)

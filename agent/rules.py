@@ -11,17 +11,19 @@ them never touches the disk or the network and takes microseconds.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.errors import ConfigurationError
 from agent.model import Decision, Prompt, Reason
-from agent.tomlconf import load_toml_model
+from agent.profile_checks import DEFAULT_PROMPTS, Loc, SettingValues, check_prompt
+from agent.rule_conditions import Predicate, compile_when, parse_hours
+from agent.tomlconf import ConfigFileError, format_loc, key_lines, load_toml_model
 
 __all__ = ["Facts", "RuleSet", "RuleSetError", "load_ruleset"]
 
@@ -62,17 +64,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _parse_hours(value: str) -> tuple[time, time]:
-    try:
-        a, b = value.split("-")
-        return time.fromisoformat(a.strip()), time.fromisoformat(b.strip())
-    except ValueError:
-        raise ValueError(f"hours must look like '06:00-22:00', got {value!r}") from None
+#: a whole number, or the name of a ``[settings]`` key holding it (one source of truth)
+Count = Annotated[int, Field(ge=1)] | str
+Years = Annotated[int, Field(ge=0, le=150)] | str
+Fen = Annotated[int, Field(ge=0)] | str
 
 
 class DailyLimit(_Strict):
     counter: str = Field(description="per-holder daily counter name, e.g. 'elderly_free'")
-    max: int = Field(ge=1, description="the rule matches while today's count is below this")
+    max: Count = Field(description="the rule matches while today's count is below this "
+                                   "(a number or a setting name)")
 
 
 class When(_Strict):
@@ -84,14 +85,16 @@ class When(_Strict):
     gate_out_of_service: bool | None = Field(None, description="the gate reports a fault")
     kind: list[str] | None = Field(None, description="credential kinds; 'qr:*' matches any code")
     entitled_any: list[str] | None = Field(None, description="holder entitled to any of these")
-    age_at_least: int | None = Field(None, ge=0, le=150, description="years, from birth date")
-    age_below: int | None = Field(None, ge=0, le=150, description="years, from birth date")
-    repeat_within_s: int | None = Field(None, ge=1, description="seconds since last tap here")
+    age_at_least: Years | None = Field(None, description="years, from birth date")
+    age_below: Years | None = Field(None, description="years, from birth date")
+    repeat_within_s: Count | None = Field(None, description="seconds since last tap here")
     daily_limit: DailyLimit | None = Field(None, description="matches while under the limit")
     daily_count_at_least: DailyLimit | None = Field(
         None, description="matches once today's count has reached max")
-    hours_outside: str | None = Field(None, description="local 'HH:MM-HH:MM'; matches outside")
-    hours_within: str | None = Field(None, description="local 'HH:MM-HH:MM'; matches inside")
+    hours_outside: str | None = Field(
+        None, description="local 'HH:MM-HH:MM' or a setting name; matches outside")
+    hours_within: str | None = Field(
+        None, description="local 'HH:MM-HH:MM' or a setting name; matches inside")
     slot_count_at_least: DailyLimit | None = Field(
         None, description="terminal-wide count in the current time slot has reached max")
     service: list[str] | None = Field(None, description="kiosk service types (取号)")
@@ -99,18 +102,20 @@ class When(_Strict):
     @field_validator("hours_outside", "hours_within")
     @classmethod
     def _hours(cls, v: str | None) -> str | None:
-        if v is not None:
-            _parse_hours(v)
+        if v is not None and not v.isidentifier():
+            parse_hours(v)
         return v
 
 
 class PromptSpec(_Strict):
-    text: str = Field(description="display text for the passenger")
+    text: str = Field(description="display text for the passenger; may hold {amount} "
+                                  "(yuan), {queue} (queue number) and {<setting>}")
+    short: str = Field("", description="large-text form (half the columns); '' = text")
     sound: str = Field("ok", description="beep pattern name")
-    voice: str = Field("", description="optional voice clip name")
+    voice: str = Field("", description="optional voice clip name, or 'number:{queue}'")
 
     def build(self) -> Prompt:
-        return Prompt(self.text, self.sound, self.voice)
+        return Prompt(self.text, self.sound, self.voice, self.short)
 
 
 class RuleSpec(_Strict):
@@ -121,6 +126,8 @@ class RuleSpec(_Strict):
     deny: Reason | None = None
     product: str = Field("", description="product / fare class")
     amount_cents: int = Field(0, ge=0, description="price in fen (0.01 CNY)")
+    amount: Fen | None = Field(None, description="price in fen, or the setting holding it "
+                                                 "(instead of amount_cents)")
     count: list[str] = Field(default_factory=list, description="daily counters to consume")
     count_site: list[str] = Field(default_factory=list,
                                   description="terminal-wide time-slot counters to consume")
@@ -133,6 +140,8 @@ class RuleSpec(_Strict):
             raise ValueError("a rule needs exactly one of 'accept' or 'deny'")
         if self.deny is not None and self.deny.accepting:
             raise ValueError(f"deny = {self.deny.value!r} is an accepting reason")
+        if self.amount is not None and self.amount_cents:
+            raise ValueError("give 'amount' or 'amount_cents', not both")
         return self
 
 
@@ -152,7 +161,8 @@ class VectorSpec(_Strict):
     service: str = ""
     expect_reason: Reason
     expect_product: str | None = None
-    expect_amount_cents: int | None = None
+    expect_amount_cents: Fen | None = Field(
+        None, description="fen, or the setting holding the expected amount")
     expect_rule: str | None = None
 
     def facts(self) -> Facts:
@@ -174,6 +184,8 @@ class ProfileSpec(_Strict):
     stale_policy: Literal["keep_deciding", "deny_all"] = Field(
         "keep_deciding", description="what to do when the policy bundle has expired")
     slot_minutes: int = Field(60, ge=1, le=1440, description="length of a capacity time slot")
+    display_columns: int = Field(20, ge=8, le=80, description="columns of the narrowest display "
+                                 "the prompts must fit (a CJK character takes two)")
 
 
 class RuleFile(_Strict):
@@ -181,8 +193,9 @@ class RuleFile(_Strict):
     prompts: dict[str, PromptSpec] = Field(default_factory=dict)
     rule: list[RuleSpec] = Field(min_length=1)
     vector: list[VectorSpec] = Field(default_factory=list)
-    settings: dict[str, Any] = Field(default_factory=dict,
-                                     description="profile-specific settings (drivers, timings)")
+    settings: dict[str, int | str] = Field(
+        default_factory=dict, description="named values the rules and prompts refer to "
+        "(fares in fen, limits, seconds, 'HH:MM-HH:MM' hours); each must be used")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> RuleFile:
@@ -199,70 +212,6 @@ class RuleFile(_Strict):
 
 
 # ----------------------------------------------------------------------------- compile
-Predicate = Callable[[Facts], bool]
-
-
-def _kind_matches(patterns: list[str]) -> Predicate:
-    exact = {p for p in patterns if not p.endswith("*")}
-    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
-
-    def match(f: Facts) -> bool:
-        return f.kind in exact or (bool(prefixes) and f.kind.startswith(prefixes))
-
-    return match
-
-
-def _flag(get: Callable[[Facts], bool], want: bool) -> Predicate:
-    return lambda f: get(f) == want
-
-
-def _compile_when(w: When) -> list[Predicate]:
-    preds: list[Predicate] = []
-    if w.hotlisted is not None:
-        preds.append(_flag(lambda f: f.hotlisted, w.hotlisted))
-    if w.expired is not None:
-        preds.append(_flag(lambda f: f.expired, w.expired))
-    if w.policy_stale is not None:
-        preds.append(_flag(lambda f: f.policy_stale, w.policy_stale))
-    if w.gate_out_of_service is not None:
-        preds.append(_flag(lambda f: not f.gate_in_service, w.gate_out_of_service))
-    if w.kind is not None:
-        preds.append(_kind_matches(w.kind))
-    if w.entitled_any is not None:
-        names = frozenset(w.entitled_any)
-        preds.append(lambda f: not names.isdisjoint(f.entitlements))
-    if w.age_at_least is not None:
-        min_age = w.age_at_least
-        preds.append(lambda f: f.age is not None and f.age >= min_age)
-    if w.age_below is not None:
-        max_age = w.age_below
-        preds.append(lambda f: f.age is not None and f.age < max_age)
-    if w.repeat_within_s is not None:
-        window = w.repeat_within_s
-        # a negative interval (a clock set back) is a repeat, never a new fare
-        preds.append(lambda f: f.since_last_tap_s is not None
-                     and f.since_last_tap_s < window)
-    if w.daily_limit is not None:
-        lim = w.daily_limit
-        preds.append(lambda f: f.counters.get(lim.counter, 0) < lim.max)
-    if w.daily_count_at_least is not None:
-        reached = w.daily_count_at_least
-        preds.append(lambda f: f.counters.get(reached.counter, 0) >= reached.max)
-    if w.hours_outside is not None:
-        a, b = _parse_hours(w.hours_outside)
-        preds.append(lambda f: not (a <= f.now.time() < b))
-    if w.slot_count_at_least is not None:
-        full = w.slot_count_at_least
-        preds.append(lambda f: f.site_counters.get(full.counter, 0) >= full.max)
-    if w.service is not None:
-        services = frozenset(w.service)
-        preds.append(lambda f: f.service in services)
-    if w.hours_within is not None:
-        a2, b2 = _parse_hours(w.hours_within)
-        preds.append(lambda f: a2 <= f.now.time() < b2)
-    return preds
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     id: str
@@ -275,50 +224,98 @@ class CompiledRule:
         return all(p(facts) for p in self.predicates)
 
 
-_DEFAULT_PROMPTS: dict[Reason, Prompt] = {
-    Reason.ACCEPTED: Prompt("请通行", "ok"),
-    Reason.ALREADY_PAID: Prompt("已刷卡", "ok"),
-    Reason.CARD_REMOVED: Prompt("请重新刷卡", "error"),
-    Reason.MULTIPLE_CARDS: Prompt("请单张刷卡", "error"),
-    Reason.HOTLISTED: Prompt("已挂失 请到窗口", "deny"),
-    Reason.EXPIRED: Prompt("卡已过期", "deny"),
-    Reason.GATE_OUT_OF_SERVICE: Prompt("闸机故障 请走人工通道", "error"),
-}
-
-
 class RuleSet:
-    """A compiled, vector-checked rule set. Build it with :func:`load_ruleset`."""
+    """A compiled rule set. Build it with :func:`load_ruleset` (which refuses one with
+    :attr:`problems` or failing vectors) or :meth:`with_settings`.
 
-    def __init__(self, spec: RuleFile, source: str = "<memory>") -> None:
+    ``overrides`` replace values of the profile's ``[settings]`` (a policy bundle's
+    ``settings`` part); the rules and prompts are compiled with the result.
+    """
+
+    def __init__(self, spec: RuleFile, source: str = "<memory>",
+                 overrides: Mapping[str, object] | None = None) -> None:
         self.spec = spec
         self.source = source
         self.profile = spec.profile
-        self._prompts = {k: p.build() for k, p in spec.prompts.items()}
-        self.rules: tuple[CompiledRule, ...] = tuple(self._compile(r) for r in spec.rule)
+        self.overrides = dict(overrides or {})
+        s = SettingValues(spec.settings, overrides, spec.profile.name)
+        self.settings = s
+        self._problems: list[tuple[Loc, str]] = []
+        amounts: dict[str, int] = {}
+        for r in spec.rule:
+            if r.product and r.amount is not None and r.product not in amounts:
+                amounts[r.product] = s.number(r.amount, ("rule", spec.rule.index(r), "amount"))
+        self._prompts = {k: self._render(p.build(), amounts.get(k, 0), ("prompts", k))
+                         for k, p in spec.prompts.items()}
+        self.rules: tuple[CompiledRule, ...] = tuple(self._compile(i, r)
+                                                     for i, r in enumerate(spec.rule))
+        self.expected_amounts = [None if v.expect_amount_cents is None else s.number(
+            v.expect_amount_cents, ("vector", j, "expect_amount_cents"))
+            for j, v in enumerate(spec.vector)]
+        self._check_default_deny()
+        self.problems: list[tuple[Loc, str]] = list(dict.fromkeys(
+            s.problems + self._problems + s.unused()))
         self.counters = frozenset(c for r in spec.rule for c in r.count)
         self.site_counters = frozenset(
             [c for r in spec.rule for c in r.count_site]
             + [r.when.slot_count_at_least.counter for r in spec.rule
                if r.when.slot_count_at_least is not None])
 
-    def _compile(self, r: RuleSpec) -> CompiledRule:
+    def _render(self, p: Prompt, amount: int | None, loc: Loc) -> Prompt:
+        r = self.settings.render
+        out = Prompt(r(p.text, amount, loc), p.sound, p.voice, r(p.short, amount, loc))
+        self._problems += check_prompt(out, self.profile.display_columns, loc)
+        return out
+
+    def _compile(self, i: int, r: RuleSpec) -> CompiledRule:
         reason = Reason(r.accept) if r.accept is not None else r.deny
         assert reason is not None
-        prompt = r.prompt.build() if r.prompt else self.prompt_for(reason, r.product)
+        amount = (self.settings.number(r.amount, ("rule", i, "amount"))
+                  if r.amount is not None else r.amount_cents)
+        if r.prompt is not None:
+            prompt = self._render(r.prompt.build(), amount, ("rule", i, "prompt"))
+        else:
+            key = next((k for k in (r.product, reason.value) if k and k in self.spec.prompts),
+                       None)
+            if key is None:
+                self._problems.append((("rule", i, "deny" if r.deny else "product"),
+                                       f"rule {r.id!r} decides {reason.value!r} but [prompts] "
+                                       f"has no {reason.value!r}"
+                                       + (f" nor {r.product!r}" if r.product else "")))
+                prompt = DEFAULT_PROMPTS[reason]
+            else:
+                spec = self.spec.prompts[key]
+                prompt = self._render(spec.build(), amount, ("prompts", key))
         decision = Decision(accepted=reason.accepting, reason=reason, product=r.product,
-                            amount_cents=r.amount_cents if reason.accepting else 0,
+                            amount_cents=amount if reason.accepting else 0,
                             prompt=prompt, rule_id=r.id, counters=tuple(r.count))
-        return CompiledRule(r.id, tuple(_compile_when(r.when)), decision, tuple(r.count_site),
-                            r.queue)
+        return CompiledRule(r.id, tuple(compile_when(r.when, self.settings, ("rule", i, "when"))),
+                            decision, tuple(r.count_site), r.queue)
+
+    def _check_default_deny(self) -> None:
+        """``not_entitled`` needs a prompt when the rules can end without a match (the
+        engine's own denials, e.g. ``policy_stale``, have :data:`DEFAULT_PROMPTS`)."""
+        last = len(self.rules) - 1
+        if self.rules[last].predicates and "not_entitled" not in self.spec.prompts:
+            self._problems.append((("rule", last), "the rules can end without a match "
+                                   "(not_entitled) but [prompts] has no 'not_entitled'"))
+
+    def with_settings(self, overrides: Mapping[str, object]) -> RuleSet:
+        """This rule set compiled with ``overrides`` of its settings and vector-checked.
+        Raises :class:`RuleSetError` naming each problem or failing vector."""
+        rs = RuleSet(self.spec, self.source, {**self.overrides, **overrides})
+        problems = [f"{format_loc(loc)}: {msg}" for loc, msg in rs.problems] + rs.check_vectors()
+        if problems:
+            raise RuleSetError(f"{self.source} with settings {dict(overrides)}: refusing to "
+                               "activate:\n  " + "\n  ".join(problems))
+        return rs
 
     def prompt_for(self, reason: Reason, product: str = "") -> Prompt:
-        """The prompt for a product (if configured) or else a reason."""
+        """The prompt for a product (if configured) or else a reason (the profile's, else
+        the built-in Chinese one: never a raw reason code)."""
         if product and product in self._prompts:
             return self._prompts[product]
-        if reason.value in self._prompts:
-            return self._prompts[reason.value]
-        return _DEFAULT_PROMPTS.get(reason, Prompt(reason.value, "ok" if reason.accepting
-                                                   else "deny"))
+        return self._prompts.get(reason.value) or DEFAULT_PROMPTS[reason]
 
     def evaluate(self, facts: Facts) -> Decision:
         """First matching rule's decision; NOT_ENTITLED (rule ``default-deny``) if none."""
@@ -336,15 +333,15 @@ class RuleSet:
     def check_vectors(self) -> list[str]:
         """Run the test vectors; return one message per failure (empty = all pass)."""
         failures = []
-        for v in self.spec.vector:
+        for v, expected_amount in zip(self.spec.vector, self.expected_amounts, strict=True):
             d = self.evaluate(v.facts())
             wrong = []
             if d.reason != v.expect_reason:
                 wrong.append(f"reason {d.reason.value} != {v.expect_reason.value}")
             if v.expect_product is not None and d.product != v.expect_product:
                 wrong.append(f"product {d.product!r} != {v.expect_product!r}")
-            if v.expect_amount_cents is not None and d.amount_cents != v.expect_amount_cents:
-                wrong.append(f"amount {d.amount_cents} != {v.expect_amount_cents}")
+            if expected_amount is not None and d.amount_cents != expected_amount:
+                wrong.append(f"amount {d.amount_cents} != {expected_amount}")
             if v.expect_rule is not None and d.rule_id != v.expect_rule:
                 wrong.append(f"rule {d.rule_id!r} != {v.expect_rule!r}")
             if wrong:
@@ -355,12 +352,23 @@ class RuleSet:
 def load_ruleset(path: str | Path, *, text: str | None = None) -> RuleSet:
     """Load, validate, compile and vector-check a rule/profile file.
 
-    Raises :class:`~agent.tomlconf.ConfigFileError` (file, line, key) for an invalid file
-    and :class:`RuleSetError` if the file has no vectors or any vector fails: such a rule
-    set is never activated.
+    Raises :class:`~agent.tomlconf.ConfigFileError` (file, line, key) for an invalid file,
+    a broken or unused setting, a reason without a prompt or a prompt that does not fit
+    the display (:mod:`agent.profile_checks`), and :class:`RuleSetError` if the file has no
+    vectors or any vector fails: such a rule set is never activated.
     """
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigFileError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
     spec = load_toml_model(path, RuleFile, text=text)
     rs = RuleSet(spec, str(path))
+    if rs.problems:
+        lines = key_lines(text)
+        raise ConfigFileError(path, [
+            f"{path}:{_line(lines, loc)}: {format_loc(loc)}: {msg}"
+            for loc, msg in rs.problems])
     if not spec.vector:
         raise RuleSetError(f"{path}: rule set has no test vectors; refusing to activate it")
     failures = rs.check_vectors()
@@ -368,6 +376,11 @@ def load_ruleset(path: str | Path, *, text: str | None = None) -> RuleSet:
         raise RuleSetError(f"{path}: {len(failures)} test vector(s) failed; refusing to "
                            "activate:\n  " + "\n  ".join(failures))
     return rs
+
+
+def _line(lines: dict[Loc, int], loc: Loc) -> int | str:
+    """The line of ``loc`` or of its nearest written parent ("?" if none)."""
+    return next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), "?")
 
 
 def age_on(birth: date, today: date) -> int:

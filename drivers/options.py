@@ -164,6 +164,11 @@ class PromptOptions(DriverOptions):
                                                  description="beep patterns: on/off ms")
     sounds: dict[Reason, str] = Field(default_factory=dict,
                                       description="decision reason → beep pattern name")
+    large_text: bool = Field(False, description="big characters: the short form, half "
+                             "the columns")
+    player: Literal["none", "sim", "alsa"] = Field(
+        "none", description="voice: none, sim (records) or alsa (aplay)")
+    alsa_device: str = Field("default", description="ALSA PCM for the alsa player")
 
 
 class BuzzerPromptOptions(PromptOptions):

@@ -12,6 +12,11 @@ Backends (registry kind ``prompt``):
 * ``gpio`` — like ``sim`` and plays the pattern on a GPIO buzzer (:mod:`drivers.gpio`),
   with an optional ``voice_player`` callable for the clips.
 
+Every backend speaks through the ``player`` option (:mod:`drivers.voice`): ``none``
+(default), ``sim`` (records the clips played) or ``alsa`` (``aplay`` on ``alsa_device``;
+clips generated with espeak-ng on first use into ``voice_dir``). ``large_text = true``
+shows each prompt's short form with half the columns (big characters).
+
 The beep pattern of a decision comes from its prompt; a denial whose prompt still says
 ``"ok"`` (the default) gets its outcome's pattern from :data:`SOUND_FOR_REASON` instead,
 so a denied passenger never hears the accept beep.
@@ -38,6 +43,7 @@ from drivers.options import (
     PromptOptions,
     expect,
 )
+from drivers.voice import SPOKEN_CLIPS, VoicePlay, VoicePlayer, make_player
 
 __all__ = ["BEEP_PATTERNS", "SOUND_FOR_REASON", "VOICE_CLIPS", "BuzzerPrompter", "LogPrompter",
            "PromptEvent", "SimPrompter", "VoiceClip", "display_width", "fit_display"]
@@ -79,21 +85,8 @@ class VoiceClip:
     file: str
 
 
-#: voice clip name → clip; profiles may add or override clips
-VOICE_CLIPS: dict[str, VoiceClip] = {
-    "elderly": VoiceClip("老年卡", "elderly.wav"),
-    "student": VoiceClip("学生卡", "student.wav"),
-    "disabled": VoiceClip("爱心卡", "disabled.wav"),
-    "preferential": VoiceClip("优待卡", "preferential.wav"),
-    "welcome": VoiceClip("欢迎光临", "welcome.wav"),
-    "thanks": VoiceClip("谢谢", "thanks.wav"),
-    "invalid": VoiceClip("无效卡", "invalid.wav"),
-    "hotlisted": VoiceClip("已挂失", "hotlisted.wav"),
-    "single_card": VoiceClip("请单张刷卡", "single_card.wav"),
-    "tap_again": VoiceClip("请重新刷卡", "tap_again.wav"),
-    "gate_out_of_service": VoiceClip("闸机故障 请走人工通道", "gate_out_of_service.wav"),
-    "queue_number": VoiceClip("请取号", "queue_number.wav"),
-}
+#: voice clip name → clip (:data:`drivers.voice.SPOKEN_CLIPS`); options may add clips
+VOICE_CLIPS: dict[str, VoiceClip] = {k: VoiceClip(t, f"{k}.wav") for k, t in SPOKEN_CLIPS.items()}
 
 
 def display_width(text: str) -> int:
@@ -131,6 +124,7 @@ class PromptEvent:
     display: str = ""
     voice_text: str = ""
     clip: str = ""
+    played: VoicePlay | None = None
 
 
 def _prompt_kwargs(o: PromptOptions) -> dict[str, Any]:
@@ -138,7 +132,8 @@ def _prompt_kwargs(o: PromptOptions) -> dict[str, Any]:
     return {"display_columns": o.display_columns, "voice_dir": o.voice_dir,
             "voices": {k: v if isinstance(v, str) else v.model_dump(exclude_none=True)
                        for k, v in o.voices.items()},
-            "patterns": o.patterns, "sounds": {str(k): v for k, v in o.sounds.items()}}
+            "patterns": o.patterns, "sounds": {str(k): v for k, v in o.sounds.items()},
+            "large_text": o.large_text, "player": o.player, "alsa_device": o.alsa_device}
 
 
 class SimPrompter(Actuator):
@@ -155,7 +150,9 @@ class SimPrompter(Actuator):
     def __init__(self, *, display_columns: int = 20, voice_dir: str | Path | None = None,
                  voices: Mapping[str, Any] | None = None,
                  patterns: Mapping[str, Any] | None = None,
-                 sounds: Mapping[str, str] | None = None, **unknown: object) -> None:
+                 sounds: Mapping[str, str] | None = None, large_text: bool = False,
+                 player: str | VoicePlayer = "none", alsa_device: str = "default",
+                 **unknown: object) -> None:
         if unknown:
             raise ConfigError(f"prompt: unknown options: {', '.join(sorted(unknown))}")
         if display_columns < 4:
@@ -177,6 +174,10 @@ class SimPrompter(Actuator):
                 self.sounds[Reason(k)] = v
         except (TypeError, ValueError, KeyError) as err:
             raise ConfigError(f"prompt options: {err}") from err
+        self.large_text = large_text
+        self.player = player if isinstance(player, VoicePlayer) else make_player(
+            player, self.voice_dir, device=alsa_device,
+            texts={k: c.text for k, c in self.voices.items()})
         self.history: list[PromptEvent] = []
         self._lock = threading.Lock()
 
@@ -194,9 +195,9 @@ class SimPrompter(Actuator):
         """The decision's prompt, with the outcome's beep pattern if it did not choose one."""
         p = decision.prompt
         if not decision.accepted and p.sound in ("", "ok"):
-            return Prompt(p.text, self.sounds.get(decision.reason, "deny"), p.voice)
+            return Prompt(p.text, self.sounds.get(decision.reason, "deny"), p.voice, p.short)
         if not p.sound:
-            return Prompt(p.text, self.sounds.get(decision.reason, "ok"), p.voice)
+            return Prompt(p.text, self.sounds.get(decision.reason, "ok"), p.voice, p.short)
         return p
 
     def show(self, prompt: Prompt) -> PromptEvent:
@@ -206,22 +207,32 @@ class SimPrompter(Actuator):
         if pattern is None:
             log.warning("unknown beep pattern %r", prompt.sound)
             pattern = self.patterns["error"]
-        clip = self.voices.get(prompt.voice) if prompt.voice else None
-        if prompt.voice and clip is None:
+        played = self.player.play(prompt.voice) if self.player and prompt.voice else None
+        number = prompt.voice.startswith("number:")
+        clip = self.voices.get(prompt.voice) if prompt.voice and not number else None
+        if prompt.voice and clip is None and not number:
             log.warning("unknown voice clip %r", prompt.voice)
         path = ""
         if clip is not None:
             path = str(self.voice_dir / clip.file) if self.voice_dir else clip.file
+        said = f"{prompt.voice[len('number:'):]}号" if number else (clip.text if clip else "")
+        if self.large_text:
+            display = fit_display(prompt.short or prompt.text, self.display_columns // 2)
+        else:
+            display = fit_display(prompt.text, self.display_columns)
         event = PromptEvent(time.monotonic_ns(), prompt.text, prompt.sound, prompt.voice, pattern,
-                            fit_display(prompt.text, self.display_columns),
-                            clip.text if clip else "", path)
+                            display, said, path, played)
         with self._lock:
             self.history.append(event)
         self._output(event)
         return event
 
     def _output(self, event: PromptEvent) -> None:
-        """Backend primitive: drive the display, buzzer and speaker (sim: nothing)."""
+        """Backend primitive: drive the display and buzzer (sim: nothing)."""
+
+    def close(self) -> None:
+        if self.player is not None:
+            self.player.close()
 
     @property
     def last(self) -> PromptEvent | None:
@@ -281,6 +292,7 @@ class BuzzerPrompter(SimPrompter):
                 log.exception("playing voice clip %s failed", event.clip)
 
     def close(self) -> None:
+        super().close()
         if self._owns_board:
             self.board.close()
             self._owns_board = False

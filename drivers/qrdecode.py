@@ -129,16 +129,28 @@ class ZbarDecoder(QRDecoder):
 
 
 class OpenCVDecoder(QRDecoder):
-    """OpenCV's ``QRCodeDetector`` (one code per frame)."""
+    """OpenCV's ``QRCodeDetectorAruco`` (one code per frame), retried at twice the size on
+    a miss; the classic ``QRCodeDetector`` where the Aruco one is missing (OpenCV < 4.8).
+
+    The classic detector alone missed a third of clean frames (68% clean, 55% of the
+    corpus); this one finds 100% of clean frames and ~95% of the corpus, at ~1.6× the
+    classic detector's time (many times zxing's). A fallback: zxing is the default.
+    """
 
     name = "opencv"
 
     def __init__(self) -> None:
         self._cv2 = _require("cv2")
-        self._det = self._cv2.QRCodeDetector()
+        aruco = getattr(self._cv2, "QRCodeDetectorAruco", None)
+        self._det = aruco() if aruco is not None else self._cv2.QRCodeDetector()
 
     def _decode(self, image: Any) -> list[str]:
         text, _points, _straight = self._det.detectAndDecode(image)
+        if not text:                      # small codes: the finder patterns need pixels
+            cv2 = self._cv2
+            grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+            bigger = cv2.resize(grey, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+            text, _points, _straight = self._det.detectAndDecode(bigger)
         return [text] if text else []
 
 

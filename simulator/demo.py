@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoSummary:
-    """What happened in a demo run. ``lost`` and ``duplicated`` must be 0."""
+    """What happened in a demo run. ``lost`` and ``duplicated`` must be 0, ``undecided``
+    (the tap numbers, from 0, that produced no decision) empty; ``policy`` is the policy
+    label the records carry."""
 
     terminal: str
     taps: int = 0
@@ -68,12 +70,22 @@ class DemoSummary:
     synced_in_s: float = 0.0
     decision_ms_p50: float = 0.0
     decision_ms_p99: float = 0.0
+    undecided: list[int] = field(default_factory=list)
+    policy: str = ""
     workdir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Every tap decided, nothing lost or duplicated on the way to the hub, chain intact."""
+        return not self.undecided and not self.lost and not self.duplicated \
+            and self.chain_verifies
 
 
 def seed_store(store: PolicyStore, population: Population, pseudo: Pseudonymizer,
-               *, tickets: dict[str, str] | None = None) -> None:
-    """Load the population's entitlements and hotlist, as the hub's policy bundle would.
+               *, tickets: dict[str, str] | None = None,
+               channel: str = "demo/370302/bus") -> None:
+    """Load the population's entitlements and hotlist, as the hub's policy bundle would
+    (version 1 of ``channel``: the label journaled with each decision is ``channel@1``).
 
     ``tickets`` maps a ticket entitlement name to a day (ISO date): every second holder
     without a concession gets that pre-booked ticket (scenic gates).
@@ -87,7 +99,7 @@ def seed_store(store: PolicyStore, population: Population, pseudo: Pseudonymizer
     hot = [{"key": pseudo.card_key(h.card_id), "kind": "card", "reason": "lost",
             "listed": ""} for h in population if h.hotlisted]
     store.apply(entitlements=ents, hotlist=hot, replace=True,
-                info=PolicyInfo("demo/370302/bus", 1, "embedded", ""))
+                info=PolicyInfo(channel, 1, "embedded", ""))
 
 
 def _script(pop: Population, taps: int, rnd: random.Random) -> list[str | int]:
@@ -128,12 +140,16 @@ class _Hub:
 
 _PROFILES: dict[str, dict[str, Any]] = {
     "bus_validator": {"id": "BUS-DEMO-0001", "start": "07:00", "gate": False,
+                      "channel": "demo/370302/bus",
                       "location": {"route": "19路", "vehicle": "鲁B-D0001", "stop": "泉城广场"}},
     "scenic_gate": {"id": "GATE-DEMO-0001", "start": "09:00", "gate": True,
+                    "channel": "demo/370902/scenic",
                     "location": {"site": "taishan", "gate": "E1", "direction": "in"}},
     "museum_gate": {"id": "MUSEUM-DEMO-0001", "start": "09:10", "gate": True,
+                    "channel": "demo/370102/museum",
                     "location": {"site": "shandong-museum", "gate": "M1", "direction": "in"}},
     "service_kiosk": {"id": "KIOSK-DEMO-0001", "start": "09:00", "gate": False,
+                      "channel": "demo/370102/kiosk",
                       "location": {"site": "jinan-hall-1"}},
 }
 PROFILES = tuple(_PROFILES)
@@ -239,7 +255,8 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
     terminal.add_listener(collect)
     try:
         store = PolicyStore(cfg.store_path)
-        seed_store(store, pop, pseudo, tickets={"ticket:taishan": today.isoformat()})
+        seed_store(store, pop, pseudo, tickets={"ticket:taishan": today.isoformat()},
+                   channel=spec["channel"])
         store.close()
         terminal.start()
         where = ", ".join(f"{k} {v}" for k, v in spec["location"].items())
@@ -268,7 +285,8 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
             if rig is not None:     # a virtual card in the vpcd reader's field
                 holder = pop.holders[int(step) if step != "pull" else 0]
                 rig.present(holder, **({"pull_after": 3} if step == "pull" else {}))
-                _wait(lambda n=before: len(outcomes) > n, 10)  # type: ignore[misc]
+                if not _wait(lambda n=before: len(outcomes) > n, 10):  # type: ignore[misc]
+                    say(f"tap {i}: card in the field 10 s, NOT DECIDED")
                 rig.pull()
             elif step == "pull":
                 cards.pull_mid_read()
@@ -276,6 +294,8 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
                 cards.tap(pop.holders[int(step)], service=service)
             summary.taps += 1
             terminal.drain(5)
+            if len(outcomes) == before:
+                summary.undecided.append(i)
             if controller is not None and len(outcomes) > before \
                     and outcomes[before].decision.accepted:
                 controller.wait_barrier("open_in", 3)
@@ -303,6 +323,8 @@ def run_demo(taps: int = 200, *, profile: str = "bus_validator", seed: int = 7,
         if rig is not None:
             rig.close()
     rows = [r for r in hub.export() if r.get("terminal") == cfg.terminal.id]
+    summary.policy = next((str(r["body"]["policy"]) for r in rows
+                           if r.get("body", {}).get("policy")), "")
     seqs = Counter(int(r["seq"]) for r in rows)
     summary.records_at_hub = len(seqs)
     summary.duplicated = sum(n - 1 for n in seqs.values())
@@ -327,4 +349,5 @@ def _wait(pred: Callable[[], bool], timeout: float) -> bool:
 
 
 def summary_dict(s: DemoSummary) -> dict[str, Any]:
-    return asdict(s)
+    """The summary as JSON-ready data, with ``ok`` (:attr:`DemoSummary.ok`)."""
+    return {**asdict(s), "ok": s.ok}

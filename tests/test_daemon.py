@@ -105,9 +105,9 @@ def test_config_typo_refuses_to_start_and_names_file_line_key(tmp_path: Path) ->
 def test_profile_with_failing_vector_is_refused(tmp_path: Path) -> None:
     src = Path(__file__).parents[1] / "profiles" / "bus_validator.toml"
     bad = tmp_path / "bus.toml"
-    bad.write_text(src.read_text(encoding="utf-8").replace('product = "student_half"\namount_cents = 100',
-                                                           'product = "student_half"\namount_cents = 150'),
-                   encoding="utf-8")
+    bad.write_text(src.read_text(encoding="utf-8").replace(
+        'product = "student_half"\namount = "student_fare"',
+        'product = "student_half"\namount_cents = 150'), encoding="utf-8")
     cfg = tmp_path / "t.toml"
     cfg.write_text(f'[terminal]\nprofile = "{bad}"\ndata_dir = "{tmp_path / "d"}"\ndemo = true\n')
     r = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "run", "--config", str(cfg)],

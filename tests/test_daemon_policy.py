@@ -24,11 +24,10 @@ FARE = 300
 def _dearer_rules(tmp: Path) -> Path:
     """The bus rules with a standard fare of 300 fen (and vectors that expect it)."""
     text = profile_path("bus_validator").read_text(encoding="utf-8")
-    assert text.count("amount_cents = 200") >= 2
+    assert text.count("standard_fare = 200") == 1
     path = tmp / "bus_validator.toml"
-    path.write_text(text.replace("amount_cents = 200", f"amount_cents = {FARE}")
-                    .replace("standard_fare_cents = 200", f"standard_fare_cents = {FARE}")
-                    .replace("2.00元", "3.00元"), encoding="utf-8")
+    path.write_text(text.replace("standard_fare = 200", f"standard_fare = {FARE}"),
+                    encoding="utf-8")
     return path
 
 

@@ -55,7 +55,7 @@ def test_scenic_not_entered_gives_the_days_entry_back(tmp_path: Path) -> None:
 def test_museum_slot_capacity_counts_visitors_per_slot(tmp_path: Path) -> None:
     eng, clock = _engine(tmp_path, "museum_gate")
     text = profile_path("museum_gate").read_text(encoding="utf-8").replace(
-        "max = 300", "max = 3").replace("visitors = 300", "visitors = 3").replace(
+        "slot_capacity = 300", "slot_capacity = 3").replace("visitors = 300", "visitors = 3").replace(
         "visitors = 299", "visitors = 2")
     small = load_ruleset(tmp_path / "m.toml", text=text)
     eng.swap(ruleset=small)
@@ -112,7 +112,7 @@ def test_museum_visitor_counts_per_hour(tmp_path: Path) -> None:
 def test_museum_not_entered_frees_the_time_slot_too(tmp_path: Path) -> None:
     eng, clock = _engine(tmp_path, "museum_gate")
     text = profile_path("museum_gate").read_text(encoding="utf-8").replace(
-        "max = 300", "max = 1").replace("visitors = 300", "visitors = 1").replace(
+        "slot_capacity = 300", "slot_capacity = 1").replace("visitors = 300", "visitors = 1").replace(
         "visitors = 299", "visitors = 0")
     eng.swap(ruleset=load_ruleset(tmp_path / "m.toml", text=text))
     first = _tap(eng, 0)

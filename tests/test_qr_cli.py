@@ -31,6 +31,10 @@ def test_issue_and_decode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["qr", "decode", str(png), str(png), "--trust", str(trust)]) == 1
     text = capsys.readouterr().out
     assert "accepted qr:ykt1" in text and "refused code_replayed" in text
+    # the OpenCV fallback finds the same clean ES256 code (it once found nothing)
+    assert main(["qr", "decode", str(png), "--trust", str(trust), "--json",
+                 "--decoder", "opencv"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["codes"][0]["accepted"]
 
 
 def test_decode_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,8 +63,9 @@ def test_default_decoder_on_corpus(qr_corpus_dir: Path) -> None:
 def test_other_decoders_on_corpus(name: str, qr_corpus_dir: Path) -> None:
     rates, false_hits = _rates(name, qr_corpus_dir)
     assert false_hits == 0
-    # reported for comparison (bench/bench_qr.py); OpenCV's detector misses many codes
-    assert rates["clean"] >= {"zbar": 0.9, "opencv": 0.2}[name]
+    # reported for comparison (bench/bench_qr.py); OpenCV's classic detector missed a
+    # third of the clean frames (68%), the Aruco one retried at 2× finds them all
+    assert rates["clean"] >= {"zbar": 0.9, "opencv": 0.95}[name]
 
 
 @pytest.mark.parametrize("name", DECODER_NAMES)

@@ -22,7 +22,7 @@ def test_every_shipped_profile_loads_and_passes_its_vectors(path: Path) -> None:
 
 
 def test_typo_in_a_rule_names_file_line_and_key(tmp_path: Path) -> None:
-    text = BUS.read_text(encoding="utf-8").replace("repeat_within_s = 60", "repeat_within = 60")
+    text = BUS.read_text(encoding="utf-8").replace("repeat_within_s = \"passback_s\"", "repeat_within = 60")
     p = tmp_path / "bus.toml"
     p.write_text(text, encoding="utf-8")
     line = next(n for n, s in enumerate(text.splitlines(), 1) if "repeat_within = 60" in s)
@@ -44,7 +44,8 @@ def test_wrong_types_and_unknown_reasons_are_reported(tmp_path: Path) -> None:
 
 def test_no_vectors_or_a_failing_vector_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "x.toml"
-    p.write_text('[profile]\nname = "x"\nkind = "bus_validator"\n[[rule]]\nid = "all"\n'
+    p.write_text('[profile]\nname = "x"\nkind = "bus_validator"\n[prompts]\n'
+                 'accepted = { text = "请上车" }\n[[rule]]\nid = "all"\n'
                  'accept = "accepted"\n', encoding="utf-8")
     with pytest.raises(RuleSetError, match="no test vectors"):
         load_ruleset(p)
@@ -89,7 +90,8 @@ def test_profile_prompts_use_known_sounds_and_voices(path: Path) -> None:
     prompts += [r.decision.prompt for r in rs.rules]
     for p in prompts:
         assert p.sound in BEEP_PATTERNS, f"{path.name}: unknown beep pattern {p.sound!r}"
-        assert not p.voice or p.voice in VOICE_CLIPS, f"{path.name}: unknown voice {p.voice!r}"
+        assert not p.voice or p.voice in VOICE_CLIPS or p.voice == "number:{queue}", \
+            f"{path.name}: unknown voice {p.voice!r}"
 
 
 def test_vectors_can_set_every_fact() -> None:
@@ -99,3 +101,80 @@ def test_vectors_can_set_every_fact() -> None:
 
     missing = {f.name for f in fields(Facts)} - {"now"} - set(VectorSpec.model_fields)
     assert not missing, f"test vectors cannot set these facts: {missing}"
+
+
+def _bus_with(tmp_path: Path, old: str, new: str) -> tuple[Path, str]:
+    text = BUS.read_text(encoding="utf-8")
+    assert old in text, old
+    text = text.replace(old, new, 1)
+    p = tmp_path / "bus.toml"
+    p.write_text(text, encoding="utf-8")
+    return p, text
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(n for n, s in enumerate(text.splitlines(), 1) if needle in s)
+
+
+def test_a_reason_without_a_prompt_is_refused_with_file_line_and_key(tmp_path: Path) -> None:
+    p, text = _bus_with(tmp_path, 'expired = { text = "卡已过期", sound = "deny", voice = "invalid" }\n',
+                        "")
+    with pytest.raises(ConfigFileError) as err:
+        load_ruleset(p)
+    line = _line_of(text, 'deny = "expired"')
+    assert (f"{p}:{line}: rule[1].deny: rule 'expired' decides 'expired' but [prompts] has "
+            "no 'expired'") in str(err.value)
+
+
+def test_prompts_must_fit_the_display_and_large_text(tmp_path: Path) -> None:
+    p, text = _bus_with(tmp_path, 'text = "卡已过期"', 'text = "卡已过期 请到服务窗口办理换卡"')
+    with pytest.raises(ConfigFileError) as err:
+        load_ruleset(p)
+    line = _line_of(text, "请到服务窗口办理换卡")
+    assert f"{p}:{line}: prompts.expired: prompt '卡已过期 请到服务窗口办理换卡' takes 29 " \
+        "columns; the display has 20" in str(err.value)
+    p, text = _bus_with(tmp_path, 'short = "老年卡", ', "")      # "老年卡 免费" is 11 columns
+    with pytest.raises(ConfigFileError, match="prompts.elderly_free: large text: prompt"):
+        load_ruleset(p)
+    p, text = _bus_with(tmp_path, 'text = "卡已过期"', 'text = "expired"')
+    with pytest.raises(ConfigFileError, match="has no Chinese text"):
+        load_ruleset(p)
+
+
+def test_settings_are_one_source_of_truth_and_none_is_dead(tmp_path: Path) -> None:
+    rs = load_ruleset(BUS)
+    tz = ZoneInfo("Asia/Shanghai")
+    adult = Facts(now=datetime(2026, 11, 25, 12, tzinfo=tz), age=30)
+    dearer = rs.with_settings({"standard_fare": 250, "elderly_age": 66})
+    d = dearer.evaluate(adult)
+    assert (d.amount_cents, d.prompt.text) == (250, "普通卡 2.50元")
+    assert dearer.evaluate(Facts(now=adult.now, age=65)).product == "standard"
+    assert rs.evaluate(Facts(now=adult.now, age=65)).product == "elderly_free"
+    # a vector rides free at 68: a city raising the age to 70 must change the vectors too
+    with pytest.raises(RuleSetError, match="vector 'dynamic code holder treated like a card'"):
+        rs.with_settings({"elderly_age": 70})
+    with pytest.raises(RuleSetError, match="settings.no_such: the policy bundle sets"):
+        rs.with_settings({"no_such": 1})
+    p, text = _bus_with(tmp_path, "elderly_daily_free_rides = 4\n",
+                        "elderly_daily_free_rides = 4\nholiday_fare = 0\n")
+    with pytest.raises(ConfigFileError) as err:
+        load_ruleset(p)
+    assert (f"{p}:{_line_of(text, 'holiday_fare')}: settings.holiday_fare: setting "
+            "'holiday_fare' is used by no rule or prompt") in str(err.value)
+    p, text = _bus_with(tmp_path, 'amount = "standard_fare"', 'amount = "standard_far"')
+    with pytest.raises(ConfigFileError) as err:
+        load_ruleset(p)
+    line = _line_of(text, 'amount = "standard_far"')
+    assert (f"{p}:{line}: rule[8].amount: no setting "
+            "'standard_far' in [settings]") in str(err.value)
+
+
+def test_every_reason_has_a_chinese_prompt_that_fits() -> None:
+    from agent.model import Reason
+    from agent.profile_checks import DEFAULT_PROMPTS, check_prompt
+
+    rs = load_ruleset(BUS)
+    for reason in Reason:
+        prompt = rs.prompt_for(reason)
+        assert prompt.text != reason.value and not check_prompt(prompt, 20, ()), reason
+        assert not check_prompt(DEFAULT_PROMPTS[reason], 20, ()), reason

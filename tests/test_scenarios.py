@@ -141,7 +141,7 @@ def test_scenic_gate_out_of_service_denies_without_taking_the_entry(rig: Rig) ->
     h = _holder(rig, "youfu")
     out = rig.tap(h)
     assert out.decision.reason is Reason.GATE_OUT_OF_SERVICE and not out.decision.accepted
-    assert rig.prompter.history[-1].text == "闸机故障 请走人工通道"
+    assert rig.prompter.history[-1].text == "闸机故障 走人工通道"
     assert rig.controller.barrier == "closed"
     wait_until(lambda: bool(rig.events("gate_out_of_service")), 5, "the fault to be journaled")
     rig.controller.mute(False)
@@ -188,5 +188,5 @@ def test_kiosk_shows_and_announces_the_queue_number(rig: Rig) -> None:
     b = rig.tap(rig.cards.population.holders[1], service="A")
     assert a.record is not None and b.record is not None
     assert (a.record.body["queue_no"], b.record.body["queue_no"]) == ("A001", "A002")
-    assert rig.prompter.history[-1].text == "社保卡业务 A002号 请到等候区"
-    assert rig.prompter.history[-1].voice == "queue_number"
+    assert rig.prompter.history[-1].text == "社保卡业务 A002号"
+    assert rig.prompter.history[-1].voice == "number:A002"

@@ -154,7 +154,31 @@ def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
             doc = parsed
         except ValueError as err:
             raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
+    _apply_settings(rulesets, doc)
     return _SmallParts(rulesets, keys, issuers, doc)
+
+
+def _apply_settings(rulesets: dict[str, RuleSet], doc: Mapping[str, Any]) -> None:
+    """Compile each rule set with the settings part's overrides for its profile (their
+    vectors run again). Raises :class:`BundleRefused` (``malformed``, ``vectors_failed``)."""
+    from agent.policy.wiring import profile_settings
+    for profile in doc:
+        try:
+            section = profile_settings(doc, profile)
+        except ValueError as err:
+            raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
+        if not section:
+            continue
+        try:
+            if profile in rulesets:
+                rulesets[profile] = rulesets[profile].with_settings(section)
+            else:       # the terminal's own rules: checked against the shipped profile
+                from profiles import PROFILE_DIR
+                shipped = PROFILE_DIR / f"{profile}.toml"
+                if shipped.exists():
+                    load_ruleset(shipped).with_settings(section)
+        except RuleSetError as err:
+            raise BundleRefused(Refusal.VECTORS_FAILED, str(err)[:500]) from None
 
 
 class PolicyApplier:
