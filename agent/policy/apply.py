@@ -29,6 +29,7 @@ delta's switch, :class:`agent.policy.compaction.Compactor` merges its overlay.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -144,6 +145,8 @@ def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
             keys = parse_trust_document(json.loads(issuers), source="policy:issuers")
         except (TrustStoreError, ValueError) as err:
             raise BundleRefused(Refusal.MALFORMED, f"issuers: {err}") from None
+        except RecursionError:
+            raise BundleRefused(Refusal.MALFORMED, "issuers: nested too deep") from None
     doc: dict[str, Any] = {}
     if settings is not None:
         try:
@@ -153,7 +156,18 @@ def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
             doc = parsed
         except ValueError as err:
             raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
+        except RecursionError:
+            raise BundleRefused(Refusal.MALFORMED, "settings: nested too deep") from None
     return _SmallParts(rulesets, keys, issuers, doc)
+
+
+def _file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks (bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 class PolicyApplier:
@@ -361,8 +375,13 @@ class PolicyApplier:
     def _obtain(self, env: Envelope, manifest: Manifest, ref: PartRef,
                 fetcher: PartFetcher | None) -> Path:
         dest = self.staging / ref.sha256
-        if dest.exists() and dest.stat().st_size == ref.size:
-            return dest              # fetched and checked by an earlier attempt
+        if dest.exists():
+            if dest.stat().st_size == ref.size and _file_sha256(dest) == ref.sha256:
+                return dest          # fetched and checked by an earlier attempt
+            # damaged on disk since (or torn): fetched again, never staged as it is
+            log.warning("staged part %s no longer matches its hash; fetching it again",
+                        ref.name)
+            dest.unlink()
         inline = env.inline_bytes(ref.sha256)
         if inline is not None:
             tmp = dest.with_name(dest.name + ".tmp")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
@@ -96,7 +97,8 @@ def read_rows(path: str | Path, kind: DataKind, mode: Mode, op: str | None = Non
     fields, ``-`` rows 2 or 1); only rows of ``op`` when given, else ``(op, *fields)``.
 
     Raises :class:`BundleRefused`: ``mix_and_match`` when the header names another kind
-    or mode, ``malformed`` for a bad line (non-hashed key, wrong field count, bad gzip).
+    or mode, ``malformed`` for a bad line (non-hashed key, wrong field count, bad gzip,
+    damaged deflate data, text that is not UTF-8); never anything else for bad bytes.
     """
     want = _header(kind, mode)
     n_add, n_rm = _FIELDS[kind], _REMOVE_FIELDS[kind]
@@ -121,5 +123,7 @@ def read_rows(path: str | Path, kind: DataKind, mode: Mode, op: str | None = Non
                     yield (o, *fields)
                 elif o == op:
                     yield tuple(fields)
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
+        # zlib.error: deflate data damaged in a way gzip's own checks do not turn into
+        # BadGzipFile (an OSError), e.g. a part corrupted on disk after its hash check
         raise BundleRefused(Refusal.MALFORMED, f"{kind} part unreadable: {err}") from None
