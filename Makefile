@@ -13,8 +13,9 @@ DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gc
 PYTEST_ARGS ?=
 CARDS ?= sim
 PROFILE ?= bus_validator
+FUZZ_EXAMPLES ?= 10000
 
-.PHONY: demo test lint typecheck bench deb venv firmware clean
+.PHONY: demo test fuzz lint typecheck bench deb venv firmware clean
 
 demo: $(STAMP) firmware
 	$(BIN)/ykt demo --cards $(CARDS) --profile $(PROFILE)
@@ -23,6 +24,13 @@ test: $(STAMP) firmware
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The parser properties of tests/test_fuzz_parsers.py with a long, random budget
+# (hypothesis profile "fuzz"; `make test` runs the same file with the small "ci" one).
+# docs/testing.md says what each target covers and how to replay a failure.
+fuzz: $(STAMP) firmware
+	YKT_HYPOTHESIS_PROFILE=fuzz YKT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(BIN)/pytest -q tests/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
