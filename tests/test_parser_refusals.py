@@ -70,6 +70,18 @@ def test_config_file_errors_name_file_and_line(tmp_path: Path, content: bytes, l
     assert f"{path}:{line}: " in err and "Traceback" not in err
 
 
+@pytest.mark.timeout(60)
+def test_line_numbers_of_a_file_with_a_long_bracket_line(tmp_path: Path) -> None:
+    """A valid TOML file with a bad key whose multi-line string holds ``[`` and 8,000
+    spaces: the key's line is found at once (the old header pattern backtracked in cubic
+    time, about 8 minutes here; the timeout is the failure, not a budget)."""
+    path = tmp_path / "terminal.toml"
+    path.write_text('[terminal]\nid = "BUS-1"\nnote = """\n[' + " " * 8000 + '\n"""\n',
+                    encoding="utf-8")
+    with pytest.raises(ConfigFileError, match=rf"{path}:3: terminal\.note: Extra inputs"):
+        load_config(path)
+
+
 def test_profile_file_not_utf8_names_the_line(tmp_path: Path) -> None:
     text = profile_path("bus_validator").read_bytes()
     path = tmp_path / "bus.toml"
