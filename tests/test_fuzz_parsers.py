@@ -50,6 +50,7 @@ from drivers.ssc import SscCard, read_ssc
 from drivers.ssc_records import (
     ALL_NEEDS,
     FIELDS,
+    MAX_GET_RESPONSE,
     CardError,
     MalformedResponse,
     decode_bcd,
@@ -60,6 +61,7 @@ from drivers.ssc_records import (
     decode_version,
     parse_tlv,
     split_sw,
+    transceive,
 )
 from profiles import profile_path
 from simulator.vcard import VirtualSscCard, card_population
@@ -134,6 +136,40 @@ def test_card_session_with_a_hostile_answer(at: int, garbage: bytes, gen: str) -
                  _PSAM, ALL_NEEDS)
     except CardError:
         pass
+
+
+class _Scripted:
+    """A card (or PSAM) transport that gives the scripted answers in turn, then 6F00."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers, self.given = list(answers), list[bytes]()
+
+    def transmit(self, apdu: bytes) -> bytes:
+        self.given.append(self.answers.pop(0) if self.answers else b"\x6f\x00")
+        return self.given[-1]
+
+
+_answer = st.binary(max_size=6) | st.tuples(st.binary(max_size=4), st.sampled_from(
+    [0x61, 0x6C, 0x90, 0x69]), st.integers(0, 255)).map(lambda t: t[0] + bytes(t[1:]))
+_answers = st.lists(_answer, max_size=24) | st.lists(      # a card stuck in 61xx
+    st.binary(max_size=3).map(lambda b: b + b"\x61\x10"), min_size=30, max_size=40)
+
+
+@_FUZZ
+@given(st.binary(min_size=4, max_size=12), _answers)
+def test_apdu_exchange(apdu: bytes, answers: list[bytes]) -> None:
+    """``61xx``/``6Cxx`` handling over any answers: (data, SW) or :class:`MalformedResponse`,
+    after a bounded number of commands (one resend, then at most MAX_GET_RESPONSE)."""
+    card = _Scripted(answers)
+    try:
+        data, sw = transceive(card, apdu)
+    except MalformedResponse:
+        pass
+    else:   # every answer had a status word, and the data is theirs without it
+        assert all(len(a) >= 2 for a in card.given)
+        assert sw == int.from_bytes(card.given[-1][-2:], "big") and sw >> 8 != 0x61
+        assert data.endswith(card.given[-1][:-2])
+    assert len(card.given) <= 2 + MAX_GET_RESPONSE
 
 
 # -- QR text: YKT1 = Base45 of COSE_Sign1 with CWT claims ---------------------------------
