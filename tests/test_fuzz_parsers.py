@@ -17,6 +17,7 @@ The budget comes from the hypothesis profile (``tests/conftest.py``): ``ci`` in
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import math
@@ -257,6 +258,24 @@ def test_manifest_field_of_any_type(key: str, value: Any, as_root: bool) -> None
         return
     # only a rotation that is not newer than the trusted root may be ignored
     assert as_root and root == _ROOT, (key, value)
+
+
+_signature = st.fixed_dictionaries({
+    "kid": st.just(_KEY.public.kid) | st.text(max_size=16),
+    "alg": st.sampled_from(["ES256", "EdDSA", "SM2", "none", ""]),
+    "sig": st.binary(max_size=80).map(lambda b: base64.b64encode(b).decode())
+    | st.text(max_size=20)})
+
+
+@_FUZZ
+@given(st.lists(_signature, max_size=3))
+def test_manifest_signatures_of_any_shape(signatures: list[dict[str, str]]) -> None:
+    """Signatures by the trusted key id over other bytes, of any length or alphabet,
+    by unknown kids or algorithms: refused with :class:`BundleRefused`, never accepted."""
+    doc = json.loads(json.dumps(_GOOD))
+    doc["manifest"]["signatures"] = signatures
+    with pytest.raises(BundleRefused):
+        verify_envelope(Envelope.parse(json.dumps(doc).encode()), _ROOT)
 
 
 @_FUZZ
