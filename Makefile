@@ -16,8 +16,9 @@ CARDS ?= sim
 PROFILE ?= bus_validator
 # the demo speaks mutual TLS with an enrolled terminal (docs/security.md); TLS= for plain MQTT
 TLS ?= --tls
+FUZZ_EXAMPLES ?= 10000
 
-.PHONY: demo test lint typecheck bench deb venv firmware clean install uninstall voices
+.PHONY: demo test fuzz lint typecheck bench deb venv firmware clean install uninstall voices
 
 # voice clips (Mandarin, espeak-ng) for the prompt driver's player; its voice_dir
 voices: $(STAMP)
@@ -33,6 +34,13 @@ test: $(STAMP) firmware
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The parser properties of tests/test_fuzz_parsers.py with a long, random budget
+# (hypothesis profile "fuzz"; `make test` runs the same file with the small "ci" one).
+# docs/testing.md says what each target covers and how to replay a failure.
+fuzz: $(STAMP) firmware
+	YKT_HYPOTHESIS_PROFILE=fuzz YKT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
+	  $(BIN)/pytest -q tests/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

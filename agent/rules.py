@@ -23,7 +23,7 @@ from agent.errors import ConfigurationError
 from agent.model import Decision, Prompt, Reason
 from agent.profile_checks import DEFAULT_PROMPTS, Loc, SettingValues, check_prompt
 from agent.rule_conditions import Predicate, compile_when, parse_hours
-from agent.tomlconf import ConfigFileError, format_loc, key_lines, load_toml_model
+from agent.tomlconf import ConfigFileError, format_loc, key_lines, load_toml_model, read_utf8
 
 __all__ = ["Facts", "RuleSet", "RuleSetError", "load_ruleset"]
 
@@ -358,10 +358,7 @@ def load_ruleset(path: str | Path, *, text: str | None = None) -> RuleSet:
     vectors or any vector fails: such a rule set is never activated.
     """
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigFileError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
+        text = read_utf8(Path(path))       # ConfigFileError for unreadable or non-UTF-8
     spec = load_toml_model(path, RuleFile, text=text)
     rs = RuleSet(spec, str(path))
     if rs.problems:

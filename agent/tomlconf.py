@@ -17,11 +17,13 @@ from pydantic import BaseModel, ValidationError
 
 from agent.errors import ConfigurationError
 
-__all__ = ["ConfigFileError", "format_loc", "key_lines", "load_toml_model"]
+__all__ = ["ConfigFileError", "format_loc", "key_lines", "load_toml_model", "read_utf8"]
 
 M = TypeVar("M", bound=BaseModel)
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+# Linear: no two parts of either pattern can match the same characters (a header with
+# lazy ``\s*([^\]]+?)\s*`` took cubic time: 8 minutes on "[" and 8,000 spaces).
+_HEADER = re.compile(r"^\s*(\[\[?)([^\]]+)\]\]?\s*(?:#.*)?$")
 _KEY = re.compile(r'^\s*((?:[A-Za-z0-9_\-]+|"[^"]*")(?:\s*\.\s*(?:[A-Za-z0-9_\-]+|"[^"]*"))*)\s*=')
 
 
@@ -50,7 +52,7 @@ def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
     for n, line in enumerate(text.splitlines(), 1):
         m = _HEADER.match(line)
         if m:
-            parts = tuple(_split_key(m.group(2)))
+            parts = tuple(_split_key(m.group(2).strip()))
             if m.group(1) == "[[":
                 idx = counts.get(parts, 0)
                 counts[parts] = idx + 1
@@ -81,22 +83,55 @@ def _line_for(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...
     return None
 
 
+def read_utf8(path: Path) -> str:
+    """The text of the file at ``path``. Raises :class:`ConfigFileError`: unreadable, or
+    ``file:line`` of the first byte that is not UTF-8."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigFileError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigFileError(path, [f"{path}:{line}: not UTF-8 text (byte "
+                                     f"0x{raw[err.start]:02x})"]) from None
+
+
+def _deepest_line(text: str) -> int:
+    """The 1-based line where brackets and braces are nested deepest (strings and
+    comments are not told apart: this only points the operator at the place)."""
+    depth = deepest = 0
+    where = 1
+    for n, line in enumerate(text.splitlines(), 1):
+        for ch in line:
+            if ch in "[{":
+                depth += 1
+                if depth > deepest:
+                    deepest, where = depth, n
+            elif ch in "]}":
+                depth -= 1
+    return where
+
+
 def load_toml_model(path: str | Path, model: type[M], *, text: str | None = None) -> M:
     """Parse the TOML file at ``path`` and validate it as ``model``.
 
     Raises :class:`ConfigFileError` naming file, line and key for each problem, and for
-    unreadable files or TOML syntax errors.
+    unreadable files, bytes that are not UTF-8 (``file:line``), TOML syntax errors and
+    arrays or inline tables nested too deep to parse (``file:line``). Nothing else, for
+    any content of the file.
     """
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigFileError(path, [f"{path}: cannot read: {err.strerror or err}"]) from err
+        text = read_utf8(path)
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigFileError(path, [f"{path}: TOML syntax error: {err}"]) from err
+    except RecursionError:
+        raise ConfigFileError(path, [f"{path}:{_deepest_line(text)}: arrays or inline tables "
+                                     "nested too deep"]) from None
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -300,3 +300,53 @@ def test_unknown_refusal_code_from_the_apply_process_is_malformed(tmp_path: Path
     with pytest.raises(BundleRefused) as exc:
         SubprocessRunner(python=str(fake)).run(plan)
     assert exc.value.refusal is Refusal.MALFORMED and exc.value.detail == "x"
+
+
+def test_float_manifest_version_is_malformed_and_not_retried(policy_env: PolicyEnv,
+                                                             broker: Mosquitto) -> None:
+    """Found by fuzzing: ``"version": 2.0`` passed the manifest model (2.0 == 2) and then
+    had no canonical form, so the signature check raised ``ValueError``: the downlink
+    took it for a failed apply and retried it forever. Now it is refused ``malformed``,
+    once; the genuine v2 offered after it is the positive signal that nothing was retried
+    (the downlink retries without a pause here)."""
+    env = policy_env
+    t = _ready(env)
+    good = _victim_delta(env)
+    hostile = _mutate(good, manifest=lambda m: m.update(version=2.0))
+    _refused(t, hostile, Refusal.MALFORMED)
+    offers: list[bytes] = []
+    offer = t.applier.offer
+
+    def counting(payload: bytes, fetcher: Any = None) -> Any:
+        offers.append(payload)
+        return offer(payload, fetcher)
+    t.applier.offer = counting  # type: ignore[method-assign]
+    down = Downlink(t.applier, settings=MqttSettings(host=broker.host, port=broker.port),
+                    client_id="T1-policy", retry_min_s=0.0, retry_max_s=0.0)
+    down.start()
+    try:
+        down.offer(hostile)
+        wait_until(lambda: down.status()["policy_state"] == "refused", 10, "the refusal")
+        assert down.status()["policy_refusal"] == "malformed"
+        _still_deciding_with_v1(env, t)
+        down.offer(good)
+        wait_until(lambda: down.status()["policy_state"] == "applied", 10, "v2 applied")
+        assert offers == [hostile, good]
+    finally:
+        down.stop()
+
+
+def test_a_staged_part_damaged_on_disk_is_fetched_again(policy_env: PolicyEnv) -> None:
+    """A part staged by an earlier attempt and damaged on disk since (same size, other
+    bytes: the gzip stream then fails inside zlib) is checked again and replaced, so the
+    genuine bundle applies instead of failing on every attempt."""
+    env = policy_env
+    t = _ready(env)
+    good = _victim_delta(env)
+    ref = next(p for p in json.loads(good)["manifest"]["signed"]["parts"]
+               if p["name"] == "hotlist.delta")
+    damaged = bytearray(base64.b64decode(json.loads(good)["inline"][ref["sha256"]]))
+    damaged[12:-8] = bytes(b ^ 0x5A for b in damaged[12:-8])
+    (t.applier.staging / ref["sha256"]).write_bytes(bytes(damaged))
+    assert t.applier.offer(good, None) is not None
+    assert t.store.info.version == 2

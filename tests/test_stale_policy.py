@@ -45,6 +45,9 @@ def test_deny_all_denies_every_tap_once_the_policy_expires(policy_env: PolicyEnv
         v1 = env.repo.latest_envelope()
         publish_envelope(broker, v1)
         daemon.wait_version(1)
+        # the store moves to v1 inside the switch, before the listeners swap the engine's
+        # rules; the downlink reports "applied" only once they have
+        daemon.wait_state("applied")
         engine = daemon.terminal.engine
         assert engine is not None
         with engine.between_taps():     # the store and the rules switch together in here

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -149,11 +150,13 @@ def read_trust_file(path: str | Path) -> tuple[list[IssuerKey], str]:
         raw = p.read_bytes()
     except OSError as err:
         raise TrustStoreError(f"{p}: cannot read trust file: {err.strerror}") from err
+    fmt = "JSON" if p.suffix.lower() == ".json" else "TOML"
     try:
-        doc = json.loads(raw) if p.suffix.lower() == ".json" else tomllib.loads(raw.decode())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise TrustStoreError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: "
-                              f"{err}") from err
+        doc = json.loads(raw) if fmt == "JSON" else tomllib.loads(raw.decode())
+    except ValueError as err:         # also UnicodeDecodeError, TOMLDecodeError
+        raise TrustStoreError(f"{p}: not valid {fmt}: {err}") from err
+    except RecursionError:
+        raise TrustStoreError(f"{p}: not valid {fmt}: nested too deep") from None
     return parse_trust_document(doc, source=str(p))
 
 
@@ -163,19 +166,34 @@ def _time(value: object, where: str) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            t = float(value)
+        except OverflowError:
+            t = math.inf
+        if math.isfinite(t):
+            return t
     if isinstance(value, str):
         try:
             return parse_utc(value)
         except ValueError:
             pass
-    raise TrustStoreError(f"{where}: expected an RFC 3339 time, got {value!r}")
+    raise TrustStoreError(f"{where}: expected an RFC 3339 time, got {value!r:.60}")
+
+
+def _utf8(text: str) -> bool:
+    """``text`` can be encoded (no lone surrogate, as JSON's ``"\\ud800"`` gives)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_trust_document(doc: object, *, source: str = "<trust>") -> tuple[list[IssuerKey], str]:
     """Issuer keys and version from a parsed trust document (see the module docstring).
 
-    Raises :class:`TrustStoreError` naming ``source`` and the key at fault.
+    Raises :class:`TrustStoreError` naming ``source`` and the key at fault, and nothing
+    else whatever ``doc`` holds (times must be finite; a kid must be encodable text).
     """
     if not isinstance(doc, Mapping):
         raise TrustStoreError(f"{source}: the document must be a table/object")
@@ -196,12 +214,12 @@ def parse_trust_document(doc: object, *, source: str = "<trust>") -> tuple[list[
         if extra:
             raise TrustStoreError(f"{where}: unknown key(s) {sorted(extra)}")
         kid, alg_name, pem = entry.get("kid"), entry.get("alg", "ES256"), entry.get("public_key")
-        if not isinstance(kid, str) or not kid:
+        if not isinstance(kid, str) or not kid or not _utf8(kid):
             raise TrustStoreError(f"{where}.kid: a non-empty string is required")
         if kid in seen:
             raise TrustStoreError(f"{where}.kid: duplicate kid {kid!r}")
         seen.add(kid)
-        if not isinstance(pem, str) or "BEGIN PUBLIC KEY" not in pem:
+        if not isinstance(pem, str) or "BEGIN PUBLIC KEY" not in pem or not pem.isascii():
             raise TrustStoreError(f"{where}.public_key: a PEM public key is required")
         try:
             alg = algorithm(str(alg_name))

@@ -45,6 +45,7 @@ from agent.journal import canonical
 from agent.policy.compaction import Compactor
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.manifest import Envelope, Manifest, PartRef, Root, sha256_hex
+from agent.policy.parts import file_sha256
 from agent.policy.runners import ApplyRunner, InProcessRunner, SubprocessRunner, stage_command
 from agent.policy.signing import load_root, verify_envelope
 from agent.policy.stage import ApplyPlan
@@ -145,6 +146,8 @@ def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
             keys = parse_trust_document(json.loads(issuers), source="policy:issuers")
         except (TrustStoreError, ValueError) as err:
             raise BundleRefused(Refusal.MALFORMED, f"issuers: {err}") from None
+        except RecursionError:
+            raise BundleRefused(Refusal.MALFORMED, "issuers: nested too deep") from None
     doc: dict[str, Any] = {}
     if settings is not None:
         try:
@@ -154,6 +157,8 @@ def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
             doc = parsed
         except ValueError as err:
             raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
+        except RecursionError:
+            raise BundleRefused(Refusal.MALFORMED, "settings: nested too deep") from None
     _apply_settings(rulesets, doc)
     return _SmallParts(rulesets, keys, issuers, doc)
 
@@ -411,8 +416,13 @@ class PolicyApplier:
     def _obtain(self, env: Envelope, manifest: Manifest, ref: PartRef,
                 fetcher: PartFetcher | None) -> Path:
         dest = self.staging / ref.sha256
-        if dest.exists() and dest.stat().st_size == ref.size:
-            return dest              # fetched and checked by an earlier attempt
+        if dest.exists():
+            if dest.stat().st_size == ref.size and file_sha256(dest) == ref.sha256:
+                return dest          # fetched and checked by an earlier attempt
+            # damaged on disk since (or torn): fetched again, never staged as it is
+            log.warning("staged part %s no longer matches its hash; fetching it again",
+                        ref.name)
+            dest.unlink()
         inline = env.inline_bytes(ref.sha256)
         if inline is not None:
             tmp = dest.with_name(dest.name + ".tmp")

@@ -29,6 +29,7 @@ from agent.store import PolicyInfo
 
 __all__ = [
     "MANIFEST_TYPE",
+    "MAX_ENVELOPE_BYTES",
     "ROOT_TYPE",
     "DeltaBase",
     "Envelope",
@@ -40,17 +41,36 @@ __all__ = [
     "SignedManifest",
     "SignedRoot",
     "sha256_hex",
+    "signed_bytes",
 ]
 
 MANIFEST_TYPE = "ykt-policy-manifest"
 ROOT_TYPE = "ykt-policy-root"
 PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_INT64 = 2**63 - 1          # SQLite's INTEGER: a larger number could never be stored
+
+MAX_ENVELOPE_BYTES = 512 * 1024
+"""The largest envelope a terminal parses (bytes): 192 KiB of inline parts are 256 KiB
+of base64, plus the signed manifest and root rotations. Larger payloads are refused
+``malformed`` before any parsing."""
 
 
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def signed_bytes(signed: dict[str, Any], what: str = "manifest") -> bytes:
+    """The canonical bytes a signature covers. Raises :class:`BundleRefused`
+    (``malformed``) when ``signed`` has no canonical form (a float such as a version of
+    ``3.0``, a lone surrogate in a string): such a document can never carry a valid
+    signature, and the refusal is final rather than retried."""
+    try:
+        return canonical(signed)
+    except (ValueError, RecursionError) as err:   # UnicodeEncodeError is a ValueError
+        raise BundleRefused(Refusal.MALFORMED, f"{what}: no canonical form: "
+                            f"{type(err).__name__}") from None
 
 
 class _Strict(BaseModel):
@@ -70,8 +90,8 @@ class Root(_Strict):
     terminals (the trust anchor); serial n+1 must be signed by serial n's keys."""
 
     type: Literal["ykt-policy-root"] = "ykt-policy-root"
-    serial: int = Field(ge=1)
-    threshold: int = Field(1, ge=1, description="distinct valid signatures required")
+    serial: int = Field(ge=1, le=_INT64)
+    threshold: int = Field(1, ge=1, le=1000, description="distinct valid signatures required")
     keys: list[KeyEntry] = Field(min_length=1)
 
     def key(self, kid: str) -> KeyEntry | None:
@@ -86,8 +106,8 @@ class PartRef(_Strict):
     kind: PartKind
     mode: Literal["snapshot", "delta", "file"] = "file"
     sha256: str
-    size: int = Field(ge=0, description="bytes")
-    rows: int = Field(0, ge=0, description="data lines (entitlements/hotlist parts)")
+    size: int = Field(ge=0, le=_INT64, description="bytes")
+    rows: int = Field(0, ge=0, le=_INT64, description="data lines (entitlements/hotlist parts)")
     inline: bool = Field(False, description="carried in the envelope (small parts)")
 
     @field_validator("sha256")
@@ -101,7 +121,7 @@ class PartRef(_Strict):
 class DeltaBase(_Strict):
     """The applied version a delta's parts transform into this version."""
 
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=_INT64)
     hash: str
 
 
@@ -110,10 +130,11 @@ class Manifest(_Strict):
 
     type: Literal["ykt-policy-manifest"] = "ykt-policy-manifest"
     channel: str
-    version: int = Field(ge=1, description="increases with every publication")
+    version: int = Field(ge=1, le=_INT64, description="increases with every publication")
     created: str = Field(description="RFC 3339 UTC")
     expires: str = Field(description="RFC 3339 UTC; terminals report policy-stale after it")
-    root_serial: int = Field(ge=1, description="the signer root whose keys sign this")
+    root_serial: int = Field(ge=1, le=_INT64,
+                             description="the signer root whose keys sign this")
     base_url: str = Field("", description="where non-inline parts are served: base_url + sha256")
     delta_from: DeltaBase | None = None
     totals: dict[str, int] = Field(default_factory=dict,
@@ -156,8 +177,9 @@ class SignedManifest(_Strict):
     signatures: list[Signature] = Field(default_factory=list)
 
     def digest(self) -> str:
-        """The manifest hash: hex SHA-256 of the canonical JSON of ``signed``."""
-        return sha256_hex(canonical(self.signed))
+        """The manifest hash: hex SHA-256 of the canonical JSON of ``signed``.
+        Raises :class:`BundleRefused` (``malformed``, see :func:`signed_bytes`)."""
+        return sha256_hex(signed_bytes(self.signed))
 
 
 class SignedRoot(_Strict):
@@ -174,7 +196,11 @@ class Envelope(_Strict):
 
     @classmethod
     def parse(cls, payload: bytes) -> Envelope:
-        """Parse the wire bytes. Raises :class:`BundleRefused` (``malformed``)."""
+        """Parse the wire bytes. Raises :class:`BundleRefused` (``malformed``), also for
+        more than :data:`MAX_ENVELOPE_BYTES` or JSON nested too deep."""
+        if len(payload) > MAX_ENVELOPE_BYTES:
+            raise BundleRefused(Refusal.MALFORMED, f"envelope of {len(payload)} bytes exceeds "
+                                f"{MAX_ENVELOPE_BYTES}")
         try:
             return cls.model_validate_json(payload)
         except ValidationError as err:

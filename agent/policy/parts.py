@@ -18,8 +18,10 @@ Reading streams line by line: memory stays bounded whatever the size.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Literal
@@ -96,7 +98,8 @@ def read_rows(path: str | Path, kind: DataKind, mode: Mode, op: str | None = Non
     fields, ``-`` rows 2 or 1); only rows of ``op`` when given, else ``(op, *fields)``.
 
     Raises :class:`BundleRefused`: ``mix_and_match`` when the header names another kind
-    or mode, ``malformed`` for a bad line (non-hashed key, wrong field count, bad gzip).
+    or mode, ``malformed`` for a bad line (non-hashed key, wrong field count, bad gzip,
+    damaged deflate data, text that is not UTF-8); never anything else for bad bytes.
     """
     want = _header(kind, mode)
     n_add, n_rm = _FIELDS[kind], _REMOVE_FIELDS[kind]
@@ -121,5 +124,16 @@ def read_rows(path: str | Path, kind: DataKind, mode: Mode, op: str | None = Non
                     yield (o, *fields)
                 elif o == op:
                     yield tuple(fields)
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
+        # zlib.error: deflate data damaged in a way gzip's own checks do not turn into
+        # BadGzipFile (an OSError), e.g. a part corrupted on disk after its hash check
         raise BundleRefused(Refusal.MALFORMED, f"{kind} part unreadable: {err}") from None
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks (bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -7,7 +7,8 @@ SHA-256 of the DER SubjectPublicKeyInfo.
 :func:`verify_envelope` walks the root chain from the terminal's trusted root (each
 rotation must be signed by the previous root's keys, up to its threshold), then checks
 the manifest's signatures against the resulting root. Errors are :class:`BundleRefused`
-with ``unsigned``, ``unknown_signer``, ``bad_signature`` or ``malformed``.
+with ``unsigned``, ``unknown_signer``, ``bad_signature`` or ``malformed`` (also for a
+document with no canonical form, e.g. a float version: refused, never retried).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from agent.policy.manifest import (
     Signature,
     SignedManifest,
     SignedRoot,
+    signed_bytes,
 )
 
 __all__ = ["SigningKey", "key_id", "load_root", "sign_document", "verify_envelope",
@@ -108,11 +110,12 @@ def verify_signed(signed: dict[str, Any], signatures: list[Signature], root: Roo
     """Require ``root.threshold`` distinct valid signatures by ``root``'s keys.
 
     Raises :class:`BundleRefused`: ``unsigned`` (no signatures), ``unknown_signer`` (no
-    signature by a key of ``root``), ``bad_signature`` (a trusted key's signature fails).
+    signature by a key of ``root``), ``bad_signature`` (a trusted key's signature fails),
+    ``malformed`` (``signed`` has no canonical form: :func:`signed_bytes`).
     """
     if not signatures:
         raise BundleRefused(Refusal.UNSIGNED, f"{what} carries no signature")
-    data = canonical(signed)
+    data = signed_bytes(signed, what)
     good: set[str] = set()
     known = False
     for s in signatures:
