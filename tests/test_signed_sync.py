@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -313,10 +314,15 @@ def test_records_pruned_before_the_hub_lost_them_are_reported(
         fill(journal, 5)
         up.notify()
         wait_until(lambda: up.stats["resyncs"] == 1, 20, "the resync")
+
+        def lost_events() -> list[dict[str, Any]]:
+            return [r.body for r in journal.records(300, 100)
+                    if r.body.get("event") == "records_lost_at_hub"]
+        # the counter moves before the event is journaled (the uplink thread): wait for it
+        wait_until(lambda: bool(lost_events()), 20, "the records_lost_at_hub event")
         lost = up.status_payload()["records_lost_at_hub"]
         assert [(x["from"], x["to"]) for x in lost] == [(101, 299)]
-        events = [r.body for r in journal.records(300, 100) if "event" in r.body]
-        assert events and events[0]["event"] == "records_lost_at_hub"
+        assert len(lost_events()) == 1
         # not stuck: the signed skip lets the hub's chain go on, so acks advance again
         assert up.wait_synced(20), f"stuck at {journal.acked_seq}/{journal.last_seq}"
         assert [r["seq"] for r in hub.export()] == list(range(1, 101)) + list(
