@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from agent.sdnotify import notify, supervise
 from sync.hub.service import Hub
 from sync.hub.store import HubStore, SqliteHubStore
+from sync.hub.trust import HubTrust
 from sync.link import MqttSettings
 from sync.topics import validate_terminal_id
 
@@ -123,6 +124,17 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _trust(identity: Path | None) -> HubTrust | int | None:
+    """The hub's trust from ``--identity`` (None without one), or exit code 2 (reported)."""
+    if identity is None:
+        return None
+    from agent.identity import IdentityError
+    try:
+        return HubTrust(identity)
+    except IdentityError as err:
+        return _err(str(err))
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -143,14 +155,9 @@ def _run(args: argparse.Namespace) -> int:
                      if t.strip()}
         except ValueError as err:
             return _err(f"--terminals: {err}")
-    trust = None
-    if args.identity is not None:
-        from agent.identity import IdentityError
-        from sync.hub.trust import HubTrust
-        try:
-            trust = HubTrust(args.identity)
-        except IdentityError as err:
-            return _err(str(err))
+    trust = _trust(args.identity)
+    if isinstance(trust, int):
+        return trust
     try:
         store = _open_store(args.db)
     except OSError as err:
@@ -181,14 +188,9 @@ def _import(args: argparse.Namespace) -> int:
     """Feed an archive's batches through the hub's own ingest (checks, exactly-once)."""
     from sync.archive import read_archive
 
-    trust = None
-    if args.identity is not None:
-        from agent.identity import IdentityError
-        from sync.hub.trust import HubTrust
-        try:
-            trust = HubTrust(args.identity)
-        except IdentityError as err:
-            return _err(str(err))
+    trust = _trust(args.identity)
+    if isinstance(trust, int):
+        return trust
     try:
         header, batches = read_archive(args.archive)
     except (OSError, ValueError) as err:
