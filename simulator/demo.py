@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.cli_agent import journal_stats
+from agent.cli.agent import journal_stats
 from agent.config import DEMO_PSEUDONYM_KEY, AgentConfig
 from agent.daemon import Terminal
 from agent.engine import Outcome

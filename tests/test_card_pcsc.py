@@ -330,7 +330,7 @@ def test_cli_card_read_takes_the_readers_from_the_terminal_config(  # type: igno
     out = json.loads(captured.out)
     assert out["reader"] == card_rig.card_reader
     # without a PSAM reader anywhere: a usage error that lists the readers
-    monkeypatch.setattr("agent.cli_card._configured_options", lambda path: {})
+    monkeypatch.setattr("agent.cli.card._configured_options", lambda path: {})
     assert main(["card", "read", "--timeout", "1"]) == 2
     err = capsys.readouterr().err
     assert "give --psam-reader NAME" in err and card_rig.psam_reader in err

@@ -30,7 +30,11 @@ def _diag(cfg: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str,
     return code, {c["name"]: c for c in json.loads(capsys.readouterr().out)}
 
 
-def _config(tmp_path: Path, extra: str = "[mqtt]\nenabled = false\n") -> Path:
+def _config(tmp_path: Path, extra: str = "[mqtt]\nenabled = false\n[cards]\nbackend = \"sim\"\n"
+            ) -> Path:
+    """A terminal config with ``extra`` appended. The default's sim cards keep the card
+    check off pcscd: whether pcscd happens to run (another test left it) is no part of
+    these checks (the real readers are checked in test_card_pcsc)."""
     cfg = tmp_path / "t.toml"
     cfg.write_text(f'[terminal]\nid = "BUS-D"\ndemo = true\ndata_dir = "{tmp_path / "d"}"\n'
                    + extra, encoding="utf-8")

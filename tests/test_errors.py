@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import agent.errors
-from agent import cli, cli_agent
+from agent import cli
+from agent.cli import agent as cli_agent
 from agent.errors import ConfigurationError, Unavailable, YktError, exit_code
 from tests.test_architecture import modules
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.cli_policy import fleet_rows
 from agent.policy.apply import InProcessRunner, PolicyApplier
 from agent.policy.errors import BundleRefused, Refusal
 from agent.policy.signing import SigningKey, load_root
@@ -20,6 +19,7 @@ from agent.store import PolicyStore
 from profiles import profile_path
 from simulator.broker import Mosquitto
 from simulator.population import Population
+from sync.hub.fleet import fleet_rows
 from sync.hub.store import SqliteHubStore
 from tests.fixtures.policy import CHANNEL
 

@@ -96,7 +96,7 @@ def test_kiosk_expired_card_gets_a_renewal_number(tmp_path: Path) -> None:
 
 
 def test_museum_visitor_counts_per_hour(tmp_path: Path) -> None:
-    from agent.cli_agent import journal_stats
+    from agent.cli.agent import journal_stats
 
     eng, clock = _engine(tmp_path, "museum_gate")
     for i in range(3):

@@ -166,7 +166,7 @@ def test_fire_alarm_opens_the_gate_and_is_journaled(rig: Rig) -> None:
 
 @pytest.mark.parametrize("rig", [("museum_gate", True)], indirect=True)
 def test_museum_gate_opens_for_identity_and_counts_visitors(rig: Rig) -> None:
-    from agent.cli_agent import journal_stats
+    from agent.cli.agent import journal_stats
 
     for h in rig.cards.population.holders[:3]:
         if h.hotlisted or "expired" in h.tags:

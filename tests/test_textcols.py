@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.cli_demo import _line
+from agent.cli.demo import _line
 from agent.engine import Outcome
 from agent.model import Decision, Prompt, Reason
 from agent.textcols import display_width, pad

@@ -5,7 +5,7 @@ the result with everything start-up checks (the model, then :func:`startup_probl
 and only then writes it: to a temporary file in the same directory, fsynced, renamed over
 the old one, with the previous version kept as ``FILE.previous`` for ``ykt config set
 --rollback``. A value is parsed as TOML (``true``, ``7``, ``"text"``, ``[1, 2]``); a bare
-word that is not TOML is taken as a string. ``validate`` lives in ``agent.cli_agent``.
+word that is not TOML is taken as a string. ``validate`` lives in ``agent.cli.agent``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    config = sub.choices["config"]          # ``config validate`` is agent.cli_agent's
+    config = sub.choices["config"]          # ``config validate`` is agent.cli.agent's
     csub = next(a for a in config._actions if isinstance(a, argparse._SubParsersAction))
     default = "/etc/ykt/terminal.toml"
     p = csub.add_parser("show", help="the whole configuration, defaults filled in")

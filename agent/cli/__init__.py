@@ -26,18 +26,19 @@ from agent.logsetup import configure as configure_logging
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
 SUBCOMMAND_MODULES = [
-    "agent.cli_agent",    # ykt agent run / config validate / journal verify / status
-    "agent.cli_status",   # ykt status / sync now|status
-    "agent.cli_diag",     # ykt diag
-    "agent.cli_gate",     # ykt gate test
-    "agent.cli_config",   # ykt config show / get / set (after cli_agent's config validate)
-    "agent.cli_demo",     # ykt demo
-    "agent.cli_card",     # ykt card read
-    "agent.cli_qr",       # ykt qr decode / issue
-    "agent.cli_policy",   # ykt hub policy …
-    "sync.hub.cli",       # ykt hub run / export / report / fleet
+    "agent.cli.agent",    # ykt agent run / config validate / journal verify / status
+    "agent.cli.status",   # ykt status / sync now|status
+    "agent.cli.diag",     # ykt diag
+    "agent.cli.gate",     # ykt gate test
+    "agent.cli.config",   # ykt config show / get / set (after cli_agent's config validate)
+    "agent.cli.demo",     # ykt demo
+    "agent.cli.card",     # ykt card read
+    "agent.cli.qr",       # ykt qr decode / issue
+    "sync.hub.cli",       # ykt hub run / export / report
+    "sync.hub.cli_policy",  # ykt hub policy …
+    "sync.hub.fleet",     # ykt hub fleet
     "sync.hub.cli_trust",  # ykt hub ca / identity / broker-config / enroll / web / revoke / crl
-    "agent.cli_enroll",   # ykt enroll (terminal side)
+    "agent.cli.enroll",   # ykt enroll (terminal side)
 ]
 
 
@@ -100,6 +101,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
