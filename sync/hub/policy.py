@@ -15,18 +15,12 @@ validates rule files (their vectors must pass) and issuer keys, signs the manife
 stores the envelope. :meth:`PolicyRepo.publish` puts it retained on
 ``ykt/v1/policy/{channel}/manifest``.
 
-Source columns (CSV header or JSONL keys):
-
-* entitlements: ``ssn`` (or an already hashed ``holder_key``), ``name`` (or ``category``),
-  optional ``valid_from``, ``valid_until`` (ISO dates);
-* hotlist: ``card_id`` (a card, kind ``card``) or ``ssn`` (a holder, kind ``holder``), or a
-  hashed ``key`` with ``kind``; optional ``reason`` (default ``lost``), ``listed``.
+Reading and checking source files: :mod:`sync.hub.policy_sources`.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import json
 import logging
@@ -34,13 +28,11 @@ import os
 import sqlite3
 import time
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.codes.trust import parse_trust_document
-from agent.errors import ConfigurationError
 from agent.journal import canonical, utc_stamp
 from agent.policy.manifest import (
     DeltaBase,
@@ -56,6 +48,7 @@ from agent.policy.parts import DataKind, PartWriter
 from agent.policy.signing import SigningKey, load_root, signed_manifest, signed_root
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
+from sync.hub.policy_sources import BundleSources, SourceError, entitlement_rows, hotlist_rows
 from sync.topics import policy_manifest, validate_channel
 
 __all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "init_root"]
@@ -73,25 +66,6 @@ _SCHEMAS = {
            "PRIMARY KEY (holder_key, name)",
     "hot": "key TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT, listed TEXT",
 }
-
-
-class SourceError(ConfigurationError):
-    """A source file is unusable; the message names the file and line."""
-
-
-@dataclass
-class BundleSources:
-    """Inputs of one build. ``None`` keeps that part as last published. With ``merge``
-    the entitlement/hotlist files are additions to the last version instead of the full
-    lists; ``remove_hotlist`` files list entries to drop (same columns)."""
-
-    entitlements: Path | None = None
-    hotlist: Path | None = None
-    remove_hotlist: Path | None = None
-    rules: list[Path] = field(default_factory=list)
-    issuers: Path | None = None
-    settings: Path | None = None
-    merge: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,25 +91,6 @@ def init_root(repo: str | Path, keys: list[KeyEntry], threshold: int = 1) -> Roo
     root = Root(serial=1, threshold=threshold, keys=keys)
     path.write_bytes(SignedRoot(signed=root.model_dump(mode="json")).model_dump_json().encode())
     return root
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) from a CSV (header row) or JSONL file."""
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise SourceError(f"{path}:{n}: not JSON: {err.msg}") from None
-                    if not isinstance(rec, dict):
-                        raise SourceError(f"{path}:{n}: a JSON object per line is required")
-                    yield n, rec
-        return
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for n, rec in enumerate(csv.DictReader(f), 2):
-            yield n, rec
 
 
 class PolicyRepo:
@@ -209,37 +164,6 @@ class PolicyRepo:
         return (self.dir / "versions" / f"{v}.json").read_bytes()
 
     # -- building ----------------------------------------------------------------------
-    def _load_entitlements(self, path: Path, table: str, pseudo: Pseudonymizer) -> None:
-        sql = f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)"
-
-        def rows() -> Iterator[tuple[str, str, str, str]]:
-            for n, r in _records(path):
-                name = str(r.get("name") or r.get("category") or "").strip()
-                if r.get("holder_key"):
-                    hk = str(r["holder_key"]).lower()
-                elif r.get("ssn"):
-                    hk = pseudo.holder_key(str(r["ssn"]))
-                else:
-                    raise SourceError(f"{path}:{n}: needs 'ssn' or 'holder_key'")
-                if not name or "\t" in name:
-                    raise SourceError(f"{path}:{n}: needs a 'name' (entitlement) without tabs")
-                yield (hk, name, str(r.get("valid_from") or ""), str(r.get("valid_until") or ""))
-
-        self.db.executemany(sql, rows())
-
-    @staticmethod
-    def _hot_rows(path: Path, pseudo: Pseudonymizer) -> Iterator[tuple[str, str, str, str]]:
-        for n, r in _records(path):
-            if r.get("card_id"):
-                key, kind = pseudo.card_key(str(r["card_id"])), "card"
-            elif r.get("ssn"):
-                key, kind = pseudo.holder_key(str(r["ssn"])), "holder"
-            elif r.get("key"):
-                key, kind = str(r["key"]).lower(), str(r.get("kind") or "card")
-            else:
-                raise SourceError(f"{path}:{n}: needs 'card_id', 'ssn' or 'key'")
-            yield (key, kind, str(r.get("reason") or "lost"), str(r.get("listed") or ""))
-
     def _store_part(self, data_path: Path) -> tuple[str, int]:
         with open(data_path, "rb") as f:
             sha = hashlib.file_digest(f, "sha256").hexdigest()
@@ -317,14 +241,13 @@ class PolicyRepo:
                 if sources.merge or src is None:
                     db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
                 if src is not None:
-                    if table == "ent":
-                        self._load_entitlements(src, "ent_new", pseudonymizer)
-                    else:
-                        db.executemany("INSERT OR REPLACE INTO hot_new VALUES (?, ?, ?, ?)",
-                                       self._hot_rows(src, pseudonymizer))
+                    rows = (entitlement_rows(src, pseudonymizer) if table == "ent"
+                            else hotlist_rows(src, pseudonymizer))
+                    db.executemany(f"INSERT OR REPLACE INTO {table}_new VALUES (?, ?, ?, ?)",
+                                   rows)
                 if extra is not None:
                     db.executemany("DELETE FROM hot_new WHERE key = ?",
-                                   ((r[0],) for r in self._hot_rows(extra, pseudonymizer)))
+                                   ((r[0],) for r in hotlist_rows(extra, pseudonymizer)))
             parts: list[PartRef] = []
             for table, kind, keys in (("ent", "entitlements", "holder_key, name"),
                                       ("hot", "hotlist", "key")):
