@@ -48,10 +48,20 @@ from agent.policy.parts import DataKind, PartWriter
 from agent.policy.signing import SigningKey, load_root, signed_manifest, signed_root
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
-from sync.hub.policy_sources import BundleSources, SourceError, entitlement_rows, hotlist_rows
+from sync.hub.policy_sources import (
+    BundleSources,
+    SourceError,
+    channel_categories,
+    check_bundle_parts,
+    entitlement_rows,
+    hotlist_rows,
+    key_fingerprint,
+    progress,
+)
 from sync.topics import policy_manifest, validate_channel
 
-__all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "init_root"]
+__all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "check_bundle_parts",
+           "init_root", "key_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +89,9 @@ class BuildResult:
     parts: list[PartRef]
     totals: dict[str, int]
     seconds: float
+    unchanged: bool = False
+    """Nothing changed since the last version: no new version was made (``version`` is
+    the last one)."""
 
 
 def init_root(repo: str | Path, keys: list[KeyEntry], threshold: int = 1) -> Root:
@@ -203,18 +216,29 @@ class PolicyRepo:
         return PartRef(name=name, kind=kind, mode="file",
                        sha256=sha, size=len(data), rows=0, inline=False)
 
+    def key_fingerprint(self) -> str:
+        """The fingerprint of the pseudonymisation key this repository's rows were hashed
+        with ('' before the first build): see :func:`key_fingerprint`."""
+        return self._meta("key_fingerprint")
+
     def build(self, sources: BundleSources, signer: SigningKey, *, pseudonymizer: Pseudonymizer,
-              expires_s: float = 7 * 86400, base_url: str = "", now: float | None = None
-              ) -> BuildResult:
-        """Build, sign and store the next version. Returns what was built.
+              expires_s: float = 7 * 86400, base_url: str = "", now: float | None = None,
+              renew: bool = False, show_progress: bool = False) -> BuildResult:
+        """Build, sign and store the next version. Returns what was built; when nothing
+        changed since the last version (same parts, same ``base_url``) no version is made
+        and the result says ``unchanged`` (``renew`` re-signs the same content with a new
+        expiry instead). ``show_progress`` draws a progress bar per source file on a
+        terminal's stderr.
 
         ``pseudonymizer`` hashes source identifiers with the deployment key (the
-        terminals' key).
+        terminals' key); it must be the key the repository was built with so far (its
+        fingerprint is stored), or :class:`SourceError` is raised.
 
         Raises :class:`SourceError` (bad source line), ``RuleSetError``/``ConfigFileError``
         (a rule file or its vectors), ``TrustStoreError`` (issuer keys), ``LookupError``
         (no signer root) or ``PermissionError`` (``signer`` not in the current root).
-        Nothing is published by a failed build.
+        :class:`SourceError` also for parts that need HTTP without a ``base_url``, or
+        settings the rules refuse. Nothing is published by a failed build.
         """
         t0 = time.monotonic()
         now = time.time() if now is None else now
@@ -222,9 +246,22 @@ class PolicyRepo:
         if root.key(signer.public.kid) is None:
             raise PermissionError(f"signing key {signer.public.kid} is not in signer root "
                                   f"#{root.serial}; rotate first")
+        fingerprint = key_fingerprint(pseudonymizer)
+        if self.key_fingerprint() not in ("", fingerprint):
+            raise SourceError(
+                f"{self.dir}: this repository was built with another pseudonymisation key "
+                f"(fingerprint {self.key_fingerprint()}, this one {fingerprint}): its hashes "
+                "would never match on terminals; use the deployment key "
+                "($YKT_PSEUDONYM_KEY or $CREDENTIALS_DIRECTORY/pseudonym-key)")
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise SourceError(f"--base-url {base_url!r}: must be an http:// or https:// URL")
         prev_version = self.version
         prev_parts = {p["name"]: PartRef.model_validate(p)
                       for p in json.loads(self._meta("parts", "[]"))}
+        categories = channel_categories(
+            [(str(p), p.read_text(encoding="utf-8")) for p in sources.rules]
+            or [(f"rules part {r.name}", (self.parts_dir / r.sha256).read_text(encoding="utf-8"))
+                for r in prev_parts.values() if r.kind == "rules"])
         db = self.db
         db.execute("BEGIN")
         try:
@@ -241,10 +278,10 @@ class PolicyRepo:
                 if sources.merge or src is None:
                     db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
                 if src is not None:
-                    rows = (entitlement_rows(src, pseudonymizer) if table == "ent"
+                    rows = (entitlement_rows(src, pseudonymizer, categories) if table == "ent"
                             else hotlist_rows(src, pseudonymizer))
                     db.executemany(f"INSERT OR REPLACE INTO {table}_new VALUES (?, ?, ?, ?)",
-                                   rows)
+                                   progress(rows, src, show_progress))
                 if extra is not None:
                     db.executemany("DELETE FROM hot_new WHERE key = ?",
                                    ((r[0],) for r in hotlist_rows(extra, pseudonymizer)))
@@ -268,12 +305,20 @@ class PolicyRepo:
                     if delta is not None:
                         parts.append(delta)
             parts += self._small_parts(sources, prev_parts)
-            prev_totals = json.loads(self._meta("totals", "{}"))
+            prev_totals: dict[str, int] = json.loads(self._meta("totals", "{}"))
             totals = {}
             for name, table in (("entitlements", "ent"), ("hotlist", "hot")):
                 totals[name] = (prev_totals[name] if not changed[table] and name in prev_totals
                                 else int(db.execute(f"SELECT count(*) FROM {cur[table]}")
                                          .fetchone()[0]))
+            if prev_version and not renew and self._same_as_last(parts, base_url):
+                db.execute("ROLLBACK")
+                log.info("nothing changed since %s@%d: no new version", self.channel,
+                         prev_version)
+                last = self.dir / "versions" / f"{prev_version}.json"
+                return BuildResult(prev_version, self._meta("hash"), last, last.stat().st_size,
+                                   list(prev_parts.values()), prev_totals,
+                                   time.monotonic() - t0, unchanged=True)
             inline_total = 0
             final_parts = []
             for p in parts:
@@ -283,6 +328,12 @@ class PolicyRepo:
                 if inline:
                     inline_total += p.size
                 final_parts.append(p.model_copy(update={"inline": inline}))
+            http = [p.name for p in final_parts if not p.inline]
+            if http and not base_url:
+                raise SourceError(f"parts {', '.join(http)} are too large to travel inline "
+                                  "and go over HTTP: pass --base-url (the parts server, "
+                                  "e.g. https://hub.example/parts/; see 'ykt hub policy "
+                                  "serve'), or every terminal refuses the bundle")
             version = prev_version + 1
             manifest = Manifest(
                 channel=self.channel, version=version, created=utc_stamp(now),
@@ -306,6 +357,7 @@ class PolicyRepo:
                     db.execute(f"DROP TABLE {table}")
                     db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
             for k2, v in (("version", str(version)), ("hash", digest),
+                          ("key_fingerprint", fingerprint), ("base_url", base_url),
                           ("totals", json.dumps(totals)),
                           ("parts", json.dumps([p.model_dump(mode="json")
                                                 for p in final_parts]))):
@@ -343,7 +395,20 @@ class PolicyRepo:
             if not isinstance(doc, dict):
                 raise SourceError(f"{sources.settings}: settings must be a JSON object")
             parts["settings"] = self._file_part("settings", "settings", canonical(doc))
+        check_bundle_parts(self.parts_dir, parts, sources.settings)
         return [parts[n] for n in sorted(parts)]
+
+    def _same_as_last(self, parts: list[PartRef], base_url: str) -> bool:
+        """Whether ``parts`` (no delta among them) are exactly the last version's
+        snapshots and files, served from the same ``base_url``."""
+        if any(p.mode == "delta" for p in parts):
+            return False
+        last = [p for p in (PartRef.model_validate(d)
+                            for d in json.loads(self._meta("parts", "[]"))) if p.mode != "delta"]
+        env = json.loads(self.latest_envelope())
+        return (sorted((p.name, p.sha256) for p in parts)
+                == sorted((p.name, p.sha256) for p in last)
+                and env["manifest"]["signed"].get("base_url", "") == base_url)
 
     # -- publishing --------------------------------------------------------------------
     def publish(self, settings: Any, *, client_id: str = "ykt-hub-policy",
