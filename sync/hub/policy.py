@@ -149,10 +149,12 @@ class PolicyRepo:
         return init_root(self.root, keys, threshold)
 
     def rotate(self, old_keys: list[SigningKey], new_keys: list[KeyEntry],
-               threshold: int = 1) -> Root:
-        """Root #n+1 with ``new_keys``, signed by ``old_keys`` (keys of root #n)."""
+               threshold: int = 1, hotlist_keys: list[KeyEntry] | None = None) -> Root:
+        """Root #n+1 with ``new_keys``, signed by ``old_keys`` (keys of root #n);
+        ``hotlist_keys`` are its online hotlist keys (None keeps the current ones)."""
         cur = self.current_root()
-        root = Root(serial=cur.serial + 1, threshold=threshold, keys=new_keys)
+        root = Root(serial=cur.serial + 1, threshold=threshold, keys=new_keys,
+                    hotlist_keys=cur.hotlist_keys if hotlist_keys is None else hotlist_keys)
         sr = signed_root(root, old_keys)
         (self.roots_dir / f"{root.serial}.json").write_bytes(sr.model_dump_json().encode())
         log.info("signer root rotated to #%d (%s)", root.serial,
@@ -267,10 +269,12 @@ class PolicyRepo:
         try:
             changed: dict[str, bool] = {}
             cur: dict[str, str] = {}          # the table holding the new rows
+            from sync.hub.hotlist import has_pending, merge_pending
+            online = has_pending(db)        # loss reports published online since the last
             for table, src, extra in (("ent", sources.entitlements, None),
                                       ("hot", sources.hotlist, sources.remove_hotlist)):
                 db.execute(f"DROP TABLE IF EXISTS {table}_new")
-                if src is None and extra is None:
+                if src is None and extra is None and not (table == "hot" and online):
                     changed[table], cur[table] = False, table   # unchanged: no copy
                     continue
                 changed[table], cur[table] = True, f"{table}_new"
@@ -285,6 +289,8 @@ class PolicyRepo:
                 if extra is not None:
                     db.executemany("DELETE FROM hot_new WHERE key = ?",
                                    ((r[0],) for r in hotlist_rows(extra, pseudonymizer)))
+                if table == "hot" and online:
+                    merge_pending(db, "hot_new")      # a build never undoes a loss report
             parts: list[PartRef] = []
             for table, kind, keys in (("ent", "entitlements", "holder_key, name"),
                                       ("hot", "hotlist", "key")):
@@ -340,7 +346,8 @@ class PolicyRepo:
                 expires=utc_stamp(now + expires_s), root_serial=root.serial, base_url=base_url,
                 delta_from=(DeltaBase(version=prev_version, hash=self._meta("hash"))
                             if prev_version else None),
-                totals=totals, parts=final_parts)
+                totals=totals, parts=final_parts,
+                online_through=int(self._meta("online_since", "0")))
             sm = signed_manifest(manifest, [signer])
             env = Envelope(
                 manifest=sm, roots=[r for r in self.roots() if r.signatures],
