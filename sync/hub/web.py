@@ -25,7 +25,7 @@ import binascii
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from sync.hub.ca import HubCA, new_private_key, write_private_key, write_public
 from sync.hub.enroll import EnrollmentRefused, Issued, redeem, renew
@@ -71,9 +71,11 @@ async def _body(request: Request) -> dict[str, Any]:
     return data
 
 
-def build_app(ca: HubCA, on_issued: OnIssued | None = None) -> Starlette:
+def build_app(ca: HubCA, on_issued: OnIssued | None = None,
+              routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The hub's ASGI application. ``on_issued`` runs after each enrollment or renewal
-    (e.g. to add the terminal to the broker's dynamic security)."""
+    (e.g. to add the terminal to the broker's dynamic security); ``routes`` are mounted
+    beside enrollment (e.g. :func:`sync.hub.hotlist_http.hotlist_routes`)."""
     lock = threading.Lock()       # enrollment writes files: one at a time
 
     def done(issued: Issued, what: str) -> JSONResponse:
@@ -113,7 +115,7 @@ def build_app(ca: HubCA, on_issued: OnIssued | None = None) -> Starlette:
 
     return Starlette(routes=[Route("/v1/ca", get_ca, methods=["GET"]),
                              Route("/v1/enroll", post_enroll, methods=["POST"]),
-                             Route("/v1/renew", post_renew, methods=["POST"])])
+                             Route("/v1/renew", post_renew, methods=["POST"]), *routes])
 
 
 def server_certificate(ca: HubCA, hosts: list[str]) -> tuple[Path, Path]:
@@ -132,11 +134,11 @@ class EnrollmentServer:
     ``start()`` returns once it listens (``TimeoutError`` after ``timeout`` s)."""
 
     def __init__(self, ca: HubCA, host: str, port: int, *, hosts: list[str] | None = None,
-                 on_issued: OnIssued | None = None) -> None:
+                 on_issued: OnIssued | None = None, routes: Sequence[BaseRoute] = ()) -> None:
         import uvicorn
 
         key, cert = server_certificate(ca, hosts or [host])
-        self.config = uvicorn.Config(build_app(ca, on_issued), host=host, port=port,
+        self.config = uvicorn.Config(build_app(ca, on_issued, routes), host=host, port=port,
                                      ssl_keyfile=str(key), ssl_certfile=str(cert),
                                      log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(self.config)
