@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.codes.online_config import OnlineSchemeConfig, check_prefixes
 from agent.keys import DEMO_PSEUDONYM_KEY, pseudonym_key, read_secret
 from agent.model import Location
 from agent.mqtt_settings import AGENT_MAX_PACKET, MqttSettings
@@ -126,6 +127,14 @@ class CodesSection(DriverSection):
     trust_file: Path | None = Field(None, description="trusted issuer keys for dynamic codes")
     window_back_s: int = Field(60, ge=1, description="accept codes up to this old (s)")
     window_ahead_s: int = Field(30, ge=0, description="accept codes this far ahead (s)")
+    online: list[OnlineSchemeConfig] = Field(
+        default_factory=list, description="online-verified schemes by prefix ([[codes.online]]"
+        " tables, agent/codes/online_config.py)")
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> CodesSection:
+        check_prefixes(self.online)
+        return self
 
 
 class PolicySection(_Section):

@@ -291,6 +291,7 @@ class Terminal:
             return
         from agent.policy.apply import PolicyApplier
         from agent.policy.signing import load_root
+        from agent.policy.site_parts import site_listener
         from agent.policy.wiring import engine_listener
         from sync.downlink import Downlink
 
@@ -303,8 +304,11 @@ class Terminal:
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None), base=self.ruleset)
-        applier.add_listener(on_applied)
-        on_applied(applier.current())      # a restarted terminal decides by its last bundle
+        on_site = site_listener(self.engine, self.store, self.cfg.terminal.id,
+                                self.cfg.location.site)           # docs/sites.md
+        for fn in (on_applied, on_site):
+            applier.add_listener(fn)
+            fn(applier.current())          # a restarted terminal decides by its last bundle
         self.applier = applier
         applier.compactor.start()          # an overlay merge cut short by a restart goes on
         # one MQTT identity per terminal: the policy subscription rides on the uplink's link

@@ -92,6 +92,7 @@ class BundleSources:
     issuers: Path | None = None
     settings: Path | None = None
     merge: bool = False
+    parts: dict[str, bytes] = field(default_factory=dict)   # site, reservations (site_parts)
 
 
 @dataclass(frozen=True)
@@ -399,7 +400,7 @@ class PolicyRepo:
 
     def _small_parts(self, sources: BundleSources, prev: dict[str, PartRef]) -> list[PartRef]:
         parts: dict[str, PartRef] = {n: p for n, p in prev.items()
-                                     if p.kind in ("rules", "issuers", "settings")}
+                                     if p.kind not in ("entitlements", "hotlist")}
         if sources.rules:
             parts = {n: p for n, p in parts.items() if p.kind != "rules"}
             for path in sources.rules:
@@ -420,6 +421,7 @@ class PolicyRepo:
             if not isinstance(doc, dict):
                 raise SourceError(f"{sources.settings}: settings must be a JSON object")
             parts["settings"] = self._file_part("settings", "settings", canonical(doc))
+        parts.update({n: self._file_part(n, n, d) for n, d in sources.parts.items()})
         return [parts[n] for n in sorted(parts)]
 
     # -- publishing --------------------------------------------------------------------
