@@ -121,6 +121,15 @@ class GpioSection(DriverSection):
     enabled: bool = False
 
 
+class KeypadSection(DriverSection):
+    """A kiosk's service keys (drivers/keypad.py): the service chosen before a tap (取号)."""
+
+    kind = "keypad"
+    enabled: bool = False
+    hold_s: float = Field(30.0, gt=0, le=600, description="a choice not followed by a tap "
+                          "within this many seconds is forgotten")
+
+
 class CodesSection(DriverSection):
     kind = "codes"
     enabled: bool = False
@@ -190,6 +199,7 @@ class AgentConfig(_Section):
     prompt: PromptSection = Field(default_factory=PromptSection)
     gate: GateSection = Field(default_factory=GateSection)
     gpio: GpioSection = Field(default_factory=GpioSection)
+    keypad: KeypadSection = Field(default_factory=KeypadSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     policy: PolicySection = Field(default_factory=PolicySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
