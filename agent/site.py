@@ -56,31 +56,51 @@ class SiteLayout:
     site: str
     terminals: tuple[str, ...]
     weights: Mapping[str, int] = field(default_factory=dict)
+    previous: Mapping[str, int] | None = None
+    """The weights before the last change while it is not settled (every gate of the site
+    has not yet applied it): each gate keeps the smaller of its two quotas."""
 
     def index(self, terminal: str) -> int:
         """``terminal``'s position (its number space); ``ValueError`` if not listed."""
         return self.terminals.index(terminal)
 
     def quota(self, terminal: str, limit: int) -> int:
-        """``terminal``'s share of ``limit`` (a whole number; the shares sum to ≤ limit)."""
-        total = sum(self.weights.values())
-        if total <= 0:
-            return 0
-        return limit * self.weights.get(terminal, 0) // total
+        """``terminal``'s share of ``limit`` (a whole number). The shares of one layout sum
+        to ≤ limit; during a change, any mix of gates on the old and the new layout does
+        too, because a gate on the new one keeps min(old, new) (joint quotas)."""
+        share = _share(self.weights, terminal, limit)
+        if self.previous is not None:
+            share = min(share, _share(self.previous, terminal, limit))
+        return share
+
+
+def _share(weights: Mapping[str, int], terminal: str, limit: int) -> int:
+    total = sum(weights.values())
+    return 0 if total <= 0 else limit * weights.get(terminal, 0) // total
+
+
+def _weights(v: Any, where: str) -> dict[str, int]:
+    if not isinstance(v, dict) or not all(
+            isinstance(k, str) and _ID.match(k) and isinstance(w, int)
+            and not isinstance(w, bool) and 0 <= w <= 10**6 for k, w in v.items()):
+        raise ValueError(f"site: {where} must map terminal ids to whole numbers 0..1000000")
+    return v
 
 
 def parse_site(raw: bytes) -> dict[str, SiteLayout]:
-    """The ``site`` part (JSON ``{"sites": [{"site", "terminals", "weights"}]}``) as
-    terminal id → its :class:`SiteLayout`. Raises ``ValueError`` naming the fault: a
-    terminal in two sites, a weight for a terminal not listed, a negative weight."""
+    """The ``site`` part (JSON ``{"sites": [{"site", "terminals", "weights",
+    "previous"}]}``; ``previous`` = the full weights of the layout before an unsettled
+    change) as terminal id → its :class:`SiteLayout`. Raises ``ValueError`` naming the
+    fault: a terminal in two sites, a weight for a terminal not listed, a negative weight."""
     doc = _json(raw, "site")
     sites = doc.get("sites")
     if not isinstance(sites, list) or set(doc) - {"sites"}:
         raise ValueError("site: expected {\"sites\": [...]}")
     out: dict[str, SiteLayout] = {}
     for n, s in enumerate(sites):
-        if not isinstance(s, dict) or set(s) - {"site", "terminals", "weights"}:
-            raise ValueError(f"site: sites[{n}] must be an object of site, terminals, weights")
+        if not isinstance(s, dict) or set(s) - {"site", "terminals", "weights", "previous"}:
+            raise ValueError(f"site: sites[{n}] must be an object of site, terminals, "
+                             "weights, previous")
         name, terms, weights = s.get("site"), s.get("terminals"), s.get("weights", {})
         if not isinstance(name, str) or not _ID.match(name):
             raise ValueError(f"site: sites[{n}].site must be an id")
@@ -88,14 +108,14 @@ def parse_site(raw: bytes) -> dict[str, SiteLayout]:
                 or not all(isinstance(t, str) and _ID.match(t) for t in terms)
                 or len(set(terms)) != len(terms)):
             raise ValueError(f"site: {name}: terminals must be distinct terminal ids")
-        if not isinstance(weights, dict) or not all(
-                isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 10**6
-                for w in weights.values()):
-            raise ValueError(f"site: {name}: weights must be whole numbers 0..1000000")
+        weights = _weights(weights, f"{name}: weights")
+        previous = (None if s.get("previous") is None
+                    else _weights(s["previous"], f"{name}: previous"))
         stray = set(weights) - set(terms)
         if stray:
             raise ValueError(f"site: {name}: weights for unlisted terminals {sorted(stray)}")
-        layout = SiteLayout(name, tuple(terms), {t: weights.get(t, 1) for t in terms})
+        layout = SiteLayout(name, tuple(terms), {t: weights.get(t, 1) for t in terms},
+                            previous)
         for t in terms:
             if t in out:
                 raise ValueError(f"site: terminal {t} is in {out[t].site} and {name}")

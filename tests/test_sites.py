@@ -28,7 +28,7 @@ from profiles import profile_path
 from simulator.broker import Mosquitto
 from simulator.population import CardHolder
 from sync.hub.policy import BundleSources, SourceError
-from sync.hub.site_parts import reservations_part, site_part
+from sync.hub.site_parts import last_site_part, reservations_part, site_part, site_parts
 from sync.link import MqttSettings
 from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import CHANNEL, PSEUDO, TZ, PolicyEnv
@@ -84,7 +84,7 @@ def _museum_rules(tmp: Path) -> Path:
 
 
 def _site_file(tmp: Path, name: str, terminals: list[str], weights: dict[str, int]) -> Path:
-    path = tmp / f"site-{name}.toml"
+    path = tmp / f"site-{name}-{len(list(tmp.glob('site-*')))}.toml"
     lines = [f'[[site]]\nsite = "{name}"\nterminals = {json.dumps(terminals)}',
              "weights = { " + ", ".join(f'"{k}" = {v}' for k, v in weights.items()) + " }"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -133,6 +133,46 @@ def test_two_gates_never_admit_more_than_the_slot_while_cut_off(
         # the next slot has its own quotas
         _at(env, 11, 5)
         assert gates[1].tap(visitors[17]).decision.accepted
+    finally:
+        for g in gates:
+            g.stop()
+
+
+def test_a_re_split_while_a_gate_is_cut_off_never_oversells(
+        policy_env: PolicyEnv, broker: Mosquitto, tmp_path: Path) -> None:
+    """Weights 3:2 become 1:4 while GATE-1 (its quota of 3 used) is cut off and never
+    hears of it: GATE-2 keeps min(2, 4) until the change is settled, so the slot holds."""
+    env = policy_env
+    rules = _museum_rules(tmp_path)
+    settings = MqttSettings(host=broker.host, port=broker.port)
+    first = _site_file(tmp_path, "museum-1", ["GATE-1", "GATE-2"], {"GATE-1": 3, "GATE-2": 2})
+    env.build(BundleSources(entitlements=env.source("e", []), hotlist=env.source("h", []),
+                            rules=[rules], parts=site_parts(first, None, PSEUDO, repo=env.repo)))
+    gates = [SiteTerminal(env, broker, tmp_path / g, g, "museum_gate", "museum-1")
+             for g in ("GATE-1", "GATE-2")]
+    try:
+        env.repo.publish(settings)
+        for g in gates:
+            g.wait_version(1)
+        _at(env, 10, 5)
+        visitors = _visitors(env)
+        assert [gates[0].tap(v).decision.accepted for v in visitors[:4]] == [True] * 3 + [False]
+        gates[0].stop()                    # cut off: it will never see the re-split
+        env.clock.t += 60
+        second = _site_file(tmp_path, "museum-1", ["GATE-1", "GATE-2"],
+                            {"GATE-1": 1, "GATE-2": 4})
+        env.build(BundleSources(parts=site_parts(second, None, PSEUDO, repo=env.repo)))
+        part = json.loads(last_site_part(env.repo) or b"")
+        assert part["sites"][0]["previous"] == {"GATE-1": 3, "GATE-2": 2}
+        with pytest.raises(SourceError, match="not settled"):
+            site_parts(first, None, PSEUDO, repo=env.repo)
+        env.repo.publish(settings)
+        gates[1].wait_version(2)
+        admitted = sum(gates[1].tap(v).decision.accepted for v in visitors[4:10])
+        assert admitted == 2               # 3 + 2 = the slot; 4 would have oversold
+        # settled (every gate applied it): the new weights alone, from the next build on
+        settled = json.loads(site_part(None, last_site_part(env.repo), settled=True))
+        assert "previous" not in settled["sites"][0]
     finally:
         for g in gates:
             g.stop()
