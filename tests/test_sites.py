@@ -303,3 +303,34 @@ def test_reservation_sources_need_a_holder_and_a_real_day(policy_env: PolicyEnv)
         reservations_part(bad, PSEUDO)
     with pytest.raises(ValueError, match="32 hex"):
         parse_reservations(b'{"reservations": [["370302199001011234", "2026-11-25", ""]]}')
+
+
+def test_hub_policy_build_takes_site_and_reservations(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    repo, key = tmp_path / "repo", tmp_path / "ops.pem"
+    assert main(["hub", "policy", "keygen", "--out", str(key), "--repo", str(repo),
+                 "--json"]) == 0
+    ents, hot = tmp_path / "e.csv", tmp_path / "h.csv"
+    ents.write_text("ssn,name\n", encoding="utf-8")
+    hot.write_text("card_id,reason\n", encoding="utf-8")
+    site = _site_file(tmp_path, "museum-1", ["GATE-1", "GATE-2"], {})
+    res = tmp_path / "res.csv"
+    res.write_text("ssn,day,slot\n37030219500101001X,2026-11-25,10:00\n", encoding="utf-8")
+    build = ["hub", "policy", "build", "--repo", str(repo), "--channel", CHANNEL, "--key",
+             str(key), "--demo-key", "--entitlements", str(ents), "--hotlist", str(hot)]
+    capsys.readouterr()
+    assert main([*build, "--site", str(site), "--reservations", str(res), "--json"]) == 0
+    parts = {p["name"]: p for p in json.loads(capsys.readouterr().out)["parts"]}
+    assert parts["site"]["kind"] == "site" and parts["reservations"]["kind"] == "reservations"
+    stored = (repo / "parts" / parts["reservations"]["sha256"]).read_text(encoding="utf-8")
+    assert "37030219500101001X" not in stored
+    # a later build without them keeps both; a bad site file is a reported failure
+    assert main([*build, "--json"]) == 0
+    later = {p["name"] for p in json.loads(capsys.readouterr().out)["parts"]}
+    assert {"site", "reservations"} <= later
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"sites": [{"site": "m", "terminals": ["G1", "G1"]}]}', encoding="utf-8")
+    assert main([*build, "--site", str(bad)]) == 1
+    assert "distinct" in capsys.readouterr().err
