@@ -330,6 +330,10 @@ def test_hub_policy_build_takes_site_and_reservations(
     assert main([*build, "--json"]) == 0
     later = {p["name"] for p in json.loads(capsys.readouterr().out)["parts"]}
     assert {"site", "reservations"} <= later
+    grown = _site_file(tmp_path, "museum-1", ["GATE-1", "GATE-2", "GATE-3"], {})
+    assert main([*build, "--site", str(grown)]) == 1
+    assert "--renumber" in capsys.readouterr().err
+    assert main([*build, "--site", str(grown), "--renumber"]) == 0
     bad = tmp_path / "bad.json"
     bad.write_text('{"sites": [{"site": "m", "terminals": ["G1", "G1"]}]}', encoding="utf-8")
     assert main([*build, "--site", str(bad)]) == 1

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "docs/sites.md)")
     b.add_argument("--site-settled", action="store_true", help="every gate applied the last "
                    "weight change: drop the joint quotas (docs/sites.md)")
+    b.add_argument("--renumber", action="store_true", help="allow a change of a site's "
+                   "terminal list (kiosk number spaces): only while the site is closed")
     b.add_argument("--reservations", type=Path, help="CSV/JSONL: ssn or holder_key, day, slot")
     b.add_argument("--expires-days", type=float, default=7.0, help="validity in days (7)")
     b.add_argument("--base-url", default="", help="URL prefix of the parts server (…/parts/)")
@@ -225,7 +227,7 @@ def _build(args: argparse.Namespace) -> int:
             remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
             settings=args.settings, merge=args.merge,
             parts=site_parts(args.site, args.reservations, pseudo, repo=repo,
-                             settled=args.site_settled)),
+                             settled=args.site_settled, renumber=args.renumber)),
             key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,
             base_url=args.base_url)
         if args.publish:

@@ -29,15 +29,18 @@ from sync.hub.policy import PolicyRepo, SourceError, _records
 __all__ = ["last_site_part", "reservations_part", "site_part", "site_parts"]
 
 
-def site_part(path: Path | None, last: bytes | None = None, *, settled: bool = False
-              ) -> bytes:
+def site_part(path: Path | None, last: bytes | None = None, *, settled: bool = False,
+              renumber: bool = False) -> bytes:
     """The canonical ``site`` part from ``path`` (None: the last one, ``last``, again).
 
     A site whose weights differ from ``last``'s carries ``last``'s weights as
     ``previous`` (joint quotas: each gate keeps the smaller share until the change is
     settled), unless ``settled`` — the operator's word that every gate of the site has
-    applied the change (``ykt hub fleet``), which drops ``previous``. Raises
-    :class:`SourceError` for a bad file, and for a second change while one is unsettled.
+    applied the change (``ykt hub fleet``), which drops ``previous``. A change of a
+    site's terminal list (order or number: the kiosks' number spaces) is refused unless
+    ``renumber`` — the operator's word that the site is closed for the day. Raises
+    :class:`SourceError` for a bad file, a second change while one is unsettled, or an
+    unconfirmed renumbering.
     """
     if path is None:
         if last is None:
@@ -57,7 +60,10 @@ def site_part(path: Path | None, last: bytes | None = None, *, settled: bool = F
     try:
         parse_site(_dump(doc))
         if isinstance(doc, dict) and isinstance(doc.get("sites"), list):
-            _joint(doc["sites"], parse_site(last) if last is not None else {}, settled)
+            before = parse_site(last) if last is not None else {}
+            _joint(doc["sites"], before, settled)
+            if not renumber:
+                _same_numbering(doc["sites"], before)
         data = _dump(doc)
         parse_site(data)
     except ValueError as err:
@@ -87,6 +93,16 @@ def _joint(sites: list[dict[str, Any]], last: dict[str, SiteLayout], settled: bo
             s["previous"] = dict(old.previous)
         elif effective != dict(old.weights):
             s["previous"] = dict(old.weights)
+
+
+def _same_numbering(sites: list[dict[str, Any]], last: dict[str, SiteLayout]) -> None:
+    before = {lay.site: lay for lay in last.values()}
+    for s in sites:
+        old = before.get(s["site"])
+        if old is not None and tuple(s["terminals"]) != old.terminals:
+            raise ValueError(f"site {s['site']}: the terminal list changes the kiosks' queue "
+                             "number spaces (numbers could repeat today); build with "
+                             "--renumber while the site is closed")
 
 
 def last_site_part(repo: PolicyRepo) -> bytes | None:
@@ -123,13 +139,14 @@ def reservations_part(path: Path, pseudonymizer: Pseudonymizer) -> bytes:
 
 
 def site_parts(site: Path | None, reservations: Path | None, pseudonymizer: Pseudonymizer,
-               *, repo: PolicyRepo | None = None, settled: bool = False) -> dict[str, bytes]:
+               *, repo: PolicyRepo | None = None, settled: bool = False,
+               renumber: bool = False) -> dict[str, bytes]:
     """The parts to add to a build (``BundleSources.parts``): name → bytes. ``repo``
     gives the last site part (joint quotas, :func:`site_part`)."""
     parts: dict[str, bytes] = {}
     if site is not None or settled:
         last = last_site_part(repo) if repo is not None else None
-        parts["site"] = site_part(site, last, settled=settled)
+        parts["site"] = site_part(site, last, settled=settled, renumber=renumber)
     if reservations is not None:
         parts["reservations"] = reservations_part(reservations, pseudonymizer)
     return parts
