@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.codes.online_config import OnlineSchemeConfig, check_prefixes
 from agent.keys import DEMO_PSEUDONYM_KEY, pseudonym_key, read_secret
 from agent.model import Location
 from agent.mqtt_settings import AGENT_MAX_PACKET, MqttSettings
@@ -120,12 +121,29 @@ class GpioSection(DriverSection):
     enabled: bool = False
 
 
+class KeypadSection(DriverSection):
+    """A kiosk's service keys (drivers/keypad.py): the service chosen before a tap (取号)."""
+
+    kind = "keypad"
+    enabled: bool = False
+    hold_s: float = Field(30.0, gt=0, le=600, description="a choice not followed by a tap "
+                          "within this many seconds is forgotten")
+
+
 class CodesSection(DriverSection):
     kind = "codes"
     enabled: bool = False
     trust_file: Path | None = Field(None, description="trusted issuer keys for dynamic codes")
     window_back_s: int = Field(60, ge=1, description="accept codes up to this old (s)")
     window_ahead_s: int = Field(30, ge=0, description="accept codes this far ahead (s)")
+    online: list[OnlineSchemeConfig] = Field(
+        default_factory=list, description="online-verified schemes by prefix ([[codes.online]]"
+        " tables, agent/codes/online_config.py)")
+
+    @model_validator(mode="after")
+    def _prefixes(self) -> CodesSection:
+        check_prefixes(self.online)
+        return self
 
 
 class PolicySection(_Section):
@@ -181,6 +199,7 @@ class AgentConfig(_Section):
     prompt: PromptSection = Field(default_factory=PromptSection)
     gate: GateSection = Field(default_factory=GateSection)
     gpio: GpioSection = Field(default_factory=GpioSection)
+    keypad: KeypadSection = Field(default_factory=KeypadSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     policy: PolicySection = Field(default_factory=PolicySection)
     mqtt: MqttSection = Field(default_factory=MqttSection)

@@ -27,6 +27,7 @@ from agent.diskguard import DiskGuard
 from agent.engine import Engine, Outcome
 from agent.hardware_events import journal_hardware_event
 from agent.journal import Journal
+from agent.kiosk import ServiceChoice
 from agent.model import ClockQuality, Presentation
 from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
@@ -60,8 +61,8 @@ class Terminal:
     invalid: the daemon never runs with half a config.
     """
 
-    START_ORDER = ("lock", "journal", "store", "engine", "disk", "actuators", "gpio", "uplink",
-                   "policy", "worker", "sources")
+    START_ORDER = ("lock", "journal", "store", "engine", "disk", "actuators", "gpio", "keypad",
+                   "uplink", "policy", "worker", "sources")
 
     def __init__(self, cfg: AgentConfig, *, sources: list[PresentationSource] | None = None,
                  actuators: list[Actuator] | None = None, clock: Callable[[], float] = time.time,
@@ -91,6 +92,7 @@ class Terminal:
         self.applier: Any = None            # agent.policy.apply.PolicyApplier
         self.gates: list[Gate] = []
         self.gpio: GpioBoard | None = None
+        self.services = ServiceChoice()     # the kiosk's service keys (agent.kiosk)
         self._recent: OrderedDict[int, Outcome] = OrderedDict()  # accepted at a gate, for undo
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1000)
         self._worker: threading.Thread | None = None
@@ -166,7 +168,7 @@ class Terminal:
         if self.applier is not None:
             self.applier.compactor.activity()   # a background merge yields to taps
         try:
-            self._queue.put(p, timeout=1.0)
+            self._queue.put(self.services.apply(p), timeout=1.0)
         except queue.Full:
             log.error("presentation queue full: dropping a %s from %s", p.kind, p.source)
 
@@ -285,12 +287,20 @@ class Terminal:
         if self.gpio is not None:
             self.gpio.close()
 
+    def _start_keypad(self) -> None:
+        from drivers.registry import load_keypad
+        self.services.start(self.cfg.keypad, load_keypad)
+
+    def _stop_keypad(self) -> None:
+        self.services.close()
+
     def _start_policy(self) -> None:
         pc = self.cfg.policy
         if not pc.enabled:
             return
         from agent.policy.apply import PolicyApplier
         from agent.policy.signing import load_root
+        from agent.policy.site_parts import site_listener
         from agent.policy.wiring import engine_listener
         from sync.downlink import Downlink
 
@@ -303,8 +313,11 @@ class Terminal:
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None), base=self.ruleset)
-        applier.add_listener(on_applied)
-        on_applied(applier.current())      # a restarted terminal decides by its last bundle
+        on_site = site_listener(self.engine, self.store, self.cfg.terminal.id,
+                                self.cfg.location.site)           # docs/sites.md
+        for fn in (on_applied, on_site):
+            applier.add_listener(fn)
+            fn(applier.current())          # a restarted terminal decides by its last bundle
         self.applier = applier
         applier.compactor.start()          # an overlay merge cut short by a restart goes on
         # one MQTT identity per terminal: the policy subscription rides on the uplink's link

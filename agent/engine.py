@@ -36,6 +36,7 @@ from agent.model import (
     Rejection,
 )
 from agent.rules import Facts, RuleSet, age_on
+from agent.site import SiteState
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
 
@@ -119,6 +120,8 @@ class Engine:
             self._clock = timebase.now
         self._tz = ZoneInfo(ruleset.profile.timezone)
         self._between = threading.RLock()
+        self.site: SiteState | None = None
+        """This terminal's share of its site (quotas, queue numbers, 预约; agent.site)."""
 
     def between_taps(self) -> AbstractContextManager[Any]:
         """A context in which no presentation is being decided and no event journaled
@@ -207,7 +210,8 @@ class Engine:
         if decision.accepted:
             counters.update({(SITE, f"{c}@{slot}", day): 1 for c in rule.count_site})
             if rule.queue:   # single worker thread: read-then-increment cannot race
-                number = self.journal.count(SITE, f"queue:{rule.queue}", day) + 1
+                issued = self.journal.count(SITE, f"queue:{rule.queue}", day)
+                number = self.site.queue_number(issued) if self.site else issued + 1
                 counters[(SITE, f"queue:{rule.queue}", day)] = 1
                 extra["queue_no"] = f"{rule.queue}{number:03d}"
                 prompt = prompt.with_queue(extra["queue_no"])
@@ -276,6 +280,9 @@ class Engine:
         slot = f"{start // 60:02d}:{start % 60:02d}"
         site = {c: self.journal.count(SITE, f"{c}@{slot}", today.isoformat())
                 for c in ruleset.site_counters}
+        where = self.site
+        if where is not None:
+            site = where.slot_counts(site, ruleset)
         hot = store.hotlisted(cred.credential_key, cred.holder_key)
         ents = store.entitlements(cred.holder_key, today) | cred.categories
         expired = ((cred.valid_until is not None and cred.valid_until < today)
@@ -290,6 +297,7 @@ class Engine:
             entitlements=ents, since_last_tap_s=None if last is None else now - last,
             counters=counters, policy_stale=stale, gate_in_service=self._gate_ok(),
             site_counters=site, service=service,
+            reserved=where.reserved(cred.holder_key, today, slot) if where else None,
         )
         return facts, today, slot
 

@@ -44,6 +44,7 @@ tree (also in ``docs/architecture.md``)::
      │    └── ApplyFailed                       failed this time, retried
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
+     ├── ServiceGarbage (ValueError)            agent.codes.online_http: a verification answer
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
      ├── BadSignature (ValueError)              sync.signed: a v2 message's signature fails
      ├── UntrustedTerminal (ValueError)         sync.hub.trust: not enrolled, or revoked

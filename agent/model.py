@@ -56,6 +56,8 @@ class Reason(enum.StrEnum):
     LIMIT_REACHED = "limit_reached"
     OUTSIDE_HOURS = "outside_hours"
     CAPACITY_FULL = "capacity_full"
+    NO_RESERVATION = "no_reservation"
+    """The site takes reservations (预约) and the holder has none for now."""
     POLICY_STALE = "policy_stale"
     # denied: dynamic codes
     CODE_EXPIRED = "code_expired"

@@ -49,6 +49,7 @@ DEFAULT_PROMPTS: dict[Reason, Prompt] = {
     Reason.LIMIT_REACHED: Prompt("今日次数已满", "deny", "", "次数已满"),
     Reason.OUTSIDE_HOURS: Prompt("不在服务时间", "deny", "", "非服务时间"),
     Reason.CAPACITY_FULL: Prompt("本时段已满", "deny", "", "已满"),
+    Reason.NO_RESERVATION: Prompt("未预约 请先预约", "deny", "", "请先预约"),
     Reason.POLICY_STALE: Prompt("数据过期 请人工核验", "deny", "", "请人工核验"),
     Reason.CODE_EXPIRED: Prompt("码已过期 请刷新", "deny", "refresh_code", "请刷新"),
     Reason.CODE_NOT_YET_VALID: Prompt("码未生效 请刷新", "deny", "refresh_code", "请刷新"),

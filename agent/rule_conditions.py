@@ -88,6 +88,9 @@ def compile_when(w: When, s: SettingValues, at: Loc) -> list[Predicate]:
         full, capacity = w.slot_count_at_least.counter, s.number(
             w.slot_count_at_least.max, (*at, "slot_count_at_least", "max"))
         preds.append(lambda f: f.site_counters.get(full, 0) >= capacity)
+    if w.reserved is not None:
+        want = w.reserved
+        preds.append(lambda f: f.reserved is want)
     if w.service is not None:
         services = frozenset(w.service)
         preds.append(lambda f: f.service in services)

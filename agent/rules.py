@@ -57,6 +57,9 @@ class Facts:
     gate_in_service: bool = True
     site_counters: dict[str, int] = field(default_factory=dict)
     service: str = ""
+    reserved: bool | None = None
+    """The holder reserved (预约) today's current slot or the day; None: the site takes no
+    reservations (no ``reservations`` policy part)."""
 
 
 # ----------------------------------------------------------------------------- schema
@@ -98,6 +101,8 @@ class When(_Strict):
     slot_count_at_least: DailyLimit | None = Field(
         None, description="terminal-wide count in the current time slot has reached max")
     service: list[str] | None = Field(None, description="kiosk service types (取号)")
+    reserved: bool | None = Field(None, description="the holder reserved (预约) this slot or "
+                                  "day; never matches while the site takes no reservations")
 
     @field_validator("hours_outside", "hours_within")
     @classmethod
@@ -159,6 +164,7 @@ class VectorSpec(_Strict):
     gate_in_service: bool = True
     site_counters: dict[str, int] = Field(default_factory=dict)
     service: str = ""
+    reserved: bool | None = None
     expect_reason: Reason
     expect_product: str | None = None
     expect_amount_cents: Fen | None = Field(

@@ -12,16 +12,17 @@ Units are in the field names (``_s`` seconds, ``_ms`` milliseconds).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from agent.model import Reason
 from drivers.exceptions import ConfigError
 
 __all__ = [
     "AutoCardOptions", "BuzzerPromptOptions", "CameraOptions", "DriverOptions", "GateOptions",
-    "GpioBoardOptions", "GpioInputPin", "GpioOptions", "GpioOutputPin", "PcscCardOptions", "PromptOptions",
+    "GpioBoardOptions", "GpioInputPin", "GpioOptions", "GpioOutputPin", "KeypadGpioOptions",
+    "KeypadSimOptions", "PcscCardOptions", "PromptOptions",
     "ScannerOptions", "SerialGateOptions", "SimCardOptions", "SimCodeOptions", "VoiceSpec", "expect",
 ]
 
@@ -202,3 +203,24 @@ class GateOptions(DriverOptions):
 class SerialGateOptions(GateOptions):
     url: str = Field("/dev/ttyUSB0", description="the controller's line (serial_for_url)")
     require_port: bool = Field(True, description="refuse to start if the line cannot open")
+
+
+# -- keypad -------------------------------------------------------------------------------
+#: a service key's name: the service type it chooses (取号), e.g. "A"
+ServiceKey = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{1,4}$")]
+
+
+class KeypadSimOptions(DriverOptions):
+    """``keypad`` backend ``sim``: keys pressed by a test or the demo (``SimKeypad.press``)."""
+
+    keys: list[ServiceKey] = Field(default_factory=lambda: ["A", "B", "C"],
+                                   description="the services the keys choose")
+
+
+class KeypadGpioOptions(DriverOptions):
+    """``keypad`` backend ``gpio``: one push button per service on a GPIO input."""
+
+    factory: Literal["mock", "lgpio", "rpigpio", "native"] = Field(
+        "lgpio", description="the gpiozero pin factory (see [gpio])")
+    keys: dict[ServiceKey, GpioInputPin] = Field(
+        min_length=1, description="service → its button's input pin, e.g. A = { pin = 5 }")

@@ -30,6 +30,8 @@ from drivers.options import (
     DriverOptions,
     GateOptions,
     GpioOptions,
+    KeypadGpioOptions,
+    KeypadSimOptions,
     PcscCardOptions,
     PromptOptions,
     ScannerOptions,
@@ -40,11 +42,13 @@ from drivers.options import (
 
 if TYPE_CHECKING:
     from drivers.gate import SerialGate
+    from drivers.keypad import Keypad
     from drivers.qrdecode import QRDecoder
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "Backend", "backend_names", "load_actuator", "load_decoder",
+           "load_keypad",
            "resolve_auto_cards",
            "load_gate", "load_pin_factory", "load_source", "options_for", "options_model"]
 
@@ -89,6 +93,10 @@ BACKENDS: dict[str, dict[str, Backend]] = {
         "lgpio": Backend("gpiozero.pins.lgpio:LGPIOFactory", GpioOptions),
         "rpigpio": Backend("gpiozero.pins.rpigpio:RPiGPIOFactory", GpioOptions),
         "native": Backend("gpiozero.pins.native:NativeFactory", GpioOptions),
+    },
+    "keypad": {
+        "sim": Backend("drivers.keypad:SimKeypad", KeypadSimOptions),
+        "gpio": Backend("drivers.keypad:GpioKeypad", KeypadGpioOptions),
     },
     "qr_decoder": {
         "zxing": Backend("drivers.qrdecode:ZxingDecoder"),
@@ -183,6 +191,14 @@ def load_decoder(name: str) -> type[QRDecoder]:
     from drivers.qrdecode import QRDecoder
 
     cls: type[QRDecoder] = _subclass("qr_decoder", name, QRDecoder)
+    return cls
+
+
+def load_keypad(name: str) -> type[Keypad]:
+    """The :class:`~drivers.keypad.Keypad` class of backend ``name`` (``sim``, ``gpio``)."""
+    from drivers.keypad import Keypad
+
+    cls: type[Keypad] = _subclass("keypad", name, Keypad)
     return cls
 
 

@@ -378,17 +378,17 @@ def test_online_scheme_dispatch_and_timeout(qr_verifier: CodeVerifier) -> None:
         res = qr_verifier.verify("ESSC:abc")
         assert isinstance(res, Credential) and res.kind == "qr:essc"
         online[0] = False
-        _refused(qr_verifier.verify("ESSC:abc"), Reason.ONLINE_UNAVAILABLE, "offline")
-        _refused(qr_verifier.verify("CITY:1"), Reason.ONLINE_UNAVAILABLE, "timeout")
+        _refused(qr_verifier.verify("ESSC:abc"), Reason.ONLINE_UNAVAILABLE, "offline_fallback:offline")
+        _refused(qr_verifier.verify("CITY:1"), Reason.ONLINE_UNAVAILABLE, "offline_fallback:timeout")
         assert (hung.calls, hung.answered) == (1, 0)     # answered while the call still hangs
         # while backing off: no call at all
-        _refused(qr_verifier.verify("CITY:2"), Reason.ONLINE_UNAVAILABLE, "backoff")
+        _refused(qr_verifier.verify("CITY:2"), Reason.ONLINE_UNAVAILABLE, "offline_fallback:backoff")
         mono.t += 59
-        _refused(qr_verifier.verify("CITY:3"), Reason.ONLINE_UNAVAILABLE, "backoff")
+        _refused(qr_verifier.verify("CITY:3"), Reason.ONLINE_UNAVAILABLE, "offline_fallback:backoff")
         assert hung.calls == 1
         # back-off over: the service is asked again (still hung: a timeout again)
         mono.t += 2
-        _refused(qr_verifier.verify("CITY:4"), Reason.ONLINE_UNAVAILABLE, "timeout")
+        _refused(qr_verifier.verify("CITY:4"), Reason.ONLINE_UNAVAILABLE, "offline_fallback:timeout")
         assert (hung.calls, hung.answered) == (2, 0)
         with pytest.raises(ValueError):
             qr_verifier.register(OnlineScheme(["ESSC:"], _Client()))
@@ -402,7 +402,7 @@ def test_online_client_error_is_unavailable() -> None:
     s = OnlineScheme(["X:"], _Client(fail=True), kind="qr:x")
     try:
         _refused(s.verify("X:1", now=QR_NOW, clock_quality="synced"),
-                 Reason.ONLINE_UNAVAILABLE, "error:ConnectionError")
+                 Reason.ONLINE_UNAVAILABLE, "offline_fallback:down")
     finally:
         s.close()
 

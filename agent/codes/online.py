@@ -4,7 +4,10 @@ An :class:`OnlineScheme` hands the code text to an :class:`OnlineVerifyClient` o
 worker pool and waits at most ``timeout_s`` (default 0.3 s) for the answer. It never
 blocks a tap beyond that: when the terminal is offline (``is_online()`` false), when the
 previous call failed or timed out (a back-off of ``backoff_s``), or when every worker is
-still busy with a hung call, it answers ``ONLINE_UNAVAILABLE`` at once.
+still busy with a hung call, it answers ``ONLINE_UNAVAILABLE`` at once. That answer is the profile's offline fallback
+(its ``online_unavailable`` prompt, by default "请出示实体卡"), journaled with the detail
+``offline_fallback:<why>``: ``offline``, ``backoff``, ``busy``, ``timeout``, ``down``,
+``garbage`` (see :func:`failure`).
 
 The decision path otherwise never touches the network; this is the one, bounded exception,
 and only for schemes that cannot be verified offline.
@@ -21,7 +24,10 @@ from typing import Protocol
 
 from agent.model import Credential, Reason, Rejection
 
-__all__ = ["OnlineScheme", "OnlineVerifyClient"]
+__all__ = ["FALLBACK", "OnlineScheme", "OnlineVerifyClient", "failure"]
+
+FALLBACK = "offline_fallback"
+"""Prefix of the journaled detail of a tap decided by the offline fallback."""
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +92,10 @@ class OnlineScheme:
             return self._unavailable("timeout")
         except Exception as err:
             self._down_until = self._mono() + self._backoff
-            log.warning("online verification (%s) failed: %s", self.kind, type(err).__name__)
-            return self._unavailable(f"error:{type(err).__name__}")
+            why = failure(err)
+            log.warning("online verification (%s) failed (%s: %s); backing off %.0f s",
+                        self.kind, why, type(err).__name__, self._backoff)
+            return self._unavailable(why)
         if isinstance(result, Credential | Rejection):
             return result
         log.error("online client for %s returned %s", self.kind, type(result).__name__)
@@ -97,5 +105,20 @@ class OnlineScheme:
         """Stop the worker pool without waiting for hung calls. Safe twice."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _unavailable(self, detail: str) -> Rejection:
-        return Rejection(Reason.ONLINE_UNAVAILABLE, detail, kind=self.kind)
+    def _unavailable(self, why: str) -> Rejection:
+        """The offline fallback: ``online_unavailable`` (the profile's prompt, e.g.
+        "请出示实体卡"), journaled with detail ``offline_fallback:<why>``."""
+        return Rejection(Reason.ONLINE_UNAVAILABLE, f"{FALLBACK}:{why}", kind=self.kind)
+
+
+def failure(err: BaseException) -> str:
+    """Why a verification call failed, for the journal: ``timeout`` (the socket's own),
+    ``down`` (refused, reset, a certificate the terminal does not trust: any ``OSError``),
+    ``garbage`` (an answer that is no verdict: a ``ValueError``), else ``error:<type>``."""
+    if isinstance(err, TimeoutError):
+        return "timeout"
+    if isinstance(err, OSError):     # first: a failed TLS verification is a ValueError too
+        return "down"
+    if isinstance(err, ValueError):
+        return "garbage"
+    return f"error:{type(err).__name__}"

@@ -112,12 +112,17 @@ def build_verifier(section: Any, pseudonymizer: Pseudonymizer, *,
                    clock: Callable[[], float] = time.time) -> CodeVerifier:
     """A :class:`CodeVerifier` from the agent config's ``codes`` section
     (:class:`agent.config.CodesSection`: ``trust_file``, ``window_back_s``,
-    ``window_ahead_s``).
+    ``window_ahead_s`` and the online schemes of ``online``).
 
     Raises :class:`~agent.codes.trust.TrustStoreError` (a ``ValueError``) naming the trust
     file and key at fault.
     """
     trust = TrustStore.load(section.trust_file)
-    return CodeVerifier(trust, pseudonymizer=pseudonymizer,
-                        window_back_s=float(section.window_back_s),
-                        window_ahead_s=float(section.window_ahead_s), clock=clock)
+    verifier = CodeVerifier(trust, pseudonymizer=pseudonymizer,
+                            window_back_s=float(section.window_back_s),
+                            window_ahead_s=float(section.window_ahead_s), clock=clock)
+    from agent.codes.online_config import online_schemes
+
+    for scheme in online_schemes(getattr(section, "online", []), pseudonymizer):
+        verifier.register(scheme)          # [[codes.online]]: prefix → online scheme
+    return verifier

@@ -366,6 +366,8 @@ class PolicyApplier:
             small[ref.name] = path.read_bytes()
         rules = {n.split("/", 1)[1]: b for n, b in small.items() if n.startswith("rules/")}
         checked = _check_small_parts(rules, small.get("issuers"), small.get("settings"))
+        from agent.policy.site_parts import check_site_parts
+        check_site_parts(small)               # site layout, reservations (docs/sites.md)
         root_path = self.staging / f"root-{root.serial}.json"
         root_bytes = canonical(root.model_dump(mode="json"))
         root_path.write_bytes(root_bytes)

@@ -46,7 +46,8 @@ __all__ = [
 
 MANIFEST_TYPE = "ykt-policy-manifest"
 ROOT_TYPE = "ykt-policy-root"
-PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings"]
+PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings", "site",
+                   "reservations"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _INT64 = 2**63 - 1          # SQLite's INTEGER: a larger number could never be stored
 
@@ -105,7 +106,8 @@ class PartRef(_Strict):
     """One content-addressed part named by a manifest."""
 
     name: str = Field(description="slot: entitlements, entitlements.delta, hotlist, "
-                                  "hotlist.delta, rules/<profile>, issuers, settings")
+                                  "hotlist.delta, rules/<profile>, issuers, settings, "
+                                  "site, reservations")
     kind: PartKind
     mode: Literal["snapshot", "delta", "file"] = "file"
     sha256: str

@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--rules", type=Path, action="append", default=[], help="rule TOML (repeat)")
     b.add_argument("--issuers", type=Path, help="trusted issuer keys (JSON/TOML trust file)")
     b.add_argument("--settings", type=Path, help="terminal settings (JSON object)")
+    b.add_argument("--site", type=Path, help="sites: terminals in order, weights (TOML/JSON; "
+                   "docs/sites.md)")
+    b.add_argument("--site-settled", action="store_true", help="every gate applied the last "
+                   "weight change: drop the joint quotas (docs/sites.md)")
+    b.add_argument("--renumber", action="store_true", help="allow a change of a site's "
+                   "terminal list (kiosk number spaces): only while the site is closed")
+    b.add_argument("--reservations", type=Path, help="CSV/JSONL: ssn or holder_key, day, slot")
     b.add_argument("--expires-days", type=float, default=7.0, help="validity in days (7)")
     b.add_argument("--base-url", default="", help="URL prefix of the parts server (…/parts/)")
     b.add_argument("--demo-key", action="store_true",
@@ -249,10 +256,13 @@ def _build(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         return _fail(str(err), 2)
     try:
+        from sync.hub.site_parts import site_parts
         res = repo.build(BundleSources(
             entitlements=args.entitlements, hotlist=args.hotlist,
             remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
-            settings=args.settings, merge=args.merge),
+            settings=args.settings, merge=args.merge,
+            parts=site_parts(args.site, args.reservations, pseudo, repo=repo,
+                             settled=args.site_settled, renumber=args.renumber)),
             key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,
             base_url=args.base_url, renew=args.renew, show_progress=not args.json)
         if args.publish:

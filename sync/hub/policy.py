@@ -381,7 +381,7 @@ class PolicyRepo:
 
     def _small_parts(self, sources: BundleSources, prev: dict[str, PartRef]) -> list[PartRef]:
         parts: dict[str, PartRef] = {n: p for n, p in prev.items()
-                                     if p.kind in ("rules", "issuers", "settings")}
+                                     if p.kind not in ("entitlements", "hotlist")}
         if sources.rules:
             parts = {n: p for n, p in parts.items() if p.kind != "rules"}
             for path in sources.rules:
@@ -402,6 +402,7 @@ class PolicyRepo:
             if not isinstance(doc, dict):
                 raise SourceError(f"{sources.settings}: settings must be a JSON object")
             parts["settings"] = self._file_part("settings", "settings", canonical(doc))
+        parts.update({n: self._file_part(n, n, d) for n, d in sources.parts.items()})
         check_bundle_parts(self.parts_dir, parts, sources.settings)
         return [parts[n] for n in sorted(parts)]
 

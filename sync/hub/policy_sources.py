@@ -64,6 +64,7 @@ class BundleSources:
     issuers: Path | None = None
     settings: Path | None = None
     merge: bool = False
+    parts: dict[str, bytes] = field(default_factory=dict)   # site, reservations (site_parts)
 
 
 def check_ssn(value: str) -> str:
