@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from agent.journal import canonical
+from agent.policy.calendar_part import read_calendar, stored_calendar
 from agent.policy.compaction import Compactor
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.manifest import Envelope, Manifest, PartRef, Root, sha256_hex
@@ -55,6 +56,7 @@ from agent.tomlconf import ConfigFileError
 
 if TYPE_CHECKING:
     from agent.codes.trust import IssuerKey
+    from agent.workdays import WorkCalendar
 
 __all__ = ["AppliedPolicy", "ApplyRunner", "Compactor", "InProcessRunner", "Listener",
            "PartFetcher", "PolicyApplier", "SubprocessRunner", "Verified", "stage_command"]
@@ -89,6 +91,7 @@ class AppliedPolicy:
     mode: str = "startup"                                   # delta | snapshot | startup
     rulesets: Mapping[str, RuleSet] = field(default_factory=dict)
     keys: tuple[list[IssuerKey], str] | None = None         # (IssuerKey list, version)
+    calendar: WorkCalendar | None = None                    # holidays, 调休 (calendar part)
 
     def ruleset(self, profile: str) -> RuleSet | None:
         """The bundle's (vector-checked) rule set for ``profile``, or None if it has none."""
@@ -263,7 +266,7 @@ class PolicyApplier:
         except BundleRefused as err:
             log.error("stored settings of %s unusable: %s", s.info.label, err)
         return AppliedPolicy(s.info, {p: r.decode("utf-8", "replace") for p, r in rules.items()},
-                             issuers, settings, "startup", rulesets, keys)
+                             issuers, settings, "startup", rulesets, keys, stored_calendar(s))
 
     # ---------------------------------------------------------------------------------
     def verify(self, payload: bytes) -> Verified:
@@ -377,7 +380,7 @@ class PolicyApplier:
         log.info("applying %s as %s (from %s)", info.label, plan.mode, have.label)
         result = AppliedPolicy(info, {p: b.decode() for p, b in rules.items()},
                                checked.issuers, checked.settings, plan.mode, checked.rulesets,
-                               checked.keys)
+                               checked.keys, read_calendar(small.get("calendar")))
         self.store.hold()          # taps keep this state until the switch (step 8)
         try:
             self.runner.run(plan)

@@ -63,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--rules", type=Path, action="append", default=[], help="rule TOML (repeat)")
     b.add_argument("--issuers", type=Path, help="trusted issuer keys (JSON/TOML trust file)")
     b.add_argument("--settings", type=Path, help="terminal settings (JSON object)")
+    b.add_argument("--calendar", type=Path, help="holidays and make-up working days (调休): "
+                   "calendar TOML (profiles/calendars/) or a built JSON part")
     b.add_argument("--expires-days", type=float, default=7.0, help="validity in days (7)")
     b.add_argument("--base-url", default="", help="URL prefix of the parts server (…/parts/)")
     b.add_argument("--demo-key", action="store_true",
@@ -217,7 +219,7 @@ def _build(args: argparse.Namespace) -> int:
         res = repo.build(BundleSources(
             entitlements=args.entitlements, hotlist=args.hotlist,
             remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
-            settings=args.settings, merge=args.merge),
+            settings=args.settings, calendar=args.calendar, merge=args.merge),
             key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,
             base_url=args.base_url)
         if args.publish:

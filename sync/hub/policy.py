@@ -56,6 +56,7 @@ from agent.policy.parts import DataKind, PartWriter
 from agent.policy.signing import SigningKey, load_root, signed_manifest, signed_root
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
+from sync.hub.calendar_build import calendar_parts
 from sync.topics import policy_manifest, validate_channel
 
 __all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "init_root"]
@@ -91,6 +92,7 @@ class BundleSources:
     rules: list[Path] = field(default_factory=list)
     issuers: Path | None = None
     settings: Path | None = None
+    calendar: Path | None = None            # holidays and 调休 (sync.hub.calendar_build)
     merge: bool = False
 
 
@@ -398,8 +400,7 @@ class PolicyRepo:
                            time.monotonic() - t0)
 
     def _small_parts(self, sources: BundleSources, prev: dict[str, PartRef]) -> list[PartRef]:
-        parts: dict[str, PartRef] = {n: p for n, p in prev.items()
-                                     if p.kind in ("rules", "issuers", "settings")}
+        parts: dict[str, PartRef] = {n: p for n, p in prev.items() if p.kind in ("rules", "issuers", "settings", "calendar")}
         if sources.rules:
             parts = {n: p for n, p in parts.items() if p.kind != "rules"}
             for path in sources.rules:
@@ -420,6 +421,7 @@ class PolicyRepo:
             if not isinstance(doc, dict):
                 raise SourceError(f"{sources.settings}: settings must be a JSON object")
             parts["settings"] = self._file_part("settings", "settings", canonical(doc))
+        parts.update(calendar_parts(sources.calendar, self._file_part))
         return [parts[n] for n in sorted(parts)]
 
     # -- publishing --------------------------------------------------------------------
