@@ -297,6 +297,8 @@ class Terminal:
     def _start_policy(self) -> None:
         pc = self.cfg.policy
         if not pc.enabled:
+            from agent.policy.calendar_part import flag_without_policy
+            flag_without_policy(self.engine)   # no bundle, no calendar: say so if needed
             return
         from agent.policy.apply import PolicyApplier
         from agent.policy.signing import load_root

@@ -39,6 +39,7 @@ from agent.rules import Facts, RuleSet, age_on
 from agent.site import SiteState
 from agent.store import PolicyStore
 from agent.timebase import TimeBase
+from agent.workdays import WorkCalendar, day_kind
 
 __all__ = ["CodeVerifierLike", "Engine", "Outcome"]
 
@@ -122,6 +123,11 @@ class Engine:
         self._between = threading.RLock()
         self.site: SiteState | None = None
         """This terminal's share of its site (quotas, queue numbers, 预约; agent.site)."""
+        self.calendar: WorkCalendar | None = None
+        """The holiday calendar (policy part ``calendar``); None: the weekday rule.
+        Replaced between taps by :func:`agent.policy.calendar_part.apply_calendar`."""
+        self.calendar_flag = ""
+        """Why the rules lack a calendar they need ("" if they do not)."""
 
     def between_taps(self) -> AbstractContextManager[Any]:
         """A context in which no presentation is being decided and no event journaled
@@ -291,6 +297,7 @@ class Engine:
         counters = {c: self.journal.count(cred.holder_key, c, today.isoformat())
                     for c in ruleset.counters}
         stale = bool(store.info.expires) and _epoch(store.info.expires) < now
+        day = day_kind(today, self.calendar)
         facts = Facts(
             now=local, kind=cred.kind, hotlisted=hot is not None, expired=expired,
             age=age_on(cred.birth_date, today) if cred.birth_date else None,
@@ -298,6 +305,9 @@ class Engine:
             counters=counters, policy_stale=stale, gate_in_service=self._gate_ok(),
             site_counters=site, service=service,
             reserved=where.reserved(cred.holder_key, today, slot) if where else None,
+            working_day=day.working,
+            holiday=day.holiday, region=cred.region,
+            clock_trusted=self._timebase is None or self._timebase.trusted,
         )
         return facts, today, slot
 

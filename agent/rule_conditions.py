@@ -3,6 +3,13 @@
 Setting references (``max = "elderly_daily_free_rides"``, ``hours_outside =
 "opening_hours"``) are resolved once, here, through :class:`~agent.profile_checks.
 SettingValues`; the predicates then compare plain values and take microseconds.
+
+Time conditions (``hours_within``, ``hours_outside``, ``working_day``, ``holiday``) are
+judged from the decision time in the profile's timezone. When that time cannot be
+trusted (``Facts.clock_trusted`` false, :attr:`agent.timebase.TimeBase.trusted`) they are
+judged in the holder's favour: they hold on a rule that accepts and do not hold on a rule
+that denies (``favour``), so nobody is charged or turned away on the strength of a clock
+known to be wrong. See ``docs/rules.md`` (*When the clock is not trusted*).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from datetime import time
 from typing import TYPE_CHECKING
 
 from agent.profile_checks import Loc, SettingValues
+from agent.regions import RegionScope, area_prefix, in_areas
 
 if TYPE_CHECKING:
     from agent.rules import Facts, When
@@ -45,9 +53,17 @@ def _flag(get: Callable[[Facts], bool], want: bool) -> Predicate:
     return lambda f: get(f) == want
 
 
-def compile_when(w: When, s: SettingValues, at: Loc) -> list[Predicate]:
+def _timed(cond: Predicate, favour: bool) -> Predicate:
+    """``cond`` on a trusted clock, else ``favour`` (True on accepting rules)."""
+    return lambda f: cond(f) if f.clock_trusted else favour
+
+
+def compile_when(w: When, s: SettingValues, at: Loc, *, favour: bool = True,
+                 scope: RegionScope = RegionScope()) -> list[Predicate]:
     """``w`` as predicates, its setting references resolved through ``s`` (``at`` is the
-    ``when`` table's key path, for problems)."""
+    ``when`` table's key path, for problems). ``favour`` is what a time condition gives
+    on an untrusted clock (True for a rule that accepts); ``scope`` is the profile's
+    region for ``card_region``."""
     preds: list[Predicate] = []
     if w.hotlisted is not None:
         preds.append(_flag(lambda f: f.hotlisted, w.hotlisted))
@@ -83,7 +99,7 @@ def compile_when(w: When, s: SettingValues, at: Loc) -> list[Predicate]:
         preds.append(lambda f: f.counters.get(reached, 0) >= at_most)
     if w.hours_outside is not None:
         a, b = parse_hours(s.hours(w.hours_outside, (*at, "hours_outside")))
-        preds.append(lambda f: not (a <= f.now.time() < b))
+        preds.append(_timed(lambda f: not (a <= f.now.time() < b), favour))
     if w.slot_count_at_least is not None:
         full, capacity = w.slot_count_at_least.counter, s.number(
             w.slot_count_at_least.max, (*at, "slot_count_at_least", "max"))
@@ -96,7 +112,19 @@ def compile_when(w: When, s: SettingValues, at: Loc) -> list[Predicate]:
         preds.append(lambda f: f.service in services)
     if w.hours_within is not None:
         a2, b2 = parse_hours(s.hours(w.hours_within, (*at, "hours_within")))
-        preds.append(lambda f: a2 <= f.now.time() < b2)
+        preds.append(_timed(lambda f: a2 <= f.now.time() < b2, favour))
+    if w.working_day is not None:
+        want_working = w.working_day
+        preds.append(_timed(lambda f: f.working_day == want_working, favour))
+    if w.holiday is not None:
+        want_holiday = w.holiday
+        preds.append(_timed(lambda f: f.holiday == want_holiday, favour))
+    if w.card_region is not None:
+        classes = frozenset(w.card_region)
+        preds.append(lambda f: scope.classify(f.region) in classes)
+    if w.issued_in is not None:
+        areas = tuple(area_prefix(c) for c in w.issued_in)
+        preds.append(lambda f: in_areas(f.region, areas))
     return preds
 
 

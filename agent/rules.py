@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.errors import ConfigurationError
 from agent.model import Decision, Prompt, Reason
 from agent.profile_checks import DEFAULT_PROMPTS, Loc, SettingValues, check_prompt
+from agent.regions import AreaCode, RegionScope
 from agent.rule_conditions import Predicate, compile_when, parse_hours
 from agent.tomlconf import ConfigFileError, format_loc, key_lines, load_toml_model, read_utf8
+from agent.workdays import day_kind
 
 __all__ = ["Facts", "RuleSet", "RuleSetError", "load_ruleset"]
 
@@ -43,6 +45,10 @@ class Facts:
     credential's last counted tap in this scope (vehicle/gate), None if none.
     ``counters`` are today's per-holder counts; ``entitlements`` the names the holder is
     entitled to today (store entitlements plus credential claims).
+    ``working_day``/``holiday`` describe ``now``'s local date (the calendar part, else the
+    weekday rule: :func:`agent.workdays.day_kind`); ``region`` is the credential's issuing
+    area code ("" if unknown); ``clock_trusted`` is False when the decision time is known
+    to be unreliable (:attr:`agent.timebase.TimeBase.trusted`).
     """
 
     now: datetime
@@ -60,6 +66,10 @@ class Facts:
     reserved: bool | None = None
     """The holder reserved (预约) today's current slot or the day; None: the site takes no
     reservations (no ``reservations`` policy part)."""
+    working_day: bool = True
+    holiday: bool = False
+    region: str = ""
+    clock_trusted: bool = True
 
 
 # ----------------------------------------------------------------------------- schema
@@ -103,6 +113,14 @@ class When(_Strict):
     service: list[str] | None = Field(None, description="kiosk service types (取号)")
     reserved: bool | None = Field(None, description="the holder reserved (预约) this slot or "
                                   "day; never matches while the site takes no reservations")
+    working_day: bool | None = Field(None, description="local date is a working day "
+                                     "(calendar part, else Monday–Friday)")
+    holiday: bool | None = Field(None, description="local date is a public holiday "
+                                 "(calendar part only)")
+    card_region: list[Literal["local", "province", "other", "unknown"]] | None = Field(
+        None, description="the card's issuing region seen from [profile] region")
+    issued_in: list[AreaCode] | None = Field(None, description="area codes (行政区划代码; "
+                                             "370300 = all of 3703…); card issued there")
 
     @field_validator("hours_outside", "hours_within")
     @classmethod
@@ -165,6 +183,10 @@ class VectorSpec(_Strict):
     site_counters: dict[str, int] = Field(default_factory=dict)
     service: str = ""
     reserved: bool | None = None
+    working_day: bool | None = Field(None, description="default: Monday–Friday of 'time'")
+    holiday: bool = False
+    region: str = Field("", description="the card's issuing area code")
+    clock_trusted: bool = True
     expect_reason: Reason
     expect_product: str | None = None
     expect_amount_cents: Fen | None = Field(
@@ -175,10 +197,14 @@ class VectorSpec(_Strict):
         """The vector's inputs as :class:`Facts` (every Facts field but ``now`` has an
         input of the same name here; ``time`` gives ``now``)."""
         given = self.model_dump(include=_VECTOR_FACTS)
-        return Facts(now=self.time, entitlements=frozenset(self.entitlements), **given)
+        working = (day_kind(self.time.date()).working if self.working_day is None
+                   else self.working_day)
+        return Facts(now=self.time, entitlements=frozenset(self.entitlements),
+                     working_day=working, **given)
 
 
-_VECTOR_FACTS = {f.name for f in dataclasses.fields(Facts)} - {"now", "entitlements"}
+_VECTOR_FACTS = {f.name for f in dataclasses.fields(Facts)} - {"now", "entitlements",
+                                                               "working_day"}
 
 
 class ProfileSpec(_Strict):
@@ -192,6 +218,10 @@ class ProfileSpec(_Strict):
     slot_minutes: int = Field(60, ge=1, le=1440, description="length of a capacity time slot")
     display_columns: int = Field(20, ge=8, le=80, description="columns of the narrowest display "
                                  "the prompts must fit (a CJK character takes two)")
+    region: AreaCode | Literal[""] = Field("", description="the terminal's own area code "
+                                           "(行政区划代码): cards issued there are 'local'")
+    local_regions: list[AreaCode] = Field(default_factory=list, description="area codes whose "
+                                          "cards also count as local (mutual recognition, 互认)")
 
 
 class RuleFile(_Strict):
@@ -247,6 +277,7 @@ class RuleSet:
         s = SettingValues(spec.settings, overrides, spec.profile.name)
         self.settings = s
         self._problems: list[tuple[Loc, str]] = []
+        self._scope = RegionScope.of(spec.profile.region, spec.profile.local_regions)
         amounts: dict[str, int] = {}
         for r in spec.rule:
             if r.product and r.amount is not None and r.product not in amounts:
@@ -266,6 +297,13 @@ class RuleSet:
             [c for r in spec.rule for c in r.count_site]
             + [r.when.slot_count_at_least.counter for r in spec.rule
                if r.when.slot_count_at_least is not None])
+
+    @property
+    def uses_calendar(self) -> bool:
+        """True when a rule has a ``working_day`` or ``holiday`` condition (then a
+        terminal without a calendar part is flagged: holidays and 调休 are unknown)."""
+        return any(r.when.working_day is not None or r.when.holiday is not None
+                   for r in self.spec.rule)
 
     def _render(self, p: Prompt, amount: int | None, loc: Loc) -> Prompt:
         r = self.settings.render
@@ -295,8 +333,12 @@ class RuleSet:
         decision = Decision(accepted=reason.accepting, reason=reason, product=r.product,
                             amount_cents=amount if reason.accepting else 0,
                             prompt=prompt, rule_id=r.id, counters=tuple(r.count))
-        return CompiledRule(r.id, tuple(compile_when(r.when, self.settings, ("rule", i, "when"))),
-                            decision, tuple(r.count_site), r.queue)
+        if r.when.card_region is not None and not self.profile.region:
+            self._problems.append((("rule", i, "when", "card_region"), "card_region needs "
+                                   "the terminal's region ([profile] region)"))
+        preds = compile_when(r.when, self.settings, ("rule", i, "when"),
+                             favour=reason.accepting, scope=self._scope)
+        return CompiledRule(r.id, tuple(preds), decision, tuple(r.count_site), r.queue)
 
     def _check_default_deny(self) -> None:
         """``not_entitled`` needs a prompt when the rules can end without a match (the

@@ -17,6 +17,12 @@ counters. :class:`TimeBase` gives them a time that
   synchronised after running unsynchronised (a terminal that booted with a dead RTC
   learns the real time), journaled as a followed jump.
 
+The decision time is **not trusted** (:attr:`TimeBase.trusted` False) when it could only
+be anchored to the journal's last record because the wall clock read more than ``jump_s``
+earlier than that at start (a dead RTC battery: the real time is somewhere after the last
+record, how far is unknown), until the first NTP synchronisation sets it right. Rules
+judge their time conditions in the holder's favour then (``docs/rules.md``).
+
 The anchor is kept in the journal's meta table with the kernel's boot id, so a daemon
 restarted within the same boot keeps it (``CLOCK_MONOTONIC`` counts from the boot), and a
 restart cannot be used to adopt a wrong wall clock.
@@ -105,22 +111,25 @@ class TimeBase:
         self._was_synced = quality() is ClockQuality.SYNCED
         w, m = wall(), mono()
         saved = self._load()
+        self.trusted = True
+        """False while the time is anchored to the journal's floor (see the module doc)."""
         if saved is not None:
-            self._anchor_wall, self._anchor_mono = saved
+            self._anchor_wall, self._anchor_mono, self.trusted = saved
         else:
+            self.trusted = floor - w <= jump_s
             self._set_anchor(max(w, floor), m)
         self._last = max(floor, self._anchor_wall + (m - self._anchor_mono))
         self.offset_s = w - self._last
         """The wall clock minus the decision time at the last reading (seconds)."""
 
     # -- the anchor ------------------------------------------------------------------------
-    def _load(self) -> tuple[float, float] | None:
+    def _load(self) -> tuple[float, float, bool] | None:
         if self._anchors is None or not self._boot:
             return None
         try:
             raw = json.loads(self._anchors.get_meta(self.META_KEY) or "null")
             if isinstance(raw, dict) and raw.get("boot") == self._boot:
-                return float(raw["wall"]), float(raw["mono"])
+                return float(raw["wall"]), float(raw["mono"]), raw.get("trusted") is not False
         except (ValueError, KeyError, TypeError):
             log.warning("unreadable time anchor in the journal: starting a new one")
         return None
@@ -129,7 +138,7 @@ class TimeBase:
         self._anchor_wall, self._anchor_mono = wall, mono
         if self._anchors is not None and self._boot:
             self._anchors.set_meta(self.META_KEY, json.dumps(
-                {"boot": self._boot, "wall": wall, "mono": mono}))
+                {"boot": self._boot, "wall": wall, "mono": mono, "trusted": self.trusted}))
 
     # -- reading ---------------------------------------------------------------------------
     def now(self) -> float:
@@ -147,6 +156,7 @@ class TimeBase:
                 self._reported = 0.0
             elif synced and not self._was_synced:
                 t = w                                   # first synchronisation: learn it
+                self.trusted = True
                 self._set_anchor(w, m)
                 self._pending.append(ClockJump(0.0, offset - self._reported, True, q))
                 self._reported = 0.0

@@ -67,7 +67,7 @@ def test_name_where_a_category_belongs_refused(policy_env: PolicyEnv) -> None:
     src = policy_env.source("ents", [{"ssn": GOOD_SSN, "name": "elderly"},
                                      {"ssn": GOOD_SSN, "name": "张三"}])
     with pytest.raises(SourceError, match=rf"{src.name}:3: name: not a category the channel's "
-                       r"rules use \(known: disabled, elderly, student, youfu\)"):
+                       r"rules use \(known: disabled, elderly, elderly_offpeak, student, youfu\)"):
         policy_env.build(BundleSources(entitlements=src, rules=RULES))
     ok = policy_env.source("ents", [{"ssn": GOOD_SSN, "name": "elderly"}])
     policy_env.build(BundleSources(entitlements=ok, rules=RULES))

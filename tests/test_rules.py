@@ -165,7 +165,7 @@ def test_settings_are_one_source_of_truth_and_none_is_dead(tmp_path: Path) -> No
     with pytest.raises(ConfigFileError) as err:
         load_ruleset(p)
     line = _line_of(text, 'amount = "standard_far"')
-    assert (f"{p}:{line}: rule[8].amount: no setting "
+    assert (f"{p}:{line}: rule[11].amount: no setting "
             "'standard_far' in [settings]") in str(err.value)
 
 

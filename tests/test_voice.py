@@ -55,7 +55,7 @@ def test_each_concession_category_plays_its_clip(voice_dir: Path, profile: str, 
                                                  clip: str) -> None:
     rs = load_ruleset(profile_path(profile))
     decision = rs.evaluate(Facts(now=datetime(2026, 11, 25, 10, tzinfo=TZ), age=40,
-                                 entitlements=frozenset({category})))
+                                 entitlements=frozenset({category}), region="370302"))
     if profile == "scenic_gate" and category == "student":
         assert not decision.accepted        # the scenic gate has no student concession
         return

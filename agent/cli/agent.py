@@ -60,12 +60,14 @@ def _run(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     """Validate a config file and the profile it names (rules + test vectors)."""
     from agent.config_checks import startup_problems
+    from agent.policy.calendar_part import calendar_warning
 
     if not args.config and not args.profile:
         print("ykt config validate: give a config file (e.g. /etc/ykt/terminal.toml) "
               "or --profile NAME", file=sys.stderr)
         return 2
     problems: list[str] = []
+    warnings: list[str] = []
     cfg = None
     if args.config:
         try:
@@ -82,13 +84,19 @@ def _validate(args: argparse.Namespace) -> int:
             rs = load_ruleset(profile_path(name))
             if not args.json:
                 print(f"{rs.source}: ok ({len(rs.rules)} rules, {len(rs.spec.vector)} vectors)")
+            if rs.uses_calendar:       # flagged, not refused: the bundle may carry one
+                warnings.append(f"{rs.source}: {calendar_warning(rs, None)} (until a policy "
+                                "bundle brings a calendar part)")
         except ConfigFileError as err:
             problems += err.problems
         except (RuleSetError, FileNotFoundError) as err:
             problems.append(str(err))
     if args.json:
-        print(json.dumps({"ok": not problems, "problems": problems}, ensure_ascii=False))
+        print(json.dumps({"ok": not problems, "problems": problems, "warnings": warnings},
+                         ensure_ascii=False))
     else:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
         if not problems and args.config:

@@ -29,7 +29,6 @@ delta's switch, :class:`agent.policy.compaction.Compactor` merges its overlay.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -42,19 +41,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from agent.journal import canonical
+from agent.policy.calendar_part import read_calendar, stored_calendar
 from agent.policy.compaction import Compactor
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.manifest import Envelope, Manifest, PartRef, Root, sha256_hex
 from agent.policy.parts import file_sha256
 from agent.policy.runners import ApplyRunner, InProcessRunner, SubprocessRunner, stage_command
 from agent.policy.signing import load_root, verify_envelope
+from agent.policy.small_parts import check_small_parts as _check_small_parts
 from agent.policy.stage import ApplyPlan
-from agent.rules import RuleSet, RuleSetError, load_ruleset
+from agent.rules import RuleSet
 from agent.store import PolicyInfo, PolicyStore
-from agent.tomlconf import ConfigFileError
 
 if TYPE_CHECKING:
     from agent.codes.trust import IssuerKey
+    from agent.workdays import WorkCalendar
 
 __all__ = ["AppliedPolicy", "ApplyRunner", "Compactor", "InProcessRunner", "Listener",
            "PartFetcher", "PolicyApplier", "SubprocessRunner", "Verified", "stage_command"]
@@ -89,6 +90,7 @@ class AppliedPolicy:
     mode: str = "startup"                                   # delta | snapshot | startup
     rulesets: Mapping[str, RuleSet] = field(default_factory=dict)
     keys: tuple[list[IssuerKey], str] | None = None         # (IssuerKey list, version)
+    calendar: WorkCalendar | None = None                    # holidays, 调休 (calendar part)
 
     def ruleset(self, profile: str) -> RuleSet | None:
         """The bundle's (vector-checked) rule set for ``profile``, or None if it has none."""
@@ -111,82 +113,6 @@ class Verified(NamedTuple):
     root: Root                  # the signer root that signed it (after any rotation)
     info: PolicyInfo            # the identity the store will hold once it is applied
     applied: bool               # it is already the applied policy (nothing to do)
-
-
-class _SmallParts(NamedTuple):
-    rulesets: dict[str, RuleSet]
-    keys: tuple[list[IssuerKey], str] | None
-    issuers: bytes | None
-    settings: dict[str, Any]
-
-
-def _check_small_parts(rules: Mapping[str, bytes], issuers: bytes | None,
-                       settings: bytes | None) -> _SmallParts:
-    """Parse and check the rule sets (their vectors run), issuer keys and settings.
-    Raises :class:`BundleRefused` (``vectors_failed``, ``mix_and_match``, ``malformed``)."""
-    rulesets: dict[str, RuleSet] = {}
-    for profile, raw in rules.items():
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise BundleRefused(Refusal.MALFORMED, f"rules/{profile}: not UTF-8: {err}"
-                                ) from None
-        try:
-            rs = load_ruleset(f"policy:rules/{profile}", text=text)
-        except (RuleSetError, ConfigFileError) as err:
-            raise BundleRefused(Refusal.VECTORS_FAILED, str(err)[:500]) from None
-        if rs.profile.name != profile:
-            raise BundleRefused(Refusal.MIX_AND_MATCH,
-                                f"rules/{profile} holds profile {rs.profile.name!r}")
-        rulesets[profile] = rs
-    keys = None
-    if issuers is not None:
-        from agent.codes.trust import TrustStoreError, parse_trust_document
-        try:
-            keys = parse_trust_document(json.loads(issuers), source="policy:issuers")
-        except (TrustStoreError, ValueError) as err:
-            raise BundleRefused(Refusal.MALFORMED, f"issuers: {err}") from None
-        except RecursionError:
-            raise BundleRefused(Refusal.MALFORMED, "issuers: nested too deep") from None
-    doc: dict[str, Any] = {}
-    if settings is not None:
-        try:
-            parsed = json.loads(settings)
-            if not isinstance(parsed, dict):
-                raise ValueError("not an object")
-            doc = parsed
-        except ValueError as err:
-            raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
-        except RecursionError:
-            raise BundleRefused(Refusal.MALFORMED, "settings: nested too deep") from None
-    _apply_settings(rulesets, doc)
-    return _SmallParts(rulesets, keys, issuers, doc)
-
-
-check_small_parts = _check_small_parts     # the hub's build runs the same check
-
-
-def _apply_settings(rulesets: dict[str, RuleSet], doc: Mapping[str, Any]) -> None:
-    """Compile each rule set with the settings part's overrides for its profile (their
-    vectors run again). Raises :class:`BundleRefused` (``malformed``, ``vectors_failed``)."""
-    from agent.policy.wiring import profile_settings
-    for profile in doc:
-        try:
-            section = profile_settings(doc, profile)
-        except ValueError as err:
-            raise BundleRefused(Refusal.MALFORMED, f"settings: {err}") from None
-        if not section:
-            continue
-        try:
-            if profile in rulesets:
-                rulesets[profile] = rulesets[profile].with_settings(section)
-            else:       # the terminal's own rules: checked against the shipped profile
-                from profiles import PROFILE_DIR
-                shipped = PROFILE_DIR / f"{profile}.toml"
-                if shipped.exists():
-                    load_ruleset(shipped).with_settings(section)
-        except RuleSetError as err:
-            raise BundleRefused(Refusal.VECTORS_FAILED, str(err)[:500]) from None
 
 
 class PolicyApplier:
@@ -266,7 +192,7 @@ class PolicyApplier:
         except BundleRefused as err:
             log.error("stored settings of %s unusable: %s", s.info.label, err)
         return AppliedPolicy(s.info, {p: r.decode("utf-8", "replace") for p, r in rules.items()},
-                             issuers, settings, "startup", rulesets, keys)
+                             issuers, settings, "startup", rulesets, keys, stored_calendar(s))
 
     # ---------------------------------------------------------------------------------
     def verify(self, payload: bytes) -> Verified:
@@ -382,7 +308,7 @@ class PolicyApplier:
         log.info("applying %s as %s (from %s)", info.label, plan.mode, have.label)
         result = AppliedPolicy(info, {p: b.decode() for p, b in rules.items()},
                                checked.issuers, checked.settings, plan.mode, checked.rulesets,
-                               checked.keys)
+                               checked.keys, read_calendar(small.get("calendar")))
         self.store.hold()          # taps keep this state until the switch (step 8)
         try:
             self.runner.run(plan)

@@ -47,7 +47,7 @@ __all__ = [
 MANIFEST_TYPE = "ykt-policy-manifest"
 ROOT_TYPE = "ykt-policy-root"
 PartKind = Literal["entitlements", "hotlist", "rules", "issuers", "settings", "site",
-                   "reservations"]
+                   "reservations", "calendar"]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _INT64 = 2**63 - 1          # SQLite's INTEGER: a larger number could never be stored
 
@@ -107,7 +107,7 @@ class PartRef(_Strict):
 
     name: str = Field(description="slot: entitlements, entitlements.delta, hotlist, "
                                   "hotlist.delta, rules/<profile>, issuers, settings, "
-                                  "site, reservations")
+                                  "site, reservations, calendar")
     kind: PartKind
     mode: Literal["snapshot", "delta", "file"] = "file"
     sha256: str

@@ -10,7 +10,9 @@ itself (:meth:`agent.store.PolicyStore.refresh`, called by the applier).
 The bundle's ``settings`` part is a JSON object of profile name → overrides of that
 profile's ``[settings]`` (``{"bus_validator": {"standard_fare": 250}}``): the terminal's
 rules (the bundle's ``rules/<profile>``, else its own profile file) are compiled with
-them, so a fare changes in the charged amount and the prompt together.
+them, so a fare changes in the charged amount and the prompt together. Its ``calendar``
+part (holidays, 调休) goes to the engine at the same switch
+(:func:`agent.policy.calendar_part.apply_calendar`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from agent.policy.apply import AppliedPolicy, Listener
+from agent.policy.calendar_part import apply_calendar
 from agent.rules import RuleSet
 
 __all__ = ["TrustStoreLike", "engine_listener", "profile_settings"]
@@ -77,6 +80,7 @@ def engine_listener(engine: EngineLike, profile: str, trust: TrustStoreLike | No
         except Exception:
             log.exception("rules/%s of %s unusable; keeping the current rules", profile,
                           applied.info.label)
+        apply_calendar(engine, applied)
         keys = applied.issuer_keys()
         if trust is not None and keys is not None:
             try:

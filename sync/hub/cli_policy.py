@@ -74,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--renumber", action="store_true", help="allow a change of a site's "
                    "terminal list (kiosk number spaces): only while the site is closed")
     b.add_argument("--reservations", type=Path, help="CSV/JSONL: ssn or holder_key, day, slot")
+    b.add_argument("--calendar", type=Path, help="holidays and make-up working days (调休): "
+                   "calendar TOML (profiles/calendars/) or a built JSON part")
     b.add_argument("--expires-days", type=float, default=7.0, help="validity in days (7)")
     b.add_argument("--base-url", default="", help="URL prefix of the parts server (…/parts/)")
     b.add_argument("--demo-key", action="store_true",
@@ -260,7 +262,7 @@ def _build(args: argparse.Namespace) -> int:
         res = repo.build(BundleSources(
             entitlements=args.entitlements, hotlist=args.hotlist,
             remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
-            settings=args.settings, merge=args.merge,
+            settings=args.settings, calendar=args.calendar, merge=args.merge,
             parts=site_parts(args.site, args.reservations, pseudo, repo=repo,
                              settled=args.site_settled, renumber=args.renumber)),
             key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,

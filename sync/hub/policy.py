@@ -48,6 +48,7 @@ from agent.policy.parts import DataKind, PartWriter
 from agent.policy.signing import SigningKey, load_root, signed_manifest, signed_root
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
+from sync.hub.calendar_build import calendar_parts
 from sync.hub.policy_sources import (
     BundleSources,
     SourceError,
@@ -403,6 +404,7 @@ class PolicyRepo:
                 raise SourceError(f"{sources.settings}: settings must be a JSON object")
             parts["settings"] = self._file_part("settings", "settings", canonical(doc))
         parts.update({n: self._file_part(n, n, d) for n, d in sources.parts.items()})
+        parts.update(calendar_parts(sources.calendar, self._file_part))
         check_bundle_parts(self.parts_dir, parts, sources.settings)
         return [parts[n] for n in sorted(parts)]
 

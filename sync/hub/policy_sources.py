@@ -63,6 +63,7 @@ class BundleSources:
     rules: list[Path] = field(default_factory=list)
     issuers: Path | None = None
     settings: Path | None = None
+    calendar: Path | None = None            # holidays and 调休 (sync.hub.calendar_build)
     merge: bool = False
     parts: dict[str, bytes] = field(default_factory=dict)   # site, reservations (site_parts)
 
@@ -124,10 +125,10 @@ def key_fingerprint(pseudonymizer: Pseudonymizer) -> str:
 def check_bundle_parts(parts_dir: Path, parts: dict[str, PartRef],
                        settings_source: Path | None) -> None:
     """Check the rule and settings parts together exactly as a terminal will
-    (:func:`agent.policy.apply.check_small_parts`: the settings compiled into each
+    (:func:`agent.policy.small_parts.check_small_parts`: the settings compiled into each
     profile's rules, vectors run). Raises :class:`SourceError` naming the settings file."""
-    from agent.policy.apply import check_small_parts
     from agent.policy.errors import BundleRefused
+    from agent.policy.small_parts import check_small_parts
 
     def body(name: str) -> bytes | None:
         ref = parts.get(name)
