@@ -18,12 +18,12 @@ from tests.fixtures.postgres import PG_URL_ENV
 ROOT = Path(__file__).resolve().parents[1]
 
 _ORPHAN = """
-import os
+import sys
 from simulator.postgres import PgCluster
 c = PgCluster()
 c.start()
 print(c.version, c.name, c.passfile.parent, flush=True)
-os._exit(0)  # killed before its teardown: the cluster stays, running
+sys.stdin.read()  # alive until the test has seen its cluster; then killed (SIGKILL)
 """
 
 
@@ -37,12 +37,22 @@ def test_a_cluster_left_by_a_killed_run_is_dropped_and_a_live_one_is_kept(
         pg_server: str) -> None:
     if os.environ.get(PG_URL_ENV):
         pytest.skip(f"${PG_URL_ENV} is set: this session makes no cluster of its own")
-    made = subprocess.run([sys.executable, "-c", _ORPHAN], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
-    version, name, secrets_dir = made.stdout.split()
-    assert (version, name) in _clusters()
-    assert Path(secrets_dir).is_dir()
+    # The owner stays alive while its cluster is checked: a test session running beside
+    # this one drops the clusters of dead owners, and once dropped this one could not be
+    # seen (a flake the repeated runs found). Then it is killed before its teardown.
+    orphan = subprocess.Popen([sys.executable, "-c", _ORPHAN], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert orphan.stdout is not None
+        line = orphan.stdout.readline()
+        assert line, orphan.stderr.read() if orphan.stderr else ""
+        version, name, secrets_dir = line.split()
+        assert (version, name) in _clusters()
+        assert Path(secrets_dir).is_dir()
+    finally:
+        orphan.kill()
+        orphan.communicate(timeout=60)
 
     drop_stale_clusters()
 
