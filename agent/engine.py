@@ -324,6 +324,10 @@ class Engine:
             "accepted": d.accepted, "reason": d.reason.value, "product": d.product,
             "amount": d.amount_cents, "rule": d.rule_id, "policy": d.policy_version,
         }
+        if d.accepted:   # settlement (docs/protocol.md §1.4): category, replaced fare
+            fields["category"] = d.category
+            if d.category:
+                fields["fare_std"] = d.fare_std_cents
         if detail:
             fields["detail"] = detail[:200]
         if policy_stale:
