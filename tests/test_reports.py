@@ -244,6 +244,27 @@ def test_timezone_cuts_days_at_local_midnight(db: str, tmp_path: Path) -> None:
         store.close()
 
 
+def test_days_across_a_daylight_saving_change(db: str, tmp_path: Path) -> None:
+    """Where the offset changes within the period, hours are folded one by one."""
+    j = Journal(tmp_path / "j.db", "TRAM-1")
+    for stamp in (_utc(2026, 10, 24, 21, 30), _utc(2026, 10, 24, 22, 30),
+                  _utc(2026, 10, 25, 22, 30), _utc(2026, 10, 25, 23, 30)):
+        j.append({"accepted": True, "reason": "accepted", "product": "standard",
+                  "amount": 100, "category": ""}, at=stamp.timestamp())
+    store = open_store(db)
+    try:
+        store.ingest("TRAM-1", incoming(j))
+        rep = build_report(store, group_by=["day"], tz="Europe/Berlin")
+        assert [(r["day"], r["records"]) for r in rep.rows] == [
+            ("2026-10-24", 1), ("2026-10-25", 2), ("2026-10-26", 1)]
+        hours = build_report(store, group_by=["day", "hour"], tz="Europe/Berlin",
+                             date_from=date(2026, 10, 25), date_to=date(2026, 10, 25))
+        assert [(r["day"], r["hour"]) for r in hours.rows] == [("2026-10-25", "00"),
+                                                               ("2026-10-25", "23")]
+    finally:
+        store.close()
+
+
 def test_visitors_are_people_who_passed_not_accepted_decisions(db: str, tmp_path: Path
                                                                 ) -> None:
     """22 accepted entries at a museum gate; 3 visitors never went through (the gate timed
