@@ -8,8 +8,11 @@ to the fen, per category and route, on both backends.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -38,7 +41,7 @@ from tests.test_hub import incoming
 
 BJ = ZoneInfo("Asia/Shanghai")
 KEY = Pseudonymizer(b"r" * 32)
-OP_A, OP_B = "青岛公交一公司", "交运集团"
+OP_A, OP_B, OP_SCENIC = "青岛公交一公司", "交运集团", "崂山风景区"
 BOUNDARY = datetime(2026, 10, 31, 16, 30, tzinfo=UTC)   # 2026-11-01 00:30 in Beijing
 
 
@@ -97,6 +100,21 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> list[Journal]:
             if not boundary_done and clock.t >= BOUNDARY.timestamp():
                 clock.t, boundary_done = BOUNDARY.timestamp(), True
         journals.append(journal)
+    # a scenic gate: free entries for the elderly claim the ticket; some visitors never go
+    # through (the gate times out): their entries are given back, and not claimed
+    engine, journal, clock = _engine(tmp, "SCENIC-1", Location(site="崂山", gate="G1",
+                                                                operator=OP_SCENIC),
+                                     store, "scenic_gate", _utc(2026, 9, 30, 23))
+    recent: OrderedDict[int, Any] = OrderedDict()
+    while clock.t < _utc(2026, 11, 1, 2).timestamp():
+        out = _tap(engine, rng.choice(pop.holders))
+        if out.decision.accepted and out.record is not None:
+            recent[out.record.seq] = out
+            kind = GateEventKind.TIMED_OUT if rng.random() < 0.2 else GateEventKind.PASSED
+            journal_hardware_event(engine, [], recent, GateEvent(
+                kind, 0, gate="G1", record_seq=out.record.seq))
+        clock.t += rng.randint(5, 60) * 60
+    journals.append(journal)
     old = Journal(tmp / "old.db", "BUS-OLD")     # before terminals journaled the fields
     for i, product in enumerate(["elderly_free", "standard", "standard", "elderly_free"]):
         old.append({"profile": "bus_validator", "loc": {"route": "19路"}, "accepted": True,
@@ -145,24 +163,54 @@ def auditor_sum(bodies: list[dict[str, Any]], month: str, operator: str | None
     auditor: accepted decisions whose Beijing-time month is ``month``."""
     out: dict[tuple[str, ...], dict[str, int]] = {}
     for b in bodies:
-        if "event" in b or b.get("accepted") is not True:
+        if "event" in b:
+            if "undo" not in b:
+                continue
+            sign, fig = -1, b["undo"]
+        elif b.get("accepted") is True:
+            sign, fig = 1, b
+        else:
             continue
         local = datetime.fromisoformat(b["time"].replace("Z", "+00:00")).astimezone(BJ)
         loc = b.get("loc", {})
         if local.strftime("%Y-%m") != month or (operator is not None
                                                 and loc.get("operator", "") != operator):
             continue
-        category = b.get("category", UNKNOWN)
+        category = fig.get("category", UNKNOWN)
         key = ((loc.get("operator", ""),) if operator is None else ()) + (
             category, loc.get("route", ""))
         s = out.setdefault(key, dict.fromkeys(("rides", "amount_fen", "fare_std_fen",
                                                "claim_fen", "missing_fields"), 0))
-        s["rides"] += 1
-        s["amount_fen"] += b["amount"]
-        s["missing_fields"] += "category" not in b
+        s["rides"] += sign
+        s["amount_fen"] += sign * fig["amount"]
+        s["missing_fields"] += "category" not in fig
         if category not in ("", UNKNOWN):
-            s["fare_std_fen"] += b["fare_std"]
-            s["claim_fen"] += b["fare_std"] - b["amount"]
+            s["fare_std_fen"] += sign * fig["fare_std"]
+            s["claim_fen"] += sign * (fig["fare_std"] - fig["amount"])
+    return out
+
+
+def run_doc_recipe(bodies: list[dict[str, Any]], month: str, operator: str
+                   ) -> dict[tuple[str, ...], list[int]]:
+    """The auditor's script of docs/hub.md, run as printed there on the export lines."""
+    text = (Path(__file__).parents[1] / "docs" / "hub.md").read_text(encoding="utf-8")
+    code = text.split("### Re-deriving a statement")[1].split("```python\n")[1].split("```")[0]
+    code = code.replace('MONTH, OPERATOR = ZoneInfo("Asia/Shanghai"), "2026-10", "青岛公交一公司"',
+                        f"MONTH, OPERATOR = ZoneInfo('Asia/Shanghai'), {month!r}, {operator!r}")
+    assert repr(operator) in code
+    stdin = io.StringIO("".join(json.dumps({"body": b}, ensure_ascii=False) + "\n"
+                                for b in bodies))
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        old, sys.stdin = sys.stdin, stdin
+        try:
+            exec(compile(code, "docs/hub.md", "exec"), {"__name__": "audit"})
+        finally:
+            sys.stdin = old
+    out = {}
+    for line in stdout.getvalue().splitlines():
+        cat, route, *nums = line.split("\t")
+        out[(cat, route)] = [int(n) for n in nums]
     return out
 
 
@@ -170,7 +218,7 @@ def test_settlement_equals_an_independent_sum_over_the_export(
         loaded: tuple[str, HubStore], capsys: pytest.CaptureFixture[str]) -> None:
     db, store = loaded
     bodies = exported(db, capsys)
-    for operator in (OP_A, OP_B, None):
+    for operator in (OP_A, OP_B, OP_SCENIC, None):
         st = settlement_statement(store, month="2026-10", operator=operator,
                                   tz="Asia/Shanghai")
         groups = st.columns[:len(st.columns) - len(st.totals)]
@@ -179,6 +227,18 @@ def test_settlement_equals_an_independent_sum_over_the_export(
         assert got == expected, operator
         for m in st.totals:
             assert st.totals[m] == sum(v[m] for v in expected.values())
+        if operator is not None:     # the script docs/hub.md gives auditors agrees too
+            assert run_doc_recipe(bodies, "2026-10", operator) == {
+                k: [v["rides"], v["amount_fen"], v["fare_std_fen"], v["claim_fen"]]
+                for k, v in expected.items()}
+    # entries nobody used are not claimed: the scenic area claims its passed entries only
+    scenic = settlement_statement(store, month="2026-10", operator=OP_SCENIC,
+                                  tz="Asia/Shanghai")
+    undone = [b["undo"] for b in bodies if b.get("event") == "not_entered" and "undo" in b]
+    assert undone and any(u["category"] for u in undone)
+    entries = [b for b in bodies if b.get("loc", {}).get("operator") == OP_SCENIC
+               and b.get("accepted") is True and b.get("category")]
+    assert 0 < scenic.totals["claim_fen"] < sum(b["fare_std"] for b in entries)
     st = settlement_statement(store, month="2026-10", operator=OP_A, tz="Asia/Shanghai")
     # the figures are real: concessions claimed, fares taken, categories and both routes
     cats = {r["category"] for r in st.rows}

@@ -24,14 +24,14 @@ FORMATS = ("text", "json", "csv", "xlsx")
 
 
 def _about(report: Report) -> list[tuple[str, str]]:
-    return [(k, "" if v is None else (",".join(v) if isinstance(v, list) else str(v)))
+    return [(k, "" if v is None else (",".join(v) if isinstance(v, list | tuple) else str(v)))
             for k, v in report.meta.items()]
 
 
 def render_text(report: Report) -> str:
     """An aligned table with a totals line, under one line saying what was asked."""
     meta = dict(_about(report))
-    about = "  ".join(f"{k}: {meta[k] or '-'}" for k in (
+    about = "  ".join(f"{k}: {meta[k] or ('(all)' if k == 'operator' else '-')}" for k in (
         "statement", "operator", "month", "tz", "from", "to", "from_utc", "to_utc")
         if k in meta and (meta[k] or k == "operator"))
     groups = [c for c in report.columns if c not in report.totals]

@@ -14,7 +14,10 @@ in ``docs/hub.md`` so an auditor can recompute every figure from ``ykt hub expor
 
 * ``kind``: ``decision`` for a decision, else the body's ``event`` (``passed`` counts a
   person who went through a gate, ``docs/protocol.md`` §1.4);
-* ``decision``: ``accepted`` / ``denied`` for decisions, ``event`` for events;
+* ``decision``: ``accepted`` / ``denied`` for decisions, ``event`` for events, and
+  ``undone`` for an event with ``undo`` (a ``not_entered`` after an accepted entry that
+  took fen or was a concession): its product and category, with ``amount``, ``fare_std``
+  and ``claim`` negated, so sums net out what was never used;
 * ``amount``: the fen taken (accepted decisions); ``fare_std``: the standard fare a
   concession replaced; ``claim``: ``fare_std − amount`` of a concession (the subsidy);
 * ``category``: the concession category, ``""`` for a full-fare ride, and
@@ -99,7 +102,16 @@ def contribution(body: dict[str, Any]) -> tuple[tuple[int, *tuple[str, ...]],
     event = body.get("event")
     amount = fare_std = claim = missing = 0
     category = ""
-    if event is not None:
+    undo = body.get("undo")
+    if event is not None and isinstance(undo, dict):   # an entry not made, taken back
+        kind, decision = _text(event), "undone"
+        product, reason = _text(undo.get("product")), "accepted"
+        category = _text(undo.get("category"))
+        amount = -_int(undo.get("amount"))
+        if category:
+            fare_std = -_int(undo.get("fare_std"))
+            claim = fare_std - amount
+    elif event is not None:
         kind, decision = _text(event), "event"
     else:
         kind = "decision"

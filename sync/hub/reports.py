@@ -13,7 +13,8 @@ Figures (all amounts are integer fen):
 ``denied``            refused decisions
 ``passed``            people who went through a gate (``passed`` events): the visitor count
 ``concessions``       accepted decisions with a concession category
-``amount_fen``        fen taken by accepted decisions
+``amount_fen``        fen taken by accepted decisions (amounts are net of entries that a
+                      ``not_entered`` event gave back: rows of decision ``undone``)
 ``fare_std_fen``      the standard fares that concessions replaced
 ``claim_fen``         ``fare_std − amount`` over concessions: the operator's subsidy claim
 ``missing_fields``    accepted decisions journaled without the settlement fields (older
@@ -28,6 +29,7 @@ import datetime as dt
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -56,6 +58,8 @@ _SQL_MEASURES = (
     f"sum(CASE WHEN decision='accepted' AND category<>'' AND category<>'{UNKNOWN}' "
     "THEN n ELSE 0 END)",
     "sum(amount)", "sum(fare_std)", "sum(claim)", "sum(missing)",
+    # rides (settlement): accepted, less the entries a not_entered event gave back
+    "sum(CASE WHEN decision='accepted' THEN n WHEN decision='undone' THEN -n ELSE 0 END)",
 )
 
 
@@ -98,7 +102,7 @@ def _connect_query(store: HubStore, sql: str, params: Sequence[Any]) -> list[tup
     store's own connection keeps ingesting meanwhile)."""
     path = getattr(store, "path", None)
     if path is not None:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
         try:
             return list(db.execute(sql, tuple(params)))
         finally:
@@ -122,7 +126,7 @@ def _check_groups(group_by: Sequence[str]) -> list[str]:
 
 
 def _fold(store: HubStore, groups: list[str], date_from: dt.date | None,
-          date_to: dt.date | None, tz: str, where: dict[str, str]
+          date_to: dt.date | None, tz: str, where: dict[str, str | tuple[str, ...]]
           ) -> tuple[dict[tuple[Any, ...], list[int]], dict[str, Any]]:
     """Sums of :data:`MEASURES` per value tuple of ``groups`` over the rollup rows within
     the local dates (inclusive) matching ``where`` (rollup column → value)."""
@@ -140,9 +144,10 @@ def _fold(store: HubStore, groups: list[str], date_from: dt.date | None,
     if hi is not None:
         conds.append("hour < ?")
         params.append(hi)
-    for col, value in where.items():
-        conds.append(f"{col} = ?")
-        params.append(value)
+    for col, value in where.items():   # a tuple: any of its values
+        wanted = value if isinstance(value, tuple) else (value,)
+        conds.append(f"{col} IN ({', '.join('?' * len(wanted))})")
+        params.extend(wanted)
     cond = f" WHERE {' AND '.join(conds)}" if conds else ""
     off = _fixed_offset(store, zone, cond, params) if timed else None
     if not timed:
@@ -268,8 +273,10 @@ def settlement_statement(store: HubStore, *, month: str, operator: str | None,
     ``ykt hub export``. Raises :class:`ReportError` for a bad month or timezone."""
     first, last = month_bounds(month)
     groups = (["operator"] if operator is None else []) + ["category", "route"]
-    where = {"decision": "accepted", **({} if operator is None else {"operator": operator})}
+    where: dict[str, str | tuple[str, ...]] = {"decision": ("accepted", "undone")}
+    if operator is not None:
+        where["operator"] = operator
     acc, meta = _fold(store, groups, first, last, tz, where)
     meta.update(month=month, operator=operator, statement="settlement")
-    # rides = accepted; then amount, fare_std, claim, missing
-    return _table(groups, acc, SETTLEMENT_MEASURES, (1, 5, 6, 7, 8), meta)
+    # rides = accepted less given back; then amount, fare_std, claim, missing
+    return _table(groups, acc, SETTLEMENT_MEASURES, (9, 5, 6, 7, 8), meta)
