@@ -23,6 +23,7 @@ to ``bench/README.md`` (section ``report``) unless ``--no-readme``.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import secrets
 import sqlite3
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.records:,} record bodies → {len(rows):,} hourly rollup rows "
           f"(generated and rolled up in {gen:.0f} s by the ingest's own "
           f"`contribution()`; loaded in {load_s:.0f} s into SQLite, {pg_load:.0f} s into "
-          "PostgreSQL by COPY). Seconds, first and second run. Target < 10 s.\n\n"
+          f"PostgreSQL by COPY). Load average {os.getloadavg()[0]:.1f} at the end (the "
+          "machine is shared). Seconds, first and second run. Target < 10 s.\n\n"
           + table(["backend", "report", "rows", "first s", "second s", "< 10 s"], results)
           + f"\n\nTotals identical on both backends: {'yes' if same else '**NO**'}.\n"
           + ("\nWhat keeping the rollup costs the ingest (journal records in batches of "
