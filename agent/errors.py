@@ -16,6 +16,7 @@ tree (also in ``docs/architecture.md``)::
      │    ├── SecretError                       agent.keys: a secret is missing or malformed
      │    ├── IdentityError                     agent.identity: a key or certificate file
      │    ├── SourceError                       sync.hub.policy_sources: a policy source file
+     │    ├── ReportError                       sync.hub.reports: a group, date, month, timezone
      │    └── ConfigError (+ DriverError)       drivers.exceptions: a driver's options
      ├── Unavailable (ImportError)              a library or device is not there → exit 2
      │    ├── AlgorithmUnavailable              agent.codes.algorithms: e.g. SM2 w/o tongsuopy
