@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from sync.hub.fleet import render
 from sync.hub.fleetstore import FleetStore, open_fleet_store
 from sync.uplink import Uplink, UplinkSettings
 from tests.fixtures.hub import HubProcess, Listener, fast_settings, wait_until
+from tests.fixtures.tls_broker import TlsBroker
 from tests.fixtures.trust import make_trust
 from tests.test_hub import fill
 
@@ -314,3 +316,49 @@ def test_outbox_depth_and_age_come_from_the_freshest_report_and_the_hubs_own_cha
     assert row["outbox"] == 0 and row["outbox_age_s"] == 0.0 and row["outbox_oldest"] is None
     silent = fleet_rows({}, snap, now + 600)[0]          # no news for 10 minutes
     assert not silent["online"] and silent["outbox"] == 12 + 3
+
+
+def test_a_daemon_with_an_identity_answers_signed_commands_over_mutual_tls(
+        tls_broker: TlsBroker, tmp_path: Path) -> None:
+    """The production path: the broker ``ykt hub broker-config`` writes (mutual TLS, the
+    ACLs), the hub with its identity, a daemon enrolled as ``A`` whose clock is 30 s
+    behind. The signed ``time`` round trip gives −30 s within its error, at the hub and
+    in the daemon (its control socket's ``clock``), and nothing failed on either link."""
+    from sync.hub.service import Hub
+    from sync.hub.store import SqliteHubStore
+    from sync.hub.trust import HubTrust
+
+    tb = tls_broker
+    ident = tb.root / "A"
+    shutil.copyfile(tb.ca.paths.signing_pub, ident / "hub-signing.pub")
+    store = SqliteHubStore(tmp_path / "hub.db")
+    fleet_store = open_fleet_store(tmp_path / "hub.db")
+    hub = Hub(store, tb.settings("hub").model_copy(update={"reconnect_min_s": 0.05,
+                                                           "reconnect_max_s": 0.5}),
+              client_id="hub-1", trust=HubTrust(tb.ca.paths.dir), fleet=fleet_store)
+    hub.start()
+    cfg = {"terminal": {"id": "A", "data_dir": str(tmp_path / "A"), "demo": True},
+           "mqtt": {"host": "127.0.0.1", "port": tb.broker.port, "reconnect_min_s": 0.05,
+                    "reconnect_max_s": 0.5},
+           "identity": {"dir": str(ident)}}
+    t = Terminal(AgentConfig.model_validate(cfg), actuators=[SimPrompter()],
+                 clock=lambda: time.time() - 30.0)
+    t._sources_override = []
+    try:
+        assert hub.wait_ready(10)
+        t.start()
+        assert hub.probe is not None and hub.probe.wait_measured(1, 30)
+        clock = fleet_store.snapshot().terminals["A"]["clock"]
+        assert abs(clock["offset_us"] + 30_000_000) <= clock["error_us"]
+        sock = t.cfg.terminal.data_dir / SOCKET_NAME
+        wait_until(lambda: (ask(sock, "clock") or {}).get("offset_s") is not None, 30,
+                   "the hub's signed clock command at the daemon")
+        mine = ask(sock, "clock") or {}
+        assert abs(mine["offset_s"] + 30.0) <= mine["error_s"]
+        assert set(t.commands.stats) == {"answered"}      # nothing refused
+    finally:
+        t.stop()
+        hub.stop()
+        fleet_store.close()
+        store.close()
+    assert hub.link.callback_errors == 0
