@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.errors import YktError
 from agent.identity import PrivateKey, PublicKey, sign, verify
 from agent.journal import canonical
 
@@ -62,8 +63,9 @@ _HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 _ARG_KEYS = {"clock": {"offset_us", "error_us", "measured_ms"}}
 
 
-class CommandRefused(ValueError):
-    """Why a command was not carried out; ``kind`` counts it (``forged_cmd``…)."""
+class CommandRefused(YktError, ValueError):
+    """Why a command (or, at the hub, a result) was not taken; ``kind`` counts it
+    (``forged_cmd``…)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -273,6 +275,8 @@ class CommandResponder:
         self._clock: dict[str, Any] | None = None
 
     def handle(self, payload: bytes) -> bytes | None:
+        """The result payload for the ``cmd`` ``payload`` (to publish on ``cmd/result``),
+        or None when it is refused. Never raises for anything in ``payload``."""
         try:
             cmd = parse_command(payload, self.hub_key, self.terminal)
             if not self.memory.accept(cmd.hub, cmd.n):
