@@ -90,6 +90,7 @@ class Terminal:
         self.uplink: Any = None
         self.downlink: Any = None           # sync.downlink.Downlink
         self.applier: Any = None            # agent.policy.apply.PolicyApplier
+        self.commands: Any = None           # agent.commands.CommandResponder
         self.gates: list[Gate] = []
         self.gpio: GpioBoard | None = None
         self.services = ServiceChoice()     # the kiosk's service keys (agent.kiosk)
@@ -295,36 +296,9 @@ class Terminal:
         self.services.close()
 
     def _start_policy(self) -> None:
-        pc = self.cfg.policy
-        if not pc.enabled:
-            from agent.policy.calendar_part import flag_without_policy
-            flag_without_policy(self.engine)   # no bundle, no calendar: say so if needed
-            return
-        from agent.policy.apply import PolicyApplier
-        from agent.policy.signing import load_root
-        from agent.policy.site_parts import site_listener
-        from agent.policy.wiring import engine_listener
-        from sync.downlink import Downlink
+        from agent.daemon_policy import start_policy
 
-        assert self.store and self.engine and self.uplink and pc.anchor_file is not None
-        anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
-        applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
-                                staging_dir=self.cfg.terminal.data_dir / "staging",
-                                guard=self.engine.between_taps, clock=self.clock,
-                                keep_free_bytes=2 * self.disk.reserve_bytes if self.disk else 0)
-        verifier = self.engine.verifier
-        on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
-                                     trust=getattr(verifier, "trust", None), base=self.ruleset)
-        on_site = site_listener(self.engine, self.store, self.cfg.terminal.id,
-                                self.cfg.location.site)           # docs/sites.md
-        for fn in (on_applied, on_site):
-            applier.add_listener(fn)
-            fn(applier.current())          # a restarted terminal decides by its last bundle
-        self.applier = applier
-        applier.compactor.start()          # an overlay merge cut short by a restart goes on
-        # one MQTT identity per terminal: the policy subscription rides on the uplink's link
-        self.downlink = Downlink(applier, link=self.uplink.link)
-        self.downlink.start()
+        start_policy(self)     # applier, its listeners and the downlink (docs/policy.md)
 
     def _stop_policy(self) -> None:
         if self.downlink is not None:
@@ -346,6 +320,9 @@ class Terminal:
         self.uplink = Uplink(self.journal, settings, self.cfg.terminal.id, status=self.status,
                              retention_s=self.cfg.journal.retention_days * 86400,
                              identity=identity)
+        from sync.commands import attach, terminal_responder
+        self.commands = terminal_responder(self)    # hub commands: cmd → cmd/result
+        attach(self.uplink.link, self.cfg.terminal.id, self.commands)
         self.uplink.start()
 
     def _stop_uplink(self) -> None:

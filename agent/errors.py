@@ -47,6 +47,7 @@ tree (also in ``docs/architecture.md``)::
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── ServiceGarbage (ValueError)            agent.codes.online_http: a verification answer
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
+     ├── CommandRefused (ValueError)            agent.commands: a hub command not carried out
      ├── BadSignature (ValueError)              sync.signed: a v2 message's signature fails
      ├── UntrustedTerminal (ValueError)         sync.hub.trust: not enrolled, or revoked
      ├── PacketTooLarge (ValueError)            sync.link: over the broker's packet limit

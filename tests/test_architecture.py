@@ -5,8 +5,9 @@ may grow. ``docs/architecture.md`` explains them; this test is what holds them.
   nothing from ``drivers``, ``sync`` or ``simulator`` — not even through another module;
 * ``agent.config`` and ``agent.policy.*`` never reach ``sync`` or ``simulator`` (and
   ``agent.policy`` no ``drivers`` either), not even through another module;
-* inside ``agent``, only the composition root (``agent.daemon``, its hardware-event
-  handler ``agent.hardware_events``, and the CLI package
+* inside ``agent``, only the composition root (``agent.daemon``, its policy wiring
+  ``agent.daemon_policy``, its hardware-event handler ``agent.hardware_events``, and the
+  CLI package
   ``agent.cli``) imports ``sync`` or ``simulator``; ``drivers`` only the composition
   root and ``agent.config`` (for the drivers' option models);
 * ``drivers`` never imports ``sync``, nor ``simulator`` except in its ``sim`` backends
@@ -103,10 +104,11 @@ def _forbidden(name: str, prefixes: tuple[str, ...]) -> list[str]:
 
 
 def _is_composition_root(name: str) -> bool:
-    """``agent.daemon`` (with its hardware-event handler ``agent.hardware_events``) and
+    """``agent.daemon`` (with its policy wiring ``agent.daemon_policy`` and its
+    hardware-event handler ``agent.hardware_events``) and
     the CLI package ``agent.cli`` with its modules ``agent.cli.*``."""
     head, _, rest = name.partition(".")
-    return head == "agent" and (rest in ("daemon", "hardware_events")
+    return head == "agent" and (rest in ("daemon", "daemon_policy", "hardware_events")
                                 or rest == "cli" or rest.startswith("cli."))
 
 
