@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli.common import add_config_args, load_or_report
 from agent.config import AgentConfig, ConfigFileError, load_config
 from agent.errors import EXIT_USAGE, YktError, exit_code
 from agent.journal import Journal
@@ -24,11 +25,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> AgentConfig | None:
-    try:
-        return load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return None
+    return load_or_report(args.config)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -240,9 +237,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     def common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
-        p.add_argument("--config", "-c", required=config_required,
-                       help="terminal config file (TOML); default: embedded demo defaults")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        add_config_args(p, default=None, required=config_required,
+                        config_help="terminal config file (TOML); default: embedded demo "
+                        "defaults")
 
     agent = sub.add_parser("agent", help="run or inspect the terminal daemon")
     asub = agent.add_subparsers(dest="agent_cmd", metavar="ACTION", required=True)

@@ -21,6 +21,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from agent.cli.common import add_config_args, load_or_report
 from agent.config import AgentConfig, ConfigFileError, load_config
 
 __all__ = ["register"]
@@ -36,10 +37,8 @@ def _lookup(cfg: AgentConfig, key: str) -> Any:
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     data = cfg.model_dump(mode="json")
     if args.key:
@@ -143,20 +142,17 @@ def _set(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     config = sub.choices["config"]          # ``config validate`` is agent.cli.agent's
     csub = next(a for a in config._actions if isinstance(a, argparse._SubParsersAction))
-    default = "/etc/ykt/terminal.toml"
     p = csub.add_parser("show", help="the whole configuration, defaults filled in")
-    p.add_argument("--config", "-c", default=default, help="default: %(default)s")
-    p.add_argument("--json", action="store_true")
+    add_config_args(p)
     p.set_defaults(func=_show, key=None)
     p = csub.add_parser("get", help="one key, e.g. journal.retention_days")
     p.add_argument("key")
-    p.add_argument("--config", "-c", default=default, help="default: %(default)s")
-    p.add_argument("--json", action="store_true")
+    add_config_args(p)
     p.set_defaults(func=_show)
     p = csub.add_parser("set", help="change one key, checked like start-up, written "
                         "atomically, the previous file kept for --rollback")
     p.add_argument("key", nargs="?")
     p.add_argument("value", nargs="?")
-    p.add_argument("--config", "-c", default=default, help="default: %(default)s")
+    add_config_args(p, json=False)
     p.add_argument("--rollback", action="store_true", help="restore FILE.previous")
     p.set_defaults(func=_set)

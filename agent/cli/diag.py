@@ -14,7 +14,6 @@ import argparse
 import json
 import shutil
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, ConfigFileError, load_config
+from agent.cli.common import add_config_args, load_or_report
+from agent.config import AgentConfig
 from agent.textcols import pad
 
 __all__ = ["Check", "register", "run_checks"]
@@ -275,10 +275,8 @@ def broker_check(cfg: AgentConfig, source: str | None) -> Check:
 
 
 def _diag(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     checks = run_checks(cfg, args.config, extra=[broker_check])
     if args.json:
@@ -294,7 +292,5 @@ def _diag(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("diag", help="check every part of this terminal and say what to do")
-    p.add_argument("--config", "-c", default="/etc/ykt/terminal.toml",
-                   help="terminal config file (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_config_args(p)
     p.set_defaults(func=_diag)
