@@ -219,15 +219,10 @@ def _clock(cfg: AgentConfig) -> Check:
 
 
 def _sm2() -> Check:
-    from agent.codes.algorithms import sm2_backend
+    from agent.codes.sm2_check import sm2_support
 
-    backend = sm2_backend()
-    if backend == "none":
-        return Check("SM2 (国密)", None, "no SM2 backend (neither tongsuopy nor an SM2-capable "
-                     "libcrypto): SM2-signed codes are refused as unsupported")
-    what = {"tongsuopy": "tongsuopy (verify and sign)",
-            "libcrypto": "the system's libcrypto (verify only)"}.get(backend, backend)
-    return Check("SM2 (国密)", True, f"backend: {what}")
+    s = sm2_support()   # the same line scripts/install prints (`python -m agent.codes.sm2_check`)
+    return Check("SM2 (国密)", True if s.available else None, f"{s.backend}: {s.detail}")
 
 
 CHECKS: list[Callable[[AgentConfig, str | None], Check]] = [
