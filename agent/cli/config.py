@@ -11,6 +11,7 @@ word that is not TOML is taken as a string. ``validate`` lives in ``agent.cli.ag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -70,7 +71,12 @@ def _write_atomically(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            st = path.stat()
+            os.chmod(tmp, st.st_mode & 0o7777)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                # root:ykt 0640 stays so: the agent (group ykt) must still read it
+                with contextlib.suppress(PermissionError):   # not root: it stays ours
+                    os.chown(tmp, st.st_uid, st.st_gid)
             previous = path.with_name(path.name + ".previous")
             previous.write_bytes(path.read_bytes())
         os.replace(tmp, path)
