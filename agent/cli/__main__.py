@@ -4,4 +4,5 @@ import sys
 
 from agent.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":      # importing it (the error-tree test imports every module) runs nothing
+    sys.exit(main())
