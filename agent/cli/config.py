@@ -22,7 +22,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from agent.cli.common import add_config_args, load_or_report
+from agent.cli.common import add_command, load_or_report
 from agent.config import AgentConfig, ConfigFileError, load_config
 
 __all__ = ["register"]
@@ -148,17 +148,11 @@ def _set(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     config = sub.choices["config"]          # ``config validate`` is agent.cli.agent's
     csub = next(a for a in config._actions if isinstance(a, argparse._SubParsersAction))
-    p = csub.add_parser("show", help="the whole configuration, defaults filled in")
-    add_config_args(p)
-    p.set_defaults(func=_show, key=None)
-    p = csub.add_parser("get", help="one key, e.g. journal.retention_days")
-    p.add_argument("key")
-    add_config_args(p)
-    p.set_defaults(func=_show)
-    p = csub.add_parser("set", help="change one key, checked like start-up, written "
-                        "atomically, the previous file kept for --rollback")
+    add_command(csub, "show", _show, "the whole configuration, defaults filled in"
+                ).set_defaults(key=None)
+    add_command(csub, "get", _show, "one key, e.g. journal.retention_days").add_argument("key")
+    p = add_command(csub, "set", _set, "change one key, checked like start-up, written "
+                    "atomically, the previous file kept for --rollback", json=False)
     p.add_argument("key", nargs="?")
     p.add_argument("value", nargs="?")
-    add_config_args(p, json=False)
     p.add_argument("--rollback", action="store_true", help="restore FILE.previous")
-    p.set_defaults(func=_set)

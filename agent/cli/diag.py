@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import add_config_args, load_or_report
+from agent.cli.common import add_command, load_or_report
 from agent.config import AgentConfig
 from agent.textcols import pad
 
@@ -286,6 +286,4 @@ def _diag(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("diag", help="check every part of this terminal and say what to do")
-    add_config_args(p)
-    p.set_defaults(func=_diag)
+    add_command(sub, "diag", _diag, "check every part of this terminal and say what to do")

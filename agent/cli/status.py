@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from agent.cli.common import add_config_args, load_or_report
+from agent.cli.common import add_command, load_or_report
 from agent.control import SOCKET_NAME, ask, status_from_files
 from agent.textcols import pad
 
@@ -61,15 +61,9 @@ def _sync_now(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("status", help="the terminal now: daemon, policy, outbox, clock, "
-                       "disk, alarms, last decisions")
-    add_config_args(p)
-    p.set_defaults(func=_status)
+    add_command(sub, "status", _status, "the terminal now: daemon, policy, outbox, clock, "
+                "disk, alarms, last decisions")
     sync = sub.add_parser("sync", help="the uplink to the hub")
     ssub = sync.add_subparsers(dest="sync_cmd", metavar="ACTION", required=True)
-    p = ssub.add_parser("now", help="send what is pending now")
-    add_config_args(p)
-    p.set_defaults(func=_sync_now)
-    p = ssub.add_parser("status", help="journal position and outbox (same as `ykt status`)")
-    add_config_args(p)
-    p.set_defaults(func=_status)
+    add_command(ssub, "now", _sync_now, "send what is pending now")
+    add_command(ssub, "status", _status, "journal position and outbox (same as `ykt status`)")
