@@ -18,7 +18,8 @@ PROFILE ?= bus_validator
 TLS ?= --tls
 FUZZ_EXAMPLES ?= 10000
 
-.PHONY: demo test fuzz lint typecheck bench deb venv firmware clean install uninstall voices
+.PHONY: demo test fuzz lint typecheck bench deb venv firmware clean install uninstall voices \
+        install-check
 
 # voice clips (Mandarin, espeak-ng) for the prompt driver's player; its voice_dir
 voices: $(STAMP)
@@ -81,6 +82,13 @@ install:
 
 uninstall:
 	scripts/install uninstall $(if $(DESTDIR),--destdir $(DESTDIR)) $(if $(ROLE),--role $(ROLE))
+
+# a full install on a fresh debootstrap'ed Debian 12 root (minutes; not part of `make test`):
+# scripts/install-check, docs/testing.md. The Debian packages are cached in var/install-check.
+install-check:
+	@command -v debootstrap >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends debootstrap; }
+	$(SUDO) scripts/install-check $(INSTALL_CHECK_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

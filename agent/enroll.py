@@ -43,6 +43,7 @@ from agent.identity import (
     load_private_key,
     sign,
 )
+from agent.keyfiles import write_file, write_private_key
 
 __all__ = ["CertificateExpired", "EnrollmentError", "Enrolled", "enroll", "renew",
            "renewal_due"]
@@ -72,18 +73,6 @@ class Enrolled:
         return {"terminal": self.terminal, "identity_dir": str(self.identity_dir),
                 "not_after": self.not_after.isoformat(), "channels": self.channels,
                 "renewed": self.renewed}
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -145,12 +134,10 @@ def _store(paths: TerminalIdentityPaths, key: PrivateKey, answer: dict[str, Any]
     paths.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.dir, 0o700)
     if ca_pem is not None:
-        _write(paths.ca, ca_pem, 0o644)
-    _write(paths.hub_key, str(answer.get("hub_signing_pub", "")).encode(), 0o644)
-    _write(paths.key, key.private_bytes(serialization.Encoding.PEM,
-                                        serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()), 0o600)
-    _write(paths.cert, cert_pem, 0o644)
+        write_file(paths.ca, ca_pem, 0o644)
+    write_file(paths.hub_key, str(answer.get("hub_signing_pub", "")).encode(), 0o644)
+    write_private_key(paths.key, key)
+    write_file(paths.cert, cert_pem, 0o644)
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return Enrolled(str(cn[0].value) if cn else "", paths.dir, cert.not_valid_after_utc,
                     [str(c) for c in answer.get("channels", [])], renewed)
@@ -167,7 +154,7 @@ def enroll(hub_url: str, token: str, identity_dir: Path) -> Enrolled:
     paths.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.dir, 0o700)
     pinned = paths.dir / "ca.crt.pinned"
-    _write(pinned, ca_pem, 0o644)
+    write_file(pinned, ca_pem, 0o644)
     try:
         key = ec.generate_private_key(ec.SECP256R1())
         answer = _request(f"{hub_url}/v1/enroll", _verified(pinned),

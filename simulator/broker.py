@@ -19,12 +19,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from simulator.process import stop_process
+from simulator.process import Service, launch, stop_process, wait_until
 
 __all__ = ["Mosquitto", "free_port"]
 
@@ -38,7 +35,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Mosquitto:
+class Mosquitto(Service):
     """A Mosquitto broker on ``127.0.0.1:port``.
 
     Raises ``FileNotFoundError`` if ``mosquitto`` is not installed and ``TimeoutError``
@@ -105,22 +102,21 @@ class Mosquitto:
         """Start the broker (no-op if running) and wait until it accepts connections."""
         if self.running:
             return
-        log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by proc
-        self._proc = subprocess.Popen([self.exe, "-c", str(self.conf)],
-                                      stdout=log_file, stderr=log_file)
-        log_file.close()
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}; see "
-                                   f"{self.log_path}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(f"mosquitto did not listen on port {self.port}")
+        self._proc = launch([self.exe, "-c", str(self.conf)], self.log_path)
+        try:
+            wait_until(self._listening, timeout=self.start_timeout, interval=0.02,
+                       failure=f"mosquitto did not listen on port {self.port}",
+                       proc=self._proc, log_path=self.log_path)
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``kill``). Safe twice."""
@@ -136,11 +132,3 @@ class Mosquitto:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

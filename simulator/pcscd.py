@@ -27,12 +27,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from drivers.psam import TEST_KEYS, ReferenceKeys
 from simulator.population import CardHolder
-from simulator.process import stop_process
+from simulator.process import Service, launch, stop_process, wait_until
 from simulator.vcard import VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 __all__ = ["Pcscd", "VirtualCardRig", "VirtualReader", "missing_components",
@@ -92,7 +90,7 @@ def _system_readers() -> list[VirtualReader]:
     return [VirtualReader(f"{friendly} 00 00", port), VirtualReader(f"{friendly} 00 01", port + 1)]
 
 
-class Pcscd:
+class Pcscd(Service):
     """A pcscd with vpcd readers: reused if running, else started here.
 
     Raises ``FileNotFoundError`` if pcscd/vpcd are missing, ``TimeoutError`` if the readers
@@ -135,10 +133,8 @@ class Pcscd:
             self._wait_readers()
             return
         conf = self._write_config()
-        log_file = open(self.workdir / "pcscd.log", "ab")  # noqa: SIM115 - owned by the process
-        self._proc = subprocess.Popen([self.exe, "--foreground", "-c", str(conf)],
-                                      stdout=log_file, stderr=log_file)
-        log_file.close()
+        self._proc = launch([self.exe, "--foreground", "-c", str(conf)],
+                            self.workdir / "pcscd.log")
         self.owned = True
         self.readers = [VirtualReader(f"{FRIENDLY} 00 {s:02X}", BASE_PORT + s) for s in (0, 1)]
         try:
@@ -150,21 +146,20 @@ class Pcscd:
     def _wait_readers(self) -> None:
         from smartcard import scard
 
-        deadline = time.monotonic() + self.start_timeout
         want = {r.name for r in self.readers}
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"pcscd exited with {self._proc.returncode}; see "
-                                   f"{self.workdir / 'pcscd.log'}")
+
+        def listed() -> bool:
             hr, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
-            if hr == scard.SCARD_S_SUCCESS:
-                hr, names = scard.SCardListReaders(ctx, [])
-                scard.SCardReleaseContext(ctx)
-                if hr == scard.SCARD_S_SUCCESS and want <= set(names):
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"pcscd readers {sorted(want)} did not appear within "
-                           f"{self.start_timeout} s")
+            if hr != scard.SCARD_S_SUCCESS:
+                return False
+            hr, names = scard.SCardListReaders(ctx, [])
+            scard.SCardReleaseContext(ctx)
+            return bool(hr == scard.SCARD_S_SUCCESS and want <= set(names))
+
+        wait_until(listed, timeout=self.start_timeout, interval=0.05,
+                   failure=f"pcscd readers {sorted(want)} did not appear within "
+                           f"{self.start_timeout} s",
+                   proc=self._proc, log_path=self.workdir / "pcscd.log")
 
     def wait_card(self, reader: str, present: bool = True, timeout: float = 3.0) -> None:
         """Wait until pcscd reports ``reader`` with (or without) a card.
@@ -212,14 +207,6 @@ class Pcscd:
 
     def close(self) -> None:
         self.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 class VirtualCardRig:

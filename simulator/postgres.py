@@ -26,14 +26,12 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from agent.errors import YktError
 from simulator.broker import free_port
+from simulator.process import Service, wait_until
 
 __all__ = ["CLUSTER_PREFIX", "PgCluster", "PgUnavailable", "drop_stale_clusters",
            "with_database", "with_search_path"]
@@ -126,7 +124,7 @@ def _drop_stale_clusters() -> list[str]:
     return dropped
 
 
-class PgCluster:
+class PgCluster(Service):
     """A PostgreSQL cluster of its own on ``127.0.0.1:port``; :meth:`start` makes and starts
     it, :meth:`close` stops and drops it (safe twice, and after a failed start).
 
@@ -207,17 +205,23 @@ class PgCluster:
     def _wait_accepting(self) -> None:
         import psycopg  # the 'pg' extra; only the cluster's users need it
 
-        deadline = time.monotonic() + self.start_timeout
-        while True:
+        last: list[psycopg.OperationalError] = []
+
+        def accepting() -> bool:
             try:
                 psycopg.connect(self.url, connect_timeout=2).close()
-                return
+                return True
             except psycopg.OperationalError as err:
-                if time.monotonic() > deadline:
-                    raise PgUnavailable(f"PostgreSQL cluster {self.version}/{self.name} "
-                                        f"accepts no connection: {err}\n"
-                                        f"{self._log_tail()}") from err
-                time.sleep(0.1)
+                last[:] = [err]
+                return False
+
+        try:
+            wait_until(accepting, timeout=self.start_timeout, interval=0.1, failure="")
+        except TimeoutError:
+            err = last[0] if last else None
+            raise PgUnavailable(f"PostgreSQL cluster {self.version}/{self.name} "
+                                f"accepts no connection: {err}\n"
+                                f"{self._log_tail()}") from err
 
     def stop_server(self) -> None:
         """Stop the server (fast mode: sessions are cut), keeping the cluster: a database
@@ -256,11 +260,3 @@ class PgCluster:
                 log.warning("could not drop PostgreSQL cluster %s/%s: %s (dropped by the "
                             "next run)", self.version, self.name, res.stderr.strip())
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()

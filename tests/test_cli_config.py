@@ -4,6 +4,8 @@ atomically with the previous file kept, keeps the file's comments, and rolls bac
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,14 @@ def test_show_and_get(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert shown["terminal"]["id"] == "BUS-0001" and shown["journal"]["reserve_mb"] == 8
     assert main(["config", "get", "nope.key", "--config", str(cfg)]) == 2
     assert "no key 'nope.key'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the file to another group needs root")
+def test_set_keeps_the_files_owner_group_and_mode(cfg: Path) -> None:
+    """An installed /etc/ykt/terminal.toml is root:ykt 0640: after `config set` (run as
+    root) the agent, group ykt, must still read it."""
+    os.chown(cfg, 0, 4242)
+    cfg.chmod(0o640)
+    assert main(["config", "set", "journal.retention_days", "14", "--config", str(cfg)]) == 0
+    st = cfg.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 4242, 0o640)

@@ -58,6 +58,11 @@ def test_users_groups_and_state_directories(stage: Path) -> None:
         assert "ykt" in groups[g], f"ykt is not in group {g}"
     state = (stage / "var/lib/ykt").stat()
     assert state.st_uid == uid and stat.S_IMODE(state.st_mode) == 0o750
+    # the agent (User=ykt) reads its config: ExecStartPre=ykt config validate
+    conf = (stage / "etc/ykt/terminal.toml").stat()
+    ykt_gid = next(int(line.split(":")[2]) for line in (stage / "etc/group").read_text()
+                   .splitlines() if line.startswith("ykt:"))
+    assert (conf.st_uid, conf.st_gid, stat.S_IMODE(conf.st_mode)) == (0, ykt_gid, 0o640)
     creds = (stage / "etc/ykt/credentials").stat()
     assert creds.st_uid == 0 and stat.S_IMODE(creds.st_mode) == 0o700
     assert os.access(stage / "opt/ykt/.venv/bin/ykt", os.X_OK)
@@ -90,7 +95,10 @@ def test_units_are_hardened(stage: Path, unit: str) -> None:
 
 def test_upgrade_keeps_state_and_config_and_uninstall_keeps_state(tmp_path: Path) -> None:
     stage = tmp_path / "root"
-    assert _install(stage).returncode == 0
+    first = _install(stage)
+    assert first.returncode == 0, first.stderr
+    # a staging install has no dependencies to self-test SM2 with: it claims nothing
+    assert "SM2 (国密) codes: not claimed: the check did not run" in first.stdout
     journal = stage / "var/lib/ykt/journal.db"
     journal.write_bytes(b"the journal")
     config = stage / "etc/ykt/terminal.toml"
@@ -111,3 +119,11 @@ def test_upgrade_keeps_state_and_config_and_uninstall_keeps_state(tmp_path: Path
 def test_bad_arguments_are_refused() -> None:
     r = subprocess.run([str(INSTALL), "--role", "gate"], capture_output=True, text=True)
     assert r.returncode == 2 and "--role is agent, hub or both" in r.stderr
+
+
+def test_the_bare_image_check_is_a_separate_target() -> None:
+    """`make install-check` (minutes, not in `make test`) refuses what it does not know."""
+    r = subprocess.run([str(ROOT / "scripts" / "install-check"), "--bogus"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown argument" in r.stderr
+    assert "install-check:" in (ROOT / "Makefile").read_text()

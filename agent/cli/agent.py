@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli.common import add_command, load_or_report
 from agent.config import AgentConfig, ConfigFileError, load_config
 from agent.errors import EXIT_USAGE, YktError, exit_code
 from agent.journal import Journal
@@ -24,11 +25,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> AgentConfig | None:
-    try:
-        return load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return None
+    return load_or_report(args.config)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -247,19 +244,15 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    def common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
-        p.add_argument("--config", "-c", required=config_required,
-                       help="terminal config file (TOML); default: embedded demo defaults")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    # --config defaults to the embedded demo configuration here
+    demo = {"default": None, "config_help": "terminal config file (TOML); default: embedded "
+            "demo defaults"}
 
     agent = sub.add_parser("agent", help="run or inspect the terminal daemon")
     asub = agent.add_subparsers(dest="agent_cmd", metavar="ACTION", required=True)
-    p = asub.add_parser("run", help="run the terminal daemon until SIGTERM")
-    common(p)
-    p.set_defaults(func=_run)
-    p = asub.add_parser("status", help="journal position, outbox depth, applied policy")
-    common(p)
-    p.set_defaults(func=_status)
+    add_command(asub, "run", _run, "run the terminal daemon until SIGTERM", **demo)
+    add_command(asub, "status", _status, "journal position, outbox depth, applied policy",
+                **demo)
 
     config = sub.add_parser("config", help="configuration files")
     csub = config.add_subparsers(dest="config_cmd", metavar="ACTION", required=True)
@@ -271,21 +264,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     journal = sub.add_parser("journal", help="the local journal")
     jsub = journal.add_subparsers(dest="journal_cmd", metavar="ACTION", required=True)
-    p = jsub.add_parser("export", help="records the hub has not acknowledged, to a file "
-                        "for `ykt hub import` (a terminal offline for weeks)")
-    common(p, config_required=True)
+    p = add_command(jsub, "export", _export, "records the hub has not acknowledged, to a "
+                    "file for `ykt hub import` (a terminal offline for weeks)",
+                    **demo, required=True)
     p.add_argument("--to", required=True, help="archive file to write (e.g. on a USB stick)")
     p.add_argument("--since", type=int, default=None,
                    help="first seq (default: the first one not acknowledged)")
-    p.set_defaults(func=_export)
-    p = jsub.add_parser("verify", help="verify the hash chain and sequence")
-    common(p)
-    p.set_defaults(func=_verify)
-    p = jsub.add_parser("show", help="the latest records (no personal data is stored)")
-    common(p)
+    add_command(jsub, "verify", _verify, "verify the hash chain and sequence", **demo)
+    p = add_command(jsub, "show", _show, "the latest records (no personal data is stored)",
+                    **demo)
     p.add_argument("--last", type=int, default=20, help="how many records (default 20)")
-    p.set_defaults(func=_show)
-    p = jsub.add_parser("stats", help="counts: accepted entries per hour, by reason/product")
-    common(p)
+    p = add_command(jsub, "stats", _stats, "counts: accepted entries per hour, by "
+                    "reason/product", **demo)
     p.add_argument("--by", choices=["hour", "reason", "product", "event"], default="hour")
-    p.set_defaults(func=_stats)

@@ -11,6 +11,7 @@ word that is not TOML is taken as a string. ``validate`` lives in ``agent.cli.ag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
+from agent.cli.common import add_command, load_or_report
 from agent.config import AgentConfig, ConfigFileError, load_config
 
 __all__ = ["register"]
@@ -36,10 +38,8 @@ def _lookup(cfg: AgentConfig, key: str) -> Any:
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     data = cfg.model_dump(mode="json")
     if args.key:
@@ -71,7 +71,12 @@ def _write_atomically(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+            st = path.stat()
+            os.chmod(tmp, st.st_mode & 0o7777)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                # root:ykt 0640 stays so: the agent (group ykt) must still read it
+                with contextlib.suppress(PermissionError):   # not root: it stays ours
+                    os.chown(tmp, st.st_uid, st.st_gid)
             previous = path.with_name(path.name + ".previous")
             previous.write_bytes(path.read_bytes())
         os.replace(tmp, path)
@@ -143,20 +148,11 @@ def _set(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     config = sub.choices["config"]          # ``config validate`` is agent.cli.agent's
     csub = next(a for a in config._actions if isinstance(a, argparse._SubParsersAction))
-    default = "/etc/ykt/terminal.toml"
-    p = csub.add_parser("show", help="the whole configuration, defaults filled in")
-    p.add_argument("--config", "-c", default=default, help="default: %(default)s")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_show, key=None)
-    p = csub.add_parser("get", help="one key, e.g. journal.retention_days")
-    p.add_argument("key")
-    p.add_argument("--config", "-c", default=default, help="default: %(default)s")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_show)
-    p = csub.add_parser("set", help="change one key, checked like start-up, written "
-                        "atomically, the previous file kept for --rollback")
+    add_command(csub, "show", _show, "the whole configuration, defaults filled in"
+                ).set_defaults(key=None)
+    add_command(csub, "get", _show, "one key, e.g. journal.retention_days").add_argument("key")
+    p = add_command(csub, "set", _set, "change one key, checked like start-up, written "
+                    "atomically, the previous file kept for --rollback", json=False)
     p.add_argument("key", nargs="?")
     p.add_argument("value", nargs="?")
-    p.add_argument("--config", "-c", default=default, help="default: %(default)s")
     p.add_argument("--rollback", action="store_true", help="restore FILE.previous")
-    p.set_defaults(func=_set)

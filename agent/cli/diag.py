@@ -14,7 +14,6 @@ import argparse
 import json
 import shutil
 import sqlite3
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, ConfigFileError, load_config
+from agent.cli.common import add_command, load_or_report
+from agent.config import AgentConfig
 from agent.textcols import pad
 
 __all__ = ["Check", "register", "run_checks"]
@@ -248,15 +248,10 @@ def _hub_clock(cfg: AgentConfig) -> Check:
 
 
 def _sm2() -> Check:
-    from agent.codes.algorithms import sm2_backend
+    from agent.codes.sm2_check import sm2_support
 
-    backend = sm2_backend()
-    if backend == "none":
-        return Check("SM2 (国密)", None, "no SM2 backend (neither tongsuopy nor an SM2-capable "
-                     "libcrypto): SM2-signed codes are refused as unsupported")
-    what = {"tongsuopy": "tongsuopy (verify and sign)",
-            "libcrypto": "the system's libcrypto (verify only)"}.get(backend, backend)
-    return Check("SM2 (国密)", True, f"backend: {what}")
+    s = sm2_support()   # the same line scripts/install prints (`python -m agent.codes.sm2_check`)
+    return Check("SM2 (国密)", True if s.available else None, f"{s.backend}: {s.detail}")
 
 
 CHECKS: list[Callable[[AgentConfig, str | None], Check]] = [
@@ -304,10 +299,8 @@ def broker_check(cfg: AgentConfig, source: str | None) -> Check:
 
 
 def _diag(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     checks = run_checks(cfg, args.config, extra=[broker_check])
     if args.json:
@@ -322,8 +315,4 @@ def _diag(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("diag", help="check every part of this terminal and say what to do")
-    p.add_argument("--config", "-c", default="/etc/ykt/terminal.toml",
-                   help="terminal config file (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_diag)
+    add_command(sub, "diag", _diag, "check every part of this terminal and say what to do")

@@ -15,7 +15,7 @@ import queue
 import sys
 from typing import Any
 
-from agent.config import ConfigFileError, load_config
+from agent.cli.common import add_config_args, load_or_report
 
 __all__ = ["register"]
 
@@ -24,10 +24,8 @@ def _test(args: argparse.Namespace) -> int:
     from drivers.gate import GateEventKind
     from drivers.registry import load_gate
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     if not cfg.gate.enabled:
         print(f"ykt gate test: {args.config} has no gate ([gate] enabled = false)",
@@ -69,8 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gate = sub.add_parser("gate", help="the gate controller")
     gsub = gate.add_subparsers(dest="gate_cmd", metavar="ACTION", required=True)
     p = gsub.add_parser("test", help="open the gate once and check the controller reports it")
-    p.add_argument("--config", "-c", default="/etc/ykt/terminal.toml",
-                   help="terminal config file (default: %(default)s)")
+    add_config_args(p, json=False)
     p.add_argument("--open-ms", type=int, default=1000, help="how long to open (ms)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for answers")
     p.set_defaults(func=_test)

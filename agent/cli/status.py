@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from agent.config import ConfigFileError, load_config
+from agent.cli.common import add_command, load_or_report
 from agent.control import SOCKET_NAME, ask, status_from_files
 from agent.textcols import pad
 
@@ -36,10 +36,8 @@ def _text(st: dict[str, Any]) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     st = ask(cfg.terminal.data_dir / SOCKET_NAME, "status") or status_from_files(cfg)
     print(json.dumps(st, ensure_ascii=False, indent=2) if args.json else _text(st))
@@ -47,10 +45,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sync_now(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     reply = ask(cfg.terminal.data_dir / SOCKET_NAME, "sync")
     if reply is None:
@@ -65,20 +61,9 @@ def _sync_now(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", default="/etc/ykt/terminal.toml",
-                       help="terminal config file (default: %(default)s)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-
-    p = sub.add_parser("status", help="the terminal now: daemon, policy, outbox, clock, "
-                       "disk, alarms, last decisions")
-    common(p)
-    p.set_defaults(func=_status)
+    add_command(sub, "status", _status, "the terminal now: daemon, policy, outbox, clock, "
+                "disk, alarms, last decisions")
     sync = sub.add_parser("sync", help="the uplink to the hub")
     ssub = sync.add_subparsers(dest="sync_cmd", metavar="ACTION", required=True)
-    p = ssub.add_parser("now", help="send what is pending now")
-    common(p)
-    p.set_defaults(func=_sync_now)
-    p = ssub.add_parser("status", help="journal position and outbox (same as `ykt status`)")
-    common(p)
-    p.set_defaults(func=_status)
+    add_command(ssub, "now", _sync_now, "send what is pending now")
+    add_command(ssub, "status", _status, "journal position and outbox (same as `ykt status`)")

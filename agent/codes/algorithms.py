@@ -374,22 +374,22 @@ def algorithm(name: str) -> SignatureAlgorithm:
         if cls is None:
             raise ValueError(f"unknown signature algorithm {name!r} "
                              f"(known: {', '.join(ALGORITHM_NAMES)})")
-        try:
-            inst = cls()
-        except AlgorithmUnavailable:
-            # no tongsuopy (no aarch64 wheels): verify SM2 with the system's libcrypto
-            from agent.codes import sm2_libcrypto
+        if key == "SM2":
+            # tongsuopy, else the system's libcrypto (no tongsuopy wheels on aarch64); only
+            # a backend that passes the known-answer test is used or claimed
+            from agent.codes.sm2_check import checked_sm2
 
-            if key != "SM2" or not sm2_libcrypto.available():
-                raise
-            inst = sm2_libcrypto.verifier_class()()
+            inst = checked_sm2()
+        else:
+            inst = cls()
         _instances[key] = inst
     return inst
 
 
 def sm2_backend() -> str:
     """Which SM2 implementation verifies here: ``tongsuopy``, ``libcrypto`` (verify
-    only), or ``none``."""
+    only), or ``none`` (also when a library is there but fails the known-answer test of
+    :mod:`agent.codes.sm2_check`)."""
     try:
         return str(getattr(algorithm("SM2"), "backend", "tongsuopy"))
     except AlgorithmUnavailable:

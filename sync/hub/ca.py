@@ -35,11 +35,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agent.identity import (
     HubIdentityPaths,
     IdentityError,
-    PrivateKey,
     PublicKey,
     load_certificate,
     load_private_key,
 )
+from agent.keyfiles import write_file, write_private_key, write_public
 from agent.names import validate_name
 
 __all__ = ["ADMIN_NAME", "CA_DAYS", "CLIENT_DAYS", "CRL_DAYS", "Role", "HubCA",
@@ -65,38 +65,6 @@ def fingerprint(cert: x509.Certificate) -> str:
 def new_private_key() -> ec.EllipticCurvePrivateKey:
     """A fresh ECDSA P-256 private key."""
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, created with ``mode`` (never wider first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def write_private_key(path: Path, key: PrivateKey) -> None:
-    """``key`` as unencrypted PKCS#8 PEM, mode 0600."""
-    _write(path, key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()), 0o600)
-
-
-def write_public(path: Path, item: x509.Certificate | x509.CertificateRevocationList
-                 | PublicKey, mode: int = 0o644) -> None:
-    """A certificate, CRL or public key (SubjectPublicKeyInfo) as PEM."""
-    if isinstance(item, (x509.Certificate, x509.CertificateRevocationList)):
-        data = item.public_bytes(serialization.Encoding.PEM)
-    else:
-        data = item.public_bytes(serialization.Encoding.PEM,
-                                 serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write(path, data, mode)
 
 
 class HubCA:
@@ -260,7 +228,7 @@ class HubCA:
         if not self.paths.terminal_cert(terminal).exists():
             raise IdentityError(f"terminal {terminal} is not enrolled with this hub")
         serials = self._serials(terminal)
-        _write(self.paths.terminal_revoked(terminal),
+        write_file(self.paths.terminal_revoked(terminal),
                "".join(f"{s:x}\n" for s in serials).encode(), 0o644)
         self.write_crl()
         return len(serials)
