@@ -1,8 +1,8 @@
 """The hub's web side: one ASGI application (Starlette) behind one TLS listener (uvicorn).
 
-Today it serves enrollment (``docs/security.md``); the policy parts, the hotlist feed,
-metrics and the operations console are meant to join it as routes (``DESIGN.md``, "One
-web side for the hub").
+It serves enrollment (``docs/security.md``) and, with ``ykt hub web --db``, the operations
+console at ``/console`` and ``/metrics`` (:mod:`sync.hub.web_console`); the policy parts
+and the hotlist feed are meant to join it as routes (``DESIGN.md``, "One web side").
 
 Routes (JSON in, JSON out; every certificate and key PEM):
 
@@ -33,7 +33,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from sync.hub.ca import HubCA, new_private_key, write_private_key, write_public
 from sync.hub.enroll import EnrollmentRefused, Issued, redeem, renew
@@ -71,9 +71,11 @@ async def _body(request: Request) -> dict[str, Any]:
     return data
 
 
-def build_app(ca: HubCA, on_issued: OnIssued | None = None) -> Starlette:
+def build_app(ca: HubCA, on_issued: OnIssued | None = None,
+              extra_routes: list[BaseRoute] | None = None) -> Starlette:
     """The hub's ASGI application. ``on_issued`` runs after each enrollment or renewal
-    (e.g. to add the terminal to the broker's dynamic security)."""
+    (e.g. to add the terminal to the broker's dynamic security); ``extra_routes`` join it
+    (the console at ``/console`` and ``/metrics``: :func:`sync.hub.web_console.web_routes`)."""
     lock = threading.Lock()       # enrollment writes files: one at a time
 
     def done(issued: Issued, what: str) -> JSONResponse:
@@ -113,7 +115,8 @@ def build_app(ca: HubCA, on_issued: OnIssued | None = None) -> Starlette:
 
     return Starlette(routes=[Route("/v1/ca", get_ca, methods=["GET"]),
                              Route("/v1/enroll", post_enroll, methods=["POST"]),
-                             Route("/v1/renew", post_renew, methods=["POST"])])
+                             Route("/v1/renew", post_renew, methods=["POST"]),
+                             *(extra_routes or [])])
 
 
 def server_certificate(ca: HubCA, hosts: list[str]) -> tuple[Path, Path]:
@@ -132,11 +135,12 @@ class EnrollmentServer:
     ``start()`` returns once it listens (``TimeoutError`` after ``timeout`` s)."""
 
     def __init__(self, ca: HubCA, host: str, port: int, *, hosts: list[str] | None = None,
-                 on_issued: OnIssued | None = None) -> None:
+                 on_issued: OnIssued | None = None,
+                 extra_routes: list[BaseRoute] | None = None) -> None:
         import uvicorn
 
         key, cert = server_certificate(ca, hosts or [host])
-        self.config = uvicorn.Config(build_app(ca, on_issued), host=host, port=port,
+        self.config = uvicorn.Config(build_app(ca, on_issued, extra_routes), host=host, port=port,
                                      ssl_keyfile=str(key), ssl_certfile=str(cert),
                                      log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(self.config)
