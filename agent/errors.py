@@ -15,7 +15,7 @@ tree (also in ``docs/architecture.md``)::
      │    ├── KeyFormatError                    agent.codes.algorithms: a PEM or COSE key
      │    ├── SecretError                       agent.keys: a secret is missing or malformed
      │    ├── IdentityError                     agent.identity: a key or certificate file
-     │    ├── SourceError                       sync.hub.policy: a policy bundle source file
+     │    ├── SourceError                       sync.hub.policy_sources: a policy source file
      │    └── ConfigError (+ DriverError)       drivers.exceptions: a driver's options
      ├── Unavailable (ImportError)              a library or device is not there → exit 2
      │    ├── AlgorithmUnavailable              agent.codes.algorithms: e.g. SM2 w/o tongsuopy

@@ -3,7 +3,10 @@
 :class:`Downlink` subscribes to the retained ``ykt/v1/policy/{channel}/manifest``; each
 envelope that arrives (at connect: the retained one) is handed to a worker thread, which
 runs :meth:`agent.policy.PolicyApplier.offer`. Only the newest envelope matters: one
-arriving during an apply replaces any still waiting. A refused bundle is not retried
+arriving during an apply replaces any still waiting. It also follows the channel's
+online hotlist (``ykt/v1/online/{channel}/hotlist``, :class:`agent.policy.online.
+OnlineHotlist`) on the same worker thread, hotlist first: a waiting online manifest is
+applied before a waiting full bundle (never during one: the two never write at once). A refused bundle is not retried
 (the reason is in :meth:`Downlink.status`); a failed apply (download, interrupted stage)
 is retried with exponential backoff (``retry_min_s`` doubling to ``retry_max_s``).
 
@@ -30,8 +33,9 @@ from typing import Any
 from agent.policy.apply import PolicyApplier
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.manifest import PartRef
+from agent.policy.online import OnlineHotlist
 from sync.link import Link, MqttSettings
-from sync.topics import TopicFilter, policy_manifest
+from sync.topics import TopicFilter, online_hotlist, policy_manifest
 
 __all__ = ["Downlink", "HttpPartFetcher"]
 
@@ -141,6 +145,10 @@ class Downlink:
         self.retry_max_s = retry_max_s
         self._cond = threading.Condition()
         self._pending: bytes | None = None
+        self._pending_online: bytes | None = None
+        self.online = OnlineHotlist(applier, clock=applier.clock)
+        self.online_refusal = ""
+        self.online_refusal_detail = ""
         self._stop = False
         self._thread: threading.Thread | None = None
         self.state = "idle"
@@ -148,6 +156,8 @@ class Downlink:
         self.refusal_detail: str = ""
         self.link.subscribe(TopicFilter(policy_manifest(applier.channel).value),
                             self._on_manifest)
+        self.link.subscribe(TopicFilter(online_hotlist(applier.channel).value),
+                            self._on_online)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -177,7 +187,32 @@ class Downlink:
         info = self.applier.store.info
         return {"policy": info.label, "policy_hash": info.hash[:16],
                 "policy_expires": info.expires, "policy_state": self.state,
-                "policy_refusal": self.refusal, "policy_refusal_detail": self.refusal_detail[:200]}
+                "policy_refusal": self.refusal, "policy_refusal_detail": self.refusal_detail[:200],
+                **self.online.status(), "hotlist_refusal": self.online_refusal,
+                "hotlist_refusal_detail": self.online_refusal_detail[:200]}
+
+    def offer_online(self, payload: bytes) -> None:
+        """Queue an online hotlist envelope as if it came from the broker."""
+        self._on_online("", payload)
+
+    def _on_online(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return
+        with self._cond:
+            self._pending_online = bytes(payload)
+            self._cond.notify_all()
+
+    def _apply_online(self, payload: bytes) -> None:
+        try:
+            self.online.offer(payload)
+        except BundleRefused as err:
+            self.online_refusal, self.online_refusal_detail = err.refusal.value, err.detail
+        except Exception as err:    # the store busy, a disk error: the next one retries
+            log.warning("online hotlist not applied (%r); waiting for the next", err)
+            self.online_refusal, self.online_refusal_detail = Refusal.APPLY_FAILED.value, \
+                repr(err)
+        else:
+            self.online_refusal = self.online_refusal_detail = ""
 
     def _on_manifest(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -190,14 +225,21 @@ class Downlink:
         delay = self.retry_min_s
         while True:
             with self._cond:
-                while self._pending is None and not self._stop:
+                while self._pending is None and self._pending_online is None \
+                        and not self._stop:
                     self._cond.wait()
                 if self._stop:
                     return
-                payload, self._pending = self._pending, None
+                online, self._pending_online = self._pending_online, None
+                if online is None:
+                    payload, self._pending = self._pending, None
+            if online is not None:          # hotlist first
+                self._apply_online(online)
+                continue
             assert payload is not None
             self.state = "applying"
             try:
+                self.online.note_offline(payload)
                 self.applier.offer(payload, self.fetcher)
             except BundleRefused as err:
                 self._refused(err, "refused")
@@ -210,7 +252,8 @@ class Downlink:
                 with self._cond:
                     if self._pending is None:
                         self._pending = payload   # retry unless something newer arrived
-                    self._cond.wait_for(lambda: self._stop, timeout=delay)
+                    self._cond.wait_for(lambda: self._stop or self._pending_online is not None,
+                                        timeout=delay)
                 delay = min(self.retry_max_s, delay * 2)
                 continue
             delay = self.retry_min_s

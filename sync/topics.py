@@ -28,6 +28,7 @@ __all__ = [
     "TopicFilter",
     "parse_terminal_topic",
     "hub_status",
+    "online_hotlist",
     "policy_manifest",
     "validate_channel",
     "validate_terminal_id",
@@ -155,6 +156,13 @@ HUB_STATUS_ALL = TopicFilter(f"{PREFIX}/hub/+/status")
 def policy_manifest(channel: str) -> Topic:
     """``ykt/v1/policy/{channel}/manifest``: the retained signed manifest of a channel."""
     return Topic(f"{PREFIX}/policy/{validate_channel(channel)}/manifest")
+
+
+def online_hotlist(channel: str) -> Topic:
+    """``ykt/v1/online/{channel}/hotlist``: the retained online hotlist manifest of a
+    channel (signed by the online hotlist key; its own version line, never the full
+    bundle's topic). Under its own prefix so the broker can let only the hub publish it."""
+    return Topic(f"{PREFIX}/online/{validate_channel(channel)}/hotlist")
 
 
 def parse_terminal_topic(topic: Topic | str) -> tuple[str, TerminalTopicKind] | None:

@@ -29,6 +29,7 @@ def session(tb: TlsBroker, name: str, client_id: str | None = None) -> BrokerSes
                                    "ykt/v1/t/B/cmd/result", "ykt/v1/t/A/ack",
                                    "ykt/v1/t/B/ack", "ykt/v1/t/A/cmd",
                                    "ykt/v1/policy/bus/manifest", "ykt/v1/hub/hub-1/status",
+                                   "ykt/v1/online/bus/hotlist",
                                    "$CONTROL/dynamic-security/v1"])
 def test_a_terminal_cannot_publish_outside_its_own_topics(tls_broker: TlsBroker,
                                                           topic: str) -> None:
@@ -41,6 +42,7 @@ def test_a_terminal_cannot_publish_outside_its_own_topics(tls_broker: TlsBroker,
                                           "ykt/v1/t/+/ack", "ykt/v1/t/B/tx",
                                           "ykt/v1/policy/rail/manifest",
                                           "ykt/v1/policy/+/manifest", "#",
+                                          "ykt/v1/online/rail/hotlist", "ykt/v1/online/#",
                                           "$share/ykt-hub/ykt/v1/t/+/tx",
                                           "$share/x/ykt/v1/t/A/ack"])
 def test_a_terminal_cannot_subscribe_outside_its_own_topics(tls_broker: TlsBroker,
@@ -54,7 +56,7 @@ def test_a_terminal_reads_its_own_ack_cmd_hub_status_and_channel_manifest(
         tls_broker: TlsBroker) -> None:
     with session(tls_broker, "A") as a:
         for flt in ("ykt/v1/t/A/ack", "ykt/v1/t/A/cmd", "ykt/v1/hub/+/status",
-                    "ykt/v1/policy/bus/manifest"):
+                    "ykt/v1/policy/bus/manifest", "ykt/v1/online/bus/hotlist"):
             assert a.subscribe(flt) == 1, flt
         for topic in ("ykt/v1/t/A/status", "ykt/v1/t/A/cmd/result"):
             assert a.publish(topic, b"{}") in ACCEPTED, topic
@@ -66,6 +68,7 @@ def test_only_the_hub_acks_announces_and_joins_the_share_group(tls_broker: TlsBr
         assert hub.subscribe("ykt/v1/t/+/status") == 1
         assert hub.publish("ykt/v1/t/A/ack", b"{}") in ACCEPTED
         assert hub.publish("ykt/v1/hub/hub-1/status", b"{}") in ACCEPTED
+        assert hub.publish("ykt/v1/online/bus/hotlist", b"{}", retain=True) in ACCEPTED
         assert hub.publish("ykt/v1/t/A/tx", b"{}") == NOT_AUTHORIZED   # not a terminal
         assert hub.subscribe("#") == NOT_AUTHORIZED
 
@@ -74,6 +77,8 @@ def test_an_operator_publishes_manifests_and_nothing_else(tls_broker: TlsBroker)
     with session(tls_broker, "operator") as op:
         assert op.publish("ykt/v1/policy/bus/manifest", b"{}", retain=True) in ACCEPTED
         assert op.publish("ykt/v1/t/A/ack", b"{}") == NOT_AUTHORIZED
+        # the online hotlist path is the hub's (it holds the online key), never an operator's
+        assert op.publish("ykt/v1/online/bus/hotlist", b"{}", retain=True) == NOT_AUTHORIZED
         assert op.publish("ykt/v1/hub/hub-1/status", b"{}") == NOT_AUTHORIZED
         assert op.subscribe("$share/ykt-hub/ykt/v1/t/+/tx") == NOT_AUTHORIZED
 

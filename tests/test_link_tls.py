@@ -164,13 +164,13 @@ def test_policy_publish_connects_with_an_operator_certificate(
             capsys.readouterr()
             a_cert = tb.settings("A")           # a terminal may not publish manifests
             assert main(["hub", "policy", "publish", "--repo", str(repo), "--channel", CHANNEL,
-                         "--mqtt-port", str(tb.broker.port), "--tls-ca", str(a_cert.tls_ca_file),
+                         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(tb.broker.port), "--tls-ca", str(a_cert.tls_ca_file),
                          "--tls-cert", str(a_cert.tls_cert_file), "--tls-key",
                          str(a_cert.tls_key_file)]) == 1
             assert "refused the manifest (reason 0x87)" in capsys.readouterr().err
             op = tb.settings("operator")
             assert main(["hub", "policy", "publish", "--repo", str(repo), "--channel", CHANNEL,
-                         "--mqtt-port", str(tb.broker.port), "--tls-ca", str(op.tls_ca_file),
+                         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(tb.broker.port), "--tls-ca", str(op.tls_ca_file),
                          "--tls-cert", str(op.tls_cert_file), "--tls-key",
                          str(op.tls_key_file), "--json"]) == 0
             assert json.loads(capsys.readouterr().out)["version"] == 1

@@ -104,7 +104,7 @@ def test_sm2_keygen_build_sign_verify(tmp_path: Path, capsys: pytest.CaptureFixt
     assert made["kid"] == signer.public.kid == hashlib.sha256(der).hexdigest()[:16]
     assert signer.public is signer.public                   # computed once, not per sign()
     ents = tmp_path / "ents.csv"
-    ents.write_text("ssn,name\n370102195001011234,elderly\n", encoding="utf-8")
+    ents.write_text("ssn,name\n370102195001011233,elderly\n", encoding="utf-8")
     assert main(["hub", "policy", "build", "--repo", str(repo), "--channel", CHANNEL,
                  "--key", str(key), "--alg", "SM2", "--entitlements", str(ents),
                  "--rules", str(profile_path("bus_validator")), "--demo-key", "--json"]) == 0

@@ -49,6 +49,9 @@ class Refusal(enum.StrEnum):
     """A part could not be downloaded (retried with backoff)."""
     APPLY_FAILED = "apply_failed"
     """Staging or switching failed or was interrupted (retried with backoff)."""
+    OUTSIDE_ROLE = "outside_role"
+    """Signed by the online hotlist key but carrying more than a hotlist delta (rules,
+    entitlements, an offline manifest): that key may sign hotlist changes only."""
 
 
 class PolicyError(YktError, RuntimeError):

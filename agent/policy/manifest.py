@@ -93,6 +93,9 @@ class Root(_Strict):
     serial: int = Field(ge=1, le=_INT64)
     threshold: int = Field(1, ge=1, le=1000, description="distinct valid signatures required")
     keys: list[KeyEntry] = Field(min_length=1)
+    hotlist_keys: list[KeyEntry] = Field(
+        default_factory=list, description="online keys that may sign hotlist deltas only "
+        "(agent.policy.online); one valid signature suffices")
 
     def key(self, kid: str) -> KeyEntry | None:
         return next((k for k in self.keys if k.kid == kid), None)
@@ -140,6 +143,8 @@ class Manifest(_Strict):
     totals: dict[str, int] = Field(default_factory=dict,
                                    description="rows after apply: entitlements, hotlist")
     parts: list[PartRef]
+    online_through: int = Field(0, ge=0, le=_INT64, description="the online hotlist "
+                                "sequence whose changes this version includes")
 
     @field_validator("channel")
     @classmethod

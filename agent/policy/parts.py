@@ -47,7 +47,8 @@ class PartWriter:
 
     def __init__(self, out: IO[bytes], kind: DataKind, mode: Mode) -> None:
         self.kind, self.mode = kind, mode
-        self._gz = gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6)
+        # filename="": no file name in the header (GzipFile would take out.name)
+        self._gz = gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0, compresslevel=6)
         self._text = io.TextIOWrapper(self._gz, encoding="utf-8", newline="\n")
         self._text.write(_header(kind, mode))
         self.rows = 0

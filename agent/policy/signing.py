@@ -39,8 +39,8 @@ from agent.policy.manifest import (
     signed_bytes,
 )
 
-__all__ = ["SigningKey", "key_id", "load_root", "sign_document", "verify_envelope",
-           "verify_signed"]
+__all__ = ["SigningKey", "hotlist_role", "key_id", "load_root", "sign_document",
+           "verify_envelope", "verify_signed", "walk_roots"]
 
 
 def key_id(public_pem: bytes | str) -> str:
@@ -148,13 +148,9 @@ def _root_of(sr: SignedRoot) -> Root:
         raise BundleRefused(Refusal.MALFORMED, f"root: {err.errors()[0]['msg']}") from None
 
 
-def verify_envelope(env: Envelope, trusted: Root) -> tuple[Manifest, Root]:
-    """Verify the root chain from ``trusted`` and the manifest signatures.
-
-    Returns the (verified) manifest and the root that signed it (newer than ``trusted``
-    after a rotation; persist it only once the bundle is applied). Raises
-    :class:`BundleRefused`.
-    """
+def walk_roots(env: Envelope, trusted: Root) -> Root:
+    """The newest root reachable from ``trusted`` through the envelope's rotations (each
+    signed by its predecessor). Raises :class:`BundleRefused`."""
     root = trusted
     chain = sorted(((_root_of(sr), sr) for sr in env.roots), key=lambda c: c[0].serial)
     for candidate, sr in chain:
@@ -165,6 +161,28 @@ def verify_envelope(env: Envelope, trusted: Root) -> tuple[Manifest, Root]:
                                 f"root #{candidate.serial} does not follow #{root.serial}")
         verify_signed(sr.signed, sr.signatures, root, f"root rotation #{candidate.serial}")
         root = candidate
+    return root
+
+
+def hotlist_role(root: Root) -> Root:
+    """The online hotlist role of ``root`` as a root of its own (its ``hotlist_keys``,
+    threshold 1), for :func:`verify_signed`. Raises :class:`BundleRefused`
+    (``unknown_signer``) when ``root`` delegates no hotlist key."""
+    if not root.hotlist_keys:
+        raise BundleRefused(Refusal.UNKNOWN_SIGNER,
+                            f"signer root #{root.serial} delegates no online hotlist key")
+    return Root(serial=root.serial, threshold=1, keys=root.hotlist_keys)
+
+
+def verify_envelope(env: Envelope, trusted: Root) -> tuple[Manifest, Root]:
+    """Verify the root chain from ``trusted`` and the manifest signatures (by the root's
+    offline ``keys``; its online ``hotlist_keys`` never count here).
+
+    Returns the (verified) manifest and the root that signed it (newer than ``trusted``
+    after a rotation; persist it only once the bundle is applied). Raises
+    :class:`BundleRefused`.
+    """
+    root = walk_roots(env, trusted)
     manifest = env.manifest_model()
     verify_signed(env.manifest.signed, env.manifest.signatures, root,
                   f"manifest {manifest.channel}@{manifest.version}")
@@ -190,10 +208,15 @@ def load_root(data: bytes | str, source: str = "<root>") -> Root:
 def signed_manifest(manifest: Manifest, keys: list[SigningKey]) -> SignedManifest:
     """Sign ``manifest`` with ``keys`` (hub side)."""
     signed = manifest.model_dump(mode="json")
+    if not signed.get("online_through"):
+        signed.pop("online_through", None)      # versions without online changes: as before
     return SignedManifest(signed=signed, signatures=sign_document(signed, keys))
 
 
 def signed_root(root: Root, keys: list[SigningKey]) -> SignedRoot:
-    """Sign a root rotation with the previous root's ``keys`` (hub side)."""
-    signed = root.model_dump(mode="json")
+    """Sign a root rotation with the previous root's ``keys`` (hub side). An empty
+    ``hotlist_keys`` is left out, so roots without an online key keep their old form."""
+    signed = root.model_dump(mode="json", exclude_defaults=False)
+    if not signed.get("hotlist_keys"):
+        signed.pop("hotlist_keys", None)
     return SignedRoot(signed=signed, signatures=sign_document(signed, keys))

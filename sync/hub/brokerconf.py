@@ -77,23 +77,28 @@ def _acl(kind: str, topic: str, allow: bool = True) -> dict[str, Any]:
 
 
 def terminal_role(terminal: str, channels: Iterable[str]) -> dict[str, Any]:
-    """The dynsec role of one terminal: its own topics, the hub status, its manifests."""
+    """The dynsec role of one terminal: its own topics, the hub status, its channels'
+    manifests and online hotlists."""
     t = f"{PREFIX}/t/{terminal}"
     acls = [_acl("publishClientSend", f"{t}/{k}") for k in ("tx", "status", "cmd/result")]
     acls += [_acl("subscribeLiteral", f"{t}/{k}") for k in ("ack", "cmd")]
     acls.append(_acl("subscribeLiteral", f"{PREFIX}/hub/+/status"))
     acls += [_acl("subscribeLiteral", f"{PREFIX}/policy/{c}/manifest") for c in channels]
+    acls += [_acl("subscribeLiteral", f"{PREFIX}/online/{c}/hotlist") for c in channels]
     return {"rolename": f"terminal-{terminal}", "acls": acls}
 
 
 def acl_roles() -> list[dict[str, Any]]:
-    """The shared roles: ``hub``, ``operator`` (publishes manifests) and ``admin``
-    (the dynamic-security control topic, used by ``ykt hub enroll``/``revoke``).
+    """The shared roles: ``hub`` (also the only publisher of online hotlist manifests,
+    ``online/#``: it holds the online hotlist key), ``operator`` (publishes offline-signed
+    manifests, never online ones) and ``admin`` (the dynamic-security control topic, used
+    by ``ykt hub enroll``/``revoke``).
     Manifests are ``policy/#``: a channel has up to 8 levels, which ``+`` would not match."""
     t = f"{PREFIX}/t/+"
     hub = [_acl("publishClientSend", f"{t}/{k}") for k in ("ack", "cmd")]
     hub += [_acl("publishClientSend", f"{PREFIX}/hub/+/status"),
             _acl("publishClientSend", f"{PREFIX}/policy/#"),
+            _acl("publishClientSend", f"{PREFIX}/online/#"),
             _acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{t}/tx"),
             _acl("subscribeLiteral", f"{t}/status"),
             _acl("subscribeLiteral", f"{t}/cmd/result"),

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b.add_argument("--base-url", default="", help="URL prefix of the parts server (…/parts/)")
     b.add_argument("--demo-key", action="store_true",
                    help="hash identifiers with the built-in DEMO key (never in production)")
+    b.add_argument("--renew", action="store_true",
+                   help="sign a new version even if nothing changed (a later expiry)")
     b.add_argument("--publish", action="store_true", help="publish right after building")
     _mqtt_args(b)
     b.set_defaults(func=_build)
@@ -91,8 +93,10 @@ def _repo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _mqtt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mqtt-host", default="127.0.0.1")
-    p.add_argument("--mqtt-port", type=int, default=1883)
+    p.add_argument("--mqtt-host", default=None,
+                   help="broker host (required unless $YKT_MQTT_HOST names the configured one)")
+    p.add_argument("--mqtt-port", type=int, default=None,
+                   help="broker port (default $YKT_MQTT_PORT, else 8883 with TLS, 1883 without)")
     p.add_argument("--tls-ca", type=Path, help="CA file: connect with TLS "
                    "(default $CREDENTIALS_DIRECTORY/mqtt-ca.crt if present)")
     p.add_argument("--tls-cert", type=Path, help="client certificate (an operator identity "
@@ -173,15 +177,31 @@ def _pseudonymizer(demo: bool) -> Any:
                      "$CREDENTIALS_DIRECTORY/pseudonym-key, or pass --demo-key")
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def broker_settings(args: argparse.Namespace) -> Any:
+    """The broker to publish to: ``--mqtt-host``/``--mqtt-port`` or the configured one
+    (``$YKT_MQTT_HOST``/``$YKT_MQTT_PORT``), never a silent default. Raises
+    ``ValueError`` (a usage error) when neither names a host."""
+    import os
+
     from sync.link import MqttSettings
 
-    return MqttSettings(host=args.mqtt_host, port=args.mqtt_port, tls_ca_file=args.tls_ca,
+    host = args.mqtt_host or os.environ.get("YKT_MQTT_HOST", "")
+    if not host:
+        raise ValueError("no broker: pass --mqtt-host HOST (and --mqtt-port) or set "
+                         "YKT_MQTT_HOST to the deployment's broker")
+    port = args.mqtt_port or int(os.environ.get("YKT_MQTT_PORT", "0") or 0) \
+        or (8883 if args.tls_ca else 1883)
+    return MqttSettings(host=host, port=port, tls_ca_file=args.tls_ca,
                         tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
                         username=args.mqtt_username)
 
 
-def _publish_capped(repo: Any, args: argparse.Namespace) -> int:
+def _where(settings: Any, topic: object) -> str:
+    scheme = "mqtts" if settings.tls_ca_file else "mqtt"
+    return f"{topic} at {scheme}://{settings.host}:{settings.port}"
+
+
+def _publish_capped(repo: Any, args: argparse.Namespace, settings: Any) -> int:
     """Publish the latest envelope retained, QoS 1, and check the broker's PUBACK
     (``PermissionError`` when refused); ``ValueError`` when it is over the manifest cap
     terminals accept (:data:`agent.mqtt_settings.MANIFEST_MAX_BYTES`)."""
@@ -193,7 +213,7 @@ def _publish_capped(repo: Any, args: argparse.Namespace) -> int:
     if len(data) > MANIFEST_MAX_BYTES:
         raise ValueError(f"the {len(data)}-byte manifest is over the {MANIFEST_MAX_BYTES}-byte "
                          "cap terminals accept; move data into parts served over HTTP")
-    with BrokerSession(_settings(args), "") as session:   # the broker names it (its CN)
+    with BrokerSession(settings, "") as session:   # the broker names it (its CN)
         session.connect()
         rc = session.publish(str(policy_manifest(args.channel)), data, retain=True)
     if rc >= 0x80:
@@ -204,12 +224,13 @@ def _publish_capped(repo: Any, args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from agent.policy.signing import SigningKey
-    from sync.hub.policy import BundleSources, PolicyRepo
+    from sync.hub.policy import BundleSources, PolicyRepo, SourceError
     from sync.topics import policy_manifest
 
     try:
         pseudo = _pseudonymizer(args.demo_key)
         key = SigningKey.load(args.key, args.alg)
+        settings = broker_settings(args) if args.publish else None
         repo = PolicyRepo(args.repo, args.channel)
     except (OSError, ValueError) as err:
         return _fail(str(err), 2)
@@ -219,9 +240,11 @@ def _build(args: argparse.Namespace) -> int:
             remove_hotlist=args.remove_hotlist, rules=list(args.rules), issuers=args.issuers,
             settings=args.settings, merge=args.merge),
             key, pseudonymizer=pseudo, expires_s=args.expires_days * 86400,
-            base_url=args.base_url)
+            base_url=args.base_url, renew=args.renew, show_progress=not args.json)
         if args.publish:
-            _publish_capped(repo, args)
+            _publish_capped(repo, args, settings)
+    except SourceError as err:
+        return _fail(str(err), 2)
     except (OSError, ValueError, LookupError, PermissionError, TimeoutError) as err:
         return _fail(str(err))
     finally:
@@ -229,28 +252,40 @@ def _build(args: argparse.Namespace) -> int:
     data = {"channel": args.channel, "version": res.version, "hash": res.manifest_hash,
             "envelope": str(res.envelope_path), "envelope_bytes": res.envelope_bytes,
             "totals": res.totals, "seconds": round(res.seconds, 2), "published": args.publish,
-            "parts": [p.model_dump() for p in res.parts]}
-    lines = [f"{args.channel}@{res.version} built in {res.seconds:.1f} s "
-             f"({res.totals['entitlements']} entitlements, {res.totals['hotlist']} hotlist)"]
-    lines += [f"  {p.name:22} {p.size:>12} B  {p.rows:>9} rows  "
-              f"{'inline' if p.inline else 'http'}  {p.sha256[:16]}" for p in res.parts]
+            "unchanged": res.unchanged, "parts": [p.model_dump() for p in res.parts]}
+    if res.unchanged:
+        lines = [f"nothing changed since {args.channel}@{res.version}: no new version "
+                 "(--renew re-signs it with a later expiry)"]
+    else:
+        lines = [f"{args.channel}@{res.version} built in {res.seconds:.1f} s "
+                 f"({res.totals['entitlements']} entitlements, {res.totals['hotlist']} hotlist)"]
+        lines += [f"  {p.name:22} {p.size:>12} B  {p.rows:>9} rows  "
+                  f"{'inline' if p.inline else 'http'}  {p.sha256[:16]}" for p in res.parts]
     if args.publish:
-        lines.append(f"published retained on {policy_manifest(args.channel)}")
+        data["published_to"] = _where(settings, policy_manifest(args.channel))
+        lines.append(f"published {args.channel}@{res.version} retained on "
+                     f"{data['published_to']}")
     return _out(args, data, "\n".join(lines))
 
 
 def _publish(args: argparse.Namespace) -> int:
     from sync.hub.policy import PolicyRepo
+    from sync.topics import policy_manifest
 
+    try:
+        settings = broker_settings(args)
+    except ValueError as err:
+        return _fail(str(err), 2)
     repo = PolicyRepo(args.repo, args.channel)
     try:
-        version = _publish_capped(repo, args)
+        version = _publish_capped(repo, args, settings)
     except (LookupError, TimeoutError, OSError, ValueError) as err:
         return _fail(str(err))
     finally:
         repo.close()
-    return _out(args, {"channel": args.channel, "version": version},
-                f"published {args.channel}@{version}")
+    where = _where(settings, policy_manifest(args.channel))
+    return _out(args, {"channel": args.channel, "version": version, "published_to": where},
+                f"published {args.channel}@{version} retained on {where}")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -15,18 +15,12 @@ validates rule files (their vectors must pass) and issuer keys, signs the manife
 stores the envelope. :meth:`PolicyRepo.publish` puts it retained on
 ``ykt/v1/policy/{channel}/manifest``.
 
-Source columns (CSV header or JSONL keys):
-
-* entitlements: ``ssn`` (or an already hashed ``holder_key``), ``name`` (or ``category``),
-  optional ``valid_from``, ``valid_until`` (ISO dates);
-* hotlist: ``card_id`` (a card, kind ``card``) or ``ssn`` (a holder, kind ``holder``), or a
-  hashed ``key`` with ``kind``; optional ``reason`` (default ``lost``), ``listed``.
+Reading and checking source files: :mod:`sync.hub.policy_sources`.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import json
 import logging
@@ -34,13 +28,11 @@ import os
 import sqlite3
 import time
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.codes.trust import parse_trust_document
-from agent.errors import ConfigurationError
 from agent.journal import canonical, utc_stamp
 from agent.policy.manifest import (
     DeltaBase,
@@ -56,9 +48,20 @@ from agent.policy.parts import DataKind, PartWriter
 from agent.policy.signing import SigningKey, load_root, signed_manifest, signed_root
 from agent.pseudonym import Pseudonymizer
 from agent.rules import load_ruleset
+from sync.hub.policy_sources import (
+    BundleSources,
+    SourceError,
+    channel_categories,
+    check_bundle_parts,
+    entitlement_rows,
+    hotlist_rows,
+    key_fingerprint,
+    progress,
+)
 from sync.topics import policy_manifest, validate_channel
 
-__all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "init_root"]
+__all__ = ["BuildResult", "BundleSources", "PolicyRepo", "SourceError", "check_bundle_parts",
+           "init_root", "key_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +78,6 @@ _SCHEMAS = {
 }
 
 
-class SourceError(ConfigurationError):
-    """A source file is unusable; the message names the file and line."""
-
-
-@dataclass
-class BundleSources:
-    """Inputs of one build. ``None`` keeps that part as last published. With ``merge``
-    the entitlement/hotlist files are additions to the last version instead of the full
-    lists; ``remove_hotlist`` files list entries to drop (same columns)."""
-
-    entitlements: Path | None = None
-    hotlist: Path | None = None
-    remove_hotlist: Path | None = None
-    rules: list[Path] = field(default_factory=list)
-    issuers: Path | None = None
-    settings: Path | None = None
-    merge: bool = False
-
-
 @dataclass(frozen=True)
 class BuildResult:
     """What a build produced."""
@@ -105,6 +89,9 @@ class BuildResult:
     parts: list[PartRef]
     totals: dict[str, int]
     seconds: float
+    unchanged: bool = False
+    """Nothing changed since the last version: no new version was made (``version`` is
+    the last one)."""
 
 
 def init_root(repo: str | Path, keys: list[KeyEntry], threshold: int = 1) -> Root:
@@ -117,25 +104,6 @@ def init_root(repo: str | Path, keys: list[KeyEntry], threshold: int = 1) -> Roo
     root = Root(serial=1, threshold=threshold, keys=keys)
     path.write_bytes(SignedRoot(signed=root.model_dump(mode="json")).model_dump_json().encode())
     return root
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) from a CSV (header row) or JSONL file."""
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise SourceError(f"{path}:{n}: not JSON: {err.msg}") from None
-                    if not isinstance(rec, dict):
-                        raise SourceError(f"{path}:{n}: a JSON object per line is required")
-                    yield n, rec
-        return
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for n, rec in enumerate(csv.DictReader(f), 2):
-            yield n, rec
 
 
 class PolicyRepo:
@@ -181,10 +149,12 @@ class PolicyRepo:
         return init_root(self.root, keys, threshold)
 
     def rotate(self, old_keys: list[SigningKey], new_keys: list[KeyEntry],
-               threshold: int = 1) -> Root:
-        """Root #n+1 with ``new_keys``, signed by ``old_keys`` (keys of root #n)."""
+               threshold: int = 1, hotlist_keys: list[KeyEntry] | None = None) -> Root:
+        """Root #n+1 with ``new_keys``, signed by ``old_keys`` (keys of root #n);
+        ``hotlist_keys`` are its online hotlist keys (None keeps the current ones)."""
         cur = self.current_root()
-        root = Root(serial=cur.serial + 1, threshold=threshold, keys=new_keys)
+        root = Root(serial=cur.serial + 1, threshold=threshold, keys=new_keys,
+                    hotlist_keys=cur.hotlist_keys if hotlist_keys is None else hotlist_keys)
         sr = signed_root(root, old_keys)
         (self.roots_dir / f"{root.serial}.json").write_bytes(sr.model_dump_json().encode())
         log.info("signer root rotated to #%d (%s)", root.serial,
@@ -209,37 +179,6 @@ class PolicyRepo:
         return (self.dir / "versions" / f"{v}.json").read_bytes()
 
     # -- building ----------------------------------------------------------------------
-    def _load_entitlements(self, path: Path, table: str, pseudo: Pseudonymizer) -> None:
-        sql = f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)"
-
-        def rows() -> Iterator[tuple[str, str, str, str]]:
-            for n, r in _records(path):
-                name = str(r.get("name") or r.get("category") or "").strip()
-                if r.get("holder_key"):
-                    hk = str(r["holder_key"]).lower()
-                elif r.get("ssn"):
-                    hk = pseudo.holder_key(str(r["ssn"]))
-                else:
-                    raise SourceError(f"{path}:{n}: needs 'ssn' or 'holder_key'")
-                if not name or "\t" in name:
-                    raise SourceError(f"{path}:{n}: needs a 'name' (entitlement) without tabs")
-                yield (hk, name, str(r.get("valid_from") or ""), str(r.get("valid_until") or ""))
-
-        self.db.executemany(sql, rows())
-
-    @staticmethod
-    def _hot_rows(path: Path, pseudo: Pseudonymizer) -> Iterator[tuple[str, str, str, str]]:
-        for n, r in _records(path):
-            if r.get("card_id"):
-                key, kind = pseudo.card_key(str(r["card_id"])), "card"
-            elif r.get("ssn"):
-                key, kind = pseudo.holder_key(str(r["ssn"])), "holder"
-            elif r.get("key"):
-                key, kind = str(r["key"]).lower(), str(r.get("kind") or "card")
-            else:
-                raise SourceError(f"{path}:{n}: needs 'card_id', 'ssn' or 'key'")
-            yield (key, kind, str(r.get("reason") or "lost"), str(r.get("listed") or ""))
-
     def _store_part(self, data_path: Path) -> tuple[str, int]:
         with open(data_path, "rb") as f:
             sha = hashlib.file_digest(f, "sha256").hexdigest()
@@ -279,18 +218,29 @@ class PolicyRepo:
         return PartRef(name=name, kind=kind, mode="file",
                        sha256=sha, size=len(data), rows=0, inline=False)
 
+    def key_fingerprint(self) -> str:
+        """The fingerprint of the pseudonymisation key this repository's rows were hashed
+        with ('' before the first build): see :func:`key_fingerprint`."""
+        return self._meta("key_fingerprint")
+
     def build(self, sources: BundleSources, signer: SigningKey, *, pseudonymizer: Pseudonymizer,
-              expires_s: float = 7 * 86400, base_url: str = "", now: float | None = None
-              ) -> BuildResult:
-        """Build, sign and store the next version. Returns what was built.
+              expires_s: float = 7 * 86400, base_url: str = "", now: float | None = None,
+              renew: bool = False, show_progress: bool = False) -> BuildResult:
+        """Build, sign and store the next version. Returns what was built; when nothing
+        changed since the last version (same parts, same ``base_url``) no version is made
+        and the result says ``unchanged`` (``renew`` re-signs the same content with a new
+        expiry instead). ``show_progress`` draws a progress bar per source file on a
+        terminal's stderr.
 
         ``pseudonymizer`` hashes source identifiers with the deployment key (the
-        terminals' key).
+        terminals' key); it must be the key the repository was built with so far (its
+        fingerprint is stored), or :class:`SourceError` is raised.
 
         Raises :class:`SourceError` (bad source line), ``RuleSetError``/``ConfigFileError``
         (a rule file or its vectors), ``TrustStoreError`` (issuer keys), ``LookupError``
         (no signer root) or ``PermissionError`` (``signer`` not in the current root).
-        Nothing is published by a failed build.
+        :class:`SourceError` also for parts that need HTTP without a ``base_url``, or
+        settings the rules refuse. Nothing is published by a failed build.
         """
         t0 = time.monotonic()
         now = time.time() if now is None else now
@@ -298,18 +248,33 @@ class PolicyRepo:
         if root.key(signer.public.kid) is None:
             raise PermissionError(f"signing key {signer.public.kid} is not in signer root "
                                   f"#{root.serial}; rotate first")
+        fingerprint = key_fingerprint(pseudonymizer)
+        if self.key_fingerprint() not in ("", fingerprint):
+            raise SourceError(
+                f"{self.dir}: this repository was built with another pseudonymisation key "
+                f"(fingerprint {self.key_fingerprint()}, this one {fingerprint}): its hashes "
+                "would never match on terminals; use the deployment key "
+                "($YKT_PSEUDONYM_KEY or $CREDENTIALS_DIRECTORY/pseudonym-key)")
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise SourceError(f"--base-url {base_url!r}: must be an http:// or https:// URL")
         prev_version = self.version
         prev_parts = {p["name"]: PartRef.model_validate(p)
                       for p in json.loads(self._meta("parts", "[]"))}
+        categories = channel_categories(
+            [(str(p), p.read_text(encoding="utf-8")) for p in sources.rules]
+            or [(f"rules part {r.name}", (self.parts_dir / r.sha256).read_text(encoding="utf-8"))
+                for r in prev_parts.values() if r.kind == "rules"])
         db = self.db
         db.execute("BEGIN")
         try:
             changed: dict[str, bool] = {}
             cur: dict[str, str] = {}          # the table holding the new rows
+            from sync.hub.hotlist import has_pending, merge_pending
+            online = has_pending(db)        # loss reports published online since the last
             for table, src, extra in (("ent", sources.entitlements, None),
                                       ("hot", sources.hotlist, sources.remove_hotlist)):
                 db.execute(f"DROP TABLE IF EXISTS {table}_new")
-                if src is None and extra is None:
+                if src is None and extra is None and not (table == "hot" and online):
                     changed[table], cur[table] = False, table   # unchanged: no copy
                     continue
                 changed[table], cur[table] = True, f"{table}_new"
@@ -317,14 +282,15 @@ class PolicyRepo:
                 if sources.merge or src is None:
                     db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
                 if src is not None:
-                    if table == "ent":
-                        self._load_entitlements(src, "ent_new", pseudonymizer)
-                    else:
-                        db.executemany("INSERT OR REPLACE INTO hot_new VALUES (?, ?, ?, ?)",
-                                       self._hot_rows(src, pseudonymizer))
+                    rows = (entitlement_rows(src, pseudonymizer, categories) if table == "ent"
+                            else hotlist_rows(src, pseudonymizer))
+                    db.executemany(f"INSERT OR REPLACE INTO {table}_new VALUES (?, ?, ?, ?)",
+                                   progress(rows, src, show_progress))
                 if extra is not None:
                     db.executemany("DELETE FROM hot_new WHERE key = ?",
-                                   ((r[0],) for r in self._hot_rows(extra, pseudonymizer)))
+                                   ((r[0],) for r in hotlist_rows(extra, pseudonymizer)))
+                if table == "hot" and online:
+                    merge_pending(db, "hot_new")      # a build never undoes a loss report
             parts: list[PartRef] = []
             for table, kind, keys in (("ent", "entitlements", "holder_key, name"),
                                       ("hot", "hotlist", "key")):
@@ -345,12 +311,20 @@ class PolicyRepo:
                     if delta is not None:
                         parts.append(delta)
             parts += self._small_parts(sources, prev_parts)
-            prev_totals = json.loads(self._meta("totals", "{}"))
+            prev_totals: dict[str, int] = json.loads(self._meta("totals", "{}"))
             totals = {}
             for name, table in (("entitlements", "ent"), ("hotlist", "hot")):
                 totals[name] = (prev_totals[name] if not changed[table] and name in prev_totals
                                 else int(db.execute(f"SELECT count(*) FROM {cur[table]}")
                                          .fetchone()[0]))
+            if prev_version and not renew and self._same_as_last(parts, base_url):
+                db.execute("ROLLBACK")
+                log.info("nothing changed since %s@%d: no new version", self.channel,
+                         prev_version)
+                last = self.dir / "versions" / f"{prev_version}.json"
+                return BuildResult(prev_version, self._meta("hash"), last, last.stat().st_size,
+                                   list(prev_parts.values()), prev_totals,
+                                   time.monotonic() - t0, unchanged=True)
             inline_total = 0
             final_parts = []
             for p in parts:
@@ -360,13 +334,20 @@ class PolicyRepo:
                 if inline:
                     inline_total += p.size
                 final_parts.append(p.model_copy(update={"inline": inline}))
+            http = [p.name for p in final_parts if not p.inline]
+            if http and not base_url:
+                raise SourceError(f"parts {', '.join(http)} are too large to travel inline "
+                                  "and go over HTTP: pass --base-url (the parts server, "
+                                  "e.g. https://hub.example/parts/; see 'ykt hub policy "
+                                  "serve'), or every terminal refuses the bundle")
             version = prev_version + 1
             manifest = Manifest(
                 channel=self.channel, version=version, created=utc_stamp(now),
                 expires=utc_stamp(now + expires_s), root_serial=root.serial, base_url=base_url,
                 delta_from=(DeltaBase(version=prev_version, hash=self._meta("hash"))
                             if prev_version else None),
-                totals=totals, parts=final_parts)
+                totals=totals, parts=final_parts,
+                online_through=int(self._meta("online_since", "0")))
             sm = signed_manifest(manifest, [signer])
             env = Envelope(
                 manifest=sm, roots=[r for r in self.roots() if r.signatures],
@@ -383,6 +364,7 @@ class PolicyRepo:
                     db.execute(f"DROP TABLE {table}")
                     db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
             for k2, v in (("version", str(version)), ("hash", digest),
+                          ("key_fingerprint", fingerprint), ("base_url", base_url),
                           ("totals", json.dumps(totals)),
                           ("parts", json.dumps([p.model_dump(mode="json")
                                                 for p in final_parts]))):
@@ -420,7 +402,20 @@ class PolicyRepo:
             if not isinstance(doc, dict):
                 raise SourceError(f"{sources.settings}: settings must be a JSON object")
             parts["settings"] = self._file_part("settings", "settings", canonical(doc))
+        check_bundle_parts(self.parts_dir, parts, sources.settings)
         return [parts[n] for n in sorted(parts)]
+
+    def _same_as_last(self, parts: list[PartRef], base_url: str) -> bool:
+        """Whether ``parts`` (no delta among them) are exactly the last version's
+        snapshots and files, served from the same ``base_url``."""
+        if any(p.mode == "delta" for p in parts):
+            return False
+        last = [p for p in (PartRef.model_validate(d)
+                            for d in json.loads(self._meta("parts", "[]"))) if p.mode != "delta"]
+        env = json.loads(self.latest_envelope())
+        return (sorted((p.name, p.sha256) for p in parts)
+                == sorted((p.name, p.sha256) for p in last)
+                and env["manifest"]["signed"].get("base_url", "") == base_url)
 
     # -- publishing --------------------------------------------------------------------
     def publish(self, settings: Any, *, client_id: str = "ykt-hub-policy",
