@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
+from agent.cli import main
 from agent.model import Reason
 from agent.policy.errors import BundleRefused, Refusal
 from agent.policy.manifest import Envelope, PartRef, SignedManifest, sha256_hex
 from agent.policy.online import OnlineHotlist
 from agent.policy.signing import SigningKey, sign_document
+from profiles import profile_path
 from simulator.broker import Mosquitto
+from simulator.population import Population
 from sync.downlink import Downlink
 from sync.hub.hotlist import HotlistChange, channels, publish_change
 from sync.hub.policy import BundleSources
 from sync.link import MqttSettings
+from sync.session import BrokerSession
 from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import CHANNEL, PSEUDO, PolicyEnv
 
@@ -157,3 +162,39 @@ def test_undelegated_key_refused_at_the_hub(policy_env: PolicyEnv) -> None:
         _change(env, SigningKey.generate(), Sent(), "add", env.pop.holders[0].card_id)
     with pytest.raises(ValueError, match="卡识别码, 32 hex"):
         HotlistChange("add", "6217-0000")
+
+
+def test_cli_rotate_hotlist_key_and_add(tmp_path: Path, broker: Mosquitto,
+                                       capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("YKT_MQTT_HOST", raising=False)
+    repo, key, hot = tmp_path / "repo", tmp_path / "ops.pem", tmp_path / "hot.pem"
+    assert main(["hub", "policy", "keygen", "--out", str(key), "--repo", str(repo)]) == 0
+    assert main(["hub", "policy", "keygen", "--out", str(hot)]) == 0
+    assert main(["hub", "policy", "build", "--repo", str(repo), "--channel", CHANNEL, "--key",
+                 str(key), "--rules", str(profile_path("bus_validator")), "--demo-key"]) == 0
+    rot = ["hub", "policy", "rotate", "--repo", str(repo), "--channel", CHANNEL, "--old-key",
+           str(key), "--json"]
+    assert main([*rot, "--hotlist-key", str(hot)]) == 0
+    capsys.readouterr()
+    card = Population.generate(5, seed=3).holders[0].card_id
+    add = ["hub", "hotlist", "add", card, "--repo", str(repo), "--key", str(hot), "--demo-key"]
+    assert main(add) == 2
+    assert "no broker" in capsys.readouterr().err
+    assert main(["hub", "hotlist", "add", "12345", "--repo", str(repo), "--key", str(hot),
+                 "--demo-key", "--mqtt-host", broker.host]) == 2
+    assert "卡识别码" in capsys.readouterr().err
+    assert main(["hub", "hotlist", "add", card, "--repo", str(repo), "--key", str(key),
+                 "--demo-key", "--mqtt-host", broker.host, "--mqtt-port",
+                 str(broker.port)]) == 1               # the offline key is not the online one
+    assert "not the online hotlist key" in capsys.readouterr().err
+    assert main([*add, "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    assert card not in out
+    assert json.loads(out)["published"] == {CHANNEL: 1}
+    with BrokerSession(MqttSettings(host=broker.host, port=broker.port), "") as s:
+        s.connect()
+        s.subscribe(f"ykt/v1/online/{CHANNEL}/hotlist")
+        [(_, payload)] = s.wait_message(1)
+    assert json.loads(payload)["manifest"]["signed"]["sequence"] == 1

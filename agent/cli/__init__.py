@@ -36,6 +36,7 @@ SUBCOMMAND_MODULES = [
     "agent.cli.qr",       # ykt qr decode / issue
     "sync.hub.cli",       # ykt hub run / export / report
     "sync.hub.cli_policy",  # ykt hub policy …
+    "sync.hub.hotlist_cli",  # ykt hub hotlist add / remove
     "sync.hub.fleet",     # ykt hub fleet
     "sync.hub.cli_trust",  # ykt hub ca / identity / broker-config / enroll / web / revoke / crl
     "sync.hub.console.cli",  # ykt hub console user … / audit, ykt hub trail

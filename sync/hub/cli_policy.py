@@ -46,7 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rot.add_argument("--repo", required=True, type=Path)
     rot.add_argument("--channel", required=True)
     rot.add_argument("--old-key", required=True, type=Path, help="a key of the current root")
-    rot.add_argument("--new-key", required=True, type=Path, help="the key that signs from now")
+    rot.add_argument("--new-key", type=Path,
+                     help="the key that signs from now (default: keep the current keys)")
+    rot.add_argument("--hotlist-key", type=Path, help="delegate this online hotlist key "
+                     "(PEM; its public half goes into the root): it may sign hotlist "
+                     "deltas only (ykt hub hotlist)")
     rot.add_argument("--alg", default="ES256")
     rot.add_argument("--json", action="store_true")
     rot.set_defaults(func=_rotate)
@@ -143,18 +147,28 @@ def _rotate(args: argparse.Namespace) -> int:
     from sync.hub.policy import PolicyRepo
 
     try:
-        old, new = SigningKey.load(args.old_key, args.alg), SigningKey.load(args.new_key, args.alg)
+        old = SigningKey.load(args.old_key, args.alg)
+        new = SigningKey.load(args.new_key, args.alg) if args.new_key else None
+        hot = SigningKey.load(args.hotlist_key, args.alg) if args.hotlist_key else None
     except (OSError, ValueError) as err:
         return _fail(str(err), 2)
+    if new is None and hot is None:
+        return _fail("nothing to rotate: give --new-key and/or --hotlist-key", 2)
     repo = PolicyRepo(args.repo, args.channel)
     try:
-        if repo.current_root().key(old.public.kid) is None:
+        cur = repo.current_root()
+        if cur.key(old.public.kid) is None:
             return _fail(f"{args.old_key} is not a key of the current signer root", 2)
-        root = repo.rotate([old], [new.public])
+        root = repo.rotate([old], [new.public] if new else list(cur.keys),
+                           threshold=cur.threshold if new is None else 1,
+                           hotlist_keys=[hot.public] if hot else None)
     finally:
         repo.close()
-    return _out(args, {"serial": root.serial, "kid": new.public.kid},
-                f"signer root #{root.serial}: {new.public.kid} (signed by {old.public.kid})")
+    kids = ",".join(k.kid for k in root.keys)
+    hot_kids = ",".join(k.kid for k in root.hotlist_keys) or "none"
+    return _out(args, {"serial": root.serial, "kid": kids, "hotlist_kid": hot_kids},
+                f"signer root #{root.serial}: {kids}, online hotlist key {hot_kids} "
+                f"(signed by {old.public.kid})")
 
 
 def _pseudonymizer(demo: bool) -> Any:

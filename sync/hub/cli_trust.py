@@ -216,7 +216,7 @@ def _web(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         return _fail(str(err), 2)
     server = EnrollmentServer(ca, args.listen, args.listen_port,
-                              hosts=args.hostname, on_issued=on_issued, extra_routes=routes)
+                              hosts=args.hostname, on_issued=on_issued, routes=routes)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -2,7 +2,7 @@
 
 It serves enrollment (``docs/security.md``) and, with ``ykt hub web --db``, the operations
 console at ``/console`` and ``/metrics`` (:mod:`sync.hub.web_console`); the policy parts
-and the hotlist feed are meant to join it as routes (``DESIGN.md``, "One web side").
+and the hotlist feed join it as routes (``DESIGN.md``, "One web side for the hub").
 
 Routes (JSON in, JSON out; every certificate and key PEM):
 
@@ -25,7 +25,7 @@ import binascii
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,10 +72,10 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def build_app(ca: HubCA, on_issued: OnIssued | None = None,
-              extra_routes: list[BaseRoute] | None = None) -> Starlette:
+              routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The hub's ASGI application. ``on_issued`` runs after each enrollment or renewal
-    (e.g. to add the terminal to the broker's dynamic security); ``extra_routes`` join it
-    (the console at ``/console`` and ``/metrics``: :func:`sync.hub.web_console.web_routes`)."""
+    (e.g. to add the terminal to the broker's dynamic security); ``routes`` are mounted
+    beside enrollment (e.g. :func:`sync.hub.hotlist_http.hotlist_routes`)."""
     lock = threading.Lock()       # enrollment writes files: one at a time
 
     def done(issued: Issued, what: str) -> JSONResponse:
@@ -115,8 +115,7 @@ def build_app(ca: HubCA, on_issued: OnIssued | None = None,
 
     return Starlette(routes=[Route("/v1/ca", get_ca, methods=["GET"]),
                              Route("/v1/enroll", post_enroll, methods=["POST"]),
-                             Route("/v1/renew", post_renew, methods=["POST"]),
-                             *(extra_routes or [])])
+                             Route("/v1/renew", post_renew, methods=["POST"]), *routes])
 
 
 def server_certificate(ca: HubCA, hosts: list[str]) -> tuple[Path, Path]:
@@ -135,12 +134,11 @@ class EnrollmentServer:
     ``start()`` returns once it listens (``TimeoutError`` after ``timeout`` s)."""
 
     def __init__(self, ca: HubCA, host: str, port: int, *, hosts: list[str] | None = None,
-                 on_issued: OnIssued | None = None,
-                 extra_routes: list[BaseRoute] | None = None) -> None:
+                 on_issued: OnIssued | None = None, routes: Sequence[BaseRoute] = ()) -> None:
         import uvicorn
 
         key, cert = server_certificate(ca, hosts or [host])
-        self.config = uvicorn.Config(build_app(ca, on_issued, extra_routes), host=host, port=port,
+        self.config = uvicorn.Config(build_app(ca, on_issued, routes), host=host, port=port,
                                      ssl_keyfile=str(key), ssl_certfile=str(cert),
                                      log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(self.config)
