@@ -14,14 +14,24 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.fixtures.console import CARD_ID, PASSWORD, PSEUDO, ConsoleSite
+from agent.model import Reason
+from agent.policy.signing import SigningKey
+from simulator.broker import Mosquitto
+from sync.hub.hotlist import mqtt_publisher
+from sync.hub.web_console import hotlist_publisher
+from sync.link import MqttSettings
+from tests.fixtures.console import CARD_ID, PASSWORD, PSEUDO, ConsoleSite, make_site
+from tests.fixtures.hub import wait_until
+from tests.fixtures.policy import PSEUDO as POLICY_PSEUDO
+from tests.fixtures.policy import PolicyEnv
+from tests.test_daemon_policy import _tap, _terminal
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -48,24 +58,39 @@ def _spki_hash(cert_pem: bytes) -> str:
 
 
 @pytest.fixture
-def browser(console_site: ConsoleSite) -> Iterator[webdriver.Chrome]:
+def open_browser() -> Iterator[Callable[[ConsoleSite], webdriver.Chrome]]:
+    """Starts a fresh headless Chromium for a site (trusting that site's key only)."""
     os.environ["SE_OFFLINE"] = "true"          # Selenium Manager: never download anything
-    profile = tempfile.mkdtemp(prefix="ykt-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    pin = _spki_hash((console_site.cafile.parent / "web.crt").read_bytes())
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--lang=en-US",
-                 f"--user-data-dir={profile}", f"--ignore-certificate-errors-spki-list={pin}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    driver.set_page_load_timeout(30)
+    started: list[tuple[webdriver.Chrome, str]] = []
+
+    def start(site: ConsoleSite) -> webdriver.Chrome:
+        profile = tempfile.mkdtemp(prefix="ykt-chromium-")
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = str(CHROMIUM)
+        pin = _spki_hash((site.cafile.parent / "web.crt").read_bytes())
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                     "--lang=en-US", f"--user-data-dir={profile}",
+                     f"--ignore-certificate-errors-spki-list={pin}"):
+            opts.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+        driver.set_page_load_timeout(30)
+        started.append((driver, profile))
+        return driver
+
     try:
-        yield driver
+        yield start
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        for driver, profile in started:
+            driver.quit()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(console_site: ConsoleSite,
+            open_browser: Callable[[ConsoleSite], webdriver.Chrome]) -> webdriver.Chrome:
+    return open_browser(console_site)
 
 
 def _click(driver: webdriver.Chrome, element_id: str) -> None:
@@ -154,3 +179,43 @@ def test_a_form_without_its_csrf_token_is_refused(browser: webdriver.Chrome,
     _click(browser, "hotlist-submit")
     assert "hotlist@1" in browser.find_element(By.ID, "done").text
     assert console_site.hotlist_calls == [("add", "card", PSEUDO.card_key(CARD_ID), "挂失 #12")]
+
+
+def test_a_card_reported_lost_in_the_console_is_refused_at_a_running_terminal(
+        policy_env: PolicyEnv, broker: Mosquitto, tmp_path: Path,
+        open_browser: Callable[[ConsoleSite], webdriver.Chrome]) -> None:
+    """The hotlist operator's form → :func:`sync.hub.hotlist.publish_change` (online
+    hotlist key, every channel) → a real Mosquitto → a running terminal daemon, which
+    refuses the card within 5 s of the form's answer."""
+    env = policy_env
+    hot = SigningKey.generate()
+    env.repo.rotate([env.key], [env.key.public], hotlist_keys=[hot.public])
+    settings = MqttSettings(host=broker.host, port=broker.port)
+    env.build(env.population_sources())
+    env.repo.publish(settings)
+    server, site = make_site(tmp_path / "site", pseudonymizer=POLICY_PSEUDO,
+                             hotlist=hotlist_publisher(env.repo.root, hot, POLICY_PSEUDO,
+                                                       mqtt_publisher(settings)))
+    terminal, cards, outcomes = _terminal(env, broker, tmp_path / "t")
+    try:
+        wait_until(lambda: terminal.store is not None and terminal.store.info.version == 1,
+                   30, "policy v1 to be applied")
+        victim = env.pop.tagged("standard")[0]
+        assert _tap(terminal, cards, outcomes, victim).decision.accepted
+        driver = open_browser(site)
+        _login(driver, site, "hank")
+        _click(driver, "nav-hotlist")
+        driver.find_element(By.ID, "identifier").send_keys(victim.card_id)
+        driver.find_element(By.ID, "hotlist-reason").send_keys("挂失 at the bank")
+        _click(driver, "hotlist-submit")
+        assert f"{env.repo.channel} online #1" in driver.find_element(By.ID, "done").text
+        assert terminal.downlink.online.wait_applied(1, timeout=5)
+        assert _tap(terminal, cards, outcomes, victim).decision.reason is Reason.HOTLISTED
+        entry = site.accounts.audit_log(action="hotlist_add")[0]
+        assert entry.user == "hank" and entry.outcome == f"ok: {env.repo.channel} online #1"
+        assert victim.card_id not in entry.target
+    finally:
+        terminal.stop()
+        server.stop()
+        site.store.close()
+        site.accounts.close()

@@ -7,8 +7,10 @@ certificate from the hub CA: ``DESIGN.md``, "One web side for the hub").
   log in ``--console-accounts`` (default ``DIR/console.db``), managed by ``ykt hub
   console user …``;
 * ``/metrics`` — when a scrape token is configured (:mod:`sync.hub.web_metrics`);
-* 用卡轨迹 and the hotlist form — when the pseudonymisation key is a credential of the
-  process (``$CREDENTIALS_DIRECTORY/pseudonym-key`` or ``$YKT_PSEUDONYM_KEY``);
+* 用卡轨迹 — when the pseudonymisation key is a credential of the process
+  (``$CREDENTIALS_DIRECTORY/pseudonym-key`` or ``$YKT_PSEUDONYM_KEY``);
+* the hotlist form — with that key, ``--policy-repo`` and ``--hotlist-key`` (the online
+  hotlist key, :func:`sync.hub.hotlist.publish_change`);
 * publishing offline-signed bundles — with ``--policy-repo`` (only its signer roots are
   read, to verify an uploaded envelope; the offline signing key is never here).
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from sync.hub.ca import HubCA
 
-__all__ = ["add_console_args", "envelope_publisher", "web_routes"]
+__all__ = ["add_console_args", "envelope_publisher", "hotlist_publisher", "web_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ def add_console_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-repo", type=Path, default=None,
                    help="policy repository whose signer roots verify bundles uploaded "
                    "for publishing (no signing key is read)")
+    p.add_argument("--hotlist-key", type=Path, default=None,
+                   help="the online hotlist key (PEM, 0600; delegated by 'ykt hub policy "
+                   "rotate --hotlist-key'): enables the console's hotlist form")
+    p.add_argument("--hotlist-alg", default="ES256")
     p.add_argument("--tz", default="Asia/Shanghai", help="the deployment's timezone")
 
 
@@ -105,7 +111,7 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
     from agent.keys import read_secret
 
     cfg = ConsoleConfig(store=store, accounts=accounts, pseudonymizer=pseudo,
-                        hotlist=_hotlist_change(settings, args), publish=publish, tz=args.tz,
+                        hotlist=_hotlist_change(settings, args, pseudo), publish=publish, tz=args.tz,
                         session_key=read_secret("console-session-key",
                                                 "YKT_CONSOLE_SESSION_KEY")
                         or os.urandom(32).hex())
@@ -118,7 +124,28 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
     return routes
 
 
-def _hotlist_change(settings: Any, args: argparse.Namespace) -> Any:
-    """The online hotlist publisher (``ykt hub hotlist``'s function), or None when this
-    hub has no online hotlist key."""
-    return None
+def hotlist_publisher(repo: Path, signer: Any, pseudo: Any, publish: Any) -> Any:
+    """A :data:`sync.hub.console.HotlistPublish` over
+    :func:`sync.hub.hotlist.publish_change` (the function ``ykt hub hotlist`` and
+    ``POST /v1/hotlist`` use): every channel of ``repo``, signed with the online hotlist
+    key ``signer``, sent by ``publish(topic, payload)``."""
+    from sync.hub.hotlist import HotlistChange, publish_change
+
+    def change(action: str, identifier: str, reason: str) -> str:
+        res = publish_change(repo, HotlistChange(action, identifier, reason),  # type: ignore[arg-type]
+                             signer=signer, pseudonymizer=pseudo, publish=publish)
+        return ", ".join(f"{ch} online #{seq}" for ch, seq in sorted(res.published.items()))
+
+    return change
+
+
+def _hotlist_change(settings: Any, args: argparse.Namespace, pseudo: Any) -> Any:
+    """The console's hotlist publisher with ``--policy-repo`` and ``--hotlist-key``, else
+    None (the form then says what is missing)."""
+    if args.policy_repo is None or args.hotlist_key is None or pseudo is None:
+        return None
+    from agent.policy.signing import SigningKey
+    from sync.hub.hotlist import mqtt_publisher
+
+    signer = SigningKey.load(args.hotlist_key, args.hotlist_alg)
+    return hotlist_publisher(args.policy_repo, signer, pseudo, mqtt_publisher(settings))

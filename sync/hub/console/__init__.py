@@ -32,13 +32,16 @@ from sync.hub.console.accounts import Accounts, may
 from sync.hub.console.auth import SESSION_MAX_AGE_S, check_routes, csrf_token, current_user
 from sync.hub.store import HubStore
 
-__all__ = ["ConsoleConfig", "HotlistChange", "build_console"]
+__all__ = ["ConsoleConfig", "HotlistPublish", "PolicyPublish", "build_console",
+           "console_routes"]
 
 HERE = Path(__file__).parent
 
-HotlistChange = Callable[[str, str, str, str], str]
-"""``(action "add"|"remove", kind "card"|"holder", keyed hash, reason) -> what was
-published`` (e.g. ``"city/bus hotlist@12"``); raises ``ValueError``/``OSError``."""
+HotlistPublish = Callable[[str, str, str], str]
+"""``(action "add"|"remove", identifier, reason) -> what was published`` (e.g. ``"city/bus
+online #12"``): hashes the identifier and publishes (:func:`sync.hub.web_console.
+hotlist_publisher` over :func:`sync.hub.hotlist.publish_change`); raises ``ValueError``,
+``LookupError``, ``PermissionError``, ``OSError``, ``TimeoutError``."""
 
 PolicyPublish = Callable[[bytes], str]
 """``(signed envelope bytes) -> what was published``; raises ``ValueError``/``OSError``."""
@@ -63,7 +66,7 @@ class ConsoleConfig:
     store: HubStore
     accounts: Accounts
     pseudonymizer: Pseudonymizer | None = None
-    hotlist: HotlistChange | None = None
+    hotlist: HotlistPublish | None = None
     publish: PolicyPublish | None = None
     session_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     secure_cookies: bool = True

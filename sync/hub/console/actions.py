@@ -86,8 +86,9 @@ async def hotlist(request: Request, user: Account, form: FormData) -> Response:
         return _render(request, "hotlist.html", ctx, 503)
     action = "remove" if field(form, "action") == "remove" else "add"
     reason = field(form, "reason", 200).strip()
+    raw = field(form, "identifier", 64)
     try:
-        ident = parse_identifier(field(form, "identifier", 64), cfg.pseudonymizer)
+        ident = parse_identifier(raw, cfg.pseudonymizer)
     except TrailRefused as err:
         cfg.accounts.audit(user.name, f"hotlist_{action}", reason=reason,
                            outcome="refused: malformed identifier", origin=origin(request))
@@ -99,8 +100,8 @@ async def hotlist(request: Request, user: Account, form: FormData) -> Response:
                                target=f"{ident.kind} {ident.masked}", reason=reason,
                                outcome="publishing", origin=origin(request))
     try:
-        what = cfg.hotlist(action, ident.kind, ident.key, reason)
-    except (ValueError, OSError, LookupError, TimeoutError) as err:
+        what = cfg.hotlist(action, "".join(raw.split()), reason)
+    except (ValueError, OSError, LookupError, TimeoutError, PermissionError) as err:
         cfg.accounts.set_outcome(entry, f"failed: {err}")
         log.warning("hotlist %s by %s failed: %s", action, user.name, err)
         return _render(request, "hotlist.html", {**ctx, "error": f"not published: {err}"},

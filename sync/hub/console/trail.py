@@ -40,8 +40,6 @@ LOOKUPS_PER_MINUTE = 10
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 """Beijing time (UTC+8, no daylight saving since 1991): how trails are shown."""
 
-_SSN = re.compile(r"\d{17}[\dX]")
-_CARD_ID = re.compile(r"[0-9A-F]{32}")
 ROW_LIMIT = 1000
 
 
@@ -91,15 +89,22 @@ def load_pseudonymizer() -> Pseudonymizer:
 
 
 def parse_identifier(text: str, pseudo: Pseudonymizer) -> Identifier:
-    """An 18-character 社会保障号码 (holder) or a 32-hex-digit 卡识别码 (card), spaces
-    ignored. Raises :class:`TrailRefused` (never quoting the input) for anything else."""
+    """An 18-character 社会保障号码 (holder; its GB 11643 check digit verified) or a
+    32-hex-digit 卡识别码 (card), spaces ignored — the checks of ``ykt hub policy build``
+    (:mod:`sync.hub.policy_sources`). Raises :class:`TrailRefused` (never quoting the
+    input) for anything else."""
+    from sync.hub.policy_sources import check_card_id, check_ssn
+
     s = re.sub(r"\s+", "", text).upper()
-    if _SSN.fullmatch(s):
-        return Identifier("holder", pseudo.holder_key(s), mask_id(s))
-    if _CARD_ID.fullmatch(s):
-        return Identifier("card", pseudo.card_key(s), mask_id(s))
-    raise TrailRefused(f"not a 社会保障号码 (18 characters, digits and a final X) or a "
-                       f"卡识别码 (32 hex digits): {len(s)} characters given")
+    try:
+        if len(s) == 18 or "E+" in s:
+            ssn = check_ssn(s)
+            return Identifier("holder", pseudo.holder_key(ssn), mask_id(ssn))
+        card = check_card_id(s)
+        return Identifier("card", pseudo.card_key(card), mask_id(card))
+    except ValueError as err:
+        raise TrailRefused(f"not a 社会保障号码 (18 characters) or a 卡识别码 (32 hex "
+                           f"digits): {err}") from None
 
 
 def _place(body: dict[str, Any]) -> str:
