@@ -267,3 +267,52 @@ def test_cli_trail_reads_the_identifier_from_stdin(
     monkeypatch.setattr("sys.stdin", io.StringIO("3.70302E+17\n"))
     assert main(args) == 1
     assert "not a 社会保障号码" in capsys.readouterr().err
+
+
+def test_ykt_hub_web_serves_console_and_metrics(console_site: ConsoleSite,
+                                               tmp_path: Path) -> None:
+    """The real command: ``ykt hub web --identity DIR --db HUBDB`` (one TLS listener)."""
+    import os
+    import subprocess
+    import sys
+
+    from simulator.broker import free_port
+    from simulator.process import stop_process
+    from sync.hub.ca import HubCA
+    from tests.fixtures.console import METRICS_TOKEN, Browserless
+    from tests.fixtures.logguard import watch_stderr
+
+    ident = tmp_path / "web-identity"
+    HubCA.init(ident)
+    console_site.accounts.close()
+    (ident / "console.db").write_bytes(console_site.accounts.path.read_bytes())
+    port = free_port()
+    err = tmp_path / "web.stderr"
+    env = {**os.environ, "YKT_METRICS_TOKEN": METRICS_TOKEN,
+           "YKT_PSEUDONYM_KEY": PSEUDO._key.hex()}
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "hub", "web", "--identity", str(ident),
+             "--db", str(console_site.store.path), "--listen-port", str(port), "--offline"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    watch_stderr(err, "ykt hub web")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("hub web ready: https://127.0.0.1:"), err.read_text()
+        c = Browserless(f"https://127.0.0.1:{port}", ident / "ca.crt")
+        assert c.login("aud") == 303
+        token = c.csrf("/console/trail")
+        status, text, _ = c.request("/console/trail", {"csrf": token, "identifier": SSN,
+                                                       "reason": "via the command"})
+        assert status == 200 and "8 records" in text
+        assert c.request("/metrics")[0] == 401
+        status, text, _ = c.request("/metrics", headers={"Authorization":
+                                                         f"Bearer {METRICS_TOKEN}"})
+        assert status == 200 and "ykt_hub_records_ingested_total 15.0" in text
+        assert c.request("/v1/ca")[0] == 200               # enrollment still there
+    finally:
+        code = stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0

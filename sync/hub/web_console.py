@@ -54,12 +54,16 @@ def add_console_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tz", default="Asia/Shanghai", help="the deployment's timezone")
 
 
-def envelope_publisher(repo: Path, settings: Any) -> Any:
+def envelope_publisher(repo: Path, settings: Any, accounts: Any) -> Any:
     """A :data:`sync.hub.console.PolicyPublish`: parse an uploaded envelope, verify it
-    against root 1 of ``repo`` (the terminals' anchor) and every root after it, refuse a
-    version not newer than the channel's last built one, then publish it retained over
-    MQTT with ``settings``. Raises ``ValueError`` (bad or unsigned envelope),
-    ``PermissionError`` (broker refused), ``TimeoutError``."""
+    against root 1 of ``repo`` (the terminals' anchor) through the roots it carries, refuse
+    an expired one or a version not newer than the last this console published for the
+    channel (kept in ``accounts``' file), then publish it retained over MQTT with
+    ``settings``. Raises ``ValueError`` (bad, unsigned, expired or old envelope),
+    ``PermissionError`` (broker refused), ``TimeoutError``/``OSError``."""
+    import time
+
+    from agent.errors import YktError
     from agent.mqtt_settings import MANIFEST_MAX_BYTES
     from agent.policy.manifest import Envelope
     from agent.policy.signing import load_root, verify_envelope
@@ -70,14 +74,25 @@ def envelope_publisher(repo: Path, settings: Any) -> Any:
         if len(data) > MANIFEST_MAX_BYTES:
             raise ValueError(f"{len(data)} bytes: over the {MANIFEST_MAX_BYTES}-byte manifest "
                              "cap terminals accept")
-        env = Envelope.parse(data)
-        anchor = load_root((repo / "roots" / "1.json").read_bytes(), "roots/1.json")
-        manifest, _root = verify_envelope(env, anchor)
+        try:
+            env = Envelope.parse(data)
+            anchor = load_root((repo / "roots" / "1.json").read_bytes(), "roots/1.json")
+            manifest, _root = verify_envelope(env, anchor)
+        except YktError as err:
+            raise ValueError(f"not a bundle the terminals would take: {err}") from None
+        if manifest.expires_at <= time.time():
+            raise ValueError(f"{manifest.channel}@{manifest.version} has expired: build a "
+                             "new version")
+        last = accounts.published_version(manifest.channel)
+        if manifest.version <= last:
+            raise ValueError(f"{manifest.channel}@{manifest.version} is not newer than "
+                             f"@{last}, published already")
         with BrokerSession(settings, "") as session:
             session.connect()
             rc = session.publish(str(policy_manifest(manifest.channel)), data, retain=True)
         if rc >= 0x80:
             raise PermissionError(f"the broker refused the manifest (reason {rc:#x})")
+        accounts.note_published(manifest.channel, manifest.version, env.digest())
         log.info("console published %s@%d", manifest.channel, manifest.version)
         return f"{manifest.channel}@{manifest.version}"
 
@@ -106,7 +121,7 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
     settings = MqttSettings(host=args.host, port=args.port, tls_ca_file=ca.paths.ca_cert,
                             tls_cert_file=ca.paths.client_cert,
                             tls_key_file=ca.paths.client_key)
-    publish = (envelope_publisher(args.policy_repo, settings)
+    publish = (envelope_publisher(args.policy_repo, settings, accounts)
                if args.policy_repo is not None else None)
     from agent.keys import read_secret
 

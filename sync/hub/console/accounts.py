@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS audit (
     outcome TEXT NOT NULL DEFAULT 'ok', origin TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_user_action ON audit (user, action, at);
+CREATE TABLE IF NOT EXISTS published (
+    channel TEXT PRIMARY KEY, version INTEGER NOT NULL, digest TEXT NOT NULL, at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -199,6 +202,20 @@ class Accounts:
         if self._hasher.check_needs_rehash(stored):
             self._update(name, "pw_hash", self._hasher.hash(password))
         return self.get(name)
+
+    # -- bundles published from the console ---------------------------------------------
+    def published_version(self, channel: str) -> int:
+        """The last version of ``channel`` published from the console (0: none)."""
+        with self._lock:
+            row = self._db.execute("SELECT version FROM published WHERE channel=?",
+                                   (channel,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def note_published(self, channel: str, version: int, digest: str) -> None:
+        """Remember that ``channel``@``version`` was published."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO published VALUES (?,?,?,?)",
+                             (channel, version, digest, time.time()))
 
     # -- audit ------------------------------------------------------------------------
     def audit(self, user: str, action: str, *, target: str = "", reason: str = "",
