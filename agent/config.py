@@ -56,9 +56,12 @@ class LocationSection(_Section):
     stop: str = ""
     gate: str = Field("", description="gate id; the passback scope at gates")
     direction: Literal["in", "out", ""] = ""
+    operator: str = Field("", description="operator running this terminal (bus company, "
+                          "scenic area): journaled with each record for settlement")
 
     def build(self) -> Location:
-        return Location(self.site, self.route, self.vehicle, self.stop, self.gate, self.direction)
+        return Location(self.site, self.route, self.vehicle, self.stop, self.gate, self.direction,
+                        self.operator)
 
 
 class DriverSection(_Section):

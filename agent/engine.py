@@ -250,6 +250,10 @@ class Engine:
         counters = None
         if undo is not None and undo.record is not None:
             base["ref_seq"] = undo.record.seq
+            d = undo.decision   # settlement: what the entry not made takes back (§1.4)
+            if d.accepted and (d.amount_cents or d.category):
+                base["undo"] = {"product": d.product, "amount": d.amount_cents,
+                                "category": d.category, "fare_std": d.fare_std_cents}
             counters = {k: -n for k, n in undo.counters.items()
                         if not k[1].startswith("queue:")}
         return self._append(base, counters, None, now)
@@ -324,6 +328,10 @@ class Engine:
             "accepted": d.accepted, "reason": d.reason.value, "product": d.product,
             "amount": d.amount_cents, "rule": d.rule_id, "policy": d.policy_version,
         }
+        if d.accepted:   # settlement (docs/protocol.md §1.4): category, replaced fare
+            fields["category"] = d.category
+            if d.category:
+                fields["fare_std"] = d.fare_std_cents
         if detail:
             fields["detail"] = detail[:200]
         if policy_stale:

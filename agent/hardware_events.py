@@ -6,7 +6,9 @@ hardware event here (in arrival order, between taps).
 - an accepted entry nobody used (the gate timed out, was aborted or failed to open) is
   journaled as ``not_entered`` and gives its counters back (the day's entry, the time
   slot; never an issued queue number);
-- a passage forgets the accepted entry; gate state changes are journaled as ``gate_*``.
+- a passage is journaled as ``passed`` (with ``ref_seq``, the accepted entry it used):
+  visitor counts count these, not accepted decisions; gate state changes are journaled
+  as ``gate_*``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,14 @@ def journal_hardware_event(engine: Engine, gates: Sequence[Gate],
         record = engine.journal_event(
             "not_entered", {"gate": ev.gate, "detail": ev.detail[:80] or kind.value},
             undo=undo)
-    elif kind is GateEventKind.PASSED and ev.record_seq is not None:
-        recent.pop(ev.record_seq, None)
+    elif kind is GateEventKind.PASSED:   # a person went through: the visitor count
+        passed: dict[str, Any] = {"gate": ev.gate}
+        if ev.record_seq is not None:
+            recent.pop(ev.record_seq, None)
+            passed["ref_seq"] = ev.record_seq
+        if ev.direction:
+            passed["direction"] = ev.direction
+        record = engine.journal_event("passed", passed)
     elif kind is GateEventKind.ALARM:
         if ev.alarm == "fire" and ev.active is not None:
             for g in gates:     # every gate opens for evacuation, and closes after

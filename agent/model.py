@@ -193,7 +193,8 @@ class Decision:
     """The outcome of one presentation.
 
     ``amount_cents`` is the fare or price in fen (0.01 CNY), recorded for account-based
-    settlement (0 for free rides). ``rule_id`` names the rule that decided (or ``"pre:…"``
+    settlement (0 for free rides); a concession has a ``category`` and the standard fare
+    it replaced, ``fare_std_cents`` (what the operator claims, less ``amount_cents``). ``rule_id`` names the rule that decided (or ``"pre:…"``
     for the fixed checks before the rules), ``policy_version`` the policy in force.
     """
 
@@ -205,6 +206,8 @@ class Decision:
     rule_id: str = ""
     policy_version: str = ""
     counters: tuple[str, ...] = ()  # counters this decision consumes (e.g. daily free rides)
+    category: str = ""      # concession category (elderly, disabled, ...); "" if none
+    fare_std_cents: int = 0  # the standard fare (fen) a concession replaced: the subsidy base
 
     def __post_init__(self) -> None:
         if self.accepted != self.reason.accepting:
@@ -225,11 +228,14 @@ class Location:
     stop: str = ""
     gate: str = ""
     direction: Literal["in", "out", ""] = ""
+    operator: str = ""
+    """Who runs the terminal and claims its concessions (settlement; ``docs/protocol.md``)."""
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in (
             ("site", self.site), ("route", self.route), ("vehicle", self.vehicle),
             ("stop", self.stop), ("gate", self.gate), ("direction", self.direction),
+            ("operator", self.operator),
         ) if v}
 
     @property

@@ -133,6 +133,10 @@ class RuleSpec(_Strict):
                                   description="terminal-wide time-slot counters to consume")
     queue: str = Field("", description="issue a queue number of this series (e.g. 'A')")
     prompt: PromptSpec | None = None
+    concession: str = Field("", description="concession category (elderly, disabled, youfu, "
+                            "student): journaled for the operator's subsidy claim")
+    replaces: Fen | None = Field(None, description="the standard fare in fen (or the setting "
+                                 "holding it) this concession replaces; with 'concession'")
 
     @model_validator(mode="after")
     def _one_outcome(self) -> RuleSpec:
@@ -142,6 +146,9 @@ class RuleSpec(_Strict):
             raise ValueError(f"deny = {self.deny.value!r} is an accepting reason")
         if self.amount is not None and self.amount_cents:
             raise ValueError("give 'amount' or 'amount_cents', not both")
+        if bool(self.concession) != (self.replaces is not None) or (
+                self.concession and self.accept is None):
+            raise ValueError("an accepting rule gives 'concession' and 'replaces' together")
         return self
 
 
@@ -286,9 +293,12 @@ class RuleSet:
             else:
                 spec = self.spec.prompts[key]
                 prompt = self._render(spec.build(), amount, ("prompts", key))
+        fare_std = (0 if r.replaces is None
+                    else self.settings.number(r.replaces, ("rule", i, "replaces")))
         decision = Decision(accepted=reason.accepting, reason=reason, product=r.product,
                             amount_cents=amount if reason.accepting else 0,
-                            prompt=prompt, rule_id=r.id, counters=tuple(r.count))
+                            prompt=prompt, rule_id=r.id, counters=tuple(r.count),
+                            category=r.concession, fare_std_cents=fare_std)
         return CompiledRule(r.id, tuple(compile_when(r.when, self.settings, ("rule", i, "when"))),
                             decision, tuple(r.count_site), r.queue)
 

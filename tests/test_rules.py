@@ -178,3 +178,25 @@ def test_every_reason_has_a_chinese_prompt_that_fits() -> None:
         prompt = rs.prompt_for(reason)
         assert prompt.text != reason.value and not check_prompt(prompt, 20, ()), reason
         assert not check_prompt(DEFAULT_PROMPTS[reason], 20, ()), reason
+
+
+def test_a_concession_journals_its_category_and_the_fare_it_replaces(tmp_path: Path) -> None:
+    """The standard fare a concession replaced comes from the same setting the full fare
+    charges (one source of truth), also when a bundle overrides it."""
+    rs = load_ruleset(BUS)
+    now = datetime(2026, 11, 25, 12, tzinfo=ZoneInfo("Asia/Shanghai"))
+    elderly = rs.evaluate(Facts(now=now, age=70))
+    assert (elderly.category, elderly.fare_std_cents, elderly.amount_cents) == ("elderly", 200, 0)
+    student = rs.with_settings({"standard_fare": 250}).evaluate(
+        Facts(now=now, age=16, entitlements=frozenset({"student"})))
+    assert (student.category, student.fare_std_cents, student.amount_cents) == (
+        "student", 250, 100)
+    assert rs.evaluate(Facts(now=now, age=30)).category == ""
+    p, _ = _bus_with(tmp_path, 'concession = "youfu"\nreplaces = "standard_fare"\n',
+                     'concession = "youfu"\n')
+    with pytest.raises(ConfigFileError, match="'concession' and 'replaces' together"):
+        load_ruleset(p)
+    p, _ = _bus_with(tmp_path, 'concession = "youfu"\nreplaces = "standard_fare"\n',
+                        'concession = "youfu"\nreplaces = "standard_far"\n')
+    with pytest.raises(ConfigFileError, match=r"rule\[4\]\.replaces: no setting .standard_far."):
+        load_ruleset(p)

@@ -113,6 +113,9 @@ def test_scenic_gate_opens_and_closes_on_passage(tmp_path: Path) -> None:
         rig.controller.pass_through("in")
         assert rig.controller.wait_barrier("closed", 5), "the gate did not close after passage"
         assert rig.events("not_entered") == []
+        # the passage itself is journaled: visitor counts count people who went through
+        wait_until(lambda: bool(rig.events("passed")), 5, "the passed record")
+        assert rig.events("passed")[0]["ref_seq"] == out.record.seq
         again = rig.tap(h)
         assert again.decision.reason is Reason.PASSBACK, "one entry per holder per day"
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.sdnotify import notify, supervise
+from sync.hub import cli_report
 from sync.hub.service import Hub
 from sync.hub.store import HubStore, SqliteHubStore
 from sync.hub.trust import HubTrust
@@ -113,9 +114,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="one JSON object per line (terminal, seq, hash, flagged, body)")
     exp.set_defaults(func=_export)
 
-    rep = hs.add_parser("report", help="counts by terminal, product and reason; problems")
+    rep = hs.add_parser("report", help="counts and problems; with --by or `settlement`: the "
+                        "settlement and statistics reports (sync/hub/cli_report.py)")
     rep.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     rep.add_argument("--json", action="store_true", help="print JSON")
+    cli_report.add_arguments(rep)
     rep.set_defaults(func=_report)
 
 
@@ -259,6 +262,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if cli_report.wanted(args):
+        return cli_report.run(args, _open_existing)
     store = _open_existing(args)
     if isinstance(store, int):
         return store

@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from agent.errors import YktError
 from agent.journal import GENESIS
 from sync.hub.chain import IncomingRecord, advance_chain, apply_skip, split_duplicates
+from sync.hub.report_rollup import PG_DDL, add_pg, ensure_pg
 from sync.hub.store import (
     HubStore,
     IngestResult,
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this code writes; a database at a newer version is refused."""
 
 _MIGRATION_LOCK = 0x796B7468  # "ykth": pg_advisory_xact_lock key for schema migrations
@@ -109,6 +110,7 @@ INSERT INTO chains SELECT terminal, '', contiguous_seq, contiguous_hash, records
 CREATE TABLE hub_meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO hub_meta VALUES ('store_id', md5(random()::text || clock_timestamp()::text));
 """),
+    (3, PG_DDL),  # the reports' hourly rollup (sync/hub/report_rollup.py)
 )
 assert [v for v, _ in _MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
@@ -218,6 +220,7 @@ class PgHubStore(HubStore):
                 conn.execute("INSERT INTO hub_schema VALUES (%s)", (SCHEMA_VERSION,))
             elif current < SCHEMA_VERSION:
                 conn.execute("UPDATE hub_schema SET version=%s", (SCHEMA_VERSION,))
+            ensure_pg(conn, self.where)
         return SCHEMA_VERSION
 
     def reincarnate(self) -> str:
@@ -301,6 +304,7 @@ class PgHubStore(HubStore):
                 for s in lost:
                     del new[s]
                 duplicates += len(lost)
+            add_pg(conn, terminal, new.values())
         walk = advance_chain(contig, chash, new, lambda lo, hi: conn.execute(
             "SELECT seq, hash, body FROM records WHERE terminal=%s AND epoch=%s AND seq "
             "BETWEEN %s AND %s", (terminal, epoch, lo, hi)))

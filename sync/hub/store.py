@@ -33,6 +33,7 @@ from sync.hub.chain import (
     chain_problems,
     split_duplicates,
 )
+from sync.hub.report_rollup import add_sqlite, ensure_sqlite
 
 __all__ = ["HubStore", "IncomingRecord", "IngestResult", "SqliteHubStore", "assemble_report",
            "chain_problems", "decision_fields"]
@@ -289,6 +290,7 @@ class SqliteHubStore(HubStore):
             db.execute("INSERT OR IGNORE INTO chains SELECT terminal, '', contiguous_seq, "
                        "contiguous_hash, records, coalesce(last_seen, 0), "
                        "coalesce(last_seen, 0) FROM terminals WHERE batches > 0")
+        ensure_sqlite(db, str(self.path))  # the reports' rollup (sync/hub/report_rollup.py)
         db.execute(f"PRAGMA user_version={_SQLITE_SCHEMA}")
         db.execute("INSERT OR IGNORE INTO hub_meta VALUES ('store_id', ?)", (new_store_id(),))
 
@@ -351,6 +353,7 @@ class SqliteHubStore(HubStore):
                          head_sig if r.seq == head else None))
         db.executemany("INSERT OR IGNORE INTO records (terminal, epoch, seq, hash, body, "
                        "product, reason, received, sig) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        add_sqlite(db, terminal, new.values())
         # advance the contiguous sequence, verifying each link of the chain
         walk = advance_chain(contig, chash, new, lambda lo, hi: db.execute(
             "SELECT seq, hash, body FROM records WHERE terminal=? AND epoch=? AND seq "
