@@ -190,8 +190,19 @@ def test_reports_policy_and_problems_pages(console_site: ConsoleSite) -> None:
     assert c.login("vera") == 303
     text = c.request("/console/reports?from=2020-01-01&to=2030-12-31")[1]
     assert "15 decisions" in text and text.count("<svg") == 4
-    assert "<title>elderly_free: 6</title>" in text and "<title>hotlisted: 2</title>" in text
+    assert "<title>08: 15</title>" in text                        # 00:00 UTC = 08 Beijing
+    assert "<title>elderly: 8</title>" in text and "<title>hotlisted: 2</title>" in text
     assert "<title>K51: 6</title>" in text and "<title>museum: 2</title>" in text
+    # the table by day: amounts and claims in fen (4 × 200 taken; 6 × 200 + 2 × 4000 claimed)
+    row = re.search(r'<tr class="total">(.*?)</tr>', text, re.S)
+    assert row and '<td class="num">800</td>' in row.group(1)
+    assert '<td class="num">9200</td>' in row.group(1)
+    status, text, _ = c.request("/console/reports?from=2030-01-01&to=2020-01-01")
+    assert status == 400 and "after" in text
+    text = c.request("/console/reports/settlement?month=2030-01")[1]
+    assert "Settlement statement 2030-01" in text
+    status, text, _ = c.request("/console/reports/settlement?month=13-2026")
+    assert status == 400 and "YYYY-MM" in text
     text = c.request("/console/policy")[1]
     assert re.search(r"<td>city/bus</td><td>3</td><td class=\"num\">1</td>", text)
     assert "<td>museum/gate</td><td>7</td>" in text

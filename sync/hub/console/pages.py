@@ -16,6 +16,7 @@ from sync.hub.console.accounts import Account
 from sync.hub.console.auth import page
 from sync.hub.console.charts import bar_chart
 from sync.hub.console.views import FLEET_FILTERS, activity, fleet_view, rollout
+from sync.hub.reports import ReportError, settlement_statement
 
 __all__ = ["routes"]
 
@@ -80,25 +81,43 @@ def _dates(request: Request, tz: str) -> tuple[date, date, str]:
 async def reports(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     start, end, err = _dates(request, cfg.tz)
-    act = activity(cfg.store, start, end, cfg.tz)
+    if err:
+        return _render(request, "error.html", {"message": err}, 400)
+    try:
+        act = activity(cfg.store, start, end, cfg.tz)
+    except ReportError as e:
+        return _render(request, "error.html", {"message": str(e)}, 400)
     hours = [f"{h:02d}" for h in range(24)]
 
-    def chart(title: str, series: Any, labels: list[str] | None = None) -> Any:
+    def chart(title: str, series: dict[str, int], labels: list[str] | None = None) -> Any:
         labels = labels or sorted(series, key=lambda k: (-series[k], k))
         return bar_chart(title, labels, [series.get(k, 0) for k in labels])
 
     charts = [
-        ("Taps per hour (" + cfg.tz + ")",
-         chart("Taps per hour", act.taps_per_hour, hours)),
+        (f"Taps per hour ({cfg.tz})", chart("Taps per hour", act.taps_per_hour, hours)),
         ("Concession rides and entries per category",
          chart("Concession rides per category", act.concession_by_category)),
         ("Concession rides and entries per route / site",
          chart("Concession rides per route", act.concession_by_route)),
         ("Refusals by reason", chart("Refusals by reason", act.refusals_by_reason)),
     ]
-    return _render(request, "reports.html", {"start": start, "end": end, "error": err,
+    return _render(request, "reports.html", {"start": start, "end": end, "error": "",
                                              "charts": charts, "records": act.records,
-                                             "tz": cfg.tz})
+                                             "by_day": act.by_day, "tz": cfg.tz})
+
+
+@page()
+async def settlement(request: Request, user: Account) -> Response:
+    cfg = _cfg(request)
+    month = request.query_params.get("month") or datetime.now(ZoneInfo(cfg.tz)
+                                                               ).strftime("%Y-%m")
+    operator = request.query_params.get("operator") or None
+    try:
+        rep = settlement_statement(cfg.store, month=month, operator=operator, tz=cfg.tz)
+    except ReportError as e:
+        return _render(request, "error.html", {"message": str(e)}, 400)
+    return _render(request, "settlement.html", {"rep": rep, "month": month,
+                                                "operator": operator or "", "tz": cfg.tz})
 
 
 @page()
@@ -123,5 +142,6 @@ def routes() -> list[Route]:
             Route("/fleet", fleet, methods=["GET"], name="fleet"),
             Route("/terminal/{terminal}", terminal, methods=["GET"], name="terminal"),
             Route("/reports", reports, methods=["GET"], name="reports"),
+            Route("/reports/settlement", settlement, methods=["GET"], name="settlement"),
             Route("/policy", policy, methods=["GET"], name="policy"),
             Route("/problems", problems, methods=["GET"], name="problems")]

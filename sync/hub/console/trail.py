@@ -108,10 +108,10 @@ def parse_identifier(text: str, pseudo: Pseudonymizer) -> Identifier:
 
 
 def _place(body: dict[str, Any]) -> str:
-    loc = body.get("location")
+    loc = body.get("loc", body.get("location"))
     if not isinstance(loc, dict):
         return ""
-    return " / ".join(f"{k} {loc[k]}" for k in sorted(loc) if isinstance(loc[k], str | int))
+    return " / ".join(f"{k} {loc[k]}" for k in sorted(loc) if k != "operator" and isinstance(loc[k], str | int))
 
 
 def _row(terminal: str, seq: int, text: str) -> TrailRow:
@@ -124,7 +124,7 @@ def _row(terminal: str, seq: int, text: str) -> TrailRow:
     except ValueError:
         shown = ""
     dec = body.get("decision") if isinstance(body.get("decision"), dict) else {}
-    amount = dec.get("amount_cents") if isinstance(dec, dict) else None
+    amount = body.get("amount", dec.get("amount_cents") if isinstance(dec, dict) else None)
     return TrailRow(stamp, shown, terminal, _place(body), product, reason,
                     amount if isinstance(amount, int) else None, seq)
 

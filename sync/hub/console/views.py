@@ -4,8 +4,8 @@
   console's three flags (offline, stale policy, alarms) and the filters on them;
 * :func:`rollout` — terminals per applied policy version, per channel;
 * :func:`activity` — the report series the charts draw (taps per hour in the deployment's
-  timezone, concession rides per category and per route, refusals by reason), from the
-  records whose decision time falls in ``[date_from, date_to]`` (dates in that timezone).
+  timezone, concession rides per category and per route, refusals by reason), from
+  :func:`sync.hub.reports.build_report` over ``[date_from, date_to]`` (local dates).
 
 Every function takes the store and returns plain data, so the console, ``/metrics`` and
 tests share one computation.
@@ -13,25 +13,20 @@ tests share one computation.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from agent.journal import parse_utc
 from sync.hub.fleet import fleet_rows
-from sync.hub.store import HubStore, SqliteHubStore, decision_fields
+from sync.hub.report_rollup import UNKNOWN
+from sync.hub.reports import Report, build_report
+from sync.hub.store import HubStore
 
 __all__ = ["FLEET_FILTERS", "Activity", "activity", "fleet_view", "rollout"]
 
 FLEET_FILTERS = ("offline", "stale", "alarms")
 STALE_STATES = frozenset({"stale", "expired", "refused"})
-FREE_PRODUCT_SUFFIX = ("_free", "_concession")
-"""Products that are concession rides/entries (the rule files name them ``elderly_free``,
-``disabled_free``, ``youfu_free``, …)."""
 
 
 def _flags(row: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -75,58 +70,46 @@ def rollout(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 @dataclass
 class Activity:
-    """The charts' series; every Counter maps a label to a count of records."""
+    """The charts' series (label → count) and the report by day behind them."""
 
-    taps_per_hour: Counter[str] = field(default_factory=Counter)
-    concession_by_category: Counter[str] = field(default_factory=Counter)
-    concession_by_route: Counter[str] = field(default_factory=Counter)
-    refusals_by_reason: Counter[str] = field(default_factory=Counter)
+    taps_per_hour: dict[str, int] = field(default_factory=dict)
+    concession_by_category: dict[str, int] = field(default_factory=dict)
+    concession_by_route: dict[str, int] = field(default_factory=dict)
+    refusals_by_reason: dict[str, int] = field(default_factory=dict)
+    by_day: Report | None = None
     records: int = 0
 
 
-def _bodies(store: HubStore) -> list[str]:
-    sql = "SELECT body FROM records"
-    if isinstance(store, SqliteHubStore):
-        reader = sqlite3.connect(store.path)
-        try:
-            return [b for (b,) in reader.execute(sql)]
-        finally:
-            reader.close()
-
-    def work(conn: Any) -> list[str]:
-        return [b for (b,) in conn.execute(sql)]
-
-    with store._lock:                             # type: ignore[attr-defined]
-        return list(store._transact("activity", work))   # type: ignore[attr-defined]
+def _series(rep: Report, label: Any, measure: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in rep.rows:
+        key = label(row)
+        if key and row[measure]:
+            out[key] = out.get(key, 0) + int(row[measure])
+    return out
 
 
 def activity(store: HubStore, date_from: date | None, date_to: date | None,
              tz: str = "Asia/Shanghai") -> Activity:
-    """The charts' series over the decisions whose ``time`` falls on ``date_from`` ..
-    ``date_to`` (inclusive; dates in ``tz``; None = open). Events (no decision) count in
-    no series. Scans the records (the reports of ``ykt hub report`` use indexes)."""
-    zone = ZoneInfo(tz)
-    act = Activity()
-    for text in _bodies(store):
-        body = json.loads(text)
-        if not isinstance(body.get("decision"), dict):
-            continue
-        try:
-            local = datetime.fromtimestamp(parse_utc(str(body.get("time", ""))), UTC
-                                           ).astimezone(zone)
-        except ValueError:
-            continue
-        if (date_from and local.date() < date_from) or (date_to and local.date() > date_to):
-            continue
-        product, reason = decision_fields(body)
-        act.records += 1
-        act.taps_per_hour[f"{local.hour:02d}"] += 1
-        if reason != "accepted":
-            act.refusals_by_reason[reason or "?"] += 1
-        elif product.endswith(FREE_PRODUCT_SUFFIX):
-            category = str(body["decision"].get("category") or product)
-            act.concession_by_category[category] += 1
-            loc = body.get("location") if isinstance(body.get("location"), dict) else {}
-            route = str(loc.get("route") or loc.get("site") or "-")
-            act.concession_by_route[route] += 1
-    return act
+    """The charts' series over ``date_from`` .. ``date_to`` (inclusive local dates in
+    ``tz``; None = open), from :func:`sync.hub.reports.build_report` (the hourly rollup):
+    taps (decisions, accepted or denied) per local hour, concession rides/entries per
+    category and per route (or site, for gates), refusals per reason, and the report by
+    day. Raises :class:`sync.hub.reports.ReportError` for a bad timezone or period."""
+    def rep(groups: list[str]) -> Report:
+        return build_report(store, group_by=groups, date_from=date_from, date_to=date_to,
+                            tz=tz)
+
+    hours = rep(["hour"])
+    taps = {r["hour"]: int(r["accepted"]) + int(r["denied"]) for r in hours.rows}
+    by_day = rep(["day"])
+    return Activity(
+        taps_per_hour={k: v for k, v in taps.items() if v},
+        concession_by_category=_series(
+            rep(["category"]), lambda r: "" if r["category"] in ("", UNKNOWN)
+            else r["category"], "concessions"),
+        concession_by_route=_series(rep(["route", "site"]),
+                                    lambda r: r["route"] or r["site"], "concessions"),
+        refusals_by_reason=_series(rep(["reason"]), lambda r: r["reason"], "denied"),
+        by_day=by_day,
+        records=int(by_day.totals.get("accepted", 0)) + int(by_day.totals.get("denied", 0)))
