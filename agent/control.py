@@ -2,7 +2,9 @@
 
 ``DATA_DIR/control.sock`` is a Unix stream socket (mode 0660: the ``ykt`` user and group
 only). A client sends one JSON line ``{"cmd": "status"}`` and reads one JSON line back.
-Commands: ``status`` (:func:`terminal_status`), ``sync`` (wake the uplink now). Anything
+Commands: ``status`` (:func:`terminal_status`), ``sync`` (wake the uplink now), ``clock``
+(the hub's last round-trip measurement of this terminal's clock offset,
+:meth:`agent.commands.CommandResponder.clock`). Anything
 else, or a line that is not a JSON object, gets ``{"error": …}``; nothing a client sends
 can stop the daemon. When no daemon answers, ``ykt status`` reads the same fields from the
 files (:func:`status_from_files`), so a technician sees the journal, the policy and the
@@ -50,7 +52,11 @@ def heartbeat(t: Terminal) -> dict[str, Any]:
         "time": t.clock(),
         "clock_offset_s": round(t.timebase.offset_s, 1) if t.timebase else 0.0,
         "alarms": alarms(t),
+        "oldest_unsynced": None,
     }
+    if j is not None and j.pending_count:      # the outbox's age, not only its depth
+        first = j.records(j.acked_seq, 1)
+        status["oldest_unsynced"] = first[0].body.get("time") if first else None
     if t.downlink is not None:
         status.update(t.downlink.status())
     return status
@@ -89,8 +95,14 @@ def control_server(t: Terminal) -> ControlServer:
         t.uplink.notify()
         return {"ok": True, "outbox": t.journal.pending_count if t.journal else 0}
 
+    def clock() -> dict[str, Any]:
+        if t.commands is None:
+            return {"error": "this terminal does not sync (mqtt disabled)"}
+        return dict(t.commands.clock())
+
     return ControlServer(data_dir / SOCKET_NAME, {
-        "status": lambda: terminal_status(heartbeat(t), t.journal, data_dir), "sync": sync})
+        "status": lambda: terminal_status(heartbeat(t), t.journal, data_dir), "sync": sync,
+        "clock": clock})
 
 
 def journal_fields(journal: Journal, last: int = 5) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class Terminal:
         self.uplink: Any = None
         self.downlink: Any = None           # sync.downlink.Downlink
         self.applier: Any = None            # agent.policy.apply.PolicyApplier
+        self.commands: Any = None           # agent.commands.CommandResponder
         self.gates: list[Gate] = []
         self.gpio: GpioBoard | None = None
         self._recent: OrderedDict[int, Outcome] = OrderedDict()  # accepted at a gate, for undo
@@ -331,6 +332,9 @@ class Terminal:
         self.uplink = Uplink(self.journal, settings, self.cfg.terminal.id, status=self.status,
                              retention_s=self.cfg.journal.retention_days * 86400,
                              identity=identity)
+        from sync.commands import attach, terminal_responder
+        self.commands = terminal_responder(self)    # hub commands: cmd → cmd/result
+        attach(self.uplink.link, self.cfg.terminal.id, self.commands)
         self.uplink.start()
 
     def _stop_uplink(self) -> None:

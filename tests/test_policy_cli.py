@@ -1,4 +1,4 @@
-"""``ykt hub policy keygen | build | publish`` and ``ykt hub fleet`` end to end."""
+"""``ykt hub policy keygen | build | publish`` end to end (the fleet: tests/test_fleet.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 import csv
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,6 @@ from agent.store import PolicyStore
 from profiles import profile_path
 from simulator.broker import Mosquitto
 from simulator.population import Population
-from sync.hub.fleet import fleet_rows
-from sync.hub.store import SqliteHubStore
 from tests.fixtures.policy import CHANNEL
 
 
@@ -63,28 +60,6 @@ def test_keygen_build_publish(tmp_path: Path, broker: Mosquitto,
     assert main(["hub", "policy", "build", "--repo", str(repo), "--channel", CHANNEL,
                  "--key", str(key), "--hotlist", str(ents)]) == 2   # no pseudonym key
     assert "pseudonymisation key" in capsys.readouterr().err
-
-
-def test_fleet_lists_terminals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = tmp_path / "hub.db"
-    hub = SqliteHubStore(db)
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3))
-    hub.record_status("BUS-1", {"state": "online", "policy": f"{CHANNEL}@7", "time": stamp,
-                                "outbox": 12, "last_seq": 40, "acked_seq": 28,
-                                "policy_state": "applied"})
-    hub.record_status("BUS-2", {"state": "offline"})
-    hub.close()
-    assert main(["hub", "fleet", "--db", str(db), "--json"]) == 0
-    rows = {r["terminal"]: r for r in json.loads(capsys.readouterr().out)}
-    assert rows["BUS-1"]["online"] and rows["BUS-1"]["policy"] == f"{CHANNEL}@7"
-    assert rows["BUS-1"]["outbox"] == 12
-    assert rows["BUS-1"]["clock_offset_s"] is not None and 1 <= rows["BUS-1"]["clock_offset_s"] <= 5
-    assert not rows["BUS-2"]["online"]
-    assert main(["hub", "fleet", "--db", str(db)]) == 0
-    assert "BUS-1" in capsys.readouterr().out
-    old = fleet_rows({"X": {"last_seen": "2020-01-01T00:00:00Z", "status": {}}}, now)
-    assert old[0]["online"] is False
 
 
 def test_sm2_keygen_build_sign_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -218,6 +218,35 @@ def _clock(cfg: AgentConfig) -> Check:
     return Check("clock", True, f"clock quality {q}")
 
 
+HUB_CLOCK_TOLERANCE_S = 5.0
+"""``ykt diag`` fails the hub clock check when the offset is surely beyond this (s): the
+passback and QR code windows are minutes, a few seconds do not change a decision."""
+
+
+def _hub_clock(cfg: AgentConfig) -> Check:
+    """The clock offset to the hub: the hub's last round-trip measurement, which the
+    running daemon keeps (``clock`` on its control socket; :mod:`agent.commands`)."""
+    from agent.control import SOCKET_NAME, ask
+
+    name = "clock vs hub"
+    if not cfg.mqtt.enabled:
+        return Check(name, None, "mqtt disabled: no hub to compare with")
+    reply = ask(cfg.terminal.data_dir / SOCKET_NAME, "clock")
+    if reply is None:
+        return Check(name, None, "unknown: the daemon is not running (start it: systemctl "
+                     "start ykt-agent; the hub measures the offset once it is online)")
+    offset, error, age = reply.get("offset_s"), reply.get("error_s"), reply.get("age_s")
+    if not isinstance(offset, (int, float)) or not isinstance(error, (int, float)):
+        return Check(name, None, "unknown: no round trip with the hub yet (is the terminal "
+                     "online? `ykt status`; the hub measures on connect and every minute)")
+    text = f"offset {offset:+.3f} s ± {error:.3f} s, measured {age} s ago by the hub"
+    if abs(offset) - error > HUB_CLOCK_TOLERANCE_S:
+        return Check(name, False, text, "set the clock right (timedatectl; NTP, RTC "
+                     "battery) — the hub's clock is the reference; if the hub is wrong, "
+                     "fix the hub's NTP")
+    return Check(name, True, text)
+
+
 def _sm2() -> Check:
     from agent.codes.algorithms import sm2_backend
 
@@ -234,7 +263,7 @@ CHECKS: list[Callable[[AgentConfig, str | None], Check]] = [
     _config, lambda c, s: _journal(c), lambda c, s: _store(c), lambda c, s: _disk(c),
     lambda c, s: _readers(c), lambda c, s: _qr_decoder(c), lambda c, s: _gate(c),
     lambda c, s: _gpio(c), lambda c, s: _certificate(c), lambda c, s: _clock(c),
-    lambda c, s: _sm2(),
+    lambda c, s: _hub_clock(c), lambda c, s: _sm2(),
 ]
 """Every check, in the order a technician works through a terminal."""
 

@@ -102,6 +102,7 @@ def acl_roles() -> list[dict[str, Any]]:
             _acl("subscribeLiteral", f"$share/{SHARE_GROUP}/{t}/tx"),
             _acl("subscribeLiteral", f"{t}/status"),
             _acl("subscribeLiteral", f"{t}/cmd/result"),
+            _acl("subscribeLiteral", f"{PREFIX}/policy/#"),   # latest published (fleet)
             _acl("subscribeLiteral", f"{PREFIX}/hub/+/status")]
     operator = [_acl("publishClientSend", f"{PREFIX}/policy/#")]
     admin = [_acl("publishClientSend", "$CONTROL/dynamic-security/#"),

@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="MQTT shared-subscription group of the hub instances")
     run.add_argument("--identity", default=None, type=Path,
                      help="hub identity directory: signed protocol v2 (docs/protocol.md §10)")
+    run.add_argument("--clock-probe", default=60.0, type=float, metavar="S",
+                     help="measure each online terminal's clock by a round trip every S "
+                     "seconds, and when it comes online (0: only then; default 60)")
     run.set_defaults(func=_run)
 
     rei = hs.add_parser("reincarnate", help="give a restored hub store a new id (run "
@@ -161,11 +164,14 @@ def _run(args: argparse.Namespace) -> int:
     trust = _trust(args.identity)
     if isinstance(trust, int):
         return trust
+    from sync.hub.fleetstore import open_fleet_store
     try:
         store = _open_store(args.db)
+        fleet = open_fleet_store(args.db)       # `ykt hub fleet`'s tables, same database
     except OSError as err:
         return _err(str(err))
-    hub = Hub(store, settings, known, share_group=args.share_group, trust=trust)
+    hub = Hub(store, settings, known, share_group=args.share_group, trust=trust, fleet=fleet,
+              clock_probe_s=max(0.0, args.clock_probe))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -183,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
         notify("STOPPING=1")
     finally:
         hub.stop()
+        fleet.close()
         store.close()
     return 0
 

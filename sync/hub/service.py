@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sync.hub.chain import IncomingRecord
+from sync.hub.cmd import attach_probe
+from sync.hub.fleetstore import FleetStore
 from sync.hub.store import HubStore, IngestResult
 from sync.hub.trust import HubTrust, UntrustedTerminal, check_batch_chain
 from sync.link import Link, MqttSettings, NotConnected
@@ -183,13 +185,16 @@ class Hub:
 
     ``crash_after_commit`` defaults to ``$YKT_HUB_CRASH_AFTER_COMMIT`` (tests only).
     ``trust`` (the hub identity) switches to protocol v2: only enrolled terminals' signed
-    batches are stored, acks and the hub status are signed.
+    batches are stored, acks and the hub status are signed. With ``fleet`` the hub keeps
+    each terminal's last known state and measures its clock by a round trip every
+    ``clock_probe_s`` s (:mod:`sync.hub.cmd`; commands signed under ``trust``).
     """
 
     def __init__(self, store: HubStore, settings: MqttSettings,
                  known_terminals: set[str] | None = None, *, share_group: str = "ykt-hub",
                  client_id: str | None = None, crash_after_commit: int | None = None,
-                 trust: HubTrust | None = None) -> None:
+                 trust: HubTrust | None = None, fleet: FleetStore | None = None,
+                 clock_probe_s: float = 60.0) -> None:
         self.store = store
         self.trust = trust
         self.known_terminals = None if known_terminals is None else set(known_terminals)
@@ -208,17 +213,24 @@ class Hub:
                             share_group=share_group)
         # Not shared: a hub wants every retained status on start (they are small).
         self.link.subscribe(TerminalTopics.all_of("status"), self._on_status, qos=1)
+        self.probe = None if fleet is None else attach_probe(   # `ykt hub fleet` (cmd.py)
+            self.link, fleet, key=trust.signing_key if trust else None, period_s=clock_probe_s,
+            terminal_key=lambda t: trust.terminal_key(t) if trust else None)
 
     def start(self) -> None:
         """Connect in the background and start ingesting. Safe to call twice."""
         self.link.start()
+        if self.probe is not None:
+            self.probe.start()
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until connected and subscribed."""
         return self.link.wait_connected(timeout)
 
     def stop(self) -> None:
-        """Disconnect. Safe to call twice. The store stays open (the caller owns it)."""
+        """Disconnect. Safe to call twice. The stores stay open (the caller owns them)."""
+        if self.probe is not None:
+            self.probe.stop()
         self.link.stop()
 
     def _announce(self) -> None:
@@ -367,3 +379,5 @@ class Hub:
             self._reject(terminal, "malformed_status", str(err)[:200])
             return
         self.store.record_status(terminal, status)
+        if self.probe is not None:
+            self.probe.on_status(terminal, status)

@@ -108,10 +108,12 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
     from sync.hub.console import ConsoleConfig, console_routes
     from sync.hub.console.accounts import Accounts
     from sync.hub.console.trail import TrailRefused, load_pseudonymizer
+    from sync.hub.fleetstore import open_fleet_store
     from sync.hub.web_metrics import metrics_route, metrics_token
     from sync.link import MqttSettings
 
     store = _open_store(args.db)
+    fleet = open_fleet_store(args.db)
     accounts = Accounts(args.console_accounts or ca.paths.dir / "console.db")
     try:
         pseudo = load_pseudonymizer()
@@ -125,7 +127,7 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
                if args.policy_repo is not None else None)
     from agent.keys import read_secret
 
-    cfg = ConsoleConfig(store=store, accounts=accounts, pseudonymizer=pseudo,
+    cfg = ConsoleConfig(store=store, accounts=accounts, fleet=fleet, pseudonymizer=pseudo,
                         hotlist=_hotlist_change(settings, args, pseudo), publish=publish, tz=args.tz,
                         session_key=read_secret("console-session-key",
                                                 "YKT_CONSOLE_SESSION_KEY")
@@ -133,7 +135,7 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
     routes: list[BaseRoute] = list(console_routes(cfg))
     token = metrics_token()
     if token:
-        routes.append(metrics_route(store, token))
+        routes.append(metrics_route(store, token, fleet=fleet))
     else:
         log.warning("no metrics token ($CREDENTIALS_DIRECTORY/metrics-token): /metrics off")
     return routes

@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from sync.hub.fleetstore import FleetStore
 from sync.hub.store import HubStore
 
 __all__ = ["OUTBOX_BUCKETS", "HubCollector", "metrics_route", "metrics_token"]
@@ -53,9 +54,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class HubCollector(Collector):
     """Reads the store (and the fleet view) on every scrape."""
 
-    def __init__(self, store: HubStore, *, offline_after_s: float = 120.0,
+    def __init__(self, store: HubStore, *, fleet: FleetStore | None = None,
+                 offline_after_s: float = 120.0,
                  clock: Callable[[], float] = time.time) -> None:
-        self.store, self.offline_after_s, self.clock = store, offline_after_s, clock
+        self.store, self.fleet = store, fleet
+        self.offline_after_s, self.clock = offline_after_s, clock
 
     def collect(self) -> Iterator[Metric]:
         from sync.hub.console.views import fleet_view, rollout
@@ -74,7 +77,8 @@ class HubCollector(Collector):
         yield rej
         yield CounterMetricFamily("ykt_hub_chain_breaks", "Hash-chain breaks detected",
                                   value=t["chain_breaks"])
-        rows = fleet_view(self.store, self.clock(), offline_after_s=self.offline_after_s)
+        rows = fleet_view(self.store, self.clock(), fleet=self.fleet,
+                          offline_after_s=self.offline_after_s)
         state = GaugeMetricFamily("ykt_hub_terminals", "Terminals by state",
                                   labels=["state"])
         state.add_metric(["online"], sum(1 for r in rows if not r["offline"]))
@@ -112,13 +116,14 @@ def metrics_token() -> str | None:
     return read_secret("metrics-token", "YKT_METRICS_TOKEN")
 
 
-def metrics_route(store: HubStore, token: str, *, offline_after_s: float = 120.0) -> Route:
+def metrics_route(store: HubStore, token: str, *, fleet: FleetStore | None = None,
+                  offline_after_s: float = 120.0) -> Route:
     """``GET /metrics`` answering only ``Authorization: Bearer <token>`` (401 otherwise).
     Raises ``ValueError`` for a token shorter than 16 characters."""
     if len(token) < 16:
         raise ValueError("the metrics token must be at least 16 characters")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(store, offline_after_s=offline_after_s))
+    registry.register(HubCollector(store, fleet=fleet, offline_after_s=offline_after_s))
     expected = f"Bearer {token}".encode()
 
     def metrics(request: Request) -> Response:      # sync: Starlette runs it in a thread

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent.pseudonym import Pseudonymizer
 from sync.hub.console.accounts import Accounts, may
 from sync.hub.console.auth import SESSION_MAX_AGE_S, check_routes, csrf_token, current_user
+from sync.hub.fleetstore import FleetStore
 from sync.hub.store import HubStore
 
 __all__ = ["ConsoleConfig", "HotlistPublish", "PolicyPublish", "build_console",
@@ -58,13 +59,15 @@ SECURITY_HEADERS = [
 
 @dataclass
 class ConsoleConfig:
-    """What the console needs. ``pseudonymizer`` None disables 用卡轨迹 and the hotlist
+    """What the console needs: the hub store, its fleet tables (``ykt hub fleet``'s last
+    known state; None shows only what the store's statuses say). ``pseudonymizer`` None disables 用卡轨迹 and the hotlist
     form (they say why); ``hotlist`` / ``publish`` None disable those changes.
     ``session_key`` signs the session cookies (random per process by default: sessions
     end when the hub restarts; give every instance behind one name the same key)."""
 
     store: HubStore
     accounts: Accounts
+    fleet: FleetStore | None = None
     pseudonymizer: Pseudonymizer | None = None
     hotlist: HotlistPublish | None = None
     publish: PolicyPublish | None = None

@@ -37,7 +37,8 @@ async def index(request: Request) -> Response:
 async def fleet(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     only = {f for f in FLEET_FILTERS if request.query_params.get(f)}
-    rows = fleet_view(cfg.store, time.time(), only=only, offline_after_s=cfg.offline_after_s)
+    rows = fleet_view(cfg.store, time.time(), fleet=cfg.fleet, only=only,
+                      offline_after_s=cfg.offline_after_s)
     return _render(request, "fleet.html", {"rows": rows, "only": only,
                                            "filters": FLEET_FILTERS})
 
@@ -48,11 +49,12 @@ async def terminal(request: Request, user: Account) -> Response:
     tid = request.path_params["terminal"]
     rep = cfg.store.report()
     entry = rep["terminals"].get(tid)
-    if entry is None:
-        return _render(request, "error.html", {"message": f"no terminal {tid!r} here"}, 404)
-    row = next((r for r in fleet_view(cfg.store, time.time(),
+    row = next((r for r in fleet_view(cfg.store, time.time(), fleet=cfg.fleet,
                                       offline_after_s=cfg.offline_after_s)
                 if r["terminal"] == tid), None)
+    if entry is None and row is None:
+        return _render(request, "error.html", {"message": f"no terminal {tid!r} here"}, 404)
+    entry = entry or {}
     counts = [c for c in rep["counts"] if c["terminal"] == tid]
     breaks = [b for b in rep["chain_breaks"] if b["terminal"] == tid]
     rejects = [r for r in rep["rejects"] if r["terminal"] == tid]
@@ -123,7 +125,8 @@ async def settlement(request: Request, user: Account) -> Response:
 @page()
 async def policy(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
-    rows = fleet_view(cfg.store, time.time(), offline_after_s=cfg.offline_after_s)
+    rows = fleet_view(cfg.store, time.time(), fleet=cfg.fleet,
+                      offline_after_s=cfg.offline_after_s)
     return _render(request, "policy.html", {"rollout": rollout(rows),
                                             "can_publish": cfg.publish is not None})
 

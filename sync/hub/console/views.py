@@ -19,6 +19,7 @@ from datetime import date
 from typing import Any
 
 from sync.hub.fleet import fleet_rows
+from sync.hub.fleetstore import FleetSnapshot, FleetStore
 from sync.hub.report_rollup import UNKNOWN
 from sync.hub.reports import Report, build_report
 from sync.hub.store import HubStore
@@ -26,29 +27,24 @@ from sync.hub.store import HubStore
 __all__ = ["FLEET_FILTERS", "Activity", "activity", "fleet_view", "rollout"]
 
 FLEET_FILTERS = ("offline", "stale", "alarms")
-STALE_STATES = frozenset({"stale", "expired", "refused"})
 
 
-def _flags(row: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-    alarms = status.get("alarms") or []
-    if isinstance(alarms, dict):
-        alarms = [k for k, v in alarms.items() if v]
-    row = dict(row)
-    row["offline"] = not row["online"]
-    row["stale"] = (str(row.get("policy_state", "")) in STALE_STATES
-                    or bool(row.get("policy_refusal")))
-    row["alarms"] = [str(a) for a in alarms] if isinstance(alarms, list) else [str(alarms)]
-    row["channel"], _, row["version"] = str(row.get("policy") or "").rpartition("@")
-    return row
-
-
-def fleet_view(store: HubStore, now: float, *, only: set[str] | None = None,
-               offline_after_s: float = 120.0) -> list[dict[str, Any]]:
-    """Fleet rows with ``offline``, ``stale`` and ``alarms`` flags; with ``only`` (a subset
-    of :data:`FLEET_FILTERS`) just the rows showing every one of those flags."""
-    terminals = store.report()["terminals"]
-    rows = [_flags(r, (terminals[r["terminal"]] or {}).get("status") or {})
-            for r in fleet_rows(terminals, now, offline_after_s)]
+def fleet_view(store: HubStore, now: float, *, fleet: FleetStore | None = None,
+               only: set[str] | None = None, offline_after_s: float = 120.0
+               ) -> list[dict[str, Any]]:
+    """The rows of :func:`sync.hub.fleet.fleet_rows` (what ``ykt hub fleet`` shows: the
+    last known state kept offline, policy against the latest published, outbox age,
+    clock by round trip) from ``store`` and the fleet tables ``fleet``, each with
+    ``offline``/``stale``/``alarms`` flags and ``channel``/``version``; with ``only`` (a
+    subset of :data:`FLEET_FILTERS`) just the rows showing every one of those flags."""
+    snapshot = fleet.snapshot() if fleet is not None else FleetSnapshot()
+    rows: list[dict[str, Any]] = []
+    for r in fleet_rows(store.report()["terminals"], snapshot, now, offline_after_s):
+        row: dict[str, Any] = dict(r)
+        row["offline"] = not r["online"]
+        row["channel"] = r["policy_channel"]
+        row["version"] = "" if r["policy_version"] is None else str(r["policy_version"])
+        rows.append(row)
     for f in only or ():
         rows = [r for r in rows if r[f]]
     return rows
