@@ -327,3 +327,31 @@ def test_ykt_hub_web_serves_console_and_metrics(console_site: ConsoleSite,
         if proc.stdout is not None:
             proc.stdout.close()
     assert code == 0
+
+
+def test_the_console_on_postgresql(pg_dsn: str, tmp_path: Path) -> None:
+    """The same traffic in a PostgreSQL store: fleet, reports, trail and metrics agree with
+    the SQLite site's."""
+    from tests.fixtures.console import METRICS_TOKEN, make_site
+
+    server, site = make_site(tmp_path, db=pg_dsn)
+    try:
+        c = site.client()
+        assert c.login("aud") == 303
+        text = c.request("/console/fleet?stale=1")[1]
+        assert re.findall(r'/console/terminal/([\w-]+)"', text) == ["bus-2"]
+        text = c.request("/console/reports?from=2020-01-01&to=2030-12-31")[1]
+        assert "15 decisions" in text and "<title>elderly: 8</title>" in text
+        token = c.csrf("/console/trail")
+        status, text, _ = c.request("/console/trail", {"csrf": token, "identifier": SSN,
+                                                       "reason": "pg check"})
+        assert status == 200 and "holder 3703**********1234: 8 records" in text
+        text = c.request("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[1]
+        assert "ykt_hub_records_ingested_total 15.0" in text
+        assert 'ykt_hub_terminals{state="stale"} 1.0' in text
+    finally:
+        server.stop()
+        site.store.close()
+        site.accounts.close()
+        if site.config.fleet is not None:
+            site.config.fleet.close()

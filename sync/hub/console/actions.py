@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from sync.hub.console.accounts import Account, Accounts, entry_dict
-from sync.hub.console.auth import csrf_token, field, origin, page, post
+from sync.hub.console.auth import MAX_FORM_PART, csrf_token, field, origin, page, post
 from sync.hub.console.trail import TrailRefused, lookup_trail, parse_identifier
 
 __all__ = ["routes"]
@@ -39,7 +39,7 @@ async def login_form(request: Request) -> Response:
 
 
 @post(None, "login")
-async def login(request: Request, _user: None, form: FormData) -> Response:
+def login(request: Request, _user: None, form: FormData) -> Response:
     accounts: Accounts = _cfg(request).accounts
     name, password = field(form, "name", 40).strip().lower(), field(form, "password", 200)
     if accounts.lookups_within(name, "login_failed", 60.0) >= LOGIN_FAILURES_PER_MINUTE:
@@ -60,7 +60,7 @@ async def login(request: Request, _user: None, form: FormData) -> Response:
 
 
 @post(None, "logout")
-async def logout(request: Request, _user: None, form: FormData) -> Response:
+def logout(request: Request, _user: None, form: FormData) -> Response:
     request.session.clear()
     return RedirectResponse(request.url_for("login"), status_code=303)
 
@@ -74,12 +74,12 @@ def _hotlist_ctx(request: Request, **more: Any) -> dict[str, Any]:
 
 
 @page()
-async def hotlist_form(request: Request, user: Account) -> Response:
+def hotlist_form(request: Request, user: Account) -> Response:
     return _render(request, "hotlist.html", _hotlist_ctx(request))
 
 
 @post("hotlist", "hotlist")
-async def hotlist(request: Request, user: Account, form: FormData) -> Response:
+def hotlist(request: Request, user: Account, form: FormData) -> Response:
     cfg = _cfg(request)
     ctx = _hotlist_ctx(request)
     if ctx["disabled"]:
@@ -112,7 +112,7 @@ async def hotlist(request: Request, user: Account, form: FormData) -> Response:
 
 
 @post("publish", "policy_publish")
-async def publish(request: Request, user: Account, form: FormData) -> Response:
+def publish(request: Request, user: Account, form: FormData) -> Response:
     cfg = _cfg(request)
     upload = form.get("envelope")
     reason = field(form, "reason", 200).strip()
@@ -123,7 +123,7 @@ async def publish(request: Request, user: Account, form: FormData) -> Response:
         return _render(request, "error.html", {"message": "choose the signed envelope "
                                                "(channels/…/versions/N.json) and give a "
                                                "reason"}, 400)
-    data = await upload.read()
+    data = upload.file.read(MAX_FORM_PART + 1)
     entry = cfg.accounts.audit(user.name, "policy_publish", target=str(upload.filename)[:80],
                                reason=reason, outcome="publishing", origin=origin(request))
     try:
@@ -137,12 +137,12 @@ async def publish(request: Request, user: Account, form: FormData) -> Response:
 
 
 @page("trail")
-async def trail_form(request: Request, user: Account) -> Response:
+def trail_form(request: Request, user: Account) -> Response:
     return _render(request, "trail.html", {"rows": None, "error": "", "ident": None})
 
 
 @post("trail", "trail")
-async def trail(request: Request, user: Account, form: FormData) -> Response:
+def trail(request: Request, user: Account, form: FormData) -> Response:
     cfg = _cfg(request)
     try:
         if cfg.pseudonymizer is None:
@@ -159,7 +159,7 @@ async def trail(request: Request, user: Account, form: FormData) -> Response:
 
 
 @page("audit")
-async def audit(request: Request, user: Account) -> Response:
+def audit(request: Request, user: Account) -> Response:
     who = request.query_params.get("user") or None
     entries = [entry_dict(e) for e in _cfg(request).accounts.audit_log(limit=500, user=who)]
     return _render(request, "audit.html", {"entries": entries, "who": who or ""})

@@ -17,10 +17,12 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -36,7 +38,15 @@ SESSION_MAX_AGE_S = 8 * 3600
 MAX_FORM_PART = 2 * 1024 * 1024
 """Largest form field or uploaded file, bytes (a policy envelope is well under 1 MiB)."""
 
-Handler = Callable[..., Awaitable[Response]]
+Handler = Callable[..., Awaitable[Response] | Response]
+
+
+async def _call(handler: Handler, *args: Any) -> Response:
+    """Run a handler: a plain function in Starlette's thread pool (the database, Argon2
+    and MQTT publishing block; the event loop keeps serving), a coroutine directly."""
+    if inspect.iscoroutinefunction(handler):
+        return await handler(*args)  # type: ignore[no-any-return]
+    return await run_in_threadpool(handler, *args)  # type: ignore[arg-type]
 
 
 def csrf_token(request: Request) -> str:
@@ -67,27 +77,29 @@ def _refuse(request: Request, status: int, message: str) -> Response:
     return render(request, "error.html", {"message": message}, status)  # type: ignore[no-any-return]
 
 
-def page(power: str = "view") -> Callable[[Handler], Handler]:
+def page(power: str = "view") -> Callable[[Handler], Callable[[Request],
+                                                               Awaitable[Response]]]:
     """A GET handler for logged-in users holding ``power``; called as
     ``handler(request, user)``."""
-    def wrap(handler: Handler) -> Handler:
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             user = current_user(request)
             if user is None:
                 return RedirectResponse(request.url_for("login"), status_code=303)
             if not may(user.role, power):
                 return _refuse(request, 403, f"your role ({user.role}) may not do this")
-            return await handler(request, user)
+            return await _call(handler, request, user)
         run.__name__ = handler.__name__
         return run
     return wrap
 
 
-def post(power: str | None, action: str) -> Callable[[Handler], Handler]:
+def post(power: str | None, action: str) -> Callable[[Handler], Callable[[Request],
+                                                                        Awaitable[Response]]]:
     """A POST handler: CSRF first, then log-in (unless ``power`` is None: the log-in form
     itself) and ``power``; called as ``handler(request, user, form)``. A refusal for the
     role is audit-logged as ``action`` with outcome ``refused: role …``."""
-    def wrap(handler: Handler) -> Handler:
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             form = await request.form(max_files=1, max_fields=20,
                                       max_part_size=MAX_FORM_PART)
@@ -99,7 +111,7 @@ def post(power: str | None, action: str) -> Callable[[Handler], Handler]:
                     return _refuse(request, 403, "the form's CSRF token is missing or "
                                    "stale: reload the page and submit again")
                 if power is None:
-                    return await handler(request, None, form)
+                    return await _call(handler, request, None, form)
                 user = current_user(request)
                 if user is None:
                     return _refuse(request, 401, "log in first")
@@ -108,7 +120,7 @@ def post(power: str | None, action: str) -> Callable[[Handler], Handler]:
                     accounts.audit(user.name, action, outcome=f"refused: role {user.role}",
                                    origin=origin(request))
                     return _refuse(request, 403, f"your role ({user.role}) may not do this")
-                return await handler(request, user, form)
+                return await _call(handler, request, user, form)
             finally:
                 await form.close()
         run.__name__ = handler.__name__

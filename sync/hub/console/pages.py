@@ -34,7 +34,7 @@ async def index(request: Request) -> Response:
 
 
 @page()
-async def fleet(request: Request, user: Account) -> Response:
+def fleet(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     only = {f for f in FLEET_FILTERS if request.query_params.get(f)}
     rows = fleet_view(cfg.store, time.time(), fleet=cfg.fleet, only=only,
@@ -44,7 +44,7 @@ async def fleet(request: Request, user: Account) -> Response:
 
 
 @page()
-async def terminal(request: Request, user: Account) -> Response:
+def terminal(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     tid = request.path_params["terminal"]
     rep = cfg.store.report()
@@ -80,7 +80,7 @@ def _dates(request: Request, tz: str) -> tuple[date, date, str]:
 
 
 @page()
-async def reports(request: Request, user: Account) -> Response:
+def reports(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     start, end, err = _dates(request, cfg.tz)
     if err:
@@ -109,7 +109,7 @@ async def reports(request: Request, user: Account) -> Response:
 
 
 @page()
-async def settlement(request: Request, user: Account) -> Response:
+def settlement(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     month = request.query_params.get("month") or datetime.now(ZoneInfo(cfg.tz)
                                                                ).strftime("%Y-%m")
@@ -123,7 +123,7 @@ async def settlement(request: Request, user: Account) -> Response:
 
 
 @page()
-async def policy(request: Request, user: Account) -> Response:
+def policy(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     rows = fleet_view(cfg.store, time.time(), fleet=cfg.fleet,
                       offline_after_s=cfg.offline_after_s)
@@ -132,7 +132,7 @@ async def policy(request: Request, user: Account) -> Response:
 
 
 @page()
-async def problems(request: Request, user: Account) -> Response:
+def problems(request: Request, user: Account) -> Response:
     rep = _cfg(request).store.report()
     return _render(request, "problems.html", {"breaks": rep["chain_breaks"],
                                               "rejects": rep["rejects"],
