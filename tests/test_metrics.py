@@ -66,3 +66,9 @@ def test_metrics_follow_the_store(console_site: ConsoleSite, tmp_path: Path) -> 
     assert m[("ykt_hub_records_ingested_total", ())] == 19
     assert m[("ykt_hub_rejects_total", (("kind", "malformed_payload"),))] == 1
     assert m[("ykt_hub_chain_breaks_total", ())] >= 1
+    c = console_site.client()
+    assert c.login("vera") == 303
+    text = c.request("/console/problems")[1]
+    assert "19 records stored" in text and "bus-9" in text and "malformed_payload" in text
+    text = c.request("/console/terminal/bus-9")[1]
+    assert "5 records" not in text and "4 records" in text

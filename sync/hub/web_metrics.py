@@ -1,6 +1,7 @@
 """``/metrics``: the hub in Prometheus' text format (``prometheus_client``).
 
-Everything is read from the hub store at scrape time (a custom collector), so the numbers
+Everything is read from the hub store at scrape time (a custom collector; the tables the
+ingest maintains per terminal, never a scan of the records), so the numbers
 are the same whichever hub process ingested them and whichever serves the page, and
 nothing is counted twice when several hubs share a PostgreSQL store:
 
@@ -61,10 +62,10 @@ class HubCollector(Collector):
         self.offline_after_s, self.clock = offline_after_s, clock
 
     def collect(self) -> Iterator[Metric]:
+        from sync.hub.console.storequery import store_totals
         from sync.hub.console.views import fleet_view, rollout
 
-        rep = self.store.report()
-        t = rep["totals"]
+        t = store_totals(self.store)
         yield CounterMetricFamily("ykt_hub_records_ingested", "Journal records stored",
                                   value=t["records"])
         yield CounterMetricFamily("ykt_hub_duplicates_rejected",

@@ -15,6 +15,8 @@ from starlette.routing import Route
 from sync.hub.console.accounts import Account
 from sync.hub.console.auth import page
 from sync.hub.console.charts import bar_chart
+from sync.hub.console.storequery import problems as store_problems
+from sync.hub.console.storequery import terminal_counts, terminal_states
 from sync.hub.console.views import FLEET_FILTERS, activity, fleet_view, rollout
 from sync.hub.reports import ReportError, settlement_statement
 
@@ -47,20 +49,19 @@ def fleet(request: Request, user: Account) -> Response:
 def terminal(request: Request, user: Account) -> Response:
     cfg = _cfg(request)
     tid = request.path_params["terminal"]
-    rep = cfg.store.report()
-    entry = rep["terminals"].get(tid)
     row = next((r for r in fleet_view(cfg.store, time.time(), fleet=cfg.fleet,
                                       offline_after_s=cfg.offline_after_s)
                 if r["terminal"] == tid), None)
+    entry = terminal_states(cfg.store).get(tid)
     if entry is None and row is None:
         return _render(request, "error.html", {"message": f"no terminal {tid!r} here"}, 404)
     entry = entry or {}
-    counts = [c for c in rep["counts"] if c["terminal"] == tid]
-    breaks = [b for b in rep["chain_breaks"] if b["terminal"] == tid]
-    rejects = [r for r in rep["rejects"] if r["terminal"] == tid]
+    detail = terminal_counts(cfg.store, tid)
     return _render(request, "terminal.html", {
-        "tid": tid, "entry": entry, "row": row, "counts": counts, "breaks": breaks,
-        "rejects": rejects, "status": entry.get("status") or {}})
+        "tid": tid, "entry": entry, "row": row, "counts": detail["counts"],
+        "records": sum(c["count"] for c in detail["counts"]),
+        "breaks": detail["breaks"], "rejects": detail["rejects"],
+        "status": entry.get("status") or {}})
 
 
 def _dates(request: Request, tz: str) -> tuple[date, date, str]:
@@ -133,8 +134,8 @@ def policy(request: Request, user: Account) -> Response:
 
 @page()
 def problems(request: Request, user: Account) -> Response:
-    rep = _cfg(request).store.report()
-    return _render(request, "problems.html", {"breaks": rep["chain_breaks"],
+    rep = store_problems(_cfg(request).store)
+    return _render(request, "problems.html", {"breaks": rep["breaks"],
                                               "rejects": rep["rejects"],
                                               "totals": rep["totals"]})
 

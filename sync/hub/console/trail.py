@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -29,7 +28,8 @@ from typing import Any
 from agent.journal import parse_utc
 from agent.pseudonym import Pseudonymizer, mask_id
 from sync.hub.console.accounts import Accounts
-from sync.hub.store import HubStore, SqliteHubStore, decision_fields
+from sync.hub.console.storequery import read
+from sync.hub.store import HubStore, decision_fields
 
 __all__ = ["LOOKUPS_PER_MINUTE", "BEIJING", "Identifier", "TrailRefused", "TrailRow",
            "load_pseudonymizer", "lookup_trail", "parse_identifier", "trail_rows"]
@@ -134,20 +134,8 @@ def trail_rows(store: HubStore, ident: Identifier, limit: int = ROW_LIMIT) -> li
     ``limit``."""
     field = "holder_key" if ident.kind == "holder" else "credential_key"
     pattern = f'%"{field}":"{ident.key}"%'      # hex key: no LIKE wildcards inside
-    sql = ("SELECT terminal, seq, body FROM records WHERE body LIKE {p} "
-           "ORDER BY received, terminal, seq LIMIT {p}")
-    if isinstance(store, SqliteHubStore):
-        reader = sqlite3.connect(store.path)
-        try:
-            rows = reader.execute(sql.format(p="?"), (pattern, limit)).fetchall()
-        finally:
-            reader.close()
-    else:
-        def work(conn: Any) -> list[Any]:
-            return list(conn.execute(sql.format(p="%s"), (pattern, limit)).fetchall())
-
-        with store._lock:                       # type: ignore[attr-defined]
-            rows = store._transact("trail", work)   # type: ignore[attr-defined]
+    rows = read(store, "SELECT terminal, seq, body FROM records WHERE body LIKE ? "
+                       "ORDER BY received, terminal, seq LIMIT ?", (pattern, limit))
     out = [_row(t, s, b) for t, s, b in rows]
     out.sort(key=lambda r: (r.time_utc, r.terminal, r.seq))
     return out

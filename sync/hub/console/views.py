@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from sync.hub.console.storequery import terminal_states
 from sync.hub.fleet import fleet_rows
 from sync.hub.fleetstore import FleetSnapshot, FleetStore
 from sync.hub.report_rollup import UNKNOWN
@@ -39,7 +40,7 @@ def fleet_view(store: HubStore, now: float, *, fleet: FleetStore | None = None,
     subset of :data:`FLEET_FILTERS`) just the rows showing every one of those flags."""
     snapshot = fleet.snapshot() if fleet is not None else FleetSnapshot()
     rows: list[dict[str, Any]] = []
-    for r in fleet_rows(store.report()["terminals"], snapshot, now, offline_after_s):
+    for r in fleet_rows(terminal_states(store), snapshot, now, offline_after_s):
         row: dict[str, Any] = dict(r)
         row["offline"] = not r["online"]
         row["channel"] = r["policy_channel"]
