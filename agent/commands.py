@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.errors import YktError
 from agent.identity import PrivateKey, PublicKey, sign, verify
 from agent.journal import canonical
 
@@ -62,7 +63,7 @@ _HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 _ARG_KEYS = {"clock": {"offset_us", "error_us", "measured_ms"}}
 
 
-class CommandRefused(ValueError):
+class CommandRefused(YktError, ValueError):
     """Why a command was not carried out; ``kind`` counts it (``forged_cmd``…)."""
 
     def __init__(self, kind: str, detail: str) -> None:

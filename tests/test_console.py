@@ -44,7 +44,7 @@ def test_login_sets_a_secure_httponly_strict_cookie_and_safe_headers(
     status, text, headers = c.request("/console/fleet")
     assert status == 200 and "vera (viewer)" in text
     assert "default-src 'none'" in headers["content-security-policy"]
-    assert headers["cache-control"] == "no-store"
+    assert headers["cache-control"] == "no-store" and headers["x-frame-options"] == "DENY"
     assert not re.search(r'(src|href)="https?://(?!127\.0\.0\.1)', text)   # no CDN
 
 

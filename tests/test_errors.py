@@ -26,6 +26,8 @@ def project_exceptions() -> dict[str, type[BaseException]]:
     """Every public exception class defined in a project module: name → class."""
     found: dict[str, type[BaseException]] = {}
     for name in sorted(modules()):
+        if name.endswith(".__main__"):      # runs the command line when imported
+            continue
         try:
             module = importlib.import_module(name)
         except ImportError as err:          # an optional extra not installed here

@@ -30,6 +30,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from agent.errors import YktError
+
 __all__ = ["ROLES", "Account", "AccountError", "Accounts", "AuditEntry", "may"]
 
 ROLES = ("viewer", "hotlist_operator", "policy_publisher", "auditor")
@@ -63,7 +65,7 @@ CREATE TABLE IF NOT EXISTS published (
 """
 
 
-class AccountError(ValueError):
+class AccountError(YktError, ValueError):
     """A bad account name, role or password, or an unknown account."""
 
 

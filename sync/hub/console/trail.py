@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from agent.errors import YktError
 from agent.journal import parse_utc
 from agent.pseudonym import Pseudonymizer, mask_id
 from sync.hub.console.accounts import Accounts
@@ -43,7 +44,7 @@ BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 ROW_LIMIT = 1000
 
 
-class TrailRefused(ValueError):
+class TrailRefused(YktError, ValueError):
     """A lookup refused: no reason, a malformed identifier, over the rate limit, or no key.
     The message says what to do and never contains the identifier."""
 
