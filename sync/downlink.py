@@ -202,17 +202,20 @@ class Downlink:
             self._pending_online = bytes(payload)
             self._cond.notify_all()
 
-    def _apply_online(self, payload: bytes) -> None:
+    def _apply_online(self, payload: bytes) -> bool:
+        """Apply an online manifest; False when it failed in a way worth retrying."""
         try:
             self.online.offer(payload)
         except BundleRefused as err:
             self.online_refusal, self.online_refusal_detail = err.refusal.value, err.detail
-        except Exception as err:    # the store busy, a disk error: the next one retries
-            log.warning("online hotlist not applied (%r); waiting for the next", err)
+        except Exception as err:    # the store busy, a disk error: retried
+            log.warning("online hotlist not applied (%r); retrying", err)
             self.online_refusal, self.online_refusal_detail = Refusal.APPLY_FAILED.value, \
                 repr(err)
+            return False
         else:
             self.online_refusal = self.online_refusal_detail = ""
+        return True
 
     def _on_manifest(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -234,7 +237,11 @@ class Downlink:
                 if online is None:
                     payload, self._pending = self._pending, None
             if online is not None:          # hotlist first
-                self._apply_online(online)
+                if not self._apply_online(online):
+                    with self._cond:
+                        if self._pending_online is None:
+                            self._pending_online = online
+                        self._cond.wait_for(lambda: self._stop, timeout=self.retry_min_s)
                 continue
             assert payload is not None
             self.state = "applying"

@@ -441,3 +441,58 @@ def test_inline_part_text(text: str) -> None:
         env.inline_bytes("a" * 64)
     except BundleRefused:
         pass
+
+
+# -- online hotlist manifests (whatever the online key signs) ----------------------------
+_HOT = SigningKey.generate()
+_HOT_ROOT = Root(serial=1, keys=[_KEY.public], hotlist_keys=[_HOT.public])
+_ONLINE: dict[Path, Any] = {}
+
+
+def _online(scratch: Path) -> Any:
+    """One terminal-side :class:`OnlineHotlist` for the module (a refused offer changes
+    nothing; an accepted one only raises the sequence)."""
+    from agent.policy.apply import InProcessRunner, PolicyApplier
+    from agent.policy.online import OnlineHotlist
+    from agent.store import PolicyStore
+
+    if scratch not in _ONLINE:
+        store = PolicyStore(scratch / "online" / "store.db")
+        applier = PolicyApplier(store, channel="city/370302/bus", anchor=_HOT_ROOT,
+                                runner=InProcessRunner(), clock=lambda: QR_NOW)
+        _ONLINE[scratch] = OnlineHotlist(applier, clock=lambda: QR_NOW)
+    return _ONLINE[scratch]
+
+
+_ONLINE_GOOD = {"type": "ykt-online-hotlist", "channel": "city/370302/bus", "sequence": 1,
+                "since": 0, "created": "2026-11-01T00:00:00Z",
+                "expires": "2099-11-01T00:00:00Z", "root_serial": 1, "parts": []}
+
+
+@_FUZZ
+@given(st.sampled_from([*sorted(_ONLINE_GOOD), "x"]), _specials | json_values,
+       st.binary(max_size=200))
+def test_online_manifest_signed_by_the_online_key(scratch: Path, key: str, value: Any,
+                                                  inline: bytes) -> None:
+    """Any document the online hotlist key signs, with any inline bytes: applied only as
+    a hotlist delta, else refused with :class:`BundleRefused`; never a crash."""
+    from agent.policy.manifest import SignedManifest, sha256_hex
+    from agent.policy.signing import sign_document
+
+    signed = {**_ONLINE_GOOD, key: value}
+    sha = sha256_hex(inline)
+    if key == "x":
+        signed = {**_ONLINE_GOOD, "parts": [{"name": "hotlist.delta", "kind": "hotlist",
+                                             "mode": "delta", "sha256": sha,
+                                             "size": len(inline), "inline": True}]}
+    try:
+        sigs = sign_document(signed, [_HOT])
+    except (ValueError, RecursionError):
+        return                          # no canonical form: nothing could be signed
+    payload = json.dumps({"manifest": SignedManifest(signed=signed, signatures=sigs)
+                          .model_dump(mode="json"),
+                          "inline": {sha: base64.b64encode(inline).decode()}}).encode()
+    try:
+        _online(scratch).offer(payload)
+    except BundleRefused:
+        pass

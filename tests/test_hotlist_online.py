@@ -198,3 +198,36 @@ def test_cli_rotate_hotlist_key_and_add(tmp_path: Path, broker: Mosquitto,
         s.subscribe(f"ykt/v1/online/{CHANNEL}/hotlist")
         [(_, payload)] = s.wait_message(1)
     assert json.loads(payload)["manifest"]["signed"]["sequence"] == 1
+
+
+def test_a_failed_online_apply_is_retried(policy_env: PolicyEnv, broker: Mosquitto,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retained message is not delivered again: a store that is busy once must not
+    leave the card unlisted until the next report."""
+    import sqlite3
+
+    env = policy_env
+    hot, sent = _delegate(env), Sent()
+    env.build(env.population_sources())
+    term = env.terminal()
+    term.applier.offer(env.repo.latest_envelope())
+    downlink = Downlink(term.applier, settings=MqttSettings(host=broker.host, port=broker.port),
+                        retry_min_s=0.05)
+    write, calls = downlink.online._write, []
+
+    def busy_once(adds: list[list[str]], removes: list[str]) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        write(adds, removes)
+    monkeypatch.setattr(downlink.online, "_write", busy_once)
+    downlink.start()
+    try:
+        victim = env.pop.tagged("standard")[0]
+        _change(env, hot, sent, "add", victim.card_id)
+        downlink.offer_online(sent.last())
+        assert downlink.online.wait_applied(1, timeout=10)
+        assert len(calls) == 2 and downlink.status()["hotlist_refusal"] == ""
+        assert term.tap(victim).decision.reason == Reason.HOTLISTED
+    finally:
+        downlink.stop()

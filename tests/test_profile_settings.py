@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from simulator.broker import Mosquitto
+from sync.hub.policy import SourceError
 from tests.fixtures.policy import PolicyEnv
 from tests.policy_daemon import PolicyDaemon, publish_envelope
 
@@ -46,13 +49,18 @@ def test_changing_standard_fare_in_a_bundle_changes_amount_and_prompt(
         daemon.wait_version(2)
         assert fare_now() == (300, "普通卡 3.00元")
 
-        # v3: a fare that is no number, v4: a setting the profile does not have — refused,
-        # the fare in force stays
+        # v3: a fare that is no number, v4: a setting the profile does not have — refused
+        # at the hub's build (the terminal's own check), and by the terminal should such a
+        # bundle be signed anyway (a hub without the check); the fare in force stays
         for doc in ({"bus_validator": {"standard_fare": "cheap"}},
                     {"bus_validator": {"standard_fare_cents": 100}}):
             sources = env.population_sources()
             sources.settings = _settings(env, doc)
-            env.build(sources)
+            with pytest.raises(SourceError, match="terminals would refuse this bundle"):
+                env.build(sources)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr("sync.hub.policy.check_bundle_parts", lambda *a: None)
+                env.build(sources)
             publish_envelope(broker, env.repo.latest_envelope())
             daemon.wait_state("refused", "vectors_failed")
             assert fare_now() == (300, "普通卡 3.00元")

@@ -89,7 +89,10 @@ def check_online_manifest(env: Envelope) -> OnlineManifest:
     if signed.get("type") != ONLINE_TYPE:
         raise BundleRefused(Refusal.OUTSIDE_ROLE, f"a {signed.get('type')!r} document on the "
                             "online hotlist path: the online key signs hotlist deltas only")
-    for p in signed.get("parts") or ():
+    parts = signed.get("parts")
+    if not isinstance(parts, list):
+        raise BundleRefused(Refusal.MALFORMED, "online manifest: 'parts' must be a list")
+    for p in parts:
         if not isinstance(p, dict) or (p.get("name"), p.get("kind"), p.get("mode")) != (
                 "hotlist.delta", "hotlist", "delta"):
             name = p.get("name") if isinstance(p, dict) else p
