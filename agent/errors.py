@@ -16,6 +16,7 @@ tree (also in ``docs/architecture.md``)::
      │    ├── SecretError                       agent.keys: a secret is missing or malformed
      │    ├── IdentityError                     agent.identity: a key or certificate file
      │    ├── SourceError                       sync.hub.policy_sources: a policy source file
+     │    ├── ReportError                       sync.hub.reports: a group, date, month, timezone
      │    └── ConfigError (+ DriverError)       drivers.exceptions: a driver's options
      ├── Unavailable (ImportError)              a library or device is not there → exit 2
      │    ├── AlgorithmUnavailable              agent.codes.algorithms: e.g. SM2 w/o tongsuopy
@@ -55,7 +56,6 @@ tree (also in ``docs/architecture.md``)::
      ├── DynsecError                            sync.hub.dynsec: the broker refused a command
      ├── PgStoreError (OSError)                 sync.hub.pgstore: PostgreSQL unusable
      ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
-     ├── ReportError (ValueError)               sync.hub.reports: a report asked wrongly
      ├── AccountError (ValueError)              sync.hub.console.accounts: bad account input
      ├── TrailRefused (ValueError)              sync.hub.console.trail: a 用卡轨迹 lookup refused
      ├── CommandRefused (ValueError)            agent.commands: a hub command not carried out

@@ -23,6 +23,7 @@ to ``bench/README.md`` (section ``report``) unless ``--no-readme``.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import secrets
 import sqlite3
@@ -95,7 +96,8 @@ COLS = ("terminal", "hour", *DIMENSIONS, *MEASURES)
 
 
 def load_sqlite(path: Path, rows: list[tuple[Any, ...]]) -> SqliteHubStore:
-    SqliteHubStore(path).close()     # the schema, rollup table and index
+    SqliteHubStore(path).close()     # the schema and the rollup table
+    rows.sort(key=lambda r: (r[1], r[0]))      # in key order (hour, terminal): a fast load
     db = sqlite3.connect(path)
     with db:
         db.executemany(f"INSERT INTO report_hourly ({', '.join(COLS)}) VALUES "
@@ -114,6 +116,54 @@ def load_pg(url: str, rows: list[tuple[Any, ...]]) -> PgHubStore:
                 copy.write_row(r)
         conn.execute("VACUUM ANALYZE report_hourly")
     return PgHubStore(url)
+
+
+def ingest_overhead(n: int, tmp: Path, pg_url: str | None) -> list[list[Any]]:
+    """Seconds to ingest ``n`` journal records in batches of 500 with the rollup kept (as
+    shipped) and without it (its upsert made a no-op), alternating, best of two."""
+    from unittest import mock
+
+    from bench.bench_backlog import journal_with
+    from sync.hub import pgstore, store
+    from sync.hub.service import parse_batch
+    from sync.uplink import encode_batch
+
+    journal, _ = journal_with(tmp / "journal.db", "BUS-00001", n)
+    batches = [parse_batch("BUS-00001", encode_batch("BUS-00001", journal.raw_records(
+        after, 500))).records for after in range(0, n, 500)]
+    journal.close()
+    out = []
+    backends: list[tuple[str, Callable[[int], HubStore]]] = [
+        ("SQLite", lambda i: SqliteHubStore(tmp / f"ingest-{i}.db"))]
+    if pg_url is not None:
+        backends.append(("PostgreSQL", lambda i: PgHubStore(with_search_path(
+            pg_url, f"ingest_{i}"))))
+    for name, make in backends:
+        best = {True: float("inf"), False: float("inf")}
+        for i, keep in enumerate((True, False, True, False)):
+            if name == "PostgreSQL":
+                with psycopg.connect(pg_url, autocommit=True) as conn:
+                    conn.execute(f"CREATE SCHEMA ingest_{i}")
+            s = make(i)
+            patch = (mock.patch.object(store if name == "SQLite" else pgstore,
+                                       "add_sqlite" if name == "SQLite" else "add_pg",
+                                       lambda *a: None) if not keep else None)
+            try:
+                if patch is not None:
+                    patch.start()
+                t0 = time.perf_counter()
+                for b in batches:
+                    s.ingest("BUS-00001", b)
+                best[keep] = min(best[keep], time.perf_counter() - t0)
+            finally:
+                if patch is not None:
+                    patch.stop()
+                s.close()
+        out.append([name, n, f"{best[True]:.2f}", f"{best[False]:.2f}",
+                    f"{best[True] / best[False]:.2f}×"])
+        print(f"{name:>10}  ingest {n:,}: with rollup {best[True]:.2f} s, without "
+              f"{best[False]:.2f} s", flush=True)
+    return out
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -149,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=10_000_000)
     ap.add_argument("--terminals", type=int, default=200)
     ap.add_argument("--pg", default=None, help="superuser URL of a PostgreSQL server")
+    ap.add_argument("--ingest", type=int, default=20_000,
+                    help="records for the ingest overhead of keeping the rollup (0: skip)")
     ap.add_argument("--no-readme", action="store_true")
     args = ap.parse_args(argv)
     gen, rows = timed(lambda: rollup_rows(args.records, args.terminals))
@@ -180,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 pg_totals = measure("PostgreSQL", pg, results)
             finally:
                 pg.close()
+            ingest = (ingest_overhead(args.ingest, Path(tmp), with_database(server, name))
+                      if args.ingest else [])
             with psycopg.connect(server, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
@@ -192,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.records:,} record bodies → {len(rows):,} hourly rollup rows "
           f"(generated and rolled up in {gen:.0f} s by the ingest's own "
           f"`contribution()`; loaded in {load_s:.0f} s into SQLite, {pg_load:.0f} s into "
-          "PostgreSQL by COPY). Seconds, first and second run. Target < 10 s.\n\n"
+          f"PostgreSQL by COPY). Load average {os.getloadavg()[0]:.1f} at the end (the "
+          "machine is shared). Seconds, first and second run. Target < 10 s.\n\n"
           + table(["backend", "report", "rows", "first s", "second s", "< 10 s"], results)
-          + f"\n\nTotals identical on both backends: {'yes' if same else '**NO**'}.\n")
+          + f"\n\nTotals identical on both backends: {'yes' if same else '**NO**'}.\n"
+          + ("\nWhat keeping the rollup costs the ingest (journal records in batches of "
+             "500, one transaction each, durable commits; best of two, alternating):\n\n"
+             + table(["backend", "records", "with rollup s", "without s", "ratio"], ingest)
+             + "\n" if ingest else ""))
     if not args.no_readme:
         update_section("report", md)
     print(md)

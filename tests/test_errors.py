@@ -26,7 +26,7 @@ def project_exceptions() -> dict[str, type[BaseException]]:
     """Every public exception class defined in a project module: name → class."""
     found: dict[str, type[BaseException]] = {}
     for name in sorted(modules()):
-        if name.endswith(".__main__"):      # runs the command line when imported
+        if name.endswith(".__main__"):      # runs `ykt` when imported (python -m agent.cli)
             continue
         try:
             module = importlib.import_module(name)

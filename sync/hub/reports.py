@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.errors import YktError
+from agent.errors import ConfigurationError
 from sync.hub.report_rollup import UNKNOWN
 from sync.hub.store import HubStore
 
@@ -63,7 +63,7 @@ _SQL_MEASURES = (
 )
 
 
-class ReportError(YktError, ValueError):
+class ReportError(ConfigurationError):
     """A report cannot be made as asked: an unknown grouping, timezone, date or month.
     The message names the value and what is allowed."""
 
