@@ -64,7 +64,8 @@ _ARG_KEYS = {"clock": {"offset_us", "error_us", "measured_ms"}}
 
 
 class CommandRefused(YktError, ValueError):
-    """Why a command was not carried out; ``kind`` counts it (``forged_cmd``…)."""
+    """Why a command (or, at the hub, a result) was not taken; ``kind`` counts it
+    (``forged_cmd``…)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -274,6 +275,8 @@ class CommandResponder:
         self._clock: dict[str, Any] | None = None
 
     def handle(self, payload: bytes) -> bytes | None:
+        """The result payload for the ``cmd`` ``payload`` (to publish on ``cmd/result``),
+        or None when it is refused. Never raises for anything in ``payload``."""
         try:
             cmd = parse_command(payload, self.hub_key, self.terminal)
             if not self.memory.accept(cmd.hub, cmd.n):

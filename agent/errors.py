@@ -46,6 +46,7 @@ tree (also in ``docs/architecture.md``)::
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── NotConnected (ConnectionError)         sync.link: nothing was published
+     ├── CommandRefused (ValueError)            agent.commands: a hub command not carried out
      ├── BadSignature (ValueError)              sync.signed: a v2 message's signature fails
      ├── UntrustedTerminal (ValueError)         sync.hub.trust: not enrolled, or revoked
      ├── PacketTooLarge (ValueError)            sync.link: over the broker's packet limit
@@ -58,7 +59,6 @@ tree (also in ``docs/architecture.md``)::
      ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
      ├── AccountError (ValueError)              sync.hub.console.accounts: bad account input
      ├── TrailRefused (ValueError)              sync.hub.console.trail: a 用卡轨迹 lookup refused
-     ├── CommandRefused (ValueError)            agent.commands: a hub command not carried out
      └── CardPulled                             simulator.vcard: a virtual card leaves the field
 
 **Exit codes** of ``ykt`` (:func:`exit_code`): 0 success; 2 usage or configuration

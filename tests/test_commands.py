@@ -150,6 +150,7 @@ def test_the_documented_messages_have_the_fields_the_code_sends(tmp_path: Path) 
     t = Terminal(AgentConfig.model_validate({
         "terminal": {"id": "BUS-1", "data_dir": str(tmp_path / "d"), "demo": True},
         "mqtt": {"enabled": False}}))
+    t._sources_override = []          # no card reader: only the journal and the clock
     t.start()
     try:
         r = terminal_responder(t)

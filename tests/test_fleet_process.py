@@ -45,7 +45,7 @@ from tests.test_hub import fill
 
 CHANNEL = "test/fleet"
 MOVING = {"last_seen", "offline_since", "state_as_of", "outbox_as_of", "outbox_age_s",
-          "clock_offset_s", "clock_error_s", "clock_measured_at"}
+          "clock_offset_s", "clock_error_s", "clock_measured_at", "policy_latest_at"}
 """Fleet fields that depend on when each hub heard or measured: compared separately."""
 
 
@@ -144,12 +144,13 @@ def test_fleet_on_postgresql_equals_fleet_on_sqlite_and_a_stopped_terminal_keeps
             by = {r["terminal"]: r for r in rows}
             assert by["BUS-A"]["online"] and by["BUS-B"]["online"]
             assert by["BUS-A"]["policy_latest"] == 3 and not by["BUS-A"]["stale"]
-            assert by["BUS-B"]["policy_behind"] == 1 and by["BUS-B"]["stale"]
+            assert by["BUS-B"]["policy_behind"] == 1 and not by["BUS-B"]["stale"]  # rolling out
             assert by["BUS-A"]["outbox"] == 0 and by["BUS-A"]["outbox_age_s"] == 0.0
             for r in rows:       # same host: the round trip says 0, within its error
                 assert abs(r["clock_offset_s"]) <= r["clock_error_s"], r
         assert fleet(pg_dsn, capsys, "--offline") == (0, [])
-        code, stale = fleet(pg_dsn, capsys, "--stale")
+        assert fleet(pg_dsn, capsys, "--stale") == (0, [])
+        code, stale = fleet(pg_dsn, capsys, "--stale", "--stale-after", "0")
         assert code == 1 and [r["terminal"] for r in stale] == ["BUS-B"]
         code, alarmed = fleet(tmp_path / "hub.db", capsys, "--alarms")
         assert code == 1 and [r["terminal"] for r in alarmed] == ["BUS-B"]
@@ -162,7 +163,7 @@ def test_fleet_on_postgresql_equals_fleet_on_sqlite_and_a_stopped_terminal_keeps
         for rows in (rows_lite, rows_pg):
             b = {r["terminal"]: r for r in rows}["BUS-B"]
             assert not b["online"] and b["offline_since"] is not None
-            assert b["policy"] == f"{CHANNEL}@2" and b["stale"]
+            assert b["policy"] == f"{CHANNEL}@2" and b["policy_behind"] == 1
             assert b["alarms"] == ["disk_low"] and b["clock"] == "rtc"
             assert b["outbox"] == 0 and b["clock_offset_s"] is not None
         for db in (tmp_path / "hub.db", pg_dsn):
@@ -278,7 +279,8 @@ def test_columns_line_up_in_chinese() -> None:
     base: dict[str, Any] = {
         "online": True, "last_seen": utc_stamp(now), "offline_since": None,
         "state_as_of": None, "profile": "", "policy": "", "policy_channel": "",
-        "policy_version": None, "policy_latest": None, "policy_behind": None,
+        "policy_version": None, "policy_latest": None, "policy_latest_at": None,
+        "policy_behind": None,
         "policy_expires": "", "policy_expired": False, "policy_state": "",
         "policy_refusal": "", "stale": False, "outbox": 3, "outbox_oldest": None,
         "outbox_age_s": 75.0, "outbox_as_of": utc_stamp(now), "clock_offset_s": 0.01,

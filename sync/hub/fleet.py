@@ -36,12 +36,13 @@ class FleetRow(TypedDict):
     policy_channel: str
     policy_version: int | None
     policy_latest: int | None   # latest version seen published on that channel
+    policy_latest_at: str | None  # when the hub first saw that version published
     policy_behind: int | None   # latest − applied
     policy_expires: str     # "" = never
     policy_expired: bool
     policy_state: str
     policy_refusal: str
-    stale: bool             # behind the latest published, or expired
+    stale: bool             # expired, or behind a version published > stale_after_s ago
     outbox: int | None      # records not yet at the hub (as of outbox_as_of)
     outbox_oldest: str | None   # decision time of the oldest of them (terminal's clock)
     outbox_age_s: float | None  # its age by the hub's clock (offset corrected)
@@ -70,8 +71,8 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _policy(st: dict[str, Any], latest: dict[str, Any] | None, now: float
-            ) -> dict[str, Any]:
+def _policy(st: dict[str, Any], latest: dict[str, Any] | None, now: float,
+            stale_after_s: float) -> dict[str, Any]:
     label = str(st.get("policy") or "")
     channel, _, ver = label.rpartition("@")
     version = int(ver) if ver.isdigit() else None
@@ -80,11 +81,14 @@ def _policy(st: dict[str, Any], latest: dict[str, Any] | None, now: float
     expires = str(st.get("policy_expires") or "")
     exp_t = _stamp(expires)
     expired = exp_t is not None and exp_t <= now
+    seen = None if latest is None else float(latest["seen_at"])
+    overdue = bool(behind) and seen is not None and now - seen > stale_after_s
     return {"policy": label, "policy_channel": channel, "policy_version": version,
-            "policy_latest": latest_v, "policy_behind": behind, "policy_expires": expires,
+            "policy_latest": latest_v, "policy_latest_at": _utc(seen),
+            "policy_behind": behind, "policy_expires": expires,
             "policy_expired": expired, "policy_state": str(st.get("policy_state") or ""),
             "policy_refusal": str(st.get("policy_refusal") or ""),
-            "stale": expired or bool(behind)}
+            "stale": expired or overdue}
 
 
 def _outbox(st: dict[str, Any], st_at: float | None, reading: dict[str, Any] | None,
@@ -120,11 +124,14 @@ def _outbox(st: dict[str, Any], st_at: float | None, reading: dict[str, Any] | N
 
 
 def fleet_rows(report_terminals: dict[str, Any], snapshot: FleetSnapshot, now: float,
-               offline_after_s: float = 120.0) -> list[FleetRow]:
+               offline_after_s: float = 120.0, stale_after_s: float = 600.0
+               ) -> list[FleetRow]:
     """One :class:`FleetRow` per terminal, sorted by id, from the hub store's report
     (``report()["terminals"]``: what the hub holds of each chain) and the fleet tables
     (:meth:`~sync.hub.fleetstore.FleetStore.snapshot`). ``now`` is the hub's time (s);
-    a terminal not heard from for ``offline_after_s`` s counts as offline."""
+    a terminal not heard from for ``offline_after_s`` s counts as offline, one still
+    behind a version published more than ``stale_after_s`` s ago (a rollout takes
+    seconds to minutes) or past its policy's expiry as stale."""
     rows: list[FleetRow] = []
     for tid in sorted(set(report_terminals) | set(snapshot.terminals)):
         hub_side = report_terminals.get(tid) or {}
@@ -149,7 +156,7 @@ def fleet_rows(report_terminals: dict[str, Any], snapshot: FleetSnapshot, now: f
                                         else heard + offline_after_s)),
             "state_as_of": _utc(f["status_at"]), "profile": str(st.get("profile") or ""),
             **_policy(st, snapshot.policies.get(str(st.get("policy") or "").rpartition(
-                "@")[0]), now),
+                "@")[0]), now, stale_after_s),
             **_outbox(st, f["status_at"], f["reading"], f["reading_at"], hub_side, offset,
                       now),
             "clock_offset_s": offset,
@@ -162,8 +169,8 @@ def fleet_rows(report_terminals: dict[str, Any], snapshot: FleetSnapshot, now: f
     return rows
 
 
-def load_fleet(db: Path | str, *, now: float | None = None, offline_after_s: float = 120.0
-               ) -> list[FleetRow]:
+def load_fleet(db: Path | str, *, now: float | None = None, offline_after_s: float = 120.0,
+               stale_after_s: float = 600.0) -> list[FleetRow]:
     """:func:`fleet_rows` of the hub database ``db`` (a SQLite ``Path`` or a PostgreSQL
     URL, as ``--db``), read now (``now`` defaults to the hub's clock, s). Raises
     ``OSError`` when the database cannot be opened (``FileNotFoundError`` for a SQLite
@@ -178,7 +185,8 @@ def load_fleet(db: Path | str, *, now: float | None = None, offline_after_s: flo
         fleet = open_fleet_store(db)
         try:
             return fleet_rows(store.report()["terminals"], fleet.snapshot(),
-                              time.time() if now is None else now, offline_after_s)
+                              time.time() if now is None else now, offline_after_s,
+                              stale_after_s)
         finally:
             fleet.close()
     finally:
@@ -196,9 +204,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fl.add_argument("--db", required=True, type=_db_arg, help=_DB_HELP)
     fl.add_argument("--offline-after", type=float, default=120.0, metavar="S",
                     help="seconds without news after which a terminal counts as offline")
+    fl.add_argument("--stale-after", type=float, default=600.0, metavar="S",
+                    help="a terminal behind a version published more than S seconds ago "
+                    "is stale (default 600)")
     fl.add_argument("--offline", action="store_true", help="terminals that are offline")
     fl.add_argument("--stale", action="store_true",
-                    help="terminals behind the latest published policy, or expired")
+                    help="terminals behind the latest published policy (--stale-after), "
+                    "or whose policy expired")
     fl.add_argument("--alarms", action="store_true", help="terminals with an alarm")
     fl.add_argument("--json", action="store_true", help="print JSON (a list of rows)")
     fl.set_defaults(func=_fleet)
@@ -213,7 +225,8 @@ def _fleet(args: argparse.Namespace) -> int:
     from sync.hub.cli import _err
 
     try:
-        rows = load_fleet(args.db, offline_after_s=args.offline_after)
+        rows = load_fleet(args.db, offline_after_s=args.offline_after,
+                          stale_after_s=args.stale_after)
     except OSError as err:
         return _err(str(err))
     filtered = args.offline or args.stale or args.alarms

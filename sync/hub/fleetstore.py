@@ -10,7 +10,7 @@ hub's clock, as ``REAL``/``double precision``):
 * ``fleet_clock``: the last round-trip clock measurement (offset, error = RTT/2, RTT, when,
   which hub instance measured it);
 * ``fleet_policy``: the latest manifest version seen published per channel (with its
-  expiry), from the retained ``ykt/v1/policy/{channel}/manifest``.
+  expiry and when it first appeared), from the retained ``ykt/v1/policy/{channel}/manifest``.
 
 :func:`open_fleet_store` opens it from ``--db``; :meth:`FleetStore.snapshot` is what
 :func:`sync.hub.fleet.fleet_rows` reads. Every method may raise ``sqlite3.Error`` /
@@ -125,10 +125,12 @@ class FleetStore:
                                        hub))
 
     def record_manifest(self, channel: str, version: int, expires: str, now: float) -> None:
-        """A manifest of ``channel`` was seen published; a lower version never wins."""
+        """A manifest of ``channel`` was seen published at ``now``; only a higher version
+        replaces the stored one (so ``seen_at`` is when the latest version first
+        appeared, not when a restarted hub saw the retained copy again)."""
         self._run("INSERT INTO fleet_policy VALUES (?, ?, ?, ?) ON CONFLICT (channel) DO "
                   "UPDATE SET version=excluded.version, expires=excluded.expires, "
-                  "seen_at=excluded.seen_at WHERE excluded.version >= fleet_policy.version",
+                  "seen_at=excluded.seen_at WHERE excluded.version > fleet_policy.version",
                   (channel, version, expires, now))
 
     def snapshot(self) -> FleetSnapshot:
