@@ -109,6 +109,12 @@ def test_hotlist_operator_adds_a_card_hashed_at_the_hub(console_site: ConsoleSit
     assert CARD_ID not in text and CARD_ID.lower() not in text
     entry = console_site.accounts.audit_log(action="hotlist_add")[0]
     assert entry.user == "hank" and entry.outcome == "ok: hotlist@1"
+    status, text, _ = c.request("/console/hotlist", {"csrf": token, "identifier": CARD_ID,
+                                                     "reason": "x" * 65, "action": "add"})
+    assert status == 400 and "reason" in text       # the publisher's own check
+    status, text, _ = c.request("/console/hotlist", {"csrf": token, "identifier": "3.70302E+17",
+                                                     "reason": "lost", "action": "add"})
+    assert status == 400 and "spreadsheet" in text
     assert entry.target == "card 0011************************EEFF"
     console_site.accounts.close()
     raw = _raw_files(tmp_path)

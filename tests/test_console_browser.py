@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -58,9 +57,10 @@ def _spki_hash(cert_pem: bytes) -> str:
 
 
 @pytest.fixture
-def open_browser() -> Iterator[Callable[[ConsoleSite], webdriver.Chrome]]:
+def open_browser(monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[Callable[[ConsoleSite], webdriver.Chrome]]:
     """Starts a fresh headless Chromium for a site (trusting that site's key only)."""
-    os.environ["SE_OFFLINE"] = "true"          # Selenium Manager: never download anything
+    monkeypatch.setenv("SE_OFFLINE", "true")   # Selenium Manager: never download anything
     started: list[tuple[webdriver.Chrome, str]] = []
 
     def start(site: ConsoleSite) -> webdriver.Chrome:

@@ -75,7 +75,6 @@ class ConsoleConfig:
     secure_cookies: bool = True
     tz: str = "Asia/Shanghai"
     offline_after_s: float = 120.0
-    channels: list[str] = field(default_factory=list)
     render: Any = None
 
 

@@ -104,8 +104,10 @@ def hotlist(request: Request, user: Account, form: FormData) -> Response:
     except (ValueError, OSError, LookupError, TimeoutError, PermissionError) as err:
         cfg.accounts.set_outcome(entry, f"failed: {err}")
         log.warning("hotlist %s by %s failed: %s", action, user.name, err)
+        # a ValueError is the request (e.g. a reason over 64 characters); others the hub's
+        status = 400 if isinstance(err, ValueError) and not isinstance(err, OSError) else 502
         return _render(request, "hotlist.html", {**ctx, "error": f"not published: {err}"},
-                       502)
+                       status)
     cfg.accounts.set_outcome(entry, f"ok: {what}")
     return _render(request, "hotlist.html",
                    {**ctx, "done": f"{action} {ident.kind} {ident.masked}: {what}"})
