@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := mosquitto pcscd vsmartcard-vpcd libpcsclite-dev swig libzbar0 gcc make postgresql \
-                python3-venv python3-dev espeak-ng sox alsa-utils
+                python3-venv python3-dev espeak-ng sox alsa-utils chromium chromium-driver
 VOICE_DIR ?= build/voices
 PYTEST_ARGS ?=
 CARDS ?= sim

@@ -58,6 +58,8 @@ tree (also in ``docs/architecture.md``)::
      ├── DynsecError                            sync.hub.dynsec: the broker refused a command
      ├── PgStoreError (OSError)                 sync.hub.pgstore: PostgreSQL unusable
      ├── PgUnavailable (RuntimeError)           simulator.postgres: no throw-away cluster here
+     ├── AccountError (ValueError)              sync.hub.console.accounts: bad account input
+     ├── TrailRefused (ValueError)              sync.hub.console.trail: a 用卡轨迹 lookup refused
      └── CardPulled                             simulator.vcard: a virtual card leaves the field
 
 **Exit codes** of ``ykt`` (:func:`exit_code`): 0 success; 2 usage or configuration

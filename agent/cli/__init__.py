@@ -39,6 +39,7 @@ SUBCOMMAND_MODULES = [
     "sync.hub.hotlist_cli",  # ykt hub hotlist add / remove
     "sync.hub.fleet",     # ykt hub fleet
     "sync.hub.cli_trust",  # ykt hub ca / identity / broker-config / enroll / web / revoke / crl
+    "sync.hub.console.cli",  # ykt hub console user … / audit, ykt hub trail
     "agent.cli.enroll",   # ykt enroll (terminal side)
 ]
 

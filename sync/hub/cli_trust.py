@@ -35,6 +35,7 @@ from sync.hub.brokerconf import (
 from sync.hub.ca import ADMIN_NAME, CRL_DAYS, HubCA
 from sync.hub.cli import hub_subparsers
 from sync.hub.enroll import DEFAULT_TTL_S, EnrollmentRefused, Issued, issue_token
+from sync.hub.web_console import add_console_args
 
 __all__ = ["register"]
 
@@ -125,6 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     web.add_argument("--hostname", action="append", default=None,
                      help="name or IP in the server certificate (default the --listen one)")
     _broker(web)
+    add_console_args(web)           # --db: the console at /console and /metrics
     web.set_defaults(func=_web)
 
     rv = hs.add_parser("revoke", help="revoke a terminal now: CRL, broker, reload")
@@ -200,6 +202,7 @@ def _enroll(args: argparse.Namespace) -> int:
 def _web(args: argparse.Namespace) -> int:
     from sync.hub.dynsec import add_terminal
     from sync.hub.web import EnrollmentServer
+    from sync.hub.web_console import web_routes
 
     ca = HubCA(args.identity)
 
@@ -208,8 +211,12 @@ def _web(args: argparse.Namespace) -> int:
             add_terminal(admin_settings(ca, args.host, args.port), issued.terminal,
                          terminal_channels(ca, issued.terminal))
 
+    try:
+        routes = web_routes(args, ca)
+    except (OSError, ValueError) as err:
+        return _fail(str(err), 2)
     server = EnrollmentServer(ca, args.listen, args.listen_port,
-                              hosts=args.hostname, on_issued=on_issued)
+                              hosts=args.hostname, on_issued=on_issued, routes=routes)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

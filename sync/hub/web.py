@@ -1,8 +1,8 @@
 """The hub's web side: one ASGI application (Starlette) behind one TLS listener (uvicorn).
 
-Today it serves enrollment (``docs/security.md``); the policy parts, the hotlist feed,
-metrics and the operations console are meant to join it as routes (``DESIGN.md``, "One
-web side for the hub").
+It serves enrollment (``docs/security.md``) and, with ``ykt hub web --db``, the operations
+console at ``/console`` and ``/metrics`` (:mod:`sync.hub.web_console`); the policy parts
+and the hotlist feed join it as routes (``DESIGN.md``, "One web side for the hub").
 
 Routes (JSON in, JSON out; every certificate and key PEM):
 
