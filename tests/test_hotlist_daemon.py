@@ -20,6 +20,7 @@ from sync.hub.web import EnrollmentServer
 from sync.link import MqttSettings
 from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import PSEUDO, PolicyEnv
+from tests.fixtures.tls_broker import TlsBroker
 from tests.test_daemon_policy import _tap, _terminal
 
 TOKEN = "t" * 40
@@ -78,3 +79,53 @@ def test_bank_reports_a_loss_and_the_running_terminal_refuses_the_card(
     finally:
         terminal.stop()
         web.stop()
+
+
+def test_ykt_hub_web_serves_the_loss_report_endpoint(policy_env: PolicyEnv,
+                                                     tls_broker: TlsBroker,
+                                                     tmp_path: Path) -> None:
+    """The real command: ``ykt hub web --policy-repo R --hotlist-key K`` with API tokens
+    from the environment serves ``POST /v1/hotlist`` and publishes through the mutual-TLS
+    broker with the hub's certificate, inside the generated ACLs (PUBACK: ``published``)."""
+    import os
+    import subprocess
+    import sys
+
+    from simulator.process import stop_process
+    from tests.fixtures.logguard import watch_stderr
+
+    env = policy_env
+    hot = SigningKey.generate()
+    hot_pem = tmp_path / "hotlist.pem"
+    hot.save(hot_pem)
+    env.repo.rotate([env.key], [env.key.public], hotlist_keys=[hot.public])
+    env.build(env.population_sources())
+    port = free_port()
+    err = tmp_path / "web.stderr"
+    ident = tls_broker.ca.paths.dir
+    with err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "hub", "web", "--identity", str(ident),
+             "--listen-port", str(port), "--host", "127.0.0.1",
+             "--port", str(tls_broker.broker.port), "--offline",
+             "--policy-repo", str(env.repo.root), "--hotlist-key", str(hot_pem)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, "YKT_HOTLIST_API_TOKENS": TOKEN,
+                 "YKT_PSEUDONYM_KEY": PSEUDO._key.hex()})
+    watch_stderr(err, "ykt hub web")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("hub web ready: https://127.0.0.1:"), err.read_text()
+        url = line.split("ready: ", 1)[1].strip()
+        ctx = ssl.create_default_context(cafile=str(tls_broker.ca.paths.ca_cert))
+        victim = env.pop.tagged("standard")[0]
+        assert _post(url, ctx, {"card": victim.card_id}, None)[0] == 401
+        status, body = _post(url, ctx, {"action": "add", "card": victim.card_id,
+                                        "reason": "lost"}, TOKEN)
+        assert status == 200 and body["published"] == {env.repo.channel: 1}, body
+    finally:
+        code = stop_process(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0

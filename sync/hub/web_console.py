@@ -100,29 +100,29 @@ def envelope_publisher(repo: Path, settings: Any, accounts: Any) -> Any:
 
 
 def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
-    """The routes ``ykt hub web`` adds for ``--db`` (none without it). Raises ``OSError``
-    (store or accounts cannot be opened) or ``ValueError`` (a bad credential)."""
-    if args.db is None:
-        return []
+    """The routes ``ykt hub web`` adds: the console and ``/metrics`` for ``--db``, and
+    ``POST /v1/hotlist`` with ``--policy-repo``, ``--hotlist-key`` and API tokens (with or
+    without ``--db``). Raises ``OSError`` (store, accounts or key cannot be opened) or
+    ``ValueError`` (a bad credential)."""
+    from sync.link import MqttSettings
+
+    settings = MqttSettings(host=args.host, port=args.port, tls_ca_file=ca.paths.ca_cert,
+                            tls_cert_file=ca.paths.client_cert,
+                            tls_key_file=ca.paths.client_key)
+    if args.db is None:              # enrollment only, or that and the loss-report endpoint
+        if args.policy_repo is None or args.hotlist_key is None:
+            return []
+        return _loss_report_routes(settings, args, _pseudonymizer_or_none())
     from sync.hub.cli import _open_store
     from sync.hub.console import ConsoleConfig, console_routes
     from sync.hub.console.accounts import Accounts
-    from sync.hub.console.trail import TrailRefused, load_pseudonymizer
     from sync.hub.fleetstore import open_fleet_store
     from sync.hub.web_metrics import metrics_route, metrics_token
-    from sync.link import MqttSettings
 
     store = _open_store(args.db)
     fleet = open_fleet_store(args.db)
     accounts = Accounts(args.console_accounts or ca.paths.dir / "console.db")
-    try:
-        pseudo = load_pseudonymizer()
-    except TrailRefused as err:
-        log.warning("console: 用卡轨迹 and the hotlist form are off: %s", err)
-        pseudo = None
-    settings = MqttSettings(host=args.host, port=args.port, tls_ca_file=ca.paths.ca_cert,
-                            tls_cert_file=ca.paths.client_cert,
-                            tls_key_file=ca.paths.client_key)
+    pseudo = _pseudonymizer_or_none()
     publish = (envelope_publisher(args.policy_repo, settings, accounts)
                if args.policy_repo is not None else None)
     from agent.keys import read_secret
@@ -132,7 +132,7 @@ def web_routes(args: argparse.Namespace, ca: HubCA) -> list[BaseRoute]:
                         session_key=read_secret("console-session-key",
                                                 "YKT_CONSOLE_SESSION_KEY")
                         or os.urandom(32).hex())
-    routes: list[BaseRoute] = list(console_routes(cfg))
+    routes: list[BaseRoute] = [*console_routes(cfg), *_loss_report_routes(settings, args, pseudo)]
     token = metrics_token()
     if token:
         routes.append(metrics_route(store, token, fleet=fleet))
@@ -166,3 +166,38 @@ def _hotlist_change(settings: Any, args: argparse.Namespace, pseudo: Any) -> Any
 
     signer = SigningKey.load(args.hotlist_key, args.hotlist_alg)
     return hotlist_publisher(args.policy_repo, signer, pseudo, mqtt_publisher(settings))
+
+
+def _pseudonymizer_or_none() -> Any:
+    """The deployment's pseudonymiser from its credential, or None (logged: 用卡轨迹, the
+    hotlist form and ``POST /v1/hotlist`` are off then)."""
+    from sync.hub.console.trail import TrailRefused, load_pseudonymizer
+
+    try:
+        return load_pseudonymizer()
+    except TrailRefused as err:
+        log.warning("用卡轨迹 and hotlist changes are off: %s", err)
+        return None
+
+
+def _loss_report_routes(settings: Any, args: argparse.Namespace, pseudo: Any
+                        ) -> list[BaseRoute]:
+    """``POST /v1/hotlist`` for a bank's or SSC centre's loss-reporting system
+    (:mod:`sync.hub.hotlist_http`) when ``--policy-repo``, ``--hotlist-key``, the deployment
+    key and API tokens (``$CREDENTIALS_DIRECTORY/hotlist-api-tokens``) are all there; else
+    none, with one log line saying what is missing. Raises ``OSError``/``ValueError`` for an
+    unreadable or bad hotlist key."""
+    if args.policy_repo is None or args.hotlist_key is None or pseudo is None:
+        return []
+    from agent.policy.signing import SigningKey
+    from sync.hub.hotlist import mqtt_publisher
+    from sync.hub.hotlist_http import HotlistEndpoint, hotlist_routes, read_tokens
+
+    try:
+        tokens = read_tokens()
+    except ValueError as err:
+        log.info("POST /v1/hotlist is off: %s", err)
+        return []
+    signer = SigningKey.load(args.hotlist_key, args.hotlist_alg)
+    return list(hotlist_routes(HotlistEndpoint(args.policy_repo, signer, pseudo,
+                                               mqtt_publisher(settings), tokens)))
