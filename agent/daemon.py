@@ -32,6 +32,7 @@ from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify, supervise
 from agent.store import PolicyStore
+from agent.tap_timing import TapTimer
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
 from drivers.registry import load_actuator, load_source, options_for, resolve_auto_cards
@@ -99,6 +100,7 @@ class Terminal:
         self._stopped = threading.Event()
         self._lock = DataDirLock(cfg.terminal.data_dir)
         self.worker_beat = time.monotonic()    # the decision worker's last sign of life
+        self.taps = TapTimer(self.ruleset.profile.tap_budget_ms)   # slow taps (status)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +166,7 @@ class Terminal:
     def submit(self, p: Presentation) -> None:
         """Queue a presentation for decision (called from driver threads)."""
         if self.applier is not None:
-            self.applier.compactor.activity()   # a background merge yields to taps
+            self.applier.schedule.activity()    # snapshot and merge children yield to taps
         try:
             self._queue.put(p, timeout=1.0)
         except queue.Full:
@@ -290,16 +292,21 @@ class Terminal:
         if not pc.enabled:
             return
         from agent.policy.apply import PolicyApplier
+        from agent.policy.schedule import scheduled_apply
         from agent.policy.signing import load_root
         from agent.policy.wiring import engine_listener
         from sync.downlink import Downlink
 
         assert self.store and self.engine and self.uplink and pc.anchor_file is not None
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
+        schedule, runner, compactor = scheduled_apply(
+            self.cfg.maintenance, self.store, self.ruleset.profile.timezone, mono=self.mono,
+            now=self.timebase.peek if self.timebase else self.clock)
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
                                 staging_dir=self.cfg.terminal.data_dir / "staging",
                                 guard=self.engine.between_taps, clock=self.clock,
-                                keep_free_bytes=2 * self.disk.reserve_bytes if self.disk else 0)
+                                keep_free_bytes=2 * self.disk.reserve_bytes if self.disk else 0,
+                                runner=runner, compactor=compactor, schedule=schedule)
         verifier = self.engine.verifier
         on_applied = engine_listener(self.engine, profile=self.ruleset.profile.name,
                                      trust=getattr(verifier, "trust", None), base=self.ruleset)
@@ -407,6 +414,7 @@ class Terminal:
     def _decide(self, p: Presentation) -> None:
         assert self.engine is not None
         outcome = self.engine.handle(p)   # journaled durably before anything acts
+        took_ms = self.taps.took_ms(p)
         d = outcome.decision
         log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
                  outcome.record.seq if outcome.record else "-",
@@ -424,6 +432,7 @@ class Terminal:
             self._recent[outcome.record.seq] = outcome
             while len(self._recent) > 1000:
                 self._recent.popitem(last=False)
+        self.taps.observe(self.engine, outcome, took_ms)    # over budget: slow_tap, counted
         if self.uplink is not None and outcome.record is not None:
             self.uplink.notify()
         for fn in self._listeners:

@@ -186,6 +186,9 @@ class ProfileSpec(_Strict):
     slot_minutes: int = Field(60, ge=1, le=1440, description="length of a capacity time slot")
     display_columns: int = Field(20, ge=8, le=80, description="columns of the narrowest display "
                                  "the prompts must fit (a CJK character takes two)")
+    tap_budget_ms: int = Field(300, ge=1, le=60_000, description="a tap (hardware report to "
+                               "durable journal record) longer than this is journaled as "
+                               "slow_tap and counted in the status (agent/tap_timing.py)")
 
 
 class RuleFile(_Strict):

@@ -5,7 +5,9 @@ envelope that arrives (at connect: the retained one) is handed to a worker threa
 runs :meth:`agent.policy.PolicyApplier.offer`. Only the newest envelope matters: one
 arriving during an apply replaces any still waiting. A refused bundle is not retried
 (the reason is in :meth:`Downlink.status`); a failed apply (download, interrupted stage)
-is retried with exponential backoff (``retry_min_s`` doubling to ``retry_max_s``).
+is retried with exponential backoff (``retry_min_s`` doubling to ``retry_max_s``), a
+snapshot deferred by the busy hours (:mod:`agent.policy.schedule`, state ``deferred``)
+when they end; a newer envelope arriving meanwhile is taken at once.
 
 Small parts come inline in the envelope; large ones from the URL the manifest names via
 :class:`HttpPartFetcher`, which resumes a dropped transfer with ``Range`` from the bytes
@@ -15,6 +17,7 @@ part over. Nothing here is on the tap path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -28,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.policy.apply import PolicyApplier
-from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
+from agent.policy.errors import (
+    ApplyFailed,
+    BundleRefused,
+    PolicyError,
+    Refusal,
+    SnapshotDeferred,
+)
 from agent.policy.manifest import PartRef
 from sync.link import Link, MqttSettings
 from sync.topics import TopicFilter, policy_manifest
@@ -206,16 +215,23 @@ class Downlink:
                 if not isinstance(err, PolicyError):
                     log.exception("policy apply crashed; will retry")
                     err = ApplyFailed(Refusal.APPLY_FAILED, repr(err))
-                self._refused(err, "retrying")
-                with self._cond:
+                deferred = isinstance(err, SnapshotDeferred)   # busy hours: retry at their end
+                self._refused(err, "deferred" if deferred else "retrying")
+                wait = err.retry_after_s if isinstance(err, SnapshotDeferred) else delay
+                with self._cond:   # ... or at once when something newer arrives
                     if self._pending is None:
-                        self._pending = payload   # retry unless something newer arrived
-                    self._cond.wait_for(lambda: self._stop, timeout=delay)
-                delay = min(self.retry_max_s, delay * 2)
+                        self._pending = payload
+                    self._cond.wait_for(functools.partial(self._newer_or_stop, payload),
+                                        timeout=wait)
+                if not deferred:
+                    delay = min(self.retry_max_s, delay * 2)
                 continue
             delay = self.retry_min_s
             self.state = "applied"
             self.refusal = self.refusal_detail = ""
+
+    def _newer_or_stop(self, payload: bytes) -> bool:
+        return self._stop or self._pending is not payload
 
     def _refused(self, err: PolicyError, state: str) -> None:
         self.state = state

@@ -5,7 +5,8 @@
     PolicyError (RuntimeError)            .refusal: Refusal
      ├── BundleRefused                    a bad or hostile bundle: never retried as is
      └── ApplyFailed                      a good bundle that could not be applied yet
-                                          (network, disk, interrupted apply): retried
+          │                               (network, disk, interrupted apply): retried
+          └── SnapshotDeferred            a snapshot waits for the end of the busy hours
 
 Every refusal keeps the policy the terminal already has; the reason is one of
 :class:`Refusal`, reported in the status heartbeat and the logs.
@@ -17,7 +18,7 @@ import enum
 
 from agent.errors import YktError
 
-__all__ = ["ApplyFailed", "BundleRefused", "PolicyError", "Refusal"]
+__all__ = ["ApplyFailed", "BundleRefused", "PolicyError", "Refusal", "SnapshotDeferred"]
 
 
 class Refusal(enum.StrEnum):
@@ -49,6 +50,8 @@ class Refusal(enum.StrEnum):
     """A part could not be downloaded (retried with backoff)."""
     APPLY_FAILED = "apply_failed"
     """Staging or switching failed or was interrupted (retried with backoff)."""
+    DEFERRED = "deferred"
+    """A snapshot waits for the end of the configured busy hours (retried then)."""
 
 
 class PolicyError(YktError, RuntimeError):
@@ -70,3 +73,12 @@ class ApplyFailed(PolicyError):
     """A good bundle that could not be applied now; the old policy stays; retried."""
 
     retryable = True
+
+
+class SnapshotDeferred(ApplyFailed):
+    """A snapshot not started because of the busy hours (:mod:`agent.policy.schedule`):
+    retried after ``retry_after_s`` seconds, or at once when a newer manifest comes."""
+
+    def __init__(self, retry_after_s: float, detail: str = "") -> None:
+        super().__init__(Refusal.DEFERRED, detail)
+        self.retry_after_s = retry_after_s
