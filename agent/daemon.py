@@ -299,8 +299,8 @@ class Terminal:
 
         assert self.store and self.engine and self.uplink and pc.anchor_file is not None
         anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
-        schedule, runner, compactor = scheduled_apply(
-            self.cfg.maintenance, self.store, self.ruleset.profile.timezone, mono=self.mono,
+        schedule, runner, compactor = scheduled_apply(     # quiet windows: real seconds
+            self.cfg.maintenance, self.store, self.ruleset.profile.timezone,
             now=self.timebase.peek if self.timebase else self.clock)
         applier = PolicyApplier(self.store, channel=pc.channel, anchor=anchor,
                                 staging_dir=self.cfg.terminal.data_dir / "staging",
@@ -415,6 +415,8 @@ class Terminal:
         assert self.engine is not None
         outcome = self.engine.handle(p)   # journaled durably before anything acts
         took_ms = self.taps.took_ms(p)
+        if self.applier is not None:
+            self.applier.schedule.tap_done()    # a delta child stopped for it goes on
         d = outcome.decision
         log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
                  outcome.record.seq if outcome.record else "-",

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,7 @@ from profiles import profile_path
 
 SD_SNAPSHOT_ROWS_PER_S = 20_000
 SD_MERGE_BATCH_ROWS = 50
+SD_DIRTY_MAX_KB = 256
 """The SD layout's settings (docs/operations.md)."""
 DAY = date(2026, 11, 25)
 CATS = ("elderly", "disabled", "youfu", "student")
@@ -168,7 +170,9 @@ class Bench:
         self.store.entitlements(hkey(i), DAY)
         cred = Credential("ssc_card", ckey(self.args.hotlist * 5 + self.k), hkey(i))
         self.engine.handle(Presentation(PresentationKind.CARD, "bench", 0, credential=cred))
-        return (time.perf_counter() - t0) * 1000
+        dt = (time.perf_counter() - t0) * 1000
+        self.schedule.tap_done()
+        return dt
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
         """Tap every interval while ``busy()`` (in bursts if ``bursts``) up to --taps."""
@@ -317,6 +321,9 @@ def main() -> None:
     ap.add_argument("--gap-s", type=float, default=1.0)
     ap.add_argument("--quiet-s", type=float, default=0.5)
     ap.add_argument("--writer-mbps", type=float, default=2.0)
+    ap.add_argument("--dirty-max-kb", type=int, default=SD_DIRTY_MAX_KB,
+                    help="cap the card's dirty page cache (bdi max_bytes, strict_limit; "
+                    "the SD layout's %(default)s KiB; 0: the kernel's default)")
     ap.add_argument("--snapshot-rows-per-s", type=int, default=None,
                     help="[maintenance] snapshot_rows_per_s (default: the SD layout's "
                     "20000 on sd, 0 on disk)")
@@ -324,6 +331,8 @@ def main() -> None:
                     help="[maintenance] merge_batch_rows (default: 50 on sd, 500 on disk)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
+    # SIGTERM runs the finally blocks too: the emulated card is always taken down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sections = []
     for storage in (("sd", "disk") if args.storage == "both" else (args.storage,)):
         runs = []
@@ -338,7 +347,8 @@ def main() -> None:
             print(f"== {storage} run {n + 1}/{args.runs}", flush=True)
             if storage == "sd":
                 model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
-                with emulated_sd(model, size_mb=4096) as mnt:
+                with emulated_sd(model, size_mb=4096,
+                                 dirty_max_bytes=args.dirty_max_kb * 1024) as mnt:
                     runs.append(one_run(mnt, args))
                 desc = (f"emulated {model.describe()}, ext4 on a loop device throttled in the "
                         "root blkio cgroup")
@@ -347,6 +357,8 @@ def main() -> None:
                                                  dir=os.environ.get("TMPDIR")) as d:
                     runs.append(one_run(Path(d), args))
                 desc = "this machine's disk (virtio, ext4)"
+        if sd and args.dirty_max_kb:
+            desc += f"; the card's dirty page cache capped at {args.dirty_max_kb} KiB"
         desc += (f"; `[maintenance] snapshot_rows_per_s = {args.snapshot_rows_per_s}`, "
                  f"`merge_batch_rows = {args.merge_batch_rows}`")
         sections.append(report(storage, runs, desc, args))

@@ -86,10 +86,15 @@ def _set_rule(name: str, dev: str, value: int) -> None:
 
 @contextlib.contextmanager
 def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
-                backing_dir: str | Path | None = None) -> Iterator[Path]:
+                backing_dir: str | Path | None = None,
+                dirty_max_bytes: int = 0) -> Iterator[Path]:
     """Yield the mount point of a fresh ext4 file system on a loop device throttled as
     ``model`` (``size_mb`` MiB, a sparse file in ``backing_dir``, default the temp dir).
-    Raises ``RuntimeError`` naming the command that failed; undoes what it did."""
+    ``dirty_max_bytes`` (0: the kernel's default) caps the dirty page cache of that
+    device (``/sys/class/bdi/MAJ:MIN/max_bytes`` with ``strict_limit``): a writer that
+    dirties more is throttled by the kernel, so no backlog bigger than that builds up
+    ahead of a tap's fsync. Raises ``RuntimeError`` naming the command that failed;
+    undoes what it did."""
     why = available()
     if why:
         raise RuntimeError(f"cannot emulate an SD card: {why}")
@@ -116,12 +121,23 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
             if value:
                 undo.append(("rule", (name, dev)))
                 _set_rule(name, dev, value)
+        if dirty_max_bytes:
+            bdi = Path("/sys/class/bdi") / dev
+            # restored through max_ratio: the default max_bytes cannot be written back
+            undo.append(("bdi", (bdi / "max_ratio", (bdi / "max_ratio").read_text().strip())))
+            undo.append(("bdi", (bdi / "strict_limit",
+                                 (bdi / "strict_limit").read_text().strip())))
+            (bdi / "max_bytes").write_text(f"{dirty_max_bytes}\n")
+            (bdi / "strict_limit").write_text("1\n")
         yield mnt
     finally:
         errors = []
         for kind, what in reversed(undo):
             try:
-                if kind == "rule":
+                if kind == "bdi":            # the loop device outlives us: restore it
+                    path, old = what  # type: ignore[misc]
+                    Path(path).write_text(f"{old}\n")
+                elif kind == "rule":
                     name, dev = what  # type: ignore[misc]
                     _set_rule(name, dev, 0)
                 elif kind == "umount":

@@ -279,3 +279,31 @@ def test_merge_waits_outside_the_busy_hours(policy_env: PolicyEnv) -> None:
     finally:
         applier.close()
         store.close()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_delta_child_is_stopped_only_while_a_tap_is_decided() -> None:
+    mono = Taps()
+    sched = schedule(FixedClock(at(8)), mono)
+    have = PolicyInfo(CHANNEL, 1, "1" * 64, "2036-01-01T00:00:00Z")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], text=True)
+    try:
+        with sched.watch(child, "delta", have) as stopped:
+            assert not stopped() and _state(child.pid) != "T"
+            sched.activity()                      # a presentation arrives: the delta waits
+            assert stopped()
+            wait_until(lambda: _state(child.pid) == "T", 10, "the delta child stopped")
+            sched.tap_done()                      # decided and journaled: it goes on
+            wait_until(lambda: not stopped() and _state(child.pid) != "T", 10, "continue")
+            sched.activity()                      # a tap whose decision never reports back
+            assert stopped()
+            mono.t += 1.0                         # ... the delta is not held past 250 ms
+            wait_until(lambda: not stopped() and _state(child.pid) != "T", 10, "continue")
+        assert _state(child.pid) != "T"
+    finally:
+        child.kill()
+        child.wait()

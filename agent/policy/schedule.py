@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from agent.journal import parse_utc
@@ -45,18 +45,32 @@ from agent.policy.errors import SnapshotDeferred
 from agent.policy.runners import SubprocessRunner, Watcher
 from agent.store import PolicyInfo, PolicyStore
 
-if TYPE_CHECKING:
-    from agent.config import MaintenanceSection
 
-__all__ = ["BusyHours", "MaintenanceSchedule", "parse_span", "scheduled_apply"]
+class MaintenanceSettings(Protocol):
+    """What :func:`scheduled_apply` reads of the ``[maintenance]`` config section
+    (:class:`agent.config.MaintenanceSection`; the policy package never imports the
+    config, which knows the drivers)."""
+
+    busy_hours: list[str]
+    quiet_s: float
+    expiry_margin_s: float
+    snapshot_rows_per_s: int
+    merge_batch_rows: int
+
+__all__ = ["BusyHours", "MaintenanceSchedule", "MaintenanceSettings", "parse_span",
+           "scheduled_apply"]
 
 log = logging.getLogger(__name__)
 
 _SPAN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
 DAY_MIN = 24 * 60
 WATCH_S = 0.02
-"""How often (seconds) a watched snapshot child is looked at (stop on a tap, continue
-when quiet)."""
+"""How often (seconds) a watched child is looked at (stop on a tap, continue when quiet)."""
+DELTA_HOLD_S = 0.25
+DELTA_RUN_S = 0.1
+"""A delta child is stopped for a tap at most ``DELTA_HOLD_S`` seconds at a time; held
+that long, it then runs at least ``DELTA_RUN_S`` (a flood of taps slows it, never stops
+it)."""
 
 
 def parse_span(text: str) -> tuple[int, int]:
@@ -135,22 +149,41 @@ class MaintenanceSchedule:
         self._child: tuple[subprocess.Popen[str]] | None = None   # the watched child
         self._have: PolicyInfo | None = None                       # ... its policy in force
         self._stopped = False
+        self._stopped_at = 0.0
+        self._mode = ""                # the watched child's: snapshot | delta
+        self._in_flight = 0            # presentations reported and not yet decided
+        self._run_until = -1e18        # a delta child held too long runs until then
 
     def on_tap(self, fn: Callable[[], None]) -> None:
         """Also call ``fn()`` on each :meth:`activity` (the merge's compactor)."""
         self._taps.append(fn)
 
     def activity(self) -> None:
-        """A presentation arrived (cheap; from any thread)."""
+        """A presentation arrived (cheap; from any thread). Stops a watched snapshot child
+        until quiet, a delta child until :meth:`tap_done`."""
         self._last_tap = self.mono()
+        self._in_flight += 1
         for fn in self._taps:
             fn()
         have = self._have
         if (self._child is not None and not self._stopped and have is not None
                 and self._lock.acquire(blocking=False)):
             try:              # never waits: the watcher sees the time stamp anyway
-                if not self.must_run(have):
+                if self._hold(have):
                     self._send(signal.SIGSTOP, True)
+            finally:
+                self._lock.release()
+
+    def tap_done(self) -> None:
+        """The presentation reported last has been decided and journaled: a delta child
+        stopped for it goes on (once no other tap is in flight)."""
+        self._in_flight = max(0, self._in_flight - 1)
+        have = self._have
+        if (self._mode == "delta" and self._stopped and have is not None
+                and self._lock.acquire(blocking=False)):
+            try:
+                if not self._hold(have):
+                    self._send(signal.SIGCONT, False)
             finally:
                 self._lock.release()
 
@@ -202,6 +235,18 @@ class MaintenanceSchedule:
                                f"hours ({retry:.0f} s; {have.label} stays in force)")
 
     def _hold(self, have: PolicyInfo) -> bool:
+        """Whether the watched child should be stopped now. A snapshot: while not quiet or
+        busy (unless :meth:`must_run`). A delta: only while a tap is in flight, and never
+        for more than :data:`DELTA_HOLD_S` at a time (then it runs :data:`DELTA_RUN_S`):
+        it always progresses, a hotlist change lands in seconds."""
+        if self._mode == "delta":
+            now = self.mono()
+            if now < self._run_until:
+                return False
+            if self._stopped and now - self._stopped_at > DELTA_HOLD_S:
+                self._run_until = now + DELTA_RUN_S
+                return False
+            return self._in_flight > 0 and now - self._last_tap < DELTA_HOLD_S
         return not self.must_run(have) and (not self.quiet() or self.busy_now())
 
     def _send(self, sig: int, stopped: bool) -> None:
@@ -213,6 +258,7 @@ class MaintenanceSchedule:
                 self._stopped = stopped
                 if stopped:
                     self.pauses += 1
+                    self._stopped_at = self.mono()
 
     def watcher(self, policy: Callable[[], PolicyInfo]) -> Watcher:
         """A :class:`~agent.policy.runners.SubprocessRunner` watcher judging by the policy
@@ -224,15 +270,13 @@ class MaintenanceSchedule:
               ) -> Iterator[Callable[[], bool]]:
         """While a snapshot child ``proc`` runs: stop it the moment a tap comes (from
         :meth:`activity`) or busy hours begin, continue it once quiet — unless
-        :meth:`must_run`. Yields a function telling whether the child is stopped now;
-        the child is continued on exit. A delta (``mode`` != ``"snapshot"``) is not
-        watched: it applies at once."""
-        if mode != "snapshot":
-            yield lambda: False
-            return
+        :meth:`must_run`. A delta child is stopped only while a tap is being decided
+        (:meth:`tap_done`), at most :data:`DELTA_HOLD_S` at a time. Yields a function
+        telling whether the child is stopped now; the child is continued on exit."""
         done = threading.Event()
         with self._lock:
             self._child, self._stopped, self._have = (proc,), False, have
+            self._mode = "delta" if mode == "delta" else "snapshot"
 
         def loop() -> None:
             while not done.wait(WATCH_S):
@@ -256,9 +300,10 @@ class MaintenanceSchedule:
             with self._lock:
                 self._send(signal.SIGCONT, False)
                 self._child = self._have = None
+                self._mode = ""
 
 
-def scheduled_apply(cfg: MaintenanceSection, store: PolicyStore, timezone: str, *,
+def scheduled_apply(cfg: MaintenanceSettings, store: PolicyStore, timezone: str, *,
                     now: Callable[[], float], mono: Callable[[], float] = time.monotonic
                     ) -> tuple[MaintenanceSchedule, SubprocessRunner, Compactor]:
     """The daemon's schedule (from the ``[maintenance]`` config section), the apply runner
@@ -271,7 +316,7 @@ def scheduled_apply(cfg: MaintenanceSection, store: PolicyStore, timezone: str, 
                                    expiry_margin_s=cfg.expiry_margin_s)
     compactor = Compactor(store, quiet_s=cfg.quiet_s, clock=mono,
                           allowed=schedule.merge_allowed, batch_rows=cfg.merge_batch_rows)
-    schedule.on_tap(compactor.activity)
+    schedule.on_tap(lambda: compactor.activity())    # looked up per tap
     runner = SubprocessRunner(watcher=schedule.watcher(lambda: store.info),
                               snapshot_rows_per_s=cfg.snapshot_rows_per_s)
     return schedule, runner, compactor
