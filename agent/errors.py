@@ -42,6 +42,7 @@ tree (also in ``docs/architecture.md``)::
      ├── PolicyError (RuntimeError)             agent.policy.errors: a bundle not applied
      │    ├── BundleRefused                     refused for good (``refusal``)
      │    └── ApplyFailed                       failed this time, retried
+     │         └── SnapshotDeferred             a snapshot waits for the busy hours' end
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── NotConnected (ConnectionError)         sync.link: nothing was published

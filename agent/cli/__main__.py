@@ -4,4 +4,5 @@ import sys
 
 from agent.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":      # imported (tests list every module's exceptions): no run
+    sys.exit(main())
