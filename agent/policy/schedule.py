@@ -143,7 +143,7 @@ class MaintenanceSchedule:
         self.deferred = 0
         """Snapshots deferred because of busy hours (counted)."""
         self.pauses = 0
-        """Times a snapshot child was stopped for a tap."""
+        """Times a watched (snapshot or delta) child was stopped."""
         self._taps: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._child: tuple[subprocess.Popen[str]] | None = None   # the watched child
