@@ -18,8 +18,8 @@ PROFILE ?= bus_validator
 TLS ?= --tls
 FUZZ_EXAMPLES ?= 10000
 
-.PHONY: demo test fuzz lint typecheck bench deb venv firmware clean install uninstall voices \
-        install-check
+.PHONY: demo test fuzz lint typecheck bench bench-sd deb venv firmware clean install uninstall \
+        voices install-check
 
 # voice clips (Mandarin, espeak-ng) for the prompt driver's player; its voice_dir
 voices: $(STAMP)
@@ -50,7 +50,15 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) firmware
-	@for b in bench/bench_*.py; do m=$${b%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit 1; done
+	@for b in bench/bench_*.py; do m=$${b%.py}; [ "$$m" = bench/bench_storage ] && continue; \
+	  echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit 1; done
+
+# Taps during policy I/O on an emulated SD card (root: a throttled loop device) and on
+# this machine's disk, three runs (issue 15; bench/bench_storage.py, bench/sdcard.py)
+BENCH_SD_ARGS ?= --runs 3
+bench-sd: $(STAMP)
+	$(BIN)/python -m bench.bench_storage --storage sd $(BENCH_SD_ARGS)
+	$(BIN)/python -m bench.bench_storage --storage disk $(BENCH_SD_ARGS)
 
 firmware:
 	@if [ -f firmware_stubs/gate_controller/Makefile ]; then $(MAKE) -s -C firmware_stubs/gate_controller; fi

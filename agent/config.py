@@ -171,6 +171,35 @@ class JournalSection(_Section):
         "when the disk fills so the terminal can journal 'out of service', prune and sync")
 
 
+class MaintenanceSection(_Section):
+    """When a policy's bulk writes run (docs/configuration.md, ``agent/policy/schedule.py``):
+    a snapshot never starts inside ``busy_hours`` (unless the terminal has no policy yet or
+    the applied one is within ``expiry_margin_s`` of its expiry); snapshot and overlay merge
+    pause while taps come and go on after ``quiet_s`` without one. Deltas apply at once."""
+
+    busy_hours: list[str] = Field(
+        default_factory=list, description="local 'HH:MM-HH:MM' spans (profile timezone, "
+        "decision time) in which no snapshot starts and no overlay merge runs; "
+        "'22:00-06:00' wraps past midnight")
+    quiet_s: float = Field(2.0, gt=0, le=3600, description="seconds without a tap before a "
+                           "snapshot or merge child goes on")
+    expiry_margin_s: float = Field(
+        3600.0, ge=0, description="seconds before the applied policy expires from which a "
+        "snapshot is neither deferred nor paused")
+    snapshot_rows_per_s: int = Field(
+        0, ge=0, description="cap on a snapshot's write rate, rows/s (0: none); SD cards: "
+        "see docs/operations.md")
+    merge_batch_rows: int = Field(500, ge=1, le=100_000, description="overlay rows per merge "
+                                  "transaction; smaller on SD cards (docs/operations.md)")
+
+    @field_validator("busy_hours")
+    @classmethod
+    def _spans(cls, v: list[str]) -> list[str]:
+        from agent.policy.schedule import BusyHours
+        BusyHours.parse(v)            # ValueError: which span and what is wrong
+        return v
+
+
 class IdentitySection(_Section):
     """The terminal's identity (``docs/security.md``): its key, its certificate from the hub
     CA, the hub CA and the hub's signing key, as files in one directory
@@ -205,6 +234,7 @@ class AgentConfig(_Section):
     keypad: KeypadSection = Field(default_factory=KeypadSection)
     journal: JournalSection = Field(default_factory=JournalSection)
     policy: PolicySection = Field(default_factory=PolicySection)
+    maintenance: MaintenanceSection = Field(default_factory=MaintenanceSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     identity: IdentitySection = Field(default_factory=IdentitySection)
 

@@ -43,7 +43,8 @@ MAX_REQUEST = 4096            # bytes: a request is one short JSON line
 
 def heartbeat(t: Terminal) -> dict[str, Any]:
     """The status heartbeat's fields of a running terminal: profile, policy, clock quality
-    and offset, journal position, alarms, and the policy downlink's state."""
+    and offset, journal position, alarms, slow taps (:mod:`agent.tap_timing`), and the
+    policy downlink's state."""
     j, s = t.journal, t.store
     status: dict[str, Any] = {
         "terminal": t.cfg.terminal.id, "profile": t.ruleset.profile.name,
@@ -51,7 +52,7 @@ def heartbeat(t: Terminal) -> dict[str, Any]:
         "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
         "time": t.clock(),
         "clock_offset_s": round(t.timebase.offset_s, 1) if t.timebase else 0.0,
-        "alarms": alarms(t),
+        "alarms": alarms(t), **t.taps.status(),
         "oldest_unsynced": None,
     }
     if j is not None and j.pending_count:      # the outbox's age, not only its depth

@@ -33,6 +33,7 @@ from agent.pseudonym import Pseudonymizer
 from agent.rules import RuleSet, load_ruleset
 from agent.sdnotify import notify, supervise
 from agent.store import PolicyStore
+from agent.tap_timing import TapTimer
 from agent.timebase import TimeBase
 from drivers.base import Actuator, PresentationSource
 from drivers.registry import load_actuator, load_source, options_for, resolve_auto_cards
@@ -102,6 +103,7 @@ class Terminal:
         self._stopped = threading.Event()
         self._lock = DataDirLock(cfg.terminal.data_dir)
         self.worker_beat = time.monotonic()    # the decision worker's last sign of life
+        self.taps = TapTimer(self.ruleset.profile.tap_budget_ms)   # slow taps (status)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -167,7 +169,7 @@ class Terminal:
     def submit(self, p: Presentation) -> None:
         """Queue a presentation for decision (called from driver threads)."""
         if self.applier is not None:
-            self.applier.compactor.activity()   # a background merge yields to taps
+            self.applier.schedule.activity()    # snapshot and merge children yield to taps
         try:
             self._queue.put(self.services.apply(p), timeout=1.0)
         except queue.Full:
@@ -399,6 +401,9 @@ class Terminal:
     def _decide(self, p: Presentation) -> None:
         assert self.engine is not None
         outcome = self.engine.handle(p)   # journaled durably before anything acts
+        took_ms = self.taps.took_ms(p)
+        if self.applier is not None:
+            self.applier.schedule.tap_done()    # a delta child stopped for it goes on
         d = outcome.decision
         log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
                  outcome.record.seq if outcome.record else "-",
@@ -416,6 +421,7 @@ class Terminal:
             self._recent[outcome.record.seq] = outcome
             while len(self._recent) > 1000:
                 self._recent.popitem(last=False)
+        self.taps.observe(self.engine, outcome, took_ms)    # over budget: slow_tap, counted
         if self.uplink is not None and outcome.record is not None:
             self.uplink.notify()
         for fn in self._listeners:

@@ -24,6 +24,7 @@ def start_policy(terminal: Terminal) -> None:
         flag_without_policy(terminal.engine)   # no bundle, no calendar: say so if needed
         return
     from agent.policy.apply import PolicyApplier
+    from agent.policy.schedule import scheduled_apply
     from agent.policy.signing import load_root
     from agent.policy.site_parts import site_listener
     from agent.policy.wiring import engine_listener
@@ -31,10 +32,15 @@ def start_policy(terminal: Terminal) -> None:
 
     assert terminal.store and terminal.engine and terminal.uplink and pc.anchor_file is not None
     anchor = load_root(pc.anchor_file.read_bytes(), source=str(pc.anchor_file))
+    schedule, runner, compactor = scheduled_apply(     # quiet windows: real seconds
+        terminal.cfg.maintenance, terminal.store, terminal.ruleset.profile.timezone,
+        now=terminal.timebase.peek if terminal.timebase else terminal.clock)
+    reserve = 2 * terminal.disk.reserve_bytes if terminal.disk else 0
     applier = PolicyApplier(terminal.store, channel=pc.channel, anchor=anchor,
                             staging_dir=terminal.cfg.terminal.data_dir / "staging",
                             guard=terminal.engine.between_taps, clock=terminal.clock,
-                            keep_free_bytes=2 * terminal.disk.reserve_bytes if terminal.disk else 0)
+                            keep_free_bytes=reserve, runner=runner, compactor=compactor,
+                            schedule=schedule)
     verifier = terminal.engine.verifier
     on_applied = engine_listener(terminal.engine, profile=terminal.ruleset.profile.name,
                                  trust=getattr(verifier, "trust", None), base=terminal.ruleset)

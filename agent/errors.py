@@ -43,6 +43,7 @@ tree (also in ``docs/architecture.md``)::
      ├── PolicyError (RuntimeError)             agent.policy.errors: a bundle not applied
      │    ├── BundleRefused                     refused for good (``refusal``)
      │    └── ApplyFailed                       failed this time, retried
+     │         └── SnapshotDeferred             a snapshot waits for the busy hours' end
      ├── CoseError (ValueError)                 agent.codes.cose: a COSE structure
      ├── Base45Error (ValueError)               agent.codes.base45: Base45 text
      ├── ServiceGarbage (ValueError)            agent.codes.online_http: a verification answer

@@ -229,6 +229,9 @@ class ProfileSpec(_Strict):
                                            "(行政区划代码): cards issued there are 'local'")
     local_regions: list[AreaCode] = Field(default_factory=list, description="area codes whose "
                                           "cards also count as local (mutual recognition, 互认)")
+    tap_budget_ms: int = Field(300, ge=1, le=60_000, description="a tap (hardware report to "
+                               "durable journal record) longer than this is journaled as "
+                               "slow_tap and counted in the status (agent/tap_timing.py)")
 
 
 class RuleFile(_Strict):

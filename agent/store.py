@@ -202,7 +202,8 @@ class PolicyStore:
 
     def compact(self, *, batch_rows: int = 500, pause_s: float = 0.05,
                 stop: Callable[[], bool] = lambda: False,
-                after_batch: Callable[[int], None] | None = None) -> int:
+                after_batch: Callable[[int], None] | None = None,
+                checkpoint_pages: int | None = None) -> int:
         """Merge the overlays into the big tables; return the rows merged.
 
         Each batch (``batch_rows`` overlay rows in key order) is one transaction on its own
@@ -212,9 +213,13 @@ class PolicyStore:
         (seconds) between batches paces the disk writes so the taps' journal fsyncs are
         not queued behind a long flush. Returns early when ``stop()`` is true;
         ``after_batch(rows_so_far)`` is called after each commit. Raises
-        ``sqlite3.Error`` (the batch in progress is rolled back).
+        ``sqlite3.Error`` (the batch in progress is rolled back). ``checkpoint_pages``
+        sets the WAL auto-checkpoint (pages): small on slow storage, so that no single
+        checkpoint queues thousands of random page writes ahead of a tap's fsync.
         """
         conn = self._connect()
+        if checkpoint_pages:
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint_pages)}")
         moved = 0
         try:
             while not stop():

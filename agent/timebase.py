@@ -171,6 +171,13 @@ class TimeBase:
             self.offset_s = w - t
             return t
 
+    def peek(self) -> float:
+        """The decision time as :meth:`now` would about give it (epoch seconds), without
+        following the wall clock, reporting a jump or writing the anchor: for schedules
+        judged off the tap path (:mod:`agent.policy.schedule`)."""
+        with self._lock:
+            return max(self._last, self._anchor_wall + (self._mono() - self._anchor_mono))
+
     def _set_anchor_quietly(self, wall: float, mono: float) -> None:
         """Follow drift without writing the journal on every tap: persist only when the
         anchor moved by more than a second."""

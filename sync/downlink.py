@@ -8,7 +8,9 @@ online hotlist (``ykt/v1/online/{channel}/hotlist``, :class:`agent.policy.online
 OnlineHotlist`) on the same worker thread, hotlist first: a waiting online manifest is
 applied before a waiting full bundle (never during one: the two never write at once). A refused bundle is not retried
 (the reason is in :meth:`Downlink.status`); a failed apply (download, interrupted stage)
-is retried with exponential backoff (``retry_min_s`` doubling to ``retry_max_s``).
+is retried with exponential backoff (``retry_min_s`` doubling to ``retry_max_s``), a
+snapshot deferred by the busy hours (:mod:`agent.policy.schedule`, state ``deferred``)
+when they end; a newer envelope arriving meanwhile is taken at once.
 
 Small parts come inline in the envelope; large ones from the URL the manifest names via
 :class:`HttpPartFetcher`, which resumes a dropped transfer with ``Range`` from the bytes
@@ -18,6 +20,7 @@ part over. Nothing here is on the tap path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -31,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.policy.apply import PolicyApplier
-from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
+from agent.policy.errors import (
+    ApplyFailed,
+    BundleRefused,
+    PolicyError,
+    Refusal,
+    SnapshotDeferred,
+)
 from agent.policy.manifest import PartRef
 from agent.policy.online import OnlineHotlist
 from sync.link import Link, MqttSettings
@@ -255,17 +264,26 @@ class Downlink:
                 if not isinstance(err, PolicyError):
                     log.exception("policy apply crashed; will retry")
                     err = ApplyFailed(Refusal.APPLY_FAILED, repr(err))
-                self._refused(err, "retrying")
-                with self._cond:
+                deferred = isinstance(err, SnapshotDeferred)   # busy hours: retry at their end
+                self._refused(err, "deferred" if deferred else "retrying")
+                wait = err.retry_after_s if isinstance(err, SnapshotDeferred) else delay
+                with self._cond:   # ... or at once when something newer arrives
                     if self._pending is None:
-                        self._pending = payload   # retry unless something newer arrived
-                    self._cond.wait_for(lambda: self._stop or self._pending_online is not None,
-                                        timeout=delay)
-                delay = min(self.retry_max_s, delay * 2)
+                        self._pending = payload
+                    self._cond.wait_for(functools.partial(self._newer_or_stop, payload),
+                                        timeout=wait)
+                if not deferred:
+                    delay = min(self.retry_max_s, delay * 2)
                 continue
             delay = self.retry_min_s
             self.state = "applied"
             self.refusal = self.refusal_detail = ""
+
+    def _newer_or_stop(self, payload: bytes) -> bool:
+        """Stop the wait: stopping, a newer manifest, or a loss report (hotlist first, also
+        while a snapshot waits for the end of the busy hours)."""
+        return (self._stop or self._pending is not payload
+                or self._pending_online is not None)
 
     def _refused(self, err: PolicyError, state: str) -> None:
         self.state = state

@@ -21,7 +21,8 @@ __all__ = ["register"]
 
 _ORDER = ("terminal", "profile", "daemon", "policy", "policy_state", "policy_expires",
           "unmerged", "last_seq", "acked_seq", "outbox", "oldest_unsynced", "clock",
-          "clock_offset_s", "disk_free_mb", "alarms")
+          "clock_offset_s", "disk_free_mb", "slow_taps", "tap_budget_ms", "longest_tap_ms",
+          "alarms")
 
 
 def _text(st: dict[str, Any]) -> str:

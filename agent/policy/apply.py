@@ -21,10 +21,9 @@ bundle or raises. In order:
    :class:`AppliedPolicy` (new rules, issuer keys): no decision ever mixes one bundle's
    data with another's rules, and each journals the label of the bundle it used.
 
-Refusals (:class:`BundleRefused`) keep the current policy and are not retried;
-:class:`ApplyFailed` (download, disk, a killed apply) keeps it too and is retried by the
-caller (:class:`sync.downlink.Downlink`). Nothing here runs on the tap path. After a
-delta's switch, :class:`agent.policy.compaction.Compactor` merges its overlay.
+Refusals (:class:`BundleRefused`) keep the policy and are not retried; :class:`ApplyFailed`
+(download, disk, a killed apply, a snapshot deferred by busy hours) is retried by
+:class:`sync.downlink.Downlink`. After a delta, a :class:`Compactor` merges its overlay.
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ from agent.store import PolicyInfo, PolicyStore
 
 if TYPE_CHECKING:
     from agent.codes.trust import IssuerKey
+    from agent.policy.schedule import MaintenanceSchedule
     from agent.workdays import WorkCalendar
 
 __all__ = ["AppliedPolicy", "ApplyRunner", "Compactor", "InProcessRunner", "Listener",
@@ -107,7 +107,6 @@ Listener = Callable[[AppliedPolicy], None]
 
 class Verified(NamedTuple):
     """What :meth:`PolicyApplier.verify` established about an envelope."""
-
     envelope: Envelope
     manifest: Manifest
     root: Root                  # the signer root that signed it (after any rotation)
@@ -131,12 +130,11 @@ class PolicyApplier:
                  clock: Callable[[], float] = time.time,
                  guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
                  compactor: Compactor | None = None, keep_free_bytes: int = 0,
-                 free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free
-                 ) -> None:
+                 free_bytes: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
+                 schedule: MaintenanceSchedule | None = None) -> None:
         self.store = store
-        self.keep_free_bytes = keep_free_bytes
-        """Disk space an apply must leave free (bytes): the journal's reserve and as much
-        again, so a policy never eats the room the journal needs."""
+        self.schedule = schedule     # when a snapshot may start (agent.policy.schedule)
+        self.keep_free_bytes = keep_free_bytes   # bytes left free: the journal's reserve ×2
         self._free_bytes = free_bytes
         self.guard = guard
         self.compactor = compactor or Compactor(store)
@@ -263,11 +261,13 @@ class PolicyApplier:
         env, manifest, root, info, applied = self.verify(payload)
         if applied:
             return None
-        self.compactor.stop()      # one writer at a time; resumed after the switch
         have = self.store.info
         delta = (manifest.delta_from is not None and have.channel == manifest.channel
                  and manifest.delta_from.version == have.version
                  and manifest.delta_from.hash == have.hash)
+        if not delta and self.schedule is not None:   # busy hours: SnapshotDeferred
+            self.schedule.check_snapshot(have, info.label)
+        self.compactor.stop()      # one writer at a time; resumed after the switch
         slots = (["entitlements.delta", "hotlist.delta"] if delta
                  else ["entitlements", "hotlist"])
         data: dict[str, str | None] = {}

@@ -65,8 +65,16 @@ class Compactor:
     """
 
     def __init__(self, store: PolicyStore, python: str = sys.executable,
-                 quiet_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 quiet_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 allowed: Callable[[], bool] = lambda: True,
+                 batch_rows: int | None = None) -> None:
         self.store = store
+        self.batch_rows = batch_rows
+        """Overlay rows per merge transaction (None: the store's default, 500)."""
+        self.allowed = allowed
+        """Whether the merge may run now at all (outside the busy hours:
+        :meth:`agent.policy.schedule.MaintenanceSchedule.merge_allowed`); while it says no,
+        the child stays stopped as during taps."""
         self.python = python
         self.quiet_s = quiet_s
         self.clock = clock
@@ -155,10 +163,11 @@ class Compactor:
             self._stderr = Path(f"{self.store.path}.compact.err")
             with open(self._stderr, "w") as err:   # read back when the child ends
                 self._proc = subprocess.Popen(
-                    stage_command(self.store.path, self.python, compact=True),
+                    stage_command(self.store.path, self.python, compact=True,
+                                  batch_rows=self.batch_rows),
                     stdout=subprocess.PIPE, stderr=err, text=True)
             self._count(started=1)
-            if self.clock() - self._last_activity < self.quiet_s:
+            if self.clock() - self._last_activity < self.quiet_s or not self.allowed():
                 self._pause()
             self._thread = threading.Thread(target=self._follow, args=(self._proc,),
                                             name="policy-compact", daemon=True)
@@ -172,7 +181,8 @@ class Compactor:
         one that an :meth:`activity` could not pause (it never waits for the lock)."""
         while not self._done.wait(QUIET_CHECK_S):
             with self._lock:
-                quiet = self.clock() - self._last_activity >= self.quiet_s
+                quiet = (self.clock() - self._last_activity >= self.quiet_s
+                         and self.allowed())
                 if self._paused and quiet:
                     if self._signal(signal.SIGCONT, paused=False):
                         self._count(resumes=1)

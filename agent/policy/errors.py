@@ -5,7 +5,8 @@
     PolicyError (RuntimeError)            .refusal: Refusal
      ├── BundleRefused                    a bad or hostile bundle: never retried as is
      └── ApplyFailed                      a good bundle that could not be applied yet
-                                          (network, disk, interrupted apply): retried
+          │                               (network, disk, interrupted apply): retried
+          └── SnapshotDeferred            a snapshot waits for the end of the busy hours
 
 Every refusal keeps the policy the terminal already has; the reason is one of
 :class:`Refusal`, reported in the status heartbeat and the logs.
@@ -17,7 +18,7 @@ import enum
 
 from agent.errors import YktError
 
-__all__ = ["ApplyFailed", "BundleRefused", "PolicyError", "Refusal"]
+__all__ = ["ApplyFailed", "BundleRefused", "PolicyError", "Refusal", "SnapshotDeferred"]
 
 
 class Refusal(enum.StrEnum):
@@ -52,6 +53,8 @@ class Refusal(enum.StrEnum):
     OUTSIDE_ROLE = "outside_role"
     """Signed by the online hotlist key but carrying more than a hotlist delta (rules,
     entitlements, an offline manifest): that key may sign hotlist changes only."""
+    DEFERRED = "deferred"
+    """A snapshot waits for the end of the configured busy hours (retried then)."""
 
 
 class PolicyError(YktError, RuntimeError):
@@ -73,3 +76,12 @@ class ApplyFailed(PolicyError):
     """A good bundle that could not be applied now; the old policy stays; retried."""
 
     retryable = True
+
+
+class SnapshotDeferred(ApplyFailed):
+    """A snapshot not started because of the busy hours (:mod:`agent.policy.schedule`):
+    retried after ``retry_after_s`` seconds, or at once when a newer manifest comes."""
+
+    def __init__(self, retry_after_s: float, detail: str = "") -> None:
+        super().__init__(Refusal.DEFERRED, detail)
+        self.retry_after_s = retry_after_s

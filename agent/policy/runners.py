@@ -11,13 +11,16 @@ Both raise :class:`~agent.policy.errors.BundleRefused` or
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.policy.errors import ApplyFailed, BundleRefused, PolicyError, Refusal
 from agent.policy.stage import ApplyPlan, execute_plan
@@ -49,13 +52,14 @@ class InProcessRunner:
 
 
 def stage_command(plan_path: str | Path, python: str = sys.executable,
-                  background: bool = True, compact: bool = False) -> list[str]:
+                  background: bool = True, compact: bool = False,
+                  batch_rows: int | None = None) -> list[str]:
     """The command line that applies a plan file in a child process (with ``compact``:
     that merges the delta overlay of the store at ``plan_path``). With ``background``
     the child runs at lower CPU priority (``nice 10``) and in the idle I/O class
     (``ionice -c 3``) when those tools exist, so the taps' journal commits go first."""
     cmd = [python, "-m", "agent.policy.stage", *(["--compact"] if compact else []),
-           str(plan_path)]
+           str(plan_path), *([str(batch_rows)] if compact and batch_rows else [])]
     if background:
         if shutil.which("ionice"):
             cmd = ["ionice", "-c", "3", *cmd]
@@ -80,27 +84,53 @@ def relay_child_stderr(text: str, who: str) -> None:
             log.error("%s crashed: %s", who, tail)
 
 
+Watcher = Callable[[subprocess.Popen[str], str], contextlib.AbstractContextManager[Any]]
+"""``watcher(child, mode)``: a context around a running apply child that may stop and
+continue it (:meth:`agent.policy.schedule.MaintenanceSchedule.watch`); entering it yields
+a function telling whether the child is stopped now."""
+
+WAIT_STEP_S = 0.5
+
+
 class SubprocessRunner:
     """Runs plans in ``python -m agent.policy.stage`` (the default on terminals): the
     insert work never holds the daemon's GIL, and a crash of the child is just a failed
-    apply. ``timeout_s`` bounds one apply (seconds)."""
+    apply. ``timeout_s`` bounds one apply (seconds of the child running: time it spends
+    stopped by the ``watcher`` for taps is not counted)."""
 
-    def __init__(self, python: str = sys.executable, timeout_s: float = 3600.0) -> None:
+    def __init__(self, python: str = sys.executable, timeout_s: float = 3600.0,
+                 watcher: Watcher | None = None, snapshot_rows_per_s: int = 0) -> None:
         self.python = python
         self.timeout_s = timeout_s
+        self.watcher = watcher
+        self.snapshot_rows_per_s = snapshot_rows_per_s
+        """Cap on a snapshot's write rate (rows/s, 0: none): :attr:`ApplyPlan.rows_per_s`."""
+
+    def _communicate(self, proc: subprocess.Popen[str], mode: str) -> tuple[str, str]:
+        watch = self.watcher(proc, mode) if self.watcher else contextlib.nullcontext()
+        with watch as stopped:
+            left = self.timeout_s
+            while True:
+                try:
+                    return proc.communicate(timeout=min(WAIT_STEP_S, max(left, 0.01)))
+                except subprocess.TimeoutExpired:
+                    if stopped is None or not stopped():
+                        left -= WAIT_STEP_S
+                    if left <= 0:
+                        proc.kill()
+                        proc.communicate()
+                        raise ApplyFailed(Refusal.APPLY_FAILED,
+                                          "apply process timed out") from None
 
     def run(self, plan: ApplyPlan) -> None:
+        if plan.mode == "snapshot" and self.snapshot_rows_per_s:
+            plan = dataclasses.replace(plan, rows_per_s=self.snapshot_rows_per_s)
         plan_path = Path(plan.store + ".plan.json")
         plan_path.write_text(plan.to_json(), encoding="utf-8")
         try:
             proc = subprocess.Popen(stage_command(plan_path, self.python),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                out, err = proc.communicate(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise ApplyFailed(Refusal.APPLY_FAILED, "apply process timed out") from None
+            out, err = self._communicate(proc, plan.mode)
         finally:
             plan_path.unlink(missing_ok=True)
         relay_child_stderr(err, "policy apply child")

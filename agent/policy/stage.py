@@ -12,8 +12,8 @@ PLAN.json``) so parsing and inserting never compete with taps for the GIL; the p
 resident memory stays bounded (streaming, fixed batches, a 16 MiB page cache).
 Exit status: 0 applied, 3 base mismatch, 4 bundle refused, 1 other failure; the last
 stdout line is a JSON object ``{"ok": …}`` or ``{"error": reason, "detail": …}``.
-``python -m agent.policy.stage --compact STORE`` merges the delta overlay into the big
-tables (:meth:`agent.store.PolicyStore.compact`), printing ``{"phase": "compacted",
+``python -m agent.policy.stage --compact STORE [BATCH_ROWS]`` merges the delta overlay into
+the big tables (:meth:`agent.store.PolicyStore.compact`), printing ``{"phase": "compacted",
 "rows": n}`` after each batch and ``{"ok": true, "rows": n}`` at the end.
 
 While it writes, a :class:`WritebackPacer` starts the kernel's writeback of the files it
@@ -63,6 +63,7 @@ class ApplyPlan:
     hotlist: str | None = None
     artifacts: dict[str, tuple[str, str]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    rows_per_s: int = 0          # a snapshot's write rate cap (rows/s; 0: none), SD cards
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -86,13 +87,20 @@ idle (×1.09 in another run); with 20 ms pauses (1.5 s) ×2.43–2.53."""
 
 
 def _rows(path: str | None, kind: DataKind, mode: Mode, op: str | None,
-          progress: Progress | None) -> Iterator[tuple[str, ...]]:
+          progress: Progress | None, rows_per_s: int = 0) -> Iterator[tuple[str, ...]]:
+    """The rows of a part; a delta's paced in chunks, a snapshot's at most ``rows_per_s``
+    (checked every 1,000 rows; 0: unpaced)."""
     if path is None:
         return
+    t0 = time.monotonic()
     for n, row in enumerate(read_rows(path, kind, mode, op), 1):
         yield row
         if mode == "delta" and n % DELTA_CHUNK_ROWS == 0:
             time.sleep(DELTA_CHUNK_PAUSE_S)
+        elif rows_per_s and n % 1000 == 0:
+            ahead = n / rows_per_s - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
         if progress is not None and n % 20_000 == 0:
             progress(f"{kind}{op or ''}", n)
 
@@ -194,8 +202,9 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
         raise BundleRefused(Refusal.MALFORMED, "a snapshot needs entitlements and hotlist parts")
     gen, counts = build_generation(
         plan.store, info=info, artifacts=artifacts, progress=progress,
-        entitlements=_rows(plan.entitlements, "entitlements", "snapshot", "+", None),
-        hotlist=_rows(plan.hotlist, "hotlist", "snapshot", "+", None))
+        entitlements=_rows(plan.entitlements, "entitlements", "snapshot", "+", None,
+                           plan.rows_per_s),
+        hotlist=_rows(plan.hotlist, "hotlist", "snapshot", "+", None, plan.rows_per_s))
     try:
         for t, want in plan.totals.items():
             if t in counts and counts[t] != want:
@@ -233,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--compact"]:
-        return _compact_main(args[1])
+        return _compact_main(args[1], *(int(a) for a in args[2:3]))
     pause = None
     if "--pause-after" in args:
         i = args.index("--pause-after")
@@ -265,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _compact_main(store_path: str) -> int:
+def _compact_main(store_path: str, batch_rows: int = 500) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     def report(n: int) -> None:
@@ -276,7 +285,8 @@ def _compact_main(store_path: str) -> int:
         store = PolicyStore(store_path)
         try:
             with WritebackPacer(_store_files(store_path)):
-                moved = store.compact(after_batch=report)
+                moved = store.compact(after_batch=report, batch_rows=batch_rows,
+                                      checkpoint_pages=max(16, batch_rows // 4))
         finally:
             store.close()
     except (sqlite3.Error, OSError, StoreError) as err:
