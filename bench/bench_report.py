@@ -40,7 +40,7 @@ import psycopg
 from bench.report import machine, table, update_section
 from simulator.postgres import PgCluster, PgUnavailable, with_database, with_search_path
 from sync.hub.pgstore import PgHubStore
-from sync.hub.report_rollup import DIMENSIONS, MEASURES, contribution
+from sync.hub.report_rollup import DIMENSIONS, MEASURES, accumulate, contribution
 from sync.hub.reports import build_report, settlement_statement
 from sync.hub.store import HubStore, SqliteHubStore
 
@@ -82,13 +82,7 @@ def rollup_rows(n: int, terminals: int) -> list[tuple[Any, ...]]:
     acc: dict[tuple[Any, ...], list[int]] = {}
     for terminal, body in bodies(n, terminals):
         key, values = contribution(body)
-        full = (terminal, *key)
-        sums = acc.get(full)
-        if sums is None:
-            acc[full] = list(values)
-        else:
-            for i, v in enumerate(values):
-                sums[i] += v
+        accumulate(acc, (terminal, *key), values)
     return [(*k, *v) for k, v in acc.items()]
 
 

@@ -18,14 +18,25 @@ import base64
 import binascii
 import hashlib
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.journal import canonical, parse_utc
 from agent.names import validate_channel
 from agent.policy.errors import BundleRefused, Refusal
 from agent.store import PolicyInfo
+
+
+def _utc(v: str) -> str:
+    parse_utc(v)            # ValueError: not RFC 3339 UTC
+    return v
+
+
+Channel = Annotated[str, AfterValidator(validate_channel)]
+"""A policy channel name, validated (:func:`agent.names.validate_channel`)."""
+UtcStamp = Annotated[str, AfterValidator(_utc)]
+"""An RFC 3339 UTC time stamp, checked to parse."""
 
 __all__ = [
     "MANIFEST_TYPE",
@@ -134,10 +145,10 @@ class Manifest(_Strict):
     """The signed description of one policy version of one channel."""
 
     type: Literal["ykt-policy-manifest"] = "ykt-policy-manifest"
-    channel: str
+    channel: Channel
     version: int = Field(ge=1, le=_INT64, description="increases with every publication")
-    created: str = Field(description="RFC 3339 UTC")
-    expires: str = Field(description="RFC 3339 UTC; terminals report policy-stale after it")
+    created: UtcStamp = Field(description="RFC 3339 UTC")
+    expires: UtcStamp = Field(description="RFC 3339 UTC; terminals report policy-stale after it")
     root_serial: int = Field(ge=1, le=_INT64,
                              description="the signer root whose keys sign this")
     base_url: str = Field("", description="where non-inline parts are served: base_url + sha256")
@@ -147,17 +158,6 @@ class Manifest(_Strict):
     parts: list[PartRef]
     online_through: int = Field(0, ge=0, le=_INT64, description="the online hotlist "
                                 "sequence whose changes this version includes")
-
-    @field_validator("channel")
-    @classmethod
-    def _channel(cls, v: str) -> str:
-        return validate_channel(v)
-
-    @field_validator("created", "expires")
-    @classmethod
-    def _time(cls, v: str) -> str:
-        parse_utc(v)
-        return v
 
     def part(self, name: str) -> PartRef | None:
         return next((p for p in self.parts if p.name == name), None)

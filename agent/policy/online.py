@@ -36,13 +36,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.journal import parse_utc
-from agent.names import validate_channel
 from agent.policy.apply import AppliedPolicy, PolicyApplier
 from agent.policy.errors import BundleRefused, Refusal
-from agent.policy.manifest import Envelope, PartRef, sha256_hex
+from agent.policy.manifest import Channel, Envelope, PartRef, UtcStamp, sha256_hex
 from agent.policy.parts import read_rows
 from agent.policy.signing import hotlist_role, verify_signed, walk_roots
 
@@ -60,25 +59,14 @@ class OnlineManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["ykt-online-hotlist"] = "ykt-online-hotlist"
-    channel: str
+    channel: Channel
     sequence: int = Field(ge=1, le=_INT64, description="the online version line: +1 per change")
     since: int = Field(0, ge=0, le=_INT64, description="changes after this sequence are "
                        "carried (the offline builds include the ones up to it)")
-    created: str = Field(description="RFC 3339 UTC")
-    expires: str = Field(description="RFC 3339 UTC")
+    created: UtcStamp = Field(description="RFC 3339 UTC")
+    expires: UtcStamp = Field(description="RFC 3339 UTC")
     root_serial: int = Field(ge=1, le=_INT64)
     parts: list[PartRef] = Field(max_length=1)
-
-    @field_validator("channel")
-    @classmethod
-    def _channel(cls, v: str) -> str:
-        return validate_channel(v)
-
-    @field_validator("created", "expires")
-    @classmethod
-    def _time(cls, v: str) -> str:
-        parse_utc(v)
-        return v
 
 
 def check_online_manifest(env: Envelope) -> OnlineManifest:

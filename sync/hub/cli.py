@@ -28,7 +28,7 @@ from sync.hub.trust import HubTrust
 from sync.link import MqttSettings
 from sync.topics import validate_terminal_id
 
-__all__ = ["hub_subparsers", "register"]
+__all__ = ["command_group", "fail", "hub_subparsers", "out", "register"]
 
 _ATTR = "_ykt_hub_subparsers"
 _DB_HELP = ("SQLite file of the hub, or a PostgreSQL URL postgresql://USER@HOST/DB shared by "
@@ -56,6 +56,23 @@ def _open_store(db: Path | str) -> HubStore:
 def _where(store: HubStore, db: Path | str) -> str:
     """``db`` for messages, without a password."""
     return str(getattr(store, "where", db))
+
+
+def command_group(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                  help_text: str, dest: str
+                  ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command ``name`` that only groups subcommands (``ykt hub policy …``): its
+    sub-parsers, with ``dest`` naming the chosen one. Alone, it prints its help and
+    exits 2 (a usage error)."""
+    group = sub.add_parser(name, help=help_text)
+    action = group.add_subparsers(dest=dest, metavar=dest.upper())
+
+    def usage(_args: argparse.Namespace) -> int:
+        group.print_help()
+        return 2
+
+    group.set_defaults(func=usage)
+    return action
 
 
 def hub_subparsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
@@ -125,9 +142,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rep.set_defaults(func=_report)
 
 
-def _err(msg: str) -> int:
+def fail(msg: str, code: int = 1) -> int:
+    """The hub commands' one error style: ``ykt hub: msg`` on stderr; returns ``code``
+    (1 a reported failure, 2 a usage or configuration error)."""
     print(f"ykt hub: {msg}", file=sys.stderr)
-    return 2
+    return code
+
+
+def out(args: argparse.Namespace, data: Any, text: str) -> int:
+    """Print ``data`` as JSON with ``--json``, else ``text``; returns 0."""
+    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
+    return 0
+
+
+def _err(msg: str) -> int:
+    return fail(msg, 2)
 
 
 def _trust(identity: Path | None) -> HubTrust | int | None:

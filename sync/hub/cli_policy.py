@@ -10,11 +10,11 @@ files (mode 0600) named by path.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
+
+from sync.hub.cli import fail, out
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +23,9 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``hub policy …`` to the ``ykt`` parser."""
-    from sync.hub.cli import hub_subparsers
+    from sync.hub.cli import command_group, hub_subparsers
 
-    hs = hub_subparsers(sub)
-    pol = hs.add_parser("policy", help="signed policy bundles: keygen, build, publish, serve")
-    ps = pol.add_subparsers(dest="policy_command", metavar="POLICY_COMMAND")
-
-    def _usage(_args: argparse.Namespace) -> int:
-        pol.print_help()
-        return 2
-
-    pol.set_defaults(func=_usage)
+    ps = command_group(hub_subparsers(sub), "policy", "signed policy bundles: keygen, build, publish, serve", "policy_command")
 
     kg = ps.add_parser("keygen", help="new signing key (PEM, 0600); --repo makes it root #1")
     kg.add_argument("--out", required=True, type=Path, help="private key file to create")
@@ -119,14 +111,7 @@ def _mqtt_args(p: argparse.ArgumentParser) -> None:
                    help="MQTT user name (password from $YKT_MQTT_PASSWORD or credentials)")
 
 
-def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
-    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
-    return 0
-
-
-def _fail(msg: str, code: int = 1) -> int:
-    print(f"ykt: {msg}", file=sys.stderr)
-    return code
+_out, _fail = out, fail     # the hub commands' one output and error style
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -13,12 +13,10 @@ where to write it (mode 0600).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -33,21 +31,14 @@ from sync.hub.brokerconf import (
     write_broker_config,
 )
 from sync.hub.ca import ADMIN_NAME, CRL_DAYS, HubCA
-from sync.hub.cli import hub_subparsers
+from sync.hub.cli import fail, hub_subparsers, out
 from sync.hub.enroll import DEFAULT_TTL_S, EnrollmentRefused, Issued, issue_token
 from sync.hub.web_console import add_console_args
 
 __all__ = ["register"]
 
 
-def _out(args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
-    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
-    return 0
-
-
-def _fail(msg: str, code: int = 1) -> int:
-    print(f"ykt hub: {msg}", file=sys.stderr)
-    return code
+_out, _fail = out, fail     # the hub commands' one output and error style
 
 
 def _identity(p: argparse.ArgumentParser) -> None:

@@ -19,18 +19,10 @@ __all__ = ["register"]
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``hub hotlist …`` to the ``ykt`` parser."""
-    from sync.hub.cli import hub_subparsers
+    from sync.hub.cli import command_group, hub_subparsers
     from sync.hub.cli_policy import _mqtt_args
 
-    hs = hub_subparsers(sub)
-    hot = hs.add_parser("hotlist", help="report a card lost (or found) on every channel now")
-    hsub = hot.add_subparsers(dest="hotlist_command", metavar="HOTLIST_COMMAND")
-
-    def _usage(_args: argparse.Namespace) -> int:
-        hot.print_help()
-        return 2
-
-    hot.set_defaults(func=_usage)
+    hsub = command_group(hub_subparsers(sub), "hotlist", "report a card lost (or found) on every channel now", "hotlist_command")
     for action, text in (("add", "list CARD (挂失): terminals refuse it within seconds"),
                          ("remove", "withdraw CARD's entry (found again, 解挂)")):
         p = hsub.add_parser(action, help=text)

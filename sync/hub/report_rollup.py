@@ -142,17 +142,22 @@ def contribution(body: dict[str, Any]) -> tuple[tuple[int, *tuple[str, ...]],
             (1, amount, fare_std, claim, missing))
 
 
+def accumulate(acc: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...],
+               values: Iterable[int]) -> None:
+    """Add one record's ``values`` to the sums of its rollup ``key`` in ``acc``."""
+    sums = acc.get(key)
+    if sums is None:
+        acc[key] = list(values)
+    else:
+        for i, v in enumerate(values):
+            sums[i] += v
+
+
 def _aggregate(terminal: str, bodies: Iterable[dict[str, Any]]
                ) -> list[tuple[Any, ...]]:
     acc: dict[tuple[Any, ...], list[int]] = {}
     for body in bodies:
-        key, values = contribution(body)
-        sums = acc.get(key)
-        if sums is None:
-            acc[key] = list(values)
-        else:
-            for i, v in enumerate(values):
-                sums[i] += v
+        accumulate(acc, *contribution(body))
     return [(terminal, *k, *v) for k, v in acc.items()]
 
 
@@ -184,13 +189,7 @@ def _backfill(rows: Iterable[tuple[str, str]], write: Any, what: str) -> int:
         except ValueError:
             body = {}
         key, values = contribution(body if isinstance(body, dict) else {})
-        full = (terminal, *key)
-        sums = acc.get(full)
-        if sums is None:
-            acc[full] = list(values)
-        else:
-            for i, v in enumerate(values):
-                sums[i] += v
+        accumulate(acc, (terminal, *key), values)
         count += 1
         if len(acc) >= 200_000:
             write([(*k, *v) for k, v in acc.items()])

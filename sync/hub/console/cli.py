@@ -12,36 +12,23 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from sync.hub.cli import fail, out
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``hub console …`` and ``hub trail`` to the ``ykt`` parser."""
-    from sync.hub.cli import _DB_HELP, _db_arg, hub_subparsers
+    from sync.hub.cli import _DB_HELP, _db_arg, command_group, hub_subparsers
     from sync.hub.console.accounts import ROLES
 
     hs = hub_subparsers(sub)
-    con = hs.add_parser("console", help="console accounts and audit log")
-    cs = con.add_subparsers(dest="console_command", metavar="CONSOLE_COMMAND")
-
-    def usage(_args: argparse.Namespace) -> int:
-        con.print_help()
-        return 2
-
-    con.set_defaults(func=usage)
-    user = cs.add_parser("user", help="console accounts: add, list, remove, passwd, role")
-    us = user.add_subparsers(dest="user_command", metavar="USER_COMMAND")
-
-    def user_usage(_args: argparse.Namespace) -> int:
-        user.print_help()
-        return 2
-
-    user.set_defaults(func=user_usage)
+    cs = command_group(hs, "console", "console accounts and audit log", "console_command")
+    us = command_group(cs, "user", "console accounts: add, list, remove, passwd, role", "user_command")
     add = us.add_parser("add", help="new account; password from a prompt or stdin")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES)
@@ -81,14 +68,7 @@ def _accounts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _fail(msg: str, code: int = 1) -> int:
-    print(f"ykt hub: {msg}", file=sys.stderr)
-    return code
-
-
-def _out(args: argparse.Namespace, data: Any, text: str) -> int:
-    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text)
-    return 0
+_out, _fail = out, fail     # the hub commands' one output and error style
 
 
 def _accounts(args: argparse.Namespace) -> Any:
