@@ -65,13 +65,32 @@ def heartbeat(t: Terminal) -> dict[str, Any]:
 
 def alarms(t: Terminal) -> list[str]:
     """What needs a technician: ``out_of_service``, ``disk_low``, ``journal_failing``,
-    ``clock_jump`` (docs/operations.md says what to do about each)."""
+    ``clock_jump``, ``calendar_missing``, ``calendar_outdated`` (docs/operations.md says
+    what to do about each)."""
     out = t.disk.alarms() if t.disk is not None else []
     if t.engine is not None and t.engine.journal_failing:
         out.append("journal_failing")
     if t.timebase is not None and abs(t.timebase.offset_s) > t.timebase.jump_s:
         out.append("clock_jump")          # the wall clock disagrees with the decision time
+    if t.engine is not None:
+        now = t.timebase.peek() if t.timebase is not None else t.clock()
+        out += calendar_alarms(t.engine, now)
     return out
+
+
+def calendar_alarms(engine: Any, now: float) -> list[str]:
+    """``calendar_missing`` (the rules test working days or holidays and no calendar part
+    is in force) or ``calendar_outdated`` (the calendar in force was written for other
+    years than the local date's, at ``now``, epoch seconds of the decision time)."""
+    if not engine.ruleset.uses_calendar:
+        return []
+    if engine.calendar is None:
+        return ["calendar_missing"]
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    today = datetime.fromtimestamp(now, ZoneInfo(engine.ruleset.profile.timezone)).date()
+    return [] if engine.calendar.covers(today) else ["calendar_outdated"]
 
 
 def health(t: Terminal) -> str | None:
