@@ -52,7 +52,7 @@ def heartbeat(t: Terminal) -> dict[str, Any]:
         "last_seq": j.last_seq if j else 0, "acked_seq": j.acked_seq if j else 0,
         "time": t.clock(),
         "clock_offset_s": round(t.timebase.offset_s, 1) if t.timebase else 0.0,
-        "alarms": alarms(t), **t.taps.status(),
+        "alarms": alarms(t), "policy_warnings": policy_warnings(t), **t.taps.status(),
         "oldest_unsynced": None,
     }
     if j is not None and j.pending_count:      # the outbox's age, not only its depth
@@ -65,20 +65,24 @@ def heartbeat(t: Terminal) -> dict[str, Any]:
 
 def alarms(t: Terminal) -> list[str]:
     """What needs a technician: ``out_of_service``, ``disk_low``, ``journal_failing``,
-    ``clock_jump``, ``calendar_missing``, ``calendar_outdated`` (docs/operations.md says
-    what to do about each)."""
+    ``clock_jump`` (docs/operations.md says what to do about each)."""
     out = t.disk.alarms() if t.disk is not None else []
     if t.engine is not None and t.engine.journal_failing:
         out.append("journal_failing")
     if t.timebase is not None and abs(t.timebase.offset_s) > t.timebase.jump_s:
         out.append("clock_jump")          # the wall clock disagrees with the decision time
-    if t.engine is not None:
-        now = t.timebase.peek() if t.timebase is not None else t.clock()
-        out += calendar_alarms(t.engine, now)
     return out
 
 
-def calendar_alarms(engine: Any, now: float) -> list[str]:
+def policy_warnings(t: Terminal) -> list[str]:
+    """What central operations should fix in the policy (the terminal decides meanwhile):
+    ``calendar_missing``, ``calendar_outdated`` (:func:`calendar_warnings`)."""
+    if t.engine is None:
+        return []
+    return calendar_warnings(t.engine, t.timebase.peek() if t.timebase else t.clock())
+
+
+def calendar_warnings(engine: Any, now: float) -> list[str]:
     """``calendar_missing`` (the rules test working days or holidays and no calendar part
     is in force) or ``calendar_outdated`` (the calendar in force was written for other
     years than the local date's, at ``now``, epoch seconds of the decision time)."""

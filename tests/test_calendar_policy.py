@@ -56,7 +56,7 @@ def test_a_calendar_part_changes_working_day_decisions_on_a_running_terminal(
         with caplog.at_level(logging.WARNING, "agent.policy.calendar_part"):
             _publish(env, broker, daemon, _sources(env, first, None))
         assert "no calendar part is in force" in caplog.text
-        assert "calendar_missing" in daemon.status()["alarms"]     # the fleet sees it too
+        assert daemon.status()["policy_warnings"] == ["calendar_missing"]  # the fleet sees it
         # no calendar: the weekday rule; a Thursday at 08:00 is a working day's peak
         d = daemon.tap(first[0]).decision
         assert (d.product, d.amount_cents) == ("standard", 200)
@@ -65,7 +65,7 @@ def test_a_calendar_part_changes_working_day_decisions_on_a_running_terminal(
                                                "cn-2026.toml"))
         out = daemon.tap(first[1])
         assert out.decision.product == "elderly_free", out.decision
-        assert not {"calendar_missing", "calendar_outdated"} & set(daemon.status()["alarms"])
+        assert daemon.status()["policy_warnings"] == []
         assert out.decision.rule_id == "elderly-offpeak-rest-day"
         assert out.record is not None and out.record.body["policy"].endswith("@2")
     finally:
@@ -127,21 +127,22 @@ def _with_calendar(env: PolicyEnv) -> BundleSources:
     return sources
 
 
-def test_a_calendar_of_other_years_raises_an_alarm(policy_env: PolicyEnv, broker: Mosquitto,
+def test_a_calendar_of_other_years_is_a_policy_warning(policy_env: PolicyEnv, broker: Mosquitto,
                                                    tmp_path: Path) -> None:
     """On 1 January 2027 the 2026 calendar knows no date of the year: ``calendar_outdated``
-    in the status (and so in the fleet view) until a calendar for 2027 arrives."""
+    among the status's policy warnings (and so at the hub) until a calendar for 2027
+    arrives."""
     env = policy_env
     env.clock.t = datetime(2027, 1, 1, 8, 0, tzinfo=TZ).timestamp()
     daemon = PolicyDaemon(env, broker, tmp_path / "t")
     try:
         _publish(env, broker, daemon, _sources(env, [], PROFILE_DIR / "calendars" /
                                                "cn-2026.toml"))
-        assert "calendar_outdated" in daemon.status()["alarms"]
+        assert daemon.status()["policy_warnings"] == ["calendar_outdated"]
         y2027 = tmp_path / "cn-2027.toml"
         y2027.write_text('name = "test-2027"\nyears = [2027]\n[[holiday]]\nname = "元旦"\n'
                          'from = 2027-01-01\nto = 2027-01-03\n', encoding="utf-8")
         _publish(env, broker, daemon, _sources(env, [], y2027))
-        assert "calendar_outdated" not in daemon.status()["alarms"]
+        assert daemon.status()["policy_warnings"] == []
     finally:
         daemon.stop()

@@ -22,13 +22,15 @@ __all__ = ["register"]
 _ORDER = ("terminal", "profile", "daemon", "policy", "policy_state", "policy_expires",
           "unmerged", "last_seq", "acked_seq", "outbox", "oldest_unsynced", "clock",
           "clock_offset_s", "disk_free_mb", "slow_taps", "tap_budget_ms", "longest_tap_ms",
-          "alarms")
+          "alarms", "policy_warnings")
 
 
 def _text(st: dict[str, Any]) -> str:
-    lines = [f"{pad(k, 16, '>')}: {st[k]}" for k in _ORDER if k in st and k != "alarms"]
-    alarms = st.get("alarms")
-    lines.append(f"{pad('alarms', 16, '>')}: {', '.join(alarms) if alarms else 'none'}")
+    lists = ("alarms", "policy_warnings")
+    lines = [f"{pad(k, 16, '>')}: {st[k]}" for k in _ORDER if k in st and k not in lists]
+    for k in lists:
+        if k in st or k == "alarms":
+            lines.append(f"{pad(k, 16, '>')}: {', '.join(st.get(k) or []) or 'none'}")
     for d in st.get("last_decisions") or []:
         what = d.get("event") or ("ACCEPT" if d.get("accepted") else "DENY")
         lines.append(f"{'':>16}  #{d.get('seq')} {d.get('time')} {what} "
