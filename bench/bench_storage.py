@@ -151,7 +151,9 @@ class Bench:
         switch_generation(self.store_path, gen)
         self.version = 1
         self.store = PolicyStore(self.store_path)
-        self.journal = Journal(d / "journal.db", "BENCH-SD")
+        self.journal = Journal(d / "journal.db", "BENCH-SD",
+                               background_checkpoint=not args.inline_checkpoint)
+        self.cp = self.journal.checkpointer
         self.engine = Engine(load_ruleset(profile_path("bus_validator")), self.store,
                              self.journal, location=Location(route="19", vehicle="B1"))
         cfg = MaintenanceSection(quiet_s=args.quiet_s,
@@ -163,6 +165,8 @@ class Bench:
 
     def tap(self) -> float:
         self.schedule.activity()
+        if self.cp is not None:
+            self.cp.tap_started()
         self.k += 1
         i = self.rnd.randrange(self.args.entitlements)
         t0 = time.perf_counter()
@@ -172,6 +176,8 @@ class Bench:
         self.engine.handle(Presentation(PresentationKind.CARD, "bench", 0, credential=cred))
         dt = (time.perf_counter() - t0) * 1000
         self.schedule.tap_done()
+        if self.cp is not None:
+            self.cp.tap_done()
         return dt
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
@@ -329,6 +335,9 @@ def main() -> None:
                     "20000 on sd, 0 on disk)")
     ap.add_argument("--merge-batch-rows", type=int, default=None,
                     help="[maintenance] merge_batch_rows (default: 50 on sd, 500 on disk)")
+    ap.add_argument("--inline-checkpoint", action="store_true",
+                    help="the journal's WAL checkpoints inside the commit (SQLite's "
+                    "automatic checkpoint, as before decision 44), not between taps")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
