@@ -214,7 +214,7 @@ class Terminal:
                                clock=self.decision_time, background_checkpoint=True)
         self.timebase = TimeBase(wall=self.clock, mono=self.mono, quality=self.clock_quality,
                                  floor=self.journal.last_time, anchors=self.journal)
-        self.disk = DiskGuard(self.cfg.terminal.data_dir, self.journal,
+        self.disk = DiskGuard(self.cfg.journal_path.parent, self.journal,
                               reserve_bytes=int(self.cfg.journal.reserve_mb * 2**20),
                               resume=lambda: self.engine.resume() if self.engine else None,
                               check_s=self.disk_check_s)

@@ -5,9 +5,9 @@ tap whose record happens to fill the WAL also copies every page the WAL holds in
 database file and ``fsync``\\ s it before :meth:`agent.journal.Journal.append` returns. On
 an SD card that is hundreds of random page writes in front of one rider.
 
-:class:`Checkpointer` moves that work to a background thread with its own connection:
-after every ``every`` commits it runs ``PRAGMA wal_checkpoint(PASSIVE)`` — but only while
-no tap is being decided (:meth:`tap_started` … :meth:`tap_done`, the daemon calls them
+:class:`Checkpointer` moves that work to a background thread with its own connection: it
+runs ``PRAGMA wal_checkpoint(PASSIVE)`` in a pause between taps (``quiet_s``), or after
+``every`` commits when taps never pause — but only while no tap is being decided (:meth:`tap_started` … :meth:`tap_done`, the daemon calls them
 around each presentation), so a checkpoint never starts in front of a tap's commit. A
 PASSIVE checkpoint takes no writer lock, so a tap that arrives while one runs commits
 beside it. Durability is unchanged: a tap's commit is still durable (WAL,
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["HARD_LIMIT_PAGES", "Checkpointer"]
@@ -36,14 +37,18 @@ HARD_LIMIT_PAGES = 1024
 class Checkpointer:
     """Checkpoints the WAL of the SQLite file at ``path`` in a thread, between taps.
 
-    ``every``: commits (:meth:`committed`) between checkpoints. Counters for tests and
+    A checkpoint runs once no tap has come for ``quiet_s`` seconds (monotonic), or, when
+    taps never pause that long, after ``every`` commits (:meth:`committed`) as soon as no
+    tap is being decided. Counters for tests and
     the bench: ``runs`` (checkpoints run), ``held`` (times one was due but waited for a
     tap). :meth:`close` stops the thread; never raises.
     """
 
-    def __init__(self, path: str | Path, *, every: int = 1) -> None:
+    def __init__(self, path: str | Path, *, every: int = 64, quiet_s: float = 0.2) -> None:
         self.path = Path(path)
         self.every = max(1, every)
+        self.quiet_s = quiet_s
+        self._last_tap = -1e18
         self.runs = 0
         self.held = 0
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -61,11 +66,13 @@ class Checkpointer:
         """A presentation arrived: no checkpoint starts until it is decided."""
         with self._cond:
             self._in_flight += 1
+            self._last_tap = time.monotonic()
 
     def tap_done(self) -> None:
         """The presentation is decided and journaled (or dropped)."""
         with self._cond:
             self._in_flight = max(0, self._in_flight - 1)
+            self._last_tap = time.monotonic()
             self._cond.notify_all()
 
     def committed(self) -> None:
@@ -79,17 +86,27 @@ class Checkpointer:
         """True while a tap is being decided."""
         return self._in_flight > 0
 
-    def _due(self) -> bool:
-        return self._pending >= self.every
+    def _wait_s(self) -> float | None:
+        """0 when a checkpoint may start now, else how long to wait (None: for news)."""
+        if not self._pending:
+            return None
+        if self._in_flight:
+            if self._pending >= self.every:
+                self.held += 1
+                self._cond.notify_all()
+            return None
+        if self._pending >= self.every:
+            return 0.0
+        return max(0.0, self._last_tap + self.quiet_s - time.monotonic())
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and (not self._due() or self._in_flight):
-                    if self._due():
-                        self.held += 1
-                        self._cond.notify_all()
-                    self._cond.wait()
+                while not self._stop:
+                    wait = self._wait_s()
+                    if wait == 0.0:
+                        break
+                    self._cond.wait(wait)
                 if self._stop:
                     return
                 self._pending = 0

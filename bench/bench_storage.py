@@ -151,7 +151,9 @@ class Bench:
         switch_generation(self.store_path, gen)
         self.version = 1
         self.store = PolicyStore(self.store_path)
-        self.journal = Journal(d / "journal.db", "BENCH-SD",
+        jdir = d.parent / "journal" if args.journal_fs and (d.parent / "journal").is_dir() \
+            else d
+        self.journal = Journal(jdir / "journal.db", "BENCH-SD",
                                background_checkpoint=not args.inline_checkpoint)
         self.cp = self.journal.checkpointer
         self.engine = Engine(load_ruleset(profile_path("bus_validator")), self.store,
@@ -338,6 +340,9 @@ def main() -> None:
     ap.add_argument("--inline-checkpoint", action="store_true",
                     help="the journal's WAL checkpoints inside the commit (SQLite's "
                     "automatic checkpoint, as before decision 44), not between taps")
+    ap.add_argument("--journal-fs", action=argparse.BooleanOptionalAction, default=True,
+                    help="sd: the journal on its own 64 MiB file system on the same card "
+                    "(the SD layout, docs/operations.md; default on)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
@@ -357,7 +362,8 @@ def main() -> None:
             if storage == "sd":
                 model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
                 with emulated_sd(model, size_mb=4096,
-                                 dirty_max_bytes=args.dirty_max_kb * 1024) as mnt:
+                                 dirty_max_bytes=args.dirty_max_kb * 1024,
+                                 journal_mb=64 if args.journal_fs else 0) as mnt:
                     runs.append(one_run(mnt, args))
                 desc = (f"emulated {model.describe()}, ext4 on a loop device throttled in the "
                         "root blkio cgroup")
@@ -366,8 +372,12 @@ def main() -> None:
                                                  dir=os.environ.get("TMPDIR")) as d:
                     runs.append(one_run(Path(d), args))
                 desc = "this machine's disk (virtio, ext4)"
+        if sd and args.journal_fs:
+            desc += "; the journal on its own 64 MiB file system on the card"
         if sd and args.dirty_max_kb:
             desc += f"; the card's dirty page cache capped at {args.dirty_max_kb} KiB"
+        desc += ("; the journal's WAL checkpoints " + ("inside the commit (SQLite's own)"
+                 if args.inline_checkpoint else "between taps (background)"))
         desc += (f"; `[maintenance] snapshot_rows_per_s = {args.snapshot_rows_per_s}`, "
                  f"`merge_batch_rows = {args.merge_batch_rows}`")
         sections.append(report(storage, runs, desc, args))
