@@ -1,7 +1,8 @@
 """Taps during policy I/O on SD-card-class storage (issue 15): idle vs delta vs merge vs snapshot.
 
 ``python -m bench.bench_storage [--storage sd|disk|both] [--runs 3] [--taps 10000]``
-(``make bench-sd``). Needs root for ``--storage sd`` (an emulated card,
+(``make bench-sd``; the defaults — 10,000 taps a phase, a 200 k store, 5 k-row deltas,
+a tap every 2 ms — keep one run on the card to ~8 minutes). Needs root for ``--storage sd`` (an emulated card,
 :mod:`bench.sdcard`: a loop device throttled in the root blkio cgroup to the SD A1
 class: 10 MB/s and 1,500 write IOPS as issue 15 asks, :data:`bench.sdcard.SD_A1_LOOSE`;
 ``--model a1-500`` for the specification's 500 write IOPS, :data:`bench.sdcard.SD_A1`);
@@ -321,10 +322,10 @@ def main() -> None:
                     "SD spec's 500 write IOPS")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--taps", type=int, default=10_000, help="taps timed per phase")
-    ap.add_argument("--entitlements", type=int, default=1_000_000)
-    ap.add_argument("--hotlist", type=int, default=100_000)
-    ap.add_argument("--delta", type=int, default=20_000)
-    ap.add_argument("--interval-ms", type=float, default=5.0, help="pause after each tap")
+    ap.add_argument("--entitlements", type=int, default=200_000)
+    ap.add_argument("--hotlist", type=int, default=20_000)
+    ap.add_argument("--delta", type=int, default=5_000)
+    ap.add_argument("--interval-ms", type=float, default=2.0, help="pause after each tap")
     ap.add_argument("--burst-s", type=float, default=1.0)
     ap.add_argument("--gap-s", type=float, default=1.0)
     ap.add_argument("--quiet-s", type=float, default=0.5)
