@@ -342,7 +342,7 @@ def main() -> None:
                     help="the journal's WAL checkpoints inside the commit (SQLite's "
                     "automatic checkpoint, as before decision 44), not between taps")
     ap.add_argument("--journal-fs", action=argparse.BooleanOptionalAction, default=True,
-                    help="sd: the journal on its own 64 MiB file system on the same card "
+                    help="sd: the journal on its own 256 MiB file system on the same card "
                     "(the SD layout, docs/operations.md; default on)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
@@ -364,7 +364,7 @@ def main() -> None:
                 model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
                 with emulated_sd(model, size_mb=4096,
                                  dirty_max_bytes=args.dirty_max_kb * 1024,
-                                 journal_mb=64 if args.journal_fs else 0) as mnt:
+                                 journal_mb=256 if args.journal_fs else 0) as mnt:
                     runs.append(one_run(mnt, args))
                 desc = (f"emulated {model.describe()}, ext4 on a loop device throttled in the "
                         "root blkio cgroup")
@@ -374,7 +374,7 @@ def main() -> None:
                     runs.append(one_run(Path(d), args))
                 desc = "this machine's disk (virtio, ext4)"
         if sd and args.journal_fs:
-            desc += "; the journal on its own 64 MiB file system on the card"
+            desc += "; the journal on its own 256 MiB file system on the card"
         if sd and args.dirty_max_kb:
             desc += f"; the card's dirty page cache capped at {args.dirty_max_kb} KiB"
         desc += ("; the journal's WAL checkpoints " + ("inside the commit (SQLite's own)"
