@@ -337,7 +337,7 @@ def main() -> None:
                     help="[maintenance] snapshot_rows_per_s (default: the SD layout's "
                     "20000 on sd, 0 on disk)")
     ap.add_argument("--merge-batch-rows", type=int, default=None,
-                    help="[maintenance] merge_batch_rows (default: 50 on sd, 500 on disk)")
+                    help="[maintenance] merge_batch_rows (default: 50, sd and disk)")
     ap.add_argument("--inline-checkpoint", action="store_true",
                     help="the journal's WAL checkpoints inside the commit (SQLite's "
                     "automatic checkpoint, as before decision 44), not between taps")
@@ -356,8 +356,7 @@ def main() -> None:
             args = argparse.Namespace(**{**vars(args), **{
                 "snapshot_rows_per_s": args.snapshot_rows_per_s if args.snapshot_rows_per_s
                 is not None else (SD_SNAPSHOT_ROWS_PER_S if sd else 0),
-                "merge_batch_rows": args.merge_batch_rows or (SD_MERGE_BATCH_ROWS if sd
-                                                               else 500)}})
+                "merge_batch_rows": args.merge_batch_rows or SD_MERGE_BATCH_ROWS}})
         for n in range(args.runs):
             print(f"== {storage} run {n + 1}/{args.runs}", flush=True)
             if storage == "sd":
