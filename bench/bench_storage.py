@@ -3,8 +3,8 @@
 ``python -m bench.bench_storage [--storage sd|disk|both] [--runs 3] [--taps 10000]``
 (``make bench-sd``; the defaults — 10,000 taps a phase, a 200 k store, 5 k-row deltas,
 a tap every 2 ms — keep one run on the card near 10 minutes). Needs root for
-``--storage sd`` (an emulated card, :mod:`bench.sdcard`: a loop device throttled in the root blkio cgroup to the SD A1
-class: 10 MB/s and 1,500 write IOPS as issue 15 asks, :data:`bench.sdcard.SD_A1_LOOSE`;
+``--storage sd`` (an emulated card, :mod:`bench.sdcard`: a loop device throttled in
+the root blkio cgroup to the SD A1 class: 10 MB/s and 1,500 write IOPS as issue 15 asks, :data:`bench.sdcard.SD_A1_LOOSE`;
 ``--model a1-500`` for the specification's 500 write IOPS, :data:`bench.sdcard.SD_A1`);
 ``disk`` uses a temp dir on this machine's disk.
 
