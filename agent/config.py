@@ -165,6 +165,10 @@ class PolicySection(_Section):
 
 
 class JournalSection(_Section):
+    dir: Path | None = Field(
+        None, description="directory of journal.db (default: terminal.data_dir); on an SD "
+        "card a file system of its own, so a policy's bulk writes never share its ext4 "
+        "journal (docs/operations.md)")
     retention_days: float = Field(7.0, ge=0, description="keep acked records this long")
     reserve_mb: float = Field(
         8.0, ge=0, description="disk space kept in reserve for a full disk (MiB): released "
@@ -248,7 +252,7 @@ class AgentConfig(_Section):
 
     @property
     def journal_path(self) -> Path:
-        return self.terminal.data_dir / "journal.db"
+        return (self.journal.dir or self.terminal.data_dir) / "journal.db"
 
     @property
     def store_path(self) -> Path:

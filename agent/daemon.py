@@ -170,9 +170,14 @@ class Terminal:
         """Queue a presentation for decision (called from driver threads)."""
         if self.applier is not None:
             self.applier.schedule.activity()    # snapshot and merge children yield to taps
+        cp = self.journal.checkpointer if self.journal is not None else None
+        if cp is not None:
+            cp.tap_started()                    # no WAL checkpoint starts ahead of it
         try:
             self._queue.put(self.services.apply(p), timeout=1.0)
         except queue.Full:
+            if cp is not None:
+                cp.tap_done()
             log.error("presentation queue full: dropping a %s from %s", p.kind, p.source)
 
     def add_listener(self, fn: OutcomeListener) -> None:
@@ -206,10 +211,10 @@ class Terminal:
 
     def _start_journal(self) -> None:
         self.journal = Journal(self.cfg.journal_path, self.cfg.terminal.id,
-                               clock=self.decision_time)
+                               clock=self.decision_time, background_checkpoint=True)
         self.timebase = TimeBase(wall=self.clock, mono=self.mono, quality=self.clock_quality,
                                  floor=self.journal.last_time, anchors=self.journal)
-        self.disk = DiskGuard(self.cfg.terminal.data_dir, self.journal,
+        self.disk = DiskGuard(self.cfg.journal_path.parent, self.journal,
                               reserve_bytes=int(self.cfg.journal.reserve_mb * 2**20),
                               resume=lambda: self.engine.resume() if self.engine else None,
                               check_s=self.disk_check_s)
@@ -388,6 +393,8 @@ class Terminal:
                 log.exception("worker failed on %s", type(p).__name__)
             finally:
                 self._queue.task_done()
+                if isinstance(p, Presentation) and self.journal and self.journal.checkpointer:
+                    self.journal.checkpointer.tap_done()    # the WAL checkpoint may run
 
     def _hardware_event(self, ev: Any) -> None:
         """Journal what a gate or a GPIO input reported (:mod:`agent.hardware_events`)."""

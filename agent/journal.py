@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import YktError
+from agent.journal_checkpoint import HARD_LIMIT_PAGES, Checkpointer
 from agent.model import JournalRecord
 from agent.records import (
     GENESIS,
@@ -105,7 +106,8 @@ class Journal:
     Raises :class:`JournalError` if the file belongs to another terminal.
     """
 
-    def __init__(self, path: str | Path, terminal: str, *, clock: Any = time.time) -> None:
+    def __init__(self, path: str | Path, terminal: str, *, clock: Any = time.time,
+                 background_checkpoint: bool = False) -> None:
         self.path = Path(path)
         self.terminal = terminal
         self._clock = clock
@@ -139,6 +141,10 @@ class Journal:
         self.epoch: str = epoch  # incarnation id; the hub keys records by (terminal, epoch, seq)
         self._reader_lock = threading.Lock()
         self._reader = self._connect()
+        self.checkpointer: Checkpointer | None = None   # WAL checkpoints between taps
+        if background_checkpoint:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={HARD_LIMIT_PAGES}")
+            self.checkpointer = Checkpointer(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -235,6 +241,8 @@ class Journal:
                 raise JournalError(f"cannot append to journal {self.path}: {err}",
                                    disk_full=_is_disk_full(err)) from err
             self._last_seq, self._last_hash = seq, digest
+        if self.checkpointer is not None:
+            self.checkpointer.committed()
         return JournalRecord(seq=seq, body=body, hash=digest)
 
     def mark_acked(self, seq: int) -> int:
@@ -424,6 +432,8 @@ class Journal:
 
     def close(self) -> None:
         """Close both connections. Safe to call twice."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         with self._lock, self._reader_lock:
             for db in (self._db, self._reader):
                 try:

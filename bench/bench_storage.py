@@ -1,9 +1,10 @@
 """Taps during policy I/O on SD-card-class storage (issue 15): idle vs delta vs merge vs snapshot.
 
 ``python -m bench.bench_storage [--storage sd|disk|both] [--runs 3] [--taps 10000]``
-(``make bench-sd``). Needs root for ``--storage sd`` (an emulated card,
-:mod:`bench.sdcard`: a loop device throttled in the root blkio cgroup to the SD A1
-class: 10 MB/s and 1,500 write IOPS as issue 15 asks, :data:`bench.sdcard.SD_A1_LOOSE`;
+(``make bench-sd``; the defaults — 10,000 taps a phase, a 200 k store, 5 k-row deltas,
+a tap every 2 ms — keep one run on the card near 10 minutes). Needs root for
+``--storage sd`` (an emulated card, :mod:`bench.sdcard`: a loop device throttled in
+the root blkio cgroup to the SD A1 class: 10 MB/s and 1,500 write IOPS as issue 15 asks, :data:`bench.sdcard.SD_A1_LOOSE`;
 ``--model a1-500`` for the specification's 500 write IOPS, :data:`bench.sdcard.SD_A1`);
 ``disk`` uses a temp dir on this machine's disk.
 
@@ -151,7 +152,11 @@ class Bench:
         switch_generation(self.store_path, gen)
         self.version = 1
         self.store = PolicyStore(self.store_path)
-        self.journal = Journal(d / "journal.db", "BENCH-SD")
+        jdir = d.parent / "journal" if args.journal_fs and (d.parent / "journal").is_dir() \
+            else d
+        self.journal = Journal(jdir / "journal.db", "BENCH-SD",
+                               background_checkpoint=not args.inline_checkpoint)
+        self.cp = self.journal.checkpointer
         self.engine = Engine(load_ruleset(profile_path("bus_validator")), self.store,
                              self.journal, location=Location(route="19", vehicle="B1"))
         cfg = MaintenanceSection(quiet_s=args.quiet_s,
@@ -163,6 +168,8 @@ class Bench:
 
     def tap(self) -> float:
         self.schedule.activity()
+        if self.cp is not None:
+            self.cp.tap_started()
         self.k += 1
         i = self.rnd.randrange(self.args.entitlements)
         t0 = time.perf_counter()
@@ -172,6 +179,8 @@ class Bench:
         self.engine.handle(Presentation(PresentationKind.CARD, "bench", 0, credential=cred))
         dt = (time.perf_counter() - t0) * 1000
         self.schedule.tap_done()
+        if self.cp is not None:
+            self.cp.tap_done()
         return dt
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
@@ -313,10 +322,10 @@ def main() -> None:
                     "SD spec's 500 write IOPS")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--taps", type=int, default=10_000, help="taps timed per phase")
-    ap.add_argument("--entitlements", type=int, default=1_000_000)
-    ap.add_argument("--hotlist", type=int, default=100_000)
-    ap.add_argument("--delta", type=int, default=20_000)
-    ap.add_argument("--interval-ms", type=float, default=5.0, help="pause after each tap")
+    ap.add_argument("--entitlements", type=int, default=200_000)
+    ap.add_argument("--hotlist", type=int, default=20_000)
+    ap.add_argument("--delta", type=int, default=5_000)
+    ap.add_argument("--interval-ms", type=float, default=2.0, help="pause after each tap")
     ap.add_argument("--burst-s", type=float, default=1.0)
     ap.add_argument("--gap-s", type=float, default=1.0)
     ap.add_argument("--quiet-s", type=float, default=0.5)
@@ -328,7 +337,13 @@ def main() -> None:
                     help="[maintenance] snapshot_rows_per_s (default: the SD layout's "
                     "20000 on sd, 0 on disk)")
     ap.add_argument("--merge-batch-rows", type=int, default=None,
-                    help="[maintenance] merge_batch_rows (default: 50 on sd, 500 on disk)")
+                    help="[maintenance] merge_batch_rows (default: 50, sd and disk)")
+    ap.add_argument("--inline-checkpoint", action="store_true",
+                    help="the journal's WAL checkpoints inside the commit (SQLite's "
+                    "automatic checkpoint, as before decision 44), not between taps")
+    ap.add_argument("--journal-fs", action=argparse.BooleanOptionalAction, default=True,
+                    help="sd: the journal on its own 256 MiB file system on the same card "
+                    "(the SD layout, docs/operations.md; default on)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
@@ -341,14 +356,14 @@ def main() -> None:
             args = argparse.Namespace(**{**vars(args), **{
                 "snapshot_rows_per_s": args.snapshot_rows_per_s if args.snapshot_rows_per_s
                 is not None else (SD_SNAPSHOT_ROWS_PER_S if sd else 0),
-                "merge_batch_rows": args.merge_batch_rows or (SD_MERGE_BATCH_ROWS if sd
-                                                               else 500)}})
+                "merge_batch_rows": args.merge_batch_rows or SD_MERGE_BATCH_ROWS}})
         for n in range(args.runs):
             print(f"== {storage} run {n + 1}/{args.runs}", flush=True)
             if storage == "sd":
                 model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
                 with emulated_sd(model, size_mb=4096,
-                                 dirty_max_bytes=args.dirty_max_kb * 1024) as mnt:
+                                 dirty_max_bytes=args.dirty_max_kb * 1024,
+                                 journal_mb=256 if args.journal_fs else 0) as mnt:
                     runs.append(one_run(mnt, args))
                 desc = (f"emulated {model.describe()}, ext4 on a loop device throttled in the "
                         "root blkio cgroup")
@@ -357,8 +372,12 @@ def main() -> None:
                                                  dir=os.environ.get("TMPDIR")) as d:
                     runs.append(one_run(Path(d), args))
                 desc = "this machine's disk (virtio, ext4)"
+        if sd and args.journal_fs:
+            desc += "; the journal on its own 256 MiB file system on the card"
         if sd and args.dirty_max_kb:
             desc += f"; the card's dirty page cache capped at {args.dirty_max_kb} KiB"
+        desc += ("; the journal's WAL checkpoints " + ("inside the commit (SQLite's own)"
+                 if args.inline_checkpoint else "between taps (background)"))
         desc += (f"; `[maintenance] snapshot_rows_per_s = {args.snapshot_rows_per_s}`, "
                  f"`merge_batch_rows = {args.merge_batch_rows}`")
         sections.append(report(storage, runs, desc, args))

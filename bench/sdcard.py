@@ -87,13 +87,18 @@ def _set_rule(name: str, dev: str, value: int) -> None:
 @contextlib.contextmanager
 def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
                 backing_dir: str | Path | None = None,
-                dirty_max_bytes: int = 0) -> Iterator[Path]:
+                dirty_max_bytes: int = 0, journal_mb: int = 0) -> Iterator[Path]:
     """Yield the mount point of a fresh ext4 file system on a loop device throttled as
     ``model`` (``size_mb`` MiB, a sparse file in ``backing_dir``, default the temp dir).
     ``dirty_max_bytes`` (0: the kernel's default) caps the dirty page cache of that
     device (``/sys/class/bdi/MAJ:MIN/max_bytes`` with ``strict_limit``): a writer that
     dirties more is throttled by the kernel, so no backlog bigger than that builds up
-    ahead of a tap's fsync. Raises ``RuntimeError`` naming the command that failed;
+    ahead of a tap's fsync. ``journal_mb`` > 0 gives the journal its own file system
+    on the same card, mounted at ``<mount point>/../journal``: an ext4 of that size in
+    a file written out on the card and attached to a second loop device with direct
+    I/O, so its writes and flushes reach the one throttled device as a partition's
+    would, with its own ext4 journal (these loop devices do not scan partition
+    tables). Raises ``RuntimeError`` naming the command that failed;
     undoes what it did."""
     why = available()
     if why:
@@ -111,6 +116,19 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
         mnt.mkdir()
         _run("mount", "-o", "noatime", loop, str(mnt))
         undo.append(("umount", mnt))
+        if journal_mb:          # written out before the throttle: no unwritten extents
+            part = mnt / ".journal-partition.img"
+            with open(part, "wb") as f:
+                for _ in range(journal_mb):
+                    f.write(b"\0" * (1 << 20))
+                os.fsync(f.fileno())
+            jloop = _run("losetup", "--direct-io=on", "--find", "--show", str(part))
+            undo.append(("losetup", jloop))
+            _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                 jloop)
+            (work / "journal").mkdir()
+            _run("mount", "-o", "noatime", jloop, str(work / "journal"))
+            undo.append(("umount", work / "journal"))
         st = os.stat(loop)
         dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
         rules = [("blkio.throttle.write_bps_device", model.write_bps),
