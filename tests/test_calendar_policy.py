@@ -14,6 +14,7 @@ from profiles import PROFILE_DIR
 from simulator.broker import Mosquitto
 from simulator.population import CardHolder
 from sync.hub.policy import BundleSources
+from tests.fixtures.hub import wait_until
 from tests.fixtures.policy import TZ, PolicyEnv
 from tests.policy_daemon import PolicyDaemon, publish_envelope
 
@@ -138,11 +139,13 @@ def test_a_calendar_of_other_years_is_a_policy_warning(policy_env: PolicyEnv, br
     try:
         _publish(env, broker, daemon, _sources(env, [], PROFILE_DIR / "calendars" /
                                                "cn-2026.toml"))
-        assert daemon.status()["policy_warnings"] == ["calendar_outdated"]
+        # the store holds the version before the listeners ran: wait for the engine's side
+        wait_until(lambda: daemon.status()["policy_warnings"] == ["calendar_outdated"], 10,
+                   "calendar_outdated")
         y2027 = tmp_path / "cn-2027.toml"
         y2027.write_text('name = "test-2027"\nyears = [2027]\n[[holiday]]\nname = "元旦"\n'
                          'from = 2027-01-01\nto = 2027-01-03\n', encoding="utf-8")
         _publish(env, broker, daemon, _sources(env, [], y2027))
-        assert daemon.status()["policy_warnings"] == []
+        wait_until(lambda: daemon.status()["policy_warnings"] == [], 10, "no warning")
     finally:
         daemon.stop()
