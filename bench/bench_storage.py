@@ -58,6 +58,7 @@ from agent.policy.schedule import scheduled_apply
 from agent.policy.stage import ApplyPlan
 from agent.rules import load_ruleset
 from agent.store import PolicyInfo, PolicyStore, build_generation, switch_generation
+from bench.bench_policy import ckey, hkey, pct  # the same keys and percentiles
 from bench.report import machine, table, update_section
 from bench.sdcard import SD_A1, SD_A1_LOOSE, emulated_sd
 from profiles import profile_path
@@ -71,19 +72,6 @@ CATS = ("elderly", "disabled", "youfu", "student")
 PHASES = ("idle", "delta", "merge", "snapshot")
 CHANNEL = "city/370302/bus"
 EXPIRES = "2036-01-01T00:00:00Z"
-
-
-def hkey(i: int) -> str:
-    return f"{(i * 0x9E3779B97F4A7C15F39CC0605CEDC8) % (1 << 128):032x}"
-
-
-def ckey(i: int) -> str:
-    return f"{(i * 0xD1B54A32D192ED03AEF9C71F2E3B5A1) % (1 << 128) ^ (1 << 127):032x}"
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
 def info(v: int) -> dict[str, object]:
