@@ -274,6 +274,9 @@ def test_recovers_after_pcscd_restart(card_rig: VirtualCardRig, card_source, pcs
     assert sink.next().credential is not None
     card_rig.pull()
     pcscd.restart()                       # every reader disappears and comes back
+    # the PSAM's slot reconnects on its own: a tap before pcscd sees it again is refused
+    # "PSAM not reachable" (a race the repeated runs on a loaded machine found)
+    pcscd.wait_card(card_rig.psam_reader, timeout=30)
     card_rig.present(_g3())
     p = sink.next(timeout=6)
     assert p.credential is not None, p.rejection

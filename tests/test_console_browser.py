@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -43,9 +44,9 @@ pytestmark = [
 
 if CHROMIUM.exists():
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
 
@@ -93,11 +94,26 @@ def browser(console_site: ConsoleSite,
     return open_browser(console_site)
 
 
+def _stale(element: Any) -> bool:
+    """Whether ``element`` left the document. ChromeDriver answers a node of a page being
+    replaced with either "stale element" or "Node … does not belong to the document" (an
+    unknown error: a race the repeated runs found); both mean the old page is gone."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as err:
+        if "does not belong to the document" in str(err):
+            return True
+        raise
+    return False
+
+
 def _click(driver: webdriver.Chrome, element_id: str) -> None:
     """Click ``element_id`` and wait for the page it loads (the old one goes stale)."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, element_id).click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 20).until(lambda _d: _stale(page))
     WebDriverWait(driver, 20).until(
         lambda d: d.execute_script("return document.readyState") == "complete")
 
@@ -130,7 +146,7 @@ def test_log_in_filter_the_fleet_and_open_a_report(browser: webdriver.Chrome,
     assert _terminals(browser) == ["gate-1"]
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.LINK_TEXT, "gate-1").click()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 20).until(lambda _d: _stale(page))
     assert browser.find_element(By.ID, "terminal-name").text == "gate-1"
 
     _click(browser, "nav-reports")
