@@ -245,28 +245,8 @@ def test_hostile_root_serial_is_malformed_and_not_retried(policy_env: PolicyEnv,
     hostile = _mutate(good, envelope=lambda d: d["roots"].append(
         {"signed": {"type": "ykt-policy-root", "serial": "abc", "keys": []},
          "signatures": []}))
-    _refused(t, hostile, Refusal.MALFORMED)
-    offers: list[bytes] = []
-    offer = t.applier.offer
-
-    def counting(payload: bytes, fetcher: Any = None) -> Any:
-        offers.append(payload)
-        return offer(payload, fetcher)
-    t.applier.offer = counting  # type: ignore[method-assign]
-    down = Downlink(t.applier, settings=MqttSettings(host=broker.host, port=broker.port),
-                    client_id="T1-policy", retry_min_s=0.0, retry_max_s=0.0)
-    down.start()
-    try:
-        down.offer(hostile)
-        wait_until(lambda: down.status()["policy_state"] == "refused", 10, "the refusal")
-        assert down.status()["policy_refusal"] == "malformed"
-        _still_deciding_with_v1(env, t)
-        down.offer(good)
-        wait_until(lambda: down.status()["policy_state"] == "applied", 10, "v2 applied")
-        assert offers == [hostile, good]
-        assert t.store.info.version == 2
-    finally:
-        down.stop()
+    _refused_once_then_v2(env, broker, t, hostile, good)
+    assert t.store.info.version == 2
 
 
 def test_rules_that_are_not_utf8_are_malformed(policy_env: PolicyEnv) -> None:
@@ -313,6 +293,30 @@ def test_float_manifest_version_is_malformed_and_not_retried(policy_env: PolicyE
     t = _ready(env)
     good = _victim_delta(env)
     hostile = _mutate(good, manifest=lambda m: m.update(version=2.0))
+    _refused_once_then_v2(env, broker, t, hostile, good)
+
+
+def test_a_staged_part_damaged_on_disk_is_fetched_again(policy_env: PolicyEnv) -> None:
+    """A part staged by an earlier attempt and damaged on disk since (same size, other
+    bytes: the gzip stream then fails inside zlib) is checked again and replaced, so the
+    genuine bundle applies instead of failing on every attempt."""
+    env = policy_env
+    t = _ready(env)
+    good = _victim_delta(env)
+    ref = next(p for p in json.loads(good)["manifest"]["signed"]["parts"]
+               if p["name"] == "hotlist.delta")
+    damaged = bytearray(base64.b64decode(json.loads(good)["inline"][ref["sha256"]]))
+    damaged[12:-8] = bytes(b ^ 0x5A for b in damaged[12:-8])
+    (t.applier.staging / ref["sha256"]).write_bytes(bytes(damaged))
+    assert t.applier.offer(good, None) is not None
+    assert t.store.info.version == 2
+
+
+def _refused_once_then_v2(env: PolicyEnv, broker: Mosquitto, t: Any, hostile: bytes,
+                          good: bytes) -> None:
+    """Through a real downlink that retries without a pause: ``hostile`` is refused
+    ``malformed`` exactly once (never retried), the terminal keeps deciding with v1, and
+    the genuine ``good`` v2 offered after it is the next and last offer, applied."""
     _refused(t, hostile, Refusal.MALFORMED)
     offers: list[bytes] = []
     offer = t.applier.offer
@@ -334,19 +338,3 @@ def test_float_manifest_version_is_malformed_and_not_retried(policy_env: PolicyE
         assert offers == [hostile, good]
     finally:
         down.stop()
-
-
-def test_a_staged_part_damaged_on_disk_is_fetched_again(policy_env: PolicyEnv) -> None:
-    """A part staged by an earlier attempt and damaged on disk since (same size, other
-    bytes: the gzip stream then fails inside zlib) is checked again and replaced, so the
-    genuine bundle applies instead of failing on every attempt."""
-    env = policy_env
-    t = _ready(env)
-    good = _victim_delta(env)
-    ref = next(p for p in json.loads(good)["manifest"]["signed"]["parts"]
-               if p["name"] == "hotlist.delta")
-    damaged = bytearray(base64.b64decode(json.loads(good)["inline"][ref["sha256"]]))
-    damaged[12:-8] = bytes(b ^ 0x5A for b in damaged[12:-8])
-    (t.applier.staging / ref["sha256"]).write_bytes(bytes(damaged))
-    assert t.applier.offer(good, None) is not None
-    assert t.store.info.version == 2
