@@ -105,3 +105,19 @@ def test_a_missing_library_fails_only_when_its_backend_is_chosen(
     assert load_source("cards", "sim").__name__ == "SimCardSource"
     with pytest.raises(DriverUnavailable, match=r"yikatong-edge\[pcsc\]"):
         load_source("cards", "pcsc")
+
+
+def test_a_test_not_marked_pcsc_reaches_no_pcscd() -> None:
+    """The isolation of tests/fixtures/pcsc.py: in `make test` pcscd with its vpcd readers
+    still runs here (test_card_pcsc started it), yet a demo's ``auto`` cards resolve to
+    ``sim`` in this process, and a process this test starts lists no reader."""
+    from drivers.registry import resolve_auto_cards
+    from tests.fixtures.pcsc import NO_PCSCD_SOCKET
+
+    assert resolve_auto_cards(demo=True) == "sim"
+    out = subprocess.run(
+        [sys.executable, "-c", "import os\nfrom smartcard.System import readers\n"
+         "try:\n    print(len(readers()), os.environ['PCSCLITE_CSOCK_NAME'])\n"
+         "except Exception as e:\n    print(0, os.environ['PCSCLITE_CSOCK_NAME'], type(e).__name__)"],
+        capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.split()[:2] == ["0", NO_PCSCD_SOCKET]
