@@ -2,7 +2,10 @@
 
 ``python -m bench.bench_storage [--storage sd|disk|both] [--runs 3] [--taps 10000]``
 (``make bench-sd``; the defaults — 10,000 taps a phase, a 200 k store, 5 k-row deltas,
-a tap every 2 ms — keep one run on the card near 10 minutes). Needs root for
+a tap every 5 ms — keep one run on the card near 10 minutes; a tap every 5 ms is 200
+taps a second, a hundred times a busy bus door, yet leaves the card's queue room for the
+policy I/O that is being measured: at 2 ms the taps' own journal fsyncs fill the card's
+write IOPS and idle alone waits up to a throttle slice, ``docs/decisions.md`` 46). Needs root for
 ``--storage sd`` (an emulated card, :mod:`bench.sdcard`: a loop device throttled in
 the root blkio cgroup to the SD A1 class: 10 MB/s and 1,500 write IOPS as issue 15 asks, :data:`bench.sdcard.SD_A1_LOOSE`;
 ``--model a1-500`` for the specification's 500 write IOPS, :data:`bench.sdcard.SD_A1`);
@@ -313,10 +316,10 @@ def main() -> None:
     ap.add_argument("--entitlements", type=int, default=200_000)
     ap.add_argument("--hotlist", type=int, default=20_000)
     ap.add_argument("--delta", type=int, default=5_000)
-    ap.add_argument("--interval-ms", type=float, default=2.0, help="pause after each tap")
+    ap.add_argument("--interval-ms", type=float, default=5.0, help="pause after each tap")
     ap.add_argument("--burst-s", type=float, default=1.0)
-    ap.add_argument("--gap-s", type=float, default=1.0)
-    ap.add_argument("--quiet-s", type=float, default=0.5)
+    ap.add_argument("--gap-s", type=float, default=0.5)
+    ap.add_argument("--quiet-s", type=float, default=0.3)
     ap.add_argument("--writer-mbps", type=float, default=2.0)
     ap.add_argument("--dirty-max-kb", type=int, default=SD_DIRTY_MAX_KB,
                     help="cap the card's dirty page cache (bdi max_bytes, strict_limit; "

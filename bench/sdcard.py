@@ -80,6 +80,18 @@ def _run(*cmd: str) -> str:
     return out.stdout.strip()
 
 
+def _partition(card: str, offset_mb: int, size_mb: int,
+               undo: list[tuple[str, object]]) -> str:
+    """A loop device with direct I/O over ``size_mb`` MiB of the block device ``card``
+    from ``offset_mb`` MiB: a partition of the emulated card. Returns its path."""
+    dev = _run("losetup", "--direct-io=on", "--offset", str(offset_mb << 20),
+               "--sizelimit", str(size_mb << 20), "--find", "--show", card)
+    undo.append(("losetup", dev))
+    if (Path("/sys/block") / Path(dev).name / "loop" / "dio").read_text().strip() != "1":
+        raise RuntimeError(f"{dev}: the kernel refused direct I/O over {card}")
+    return dev
+
+
 def _set_rule(name: str, dev: str, value: int) -> None:
     (BLKIO / name).write_text(f"{dev} {value}\n")
 
@@ -93,13 +105,15 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
     ``dirty_max_bytes`` (0: the kernel's default) caps the dirty page cache of that
     device (``/sys/class/bdi/MAJ:MIN/max_bytes`` with ``strict_limit``): a writer that
     dirties more is throttled by the kernel, so no backlog bigger than that builds up
-    ahead of a tap's fsync. ``journal_mb`` > 0 gives the journal its own file system
-    on the same card, mounted at ``<mount point>/../journal``: an ext4 of that size in
-    a file written out on the card and attached to a second loop device with direct
-    I/O, so its writes and flushes reach the one throttled device as a partition's
-    would, with its own ext4 journal (these loop devices do not scan partition
-    tables). Raises ``RuntimeError`` naming the command that failed;
-    undoes what it did."""
+    ahead of a tap's fsync (with partitions: the data partition's). ``journal_mb`` > 0
+    splits the card into two partitions — the data file system (``size_mb -
+    journal_mb``) and the journal's own, mounted at ``<mount point>/../journal`` — each a
+    loop device with direct I/O over its range of the throttled card device (these loop
+    devices scan no partition tables), so both share the card's one queue and budget
+    as partitions do, while each has its own ext4 journal and a flush of one is a flush
+    of the card. The journal partition's range of the backing file is written out first
+    (no host-side allocation inside a tap's flush). Raises ``RuntimeError`` naming the
+    command that failed; undoes what it did."""
     why = available()
     if why:
         raise RuntimeError(f"cannot emulate an SD card: {why}")
@@ -109,27 +123,32 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
         backing = work / "card.img"
         with open(backing, "wb") as f:
             f.truncate(size_mb << 20)
-        loop = _run("losetup", "--find", "--show", str(backing))
-        undo.append(("losetup", loop))
-        _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", loop)
+            f.seek((size_mb - journal_mb) << 20)
+            for _ in range(journal_mb):
+                f.write(b"\0" * (1 << 20))
+            os.fsync(f.fileno())
+        card = _run("losetup", "--find", "--show", str(backing))
+        undo.append(("losetup", card))
+        data = card
+        if journal_mb:
+            # two partitions of the card: direct-I/O loop devices over ranges of the
+            # card's own block device (these loop devices scan no partition tables), so
+            # every write and flush of either reaches the one throttled queue, and a
+            # flush of one is a flush of the card, not an fsync on the other's ext4
+            data = _partition(card, 0, size_mb - journal_mb, undo)
+            jpart = _partition(card, size_mb - journal_mb, journal_mb, undo)
+        _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", data)
         mnt = work / "mnt"
         mnt.mkdir()
-        _run("mount", "-o", "noatime", loop, str(mnt))
+        _run("mount", "-o", "noatime", data, str(mnt))
         undo.append(("umount", mnt))
-        if journal_mb:          # written out before the throttle: no unwritten extents
-            part = mnt / ".journal-partition.img"
-            with open(part, "wb") as f:
-                for _ in range(journal_mb):
-                    f.write(b"\0" * (1 << 20))
-                os.fsync(f.fileno())
-            jloop = _run("losetup", "--direct-io=on", "--find", "--show", str(part))
-            undo.append(("losetup", jloop))
+        if journal_mb:
             _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
-                 jloop)
+                 jpart)
             (work / "journal").mkdir()
-            _run("mount", "-o", "noatime", jloop, str(work / "journal"))
+            _run("mount", "-o", "noatime", jpart, str(work / "journal"))
             undo.append(("umount", work / "journal"))
-        st = os.stat(loop)
+        st = os.stat(card)
         dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
         rules = [("blkio.throttle.write_bps_device", model.write_bps),
                  ("blkio.throttle.write_iops_device", model.write_iops),
@@ -139,6 +158,8 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
             if value:
                 undo.append(("rule", (name, dev)))
                 _set_rule(name, dev, value)
+        st = os.stat(data)          # buffered writes dirty the data partition's pages
+        dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
         if dirty_max_bytes:
             bdi = Path("/sys/class/bdi") / dev
             # restored through max_ratio: the default max_bytes cannot be written back
