@@ -49,9 +49,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# a bench that uses pcscd and its vpcd readers takes the machine-wide pcscd lock, as the
+# tests and `make demo CARDS=vpcd` do (one ran beside a pcsc test and put its card there)
 bench: $(STAMP) firmware
 	@for b in bench/bench_*.py; do m=$${b%.py}; [ "$$m" = bench/bench_storage ] && continue; \
-	  echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit 1; done
+	  lock=; grep -q "simulator.pcscd" $$b && lock="flock $(PCSCD_LOCK)"; \
+	  echo "== $$m"; $$lock $(BIN)/python -m $${m//\//.} || exit 1; done
 
 # Taps during policy I/O on an emulated SD card (root: a throttled loop device) and on
 # this machine's disk, three runs (issue 15; bench/bench_storage.py, bench/sdcard.py)
