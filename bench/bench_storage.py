@@ -335,6 +335,10 @@ def main() -> None:
     ap.add_argument("--journal-fs", action=argparse.BooleanOptionalAction, default=True,
                     help="sd: the journal on its own 256 MiB file system on the same card "
                     "(the SD layout, docs/operations.md; default on)")
+    ap.add_argument("--card-backing", default=None, metavar="DIR",
+                    help="sd: where the card's backing file lives (default: the temp dir; "
+                    "/dev/shm keeps the host disk's own latency out of the card's numbers "
+                    "and the card's writes off the disk a --storage disk run measures)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
@@ -352,7 +356,7 @@ def main() -> None:
             print(f"== {storage} run {n + 1}/{args.runs}", flush=True)
             if storage == "sd":
                 model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
-                with emulated_sd(model, size_mb=4096,
+                with emulated_sd(model, size_mb=4096, backing_dir=args.card_backing,
                                  dirty_max_bytes=args.dirty_max_kb * 1024,
                                  journal_mb=256 if args.journal_fs else 0) as mnt:
                     runs.append(one_run(mnt, args))
@@ -363,8 +367,10 @@ def main() -> None:
                                                  dir=os.environ.get("TMPDIR")) as d:
                     runs.append(one_run(Path(d), args))
                 desc = "this machine's disk (virtio, ext4)"
+        if sd and args.card_backing:
+            desc += f"; the card's backing file in {args.card_backing}"
         if sd and args.journal_fs:
-            desc += "; the journal on its own 256 MiB file system on the card"
+            desc += "; the journal on its own 256 MiB partition of the card"
         if sd and args.dirty_max_kb:
             desc += f"; the card's dirty page cache capped at {args.dirty_max_kb} KiB"
         desc += ("; the journal's WAL checkpoints " + ("inside the commit (SQLite's own)"
@@ -375,7 +381,8 @@ def main() -> None:
         print(sections[-1], flush=True)
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
-            f"--hotlist {args.hotlist} --delta {args.delta} --interval-ms {args.interval_ms:g}`"
+            f"--hotlist {args.hotlist} --delta {args.delta} --interval-ms {args.interval_ms:g}"
+            + (f" --card-backing {args.card_backing}" if args.card_backing else "") + "`"
             f" (`make bench-sd`). A tap is a store lookup plus `Engine.handle` with its "
             f"durable journal commit, one every {args.interval_ms:g} ms; merge and snapshot "
             f"taps in {args.burst_s:g} s bursts with {args.gap_s:g} s gaps (the children go "
