@@ -72,11 +72,15 @@ def main() -> None:
     commit_ns: dict[int, int] = {}
     cond = threading.Condition()
 
+    taps: list[int] = []      # journal seqs of decided presentations, in order
+
     def on_outcome(o: Outcome) -> None:
         with cond:
             if o.record is not None:
                 outcomes[o.record.seq] = o
                 commit_ns[o.record.seq] = time.monotonic_ns()
+                if o.presentation is not None:
+                    taps.append(o.record.seq)
             cond.notify_all()
 
     def on_gate(ev: GateEvent) -> None:
@@ -96,13 +100,17 @@ def main() -> None:
         for i in range(args.visitors):
             now[0] += 86400          # a new day: the one-entry-a-day rule allows each visit
             h = visitors[i % len(visitors)]
-            seq = terminal.journal.last_seq + 1 if terminal.journal else 0
+            before = len(taps)
             rig.present(h)
+            # the tap's record is the next decided presentation: not last_seq + 1, since
+            # the day's jump of the bench clock is journaled too (a clock_jump record)
             with cond:
+                if not cond.wait_for(lambda b=before: len(taps) > b, 10):  # type: ignore[misc]
+                    raise RuntimeError(f"visitor {i}: no decision within 10 s")
+                seq = taps[before]
                 if not cond.wait_for(lambda s=seq: s in opened, 10):  # type: ignore[misc]
-                    got = outcomes.get(seq)
                     raise RuntimeError(f"visitor {i}: gate did not open; decision: "
-                                       f"{got.decision if got else None}")
+                                       f"{outcomes[seq].decision}")
             o = outcomes[seq]
             assert o.decision.accepted and o.presentation is not None
             to_commit.append((commit_ns[seq] - o.presentation.seen_ns) / 1e6)
