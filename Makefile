@@ -56,11 +56,13 @@ bench: $(STAMP) firmware
 	  lock=; grep -q "simulator.pcscd" $$b && lock="flock $(PCSCD_LOCK)"; \
 	  echo "== $$m"; $$lock $(BIN)/python -m $${m//\//.} || exit 1; done
 
-# Taps during policy I/O on an emulated SD card (root: a throttled loop device) and on
-# this machine's disk, three runs (issue 15; bench/bench_storage.py, bench/sdcard.py)
+# Taps during policy I/O on an emulated SD card (root: a throttled loop device, its
+# backing file in RAM), on this machine's disk with the SD layout's partitions, and on the
+# bare disk; three runs each (issue 15; bench/bench_storage.py, bench/sdcard.py)
 BENCH_SD_ARGS ?= --runs 3
 bench-sd: $(STAMP)
-	$(BIN)/python -m bench.bench_storage --storage sd $(BENCH_SD_ARGS)
+	$(BIN)/python -m bench.bench_storage --storage sd --card-backing /dev/shm $(BENCH_SD_ARGS)
+	$(BIN)/python -m bench.bench_storage --storage disk-parts $(BENCH_SD_ARGS)
 	$(BIN)/python -m bench.bench_storage --storage disk $(BENCH_SD_ARGS)
 
 firmware:

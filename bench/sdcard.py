@@ -99,7 +99,8 @@ def _set_rule(name: str, dev: str, value: int) -> None:
 @contextlib.contextmanager
 def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
                 backing_dir: str | Path | None = None,
-                dirty_max_bytes: int = 0, journal_mb: int = 0) -> Iterator[Path]:
+                dirty_max_bytes: int = 0, journal_mb: int = 0,
+                direct_io: bool = False) -> Iterator[Path]:
     """Yield the mount point of a fresh ext4 file system on a loop device throttled as
     ``model`` (``size_mb`` MiB, a sparse file in ``backing_dir``, default the temp dir).
     ``dirty_max_bytes`` (0: the kernel's default) caps the dirty page cache of that
@@ -113,7 +114,10 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
     as partitions do, while each has its own ext4 journal and a flush of one is a flush
     of the card. The journal partition's range of the backing file is written out first
     (no host-side allocation inside a tap's flush). Raises ``RuntimeError`` naming the
-    command that failed; undoes what it did."""
+    command that failed; undoes what it did. ``direct_io`` attaches the card device
+    itself with direct I/O (a backing file on a real disk: the host's page cache and its
+    writeback stay out; with an unthrottled ``model`` this is the disk with the SD
+    layout's partitions)."""
     why = available()
     if why:
         raise RuntimeError(f"cannot emulate an SD card: {why}")
@@ -127,7 +131,8 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
             for _ in range(journal_mb):
                 f.write(b"\0" * (1 << 20))
             os.fsync(f.fileno())
-        card = _run("losetup", "--find", "--show", str(backing))
+        card = _run("losetup", *(["--direct-io=on"] if direct_io else []), "--find", "--show",
+                    str(backing))
         undo.append(("losetup", card))
         data = card
         if journal_mb:
