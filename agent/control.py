@@ -22,8 +22,10 @@ import socketserver
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from agent.config import AgentConfig
 from agent.journal import Journal
@@ -31,6 +33,7 @@ from agent.sdnotify import worker_stall_s
 
 if TYPE_CHECKING:
     from agent.daemon import Terminal
+    from agent.engine import Engine
 
 __all__ = ["SOCKET_NAME", "ControlServer", "alarms", "ask", "control_server", "health", "heartbeat",
            "status_from_files", "terminal_status"]
@@ -82,7 +85,7 @@ def policy_warnings(t: Terminal) -> list[str]:
     return calendar_warnings(t.engine, t.timebase.peek() if t.timebase else t.clock())
 
 
-def calendar_warnings(engine: Any, now: float) -> list[str]:
+def calendar_warnings(engine: Engine, now: float) -> list[str]:
     """``calendar_missing`` (the rules test working days or holidays and no calendar part
     is in force) or ``calendar_outdated`` (the calendar in force was written for other
     years than the local date's, at ``now``, epoch seconds of the decision time)."""
@@ -90,9 +93,6 @@ def calendar_warnings(engine: Any, now: float) -> list[str]:
         return []
     if engine.calendar is None:
         return ["calendar_missing"]
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
     today = datetime.fromtimestamp(now, ZoneInfo(engine.ruleset.profile.timezone)).date()
     return [] if engine.calendar.covers(today) else ["calendar_outdated"]
 

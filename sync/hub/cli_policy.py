@@ -111,7 +111,6 @@ def _mqtt_args(p: argparse.ArgumentParser) -> None:
                    help="MQTT user name (password from $YKT_MQTT_PASSWORD or credentials)")
 
 
-_out, _fail = out, fail     # the hub commands' one output and error style
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -122,18 +121,18 @@ def _keygen(args: argparse.Namespace) -> int:
         key = SigningKey.generate(args.alg)
         key.save(args.out)
     except (ValueError, ImportError, FileExistsError) as err:
-        return _fail(f"{args.out}: {err}", 2)
+        return fail(f"{args.out}: {err}", 2)
     data: dict[str, Any] = {"key": str(args.out), **key.public.model_dump()}
     text = f"created {args.out} (kid {key.public.kid}, {key.public.alg})"
     if args.repo:
         try:
             init_root(args.repo, [key.public])
         except FileExistsError as err:
-            return _fail(f"{err}", 2)
+            return fail(f"{err}", 2)
         anchor = args.repo / "roots" / "1.json"
         data["anchor"] = str(anchor)
         text += f"\nsigner root #1: {anchor} (install it on terminals as the policy anchor)"
-    return _out(args, data, text)
+    return out(args, data, text)
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -145,14 +144,14 @@ def _rotate(args: argparse.Namespace) -> int:
         new = SigningKey.load(args.new_key, args.alg) if args.new_key else None
         hot = SigningKey.load(args.hotlist_key, args.alg) if args.hotlist_key else None
     except (OSError, ValueError) as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     if new is None and hot is None:
-        return _fail("nothing to rotate: give --new-key and/or --hotlist-key", 2)
+        return fail("nothing to rotate: give --new-key and/or --hotlist-key", 2)
     repo = PolicyRepo(args.repo, args.channel)
     try:
         cur = repo.current_root()
         if cur.key(old.public.kid) is None:
-            return _fail(f"{args.old_key} is not a key of the current signer root", 2)
+            return fail(f"{args.old_key} is not a key of the current signer root", 2)
         root = repo.rotate([old], [new.public] if new else list(cur.keys),
                            threshold=cur.threshold if new is None else 1,
                            hotlist_keys=[hot.public] if hot else None)
@@ -160,7 +159,7 @@ def _rotate(args: argparse.Namespace) -> int:
         repo.close()
     kids = ",".join(k.kid for k in root.keys)
     hot_kids = ",".join(k.kid for k in root.hotlist_keys) or "none"
-    return _out(args, {"serial": root.serial, "kid": kids, "hotlist_kid": hot_kids},
+    return out(args, {"serial": root.serial, "kid": kids, "hotlist_kid": hot_kids},
                 f"signer root #{root.serial}: {kids}, online hotlist key {hot_kids} "
                 f"(signed by {old.public.kid})")
 
@@ -241,7 +240,7 @@ def _build(args: argparse.Namespace) -> int:
         settings = broker_settings(args) if args.publish else None
         repo = PolicyRepo(args.repo, args.channel)
     except (OSError, ValueError) as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     try:
         from sync.hub.site_parts import site_parts
         res = repo.build(BundleSources(
@@ -255,9 +254,9 @@ def _build(args: argparse.Namespace) -> int:
         if args.publish:
             _publish_capped(repo, args, settings)
     except SourceError as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     except (OSError, ValueError, LookupError, PermissionError, TimeoutError) as err:
-        return _fail(str(err))
+        return fail(str(err))
     finally:
         repo.close()
     data = {"channel": args.channel, "version": res.version, "hash": res.manifest_hash,
@@ -276,7 +275,7 @@ def _build(args: argparse.Namespace) -> int:
         data["published_to"] = _where(settings, policy_manifest(args.channel))
         lines.append(f"published {args.channel}@{res.version} retained on "
                      f"{data['published_to']}")
-    return _out(args, data, "\n".join(lines))
+    return out(args, data, "\n".join(lines))
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -286,16 +285,16 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         settings = broker_settings(args)
     except ValueError as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     repo = PolicyRepo(args.repo, args.channel)
     try:
         version = _publish_capped(repo, args, settings)
     except (LookupError, TimeoutError, OSError, ValueError) as err:
-        return _fail(str(err))
+        return fail(str(err))
     finally:
         repo.close()
     where = _where(settings, policy_manifest(args.channel))
-    return _out(args, {"channel": args.channel, "version": version, "published_to": where},
+    return out(args, {"channel": args.channel, "version": version, "published_to": where},
                 f"published {args.channel}@{version} retained on {where}")
 
 

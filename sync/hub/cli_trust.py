@@ -38,7 +38,6 @@ from sync.hub.web_console import add_console_args
 __all__ = ["register"]
 
 
-_out, _fail = out, fail     # the hub commands' one output and error style
 
 
 def _identity(p: argparse.ArgumentParser) -> None:
@@ -146,7 +145,7 @@ def _reload_args(p: argparse.ArgumentParser) -> None:
 
 def _ca_init(args: argparse.Namespace) -> int:
     ca = HubCA.init(args.identity, hub_id=args.hub_id)
-    return _out(args, {"identity": str(args.identity), "ca_fingerprint": ca.fingerprint,
+    return out(args, {"identity": str(args.identity), "ca_fingerprint": ca.fingerprint,
                        "hub_id": args.hub_id, "admin": ADMIN_NAME},
                 f"hub CA created in {args.identity}\n  fingerprint sha256 {ca.fingerprint}")
 
@@ -154,7 +153,7 @@ def _ca_init(args: argparse.Namespace) -> int:
 def _identity_issue(args: argparse.Namespace) -> int:
     ca = HubCA(args.identity)
     key, cert = ca.issue_identity(args.name, args.role, args.out)
-    return _out(args, {"name": args.name, "role": args.role, "certificate": str(cert),
+    return out(args, {"name": args.name, "role": args.role, "certificate": str(cert),
                        "key": str(key)},
                 f"{args.role} {args.name}: {cert} (key {key}, mode 0600)")
 
@@ -165,7 +164,7 @@ def _broker_config(args: argparse.Namespace) -> int:
                                 hosts=args.hostname or ["localhost", "127.0.0.1"],
                                 user=args.user, max_packet_size=args.max_packet_size,
                                 hubs=args.hub, operators=args.operator)
-    return _out(args, {"conf": str(files.conf), "dynsec": str(files.dynsec),
+    return out(args, {"conf": str(files.conf), "dynsec": str(files.dynsec),
                        "crl": str(files.crl), "terminals": ca.enrolled()},
                 f"wrote {files.conf} (run: mosquitto -c {files.conf})")
 
@@ -175,7 +174,7 @@ def _enroll(args: argparse.Namespace) -> int:
     try:
         token, expires = issue_token(ca, args.terminal, args.channel, ttl_s=args.ttl * 3600)
     except (EnrollmentRefused, ValueError) as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     data: dict[str, Any] = {"terminal": args.terminal, "channels": sorted(args.channel),
                             "expires": expires, "ca_fingerprint": ca.fingerprint}
     if args.token_file is not None:
@@ -183,9 +182,9 @@ def _enroll(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
         data["token_file"] = str(args.token_file)
-        return _out(args, data, f"token for {args.terminal} written to {args.token_file}")
+        return out(args, data, f"token for {args.terminal} written to {args.token_file}")
     if args.json:
-        return _fail("--json never prints the token: add --token-file FILE", 2)
+        return fail("--json never prints the token: add --token-file FILE", 2)
     print(token)
     return 0
 
@@ -205,7 +204,7 @@ def _web(args: argparse.Namespace) -> int:
     try:
         routes = web_routes(args, ca)
     except (OSError, ValueError) as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     server = EnrollmentServer(ca, args.listen, args.listen_port,
                               hosts=args.hostname, on_issued=on_issued, routes=routes)
     done = threading.Event()
@@ -241,12 +240,12 @@ def _revoke(args: argparse.Namespace) -> int:
     try:
         serials = ca.revoke(args.terminal)
     except IdentityError as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     steps = [f"{serials} certificate(s) in {ca.paths.crl}", *_reload(args, ca)]
     if not args.offline:
         revoke_terminal(admin_settings(ca, args.host, args.port), args.terminal)
         steps.append(f"disabled in the broker at {args.host}:{args.port} (dropped now)")
-    return _out(args, {"terminal": args.terminal, "revoked_serials": serials, "steps": steps},
+    return out(args, {"terminal": args.terminal, "revoked_serials": serials, "steps": steps},
                 f"revoked {args.terminal}:\n  " + "\n  ".join(steps))
 
 
@@ -254,7 +253,7 @@ def _crl(args: argparse.Namespace) -> int:
     ca = HubCA(args.identity)
     crl = ca.write_crl(days=args.days)
     steps = _reload(args, ca)
-    return _out(args, {"crl": str(ca.paths.crl), "next_update":
+    return out(args, {"crl": str(ca.paths.crl), "next_update":
                        crl.next_update_utc.isoformat() if crl.next_update_utc else None,
                        "steps": steps},
                 f"CRL re-issued, valid until {crl.next_update_utc}; " + "; ".join(steps))

@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _change(args: argparse.Namespace) -> int:
     from agent.policy.signing import SigningKey
-    from sync.hub.cli_policy import _fail, _out, _pseudonymizer, broker_settings
+    from sync.hub.cli import fail, out
+    from sync.hub.cli_policy import _pseudonymizer, broker_settings
     from sync.hub.hotlist import HotlistChange, mqtt_publisher, publish_change
     from sync.hub.policy_sources import SourceError
 
@@ -53,19 +54,19 @@ def _change(args: argparse.Namespace) -> int:
         pseudo = _pseudonymizer(args.demo_key)
         key = SigningKey.load(args.key, args.alg)
     except (OSError, ValueError) as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     try:
         res = publish_change(args.repo, change, signer=key, pseudonymizer=pseudo,
                              publish=mqtt_publisher(settings), only=args.channel)
     except SourceError as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     except (LookupError, PermissionError, OSError, TimeoutError, ValueError) as err:
-        return _fail(str(err))
+        return fail(str(err))
     where = f"mqtt{'s' if settings.tls_ca_file else ''}://{settings.host}:{settings.port}"
     lines = [f"{change.action} {change.kind} {res.key_prefix}… ({change.reason}) "
              f"published at {where}:"]
     lines += [f"  {ch}: online #{seq} on {res.topics[ch]}" for ch, seq in res.published.items()]
-    return _out(args, {"action": change.action, "kind": change.kind, "key_prefix":
+    return out(args, {"action": change.action, "kind": change.kind, "key_prefix":
                        res.key_prefix, "reason": change.reason, "broker": where,
                        "published": res.published, "topics": res.topics,
                        "seconds": round(res.seconds, 3)}, "\n".join(lines))

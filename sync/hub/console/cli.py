@@ -68,7 +68,6 @@ def _accounts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-_out, _fail = out, fail     # the hub commands' one output and error style
 
 
 def _accounts(args: argparse.Namespace) -> Any:
@@ -100,11 +99,11 @@ def _with_accounts(args: argparse.Namespace, work: Any) -> int:
     try:
         accounts = _accounts(args)
     except (ValueError, OSError) as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     try:
         return int(work(accounts))
     except AccountError as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     finally:
         accounts.close()
 
@@ -114,14 +113,14 @@ def _user_add(args: argparse.Namespace) -> int:
         password = _secret(f"password for {args.name}: ")
         a = acc.add(args.name, args.role, password)
         acc.audit(_who(), "user_add", target=a.name, reason=f"role {a.role}")
-        return _out(args, {"name": a.name, "role": a.role}, f"added {a.name} ({a.role})")
+        return out(args, {"name": a.name, "role": a.role}, f"added {a.name} ({a.role})")
     return _with_accounts(args, work)
 
 
 def _user_list(args: argparse.Namespace) -> int:
     def work(acc: Any) -> int:
         rows = [{"name": a.name, "role": a.role, "disabled": a.disabled} for a in acc.all()]
-        return _out(args, rows, "\n".join(f"{r['name']:24} {r['role']}" for r in rows)
+        return out(args, rows, "\n".join(f"{r['name']:24} {r['role']}" for r in rows)
                     or "no accounts")
     return _with_accounts(args, work)
 
@@ -130,7 +129,7 @@ def _user_remove(args: argparse.Namespace) -> int:
     def work(acc: Any) -> int:
         acc.remove(args.name)
         acc.audit(_who(), "user_remove", target=args.name)
-        return _out(args, {"removed": args.name}, f"removed {args.name}")
+        return out(args, {"removed": args.name}, f"removed {args.name}")
     return _with_accounts(args, work)
 
 
@@ -138,7 +137,7 @@ def _user_passwd(args: argparse.Namespace) -> int:
     def work(acc: Any) -> int:
         acc.set_password(args.name, _secret(f"new password for {args.name}: "))
         acc.audit(_who(), "user_passwd", target=args.name)
-        return _out(args, {"name": args.name}, f"password of {args.name} changed")
+        return out(args, {"name": args.name}, f"password of {args.name} changed")
     return _with_accounts(args, work)
 
 
@@ -146,7 +145,7 @@ def _user_role(args: argparse.Namespace) -> int:
     def work(acc: Any) -> int:
         acc.set_role(args.name, args.role)
         acc.audit(_who(), "user_role", target=args.name, reason=f"role {args.role}")
-        return _out(args, {"name": args.name, "role": args.role},
+        return out(args, {"name": args.name, "role": args.role},
                     f"{args.name} is now {args.role}")
     return _with_accounts(args, work)
 
@@ -157,7 +156,7 @@ def _audit(args: argparse.Namespace) -> int:
     def work(acc: Any) -> int:
         rows = [entry_dict(e) for e in acc.audit_log(limit=args.limit, user=args.user,
                                                      action=args.action)]
-        return _out(args, rows, "\n".join(
+        return out(args, rows, "\n".join(
             f"{r['at']} {r['user']:16} {r['action']:14} {r['target']:28} "
             f"{r['outcome']:20} {r['reason']}" for r in rows) or "no entries")
     return _with_accounts(args, work)
@@ -170,7 +169,7 @@ def _trail(args: argparse.Namespace) -> int:
     try:
         pseudo = load_pseudonymizer()
     except TrailRefused as err:
-        return _fail(str(err), 2)
+        return fail(str(err), 2)
     store = _open_existing(args)
     if isinstance(store, int):
         return store
@@ -181,7 +180,7 @@ def _trail(args: argparse.Namespace) -> int:
                                        identifier=_secret("社会保障号码 or 卡识别码: "),
                                        reason=args.reason, origin="cli")
         except TrailRefused as err:
-            return _fail(str(err), 1)
+            return fail(str(err), 1)
         data = {"kind": ident.kind, "masked": ident.masked,
                 "records": [{"time_utc": r.time_utc, "time_beijing": r.time_bj,
                              "terminal": r.terminal, "place": r.place, "product": r.product,
@@ -190,7 +189,7 @@ def _trail(args: argparse.Namespace) -> int:
         lines = [f"{ident.kind} {ident.masked}: {len(rows)} records (Beijing time)"]
         lines += [f"{r.time_bj}  {r.terminal:16} {r.place:24} {r.product or '-':16} "
                   f"{r.decision}" for r in rows]
-        return _out(args, data, "\n".join(lines))
+        return out(args, data, "\n".join(lines))
 
     try:
         return _with_accounts(args, work)
