@@ -1,6 +1,6 @@
 """Taps during policy I/O on SD-card-class storage (issue 15): idle vs delta vs merge vs snapshot.
 
-``python -m bench.bench_storage [--storage sd|disk|both] [--runs 3] [--taps 10000]``
+``python -m bench.bench_storage [--storage sd|disk-parts|disk|both] [--runs 3] [--taps 10000]``
 (``make bench-sd``; the defaults — 10,000 taps a phase, a 200 k store, 5 k-row deltas,
 a tap every 5 ms — keep one run on the card near 10 minutes; a tap every 5 ms is 200
 taps a second, a hundred times a busy bus door, yet leaves the card's queue room for the
@@ -348,14 +348,15 @@ def main() -> None:
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sections = []
-    for storage in (("sd", "disk") if args.storage == "both" else (args.storage,)):
+    given = args
+    for storage in (("sd", "disk") if given.storage == "both" else (given.storage,)):
         runs = []
-        sd = storage in ("sd", "disk-parts")
-        if args.snapshot_rows_per_s is None or args.merge_batch_rows is None:
-            args = argparse.Namespace(**{**vars(args), **{
-                "snapshot_rows_per_s": args.snapshot_rows_per_s if args.snapshot_rows_per_s
-                is not None else (SD_SNAPSHOT_ROWS_PER_S if sd else 0),
-                "merge_batch_rows": args.merge_batch_rows or SD_MERGE_BATCH_ROWS}})
+        sd_layout = storage in ("sd", "disk-parts")     # the SD layout's settings and partitions
+        # each storage its own defaults (with "both", disk must not inherit the card's pace)
+        args = argparse.Namespace(**{**vars(given), **{
+            "snapshot_rows_per_s": given.snapshot_rows_per_s if given.snapshot_rows_per_s
+            is not None else (SD_SNAPSHOT_ROWS_PER_S if sd_layout else 0),
+            "merge_batch_rows": given.merge_batch_rows or SD_MERGE_BATCH_ROWS}})
         for n in range(args.runs):
             print(f"== {storage} run {n + 1}/{args.runs}", flush=True)
             if storage == "disk-parts":
@@ -381,9 +382,9 @@ def main() -> None:
                 desc = "this machine's disk (virtio, ext4)"
         if storage == "sd" and args.card_backing:
             desc += f"; the card's backing file in {args.card_backing}"
-        if sd and args.journal_fs:
+        if sd_layout and args.journal_fs:
             desc += "; the journal on its own 256 MiB partition of the card"
-        if sd and args.dirty_max_kb:
+        if sd_layout and args.dirty_max_kb:
             desc += f"; the card's dirty page cache capped at {args.dirty_max_kb} KiB"
         desc += ("; the journal's WAL checkpoints " + ("inside the commit (SQLite's own)"
                  if args.inline_checkpoint else "between taps (background)"))
