@@ -352,3 +352,41 @@ def test_a_loss_report_applies_while_a_snapshot_waits_for_the_busy_hours(
         down.stop()
         applier.close()
         store.close()
+
+
+def test_a_stopped_snapshot_child_does_not_burst_when_continued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot's row pace is a token bucket: the seconds a child spends stopped for
+    taps are no credit for writing faster afterwards (the bench saw a child continued
+    in a gap write unpaced, because its pace counted from the start of the part)."""
+    from agent.policy import stage
+    from agent.policy.parts import PartWriter
+
+    part = tmp_path / "ent"
+    with open(part, "wb") as f:
+        w = PartWriter(f, "entitlements", "snapshot")
+        for i in range(20_000):
+            w.add(f"{i:032x}", "elderly", "", "")
+        w.close()
+    now = [0.0]                                   # a clock that moves only when slept on
+
+    class FakeTime:
+        @staticmethod
+        def monotonic() -> float:
+            return now[0]
+
+        @staticmethod
+        def sleep(s: float) -> None:
+            now[0] += s
+
+    monkeypatch.setattr(stage, "time", FakeTime)
+    rows = stage._rows(str(part), "entitlements", "snapshot", "+", None, 10_000)
+    for _ in range(5_000):
+        next(rows)
+    assert 0.35 <= now[0] <= 0.55                 # ~5,000 rows at 10,000 rows/s
+    now[0] += 30.0                                # stopped for taps for 30 s
+    t = now[0]
+    assert sum(1 for _ in rows) == 15_000
+    # the other 15,000 rows still take 1.5 s, less at most PACE_CREDIT_S (0.05 s) of
+    # saved-up credit and one 1,000-row step
+    assert now[0] - t >= 1.5 - 0.05 - 0.1

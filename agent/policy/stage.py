@@ -86,21 +86,29 @@ entitlements, five sorted 100k-row deltas pooled: tap p99 during the apply ×1.3
 idle (×1.09 in another run); with 20 ms pauses (1.5 s) ×2.43–2.53."""
 
 
+PACE_CREDIT_S = 0.05
+"""The most a paced snapshot may run ahead of its rate after a pause (seconds' worth of
+rows): the seconds a child spends stopped for taps are not saved up for a burst."""
+
+
 def _rows(path: str | None, kind: DataKind, mode: Mode, op: str | None,
           progress: Progress | None, rows_per_s: int = 0) -> Iterator[tuple[str, ...]]:
     """The rows of a part; a delta's paced in chunks, a snapshot's at most ``rows_per_s``
     (checked every 1,000 rows; 0: unpaced)."""
     if path is None:
         return
-    t0 = time.monotonic()
+    due = time.monotonic()
     for n, row in enumerate(read_rows(path, kind, mode, op), 1):
         yield row
         if mode == "delta" and n % DELTA_CHUNK_ROWS == 0:
             time.sleep(DELTA_CHUNK_PAUSE_S)
         elif rows_per_s and n % 1000 == 0:
-            ahead = n / rows_per_s - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
+            # a token bucket: time spent stopped (SIGSTOP for taps) is no credit for a
+            # burst afterwards — at most PACE_CREDIT_S seconds' worth of rows
+            now = time.monotonic()
+            due = max(due, now - PACE_CREDIT_S) + 1000 / rows_per_s
+            if due > now:
+                time.sleep(due - now)
         if progress is not None and n % 20_000 == 0:
             progress(f"{kind}{op or ''}", n)
 
