@@ -7,7 +7,7 @@ an SD card that is hundreds of random page writes in front of one rider.
 
 :class:`Checkpointer` moves that work to a background thread with its own connection: it
 runs ``PRAGMA wal_checkpoint(PASSIVE)`` in a pause between taps (``quiet_s``), or after
-``every`` commits when taps never pause — but only while no tap is being decided (:meth:`tap_started` … :meth:`tap_done`, the daemon calls them
+``every`` commits (:data:`EVERY_COMMITS`) when taps never pause — but only while no tap is being decided (:meth:`tap_started` … :meth:`tap_done`, the daemon calls them
 around each presentation), so a checkpoint never starts in front of a tap's commit. A
 PASSIVE checkpoint takes no writer lock, so a tap that arrives while one runs commits
 beside it. Durability is unchanged: a tap's commit is still durable (WAL,
@@ -26,12 +26,17 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["HARD_LIMIT_PAGES", "Checkpointer"]
+__all__ = ["EVERY_COMMITS", "HARD_LIMIT_PAGES", "Checkpointer"]
 
 log = logging.getLogger(__name__)
 
 HARD_LIMIT_PAGES = 1024
 """The writer's own automatic checkpoint (pages of 4 KiB): the WAL's bound."""
+EVERY_COMMITS = 16
+"""When taps never pause: a checkpoint after this many commits. Each tap dirties a few
+random pages (its counters, its passback entry), so a checkpoint after 64 commits wrote
+~95 random pages at once — 63 ms of an A1 card's 1,500 write IOPS that the next taps'
+WAL writes queued behind; after 16, ~25 (``docs/decisions.md`` 47)."""
 
 
 class Checkpointer:
@@ -44,7 +49,8 @@ class Checkpointer:
     tap). :meth:`close` stops the thread; never raises.
     """
 
-    def __init__(self, path: str | Path, *, every: int = 64, quiet_s: float = 0.2) -> None:
+    def __init__(self, path: str | Path, *, every: int = EVERY_COMMITS,
+                 quiet_s: float = 0.2) -> None:
         self.path = Path(path)
         self.every = max(1, every)
         self.quiet_s = quiet_s

@@ -20,6 +20,7 @@ from agent.config import load_config
 from agent.daemon import Terminal
 from agent.diskguard import DiskGuard
 from agent.journal import Journal
+from agent.journal_checkpoint import EVERY_COMMITS
 from drivers.prompt import SimPrompter
 from drivers.sim_cards import SimCardSource
 
@@ -59,7 +60,7 @@ def test_no_checkpoint_starts_while_a_tap_is_being_decided(tmp_path: Path) -> No
     finally:
         j.close()
     reopened = Journal(tmp_path / "journal.db", "T-CP")
-    assert reopened.last_seq == 64 + 2 and reopened.verify() == []
+    assert reopened.last_seq == EVERY_COMMITS + 2 and reopened.verify() == []
     reopened.close()
 
 
