@@ -168,17 +168,30 @@ class Terminal:
     # -- public --------------------------------------------------------------------------
     def submit(self, p: Presentation) -> None:
         """Queue a presentation for decision (called from driver threads)."""
-        if self.applier is not None:
-            self.applier.schedule.activity()    # snapshot and merge children yield to taps
-        cp = self.journal.checkpointer if self.journal is not None else None
-        if cp is not None:
-            cp.tap_started()                    # no WAL checkpoint starts ahead of it
+        self._tap_begins()
         try:
             self._queue.put(self.services.apply(p), timeout=1.0)
-        except queue.Full:
-            if cp is not None:
-                cp.tap_done()
+        except BaseException as err:
+            self._tap_ends()
+            if not isinstance(err, queue.Full):
+                raise
             log.error("presentation queue full: dropping a %s from %s", p.kind, p.source)
+
+    def _tap_begins(self) -> None:
+        """A presentation is in flight: the policy children yield to it (snapshot and merge
+        stop, a delta holds) and no WAL checkpoint starts ahead of its commit."""
+        if self.applier is not None:
+            self.applier.schedule.activity()
+        if self.journal is not None and self.journal.checkpointer is not None:
+            self.journal.checkpointer.tap_started()
+
+    def _tap_ends(self) -> None:
+        """The presentation is journaled (or dropped, or its decision failed): exactly once
+        per :meth:`_tap_begins`, or a delta child would be held after every later tap."""
+        if self.applier is not None:
+            self.applier.schedule.tap_done()
+        if self.journal is not None and self.journal.checkpointer is not None:
+            self.journal.checkpointer.tap_done()
 
     def add_listener(self, fn: OutcomeListener) -> None:
         """Call ``fn(outcome)`` after each decision is journaled and acted on."""
@@ -393,8 +406,6 @@ class Terminal:
                 log.exception("worker failed on %s", type(p).__name__)
             finally:
                 self._queue.task_done()
-                if isinstance(p, Presentation) and self.journal and self.journal.checkpointer:
-                    self.journal.checkpointer.tap_done()    # the WAL checkpoint may run
 
     def _hardware_event(self, ev: Any) -> None:
         """Journal what a gate or a GPIO input reported (:mod:`agent.hardware_events`)."""
@@ -406,11 +417,12 @@ class Terminal:
                 self.uplink.notify()
 
     def _decide(self, p: Presentation) -> None:
-        assert self.engine is not None
-        outcome = self.engine.handle(p)   # journaled durably before anything acts
+        try:
+            assert self.engine is not None
+            outcome = self.engine.handle(p)   # journaled durably before anything acts
+        finally:
+            self._tap_ends()                  # the children and the checkpoint may go on
         took_ms = self.taps.took_ms(p)
-        if self.applier is not None:
-            self.applier.schedule.tap_done()    # a delta child stopped for it goes on
         d = outcome.decision
         log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
                  outcome.record.seq if outcome.record else "-",

@@ -159,6 +159,8 @@ class Bench:
         self.k = 0
 
     def tap(self) -> float:
+        """One tap, timed whole (ms); in flight for the schedule and the checkpointer from
+        before the lookup until the journal commit, as ``Terminal._tap_begins``/``_ends``."""
         self.schedule.activity()
         if self.cp is not None:
             self.cp.tap_started()

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,6 +22,8 @@ from agent.daemon import Terminal
 from agent.diskguard import DiskGuard
 from agent.journal import Journal
 from agent.journal_checkpoint import EVERY_COMMITS
+from agent.model import Presentation
+from agent.policy.schedule import MaintenanceSchedule
 from drivers.prompt import SimPrompter
 from drivers.sim_cards import SimCardSource
 
@@ -149,3 +152,43 @@ def test_the_daemon_journals_on_its_own_file_system_and_checkpoints_between_taps
     assert (tmp_path / "journal-fs" / "journal.db").exists()
     assert not (tmp_path / "data" / "journal.db").exists()
     assert (tmp_path / "journal-fs" / DiskGuard.RESERVE_FILE).exists()
+
+
+@pytest.mark.expect_log("agent.daemon", r"worker failed")
+def test_a_failed_decision_releases_the_policy_children_and_the_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hook marks a tap in flight for the schedule and the checkpointer, and one ends
+    it — also when the decision raised: a presentation left counted would hold a delta
+    child after every later tap (the schedule's count once leaked this way)."""
+    cfg_path = tmp_path / "terminal.toml"
+    cfg_path.write_text(
+        f'[terminal]\nid = "BUS-REL"\ndata_dir = "{tmp_path / "data"}"\ndemo = true\n'
+        '[cards]\nbackend = "sim"\noptions = { rate_per_min = 0, population_size = 5 }\n'
+        "[mqtt]\nenabled = false\n")
+    terminal = Terminal(load_config(cfg_path), actuators=[SimPrompter()])
+    cards = SimCardSource(terminal.pseudonymizer, population_size=5)
+    terminal._sources_override = [cards]
+    terminal.start()
+    schedule = MaintenanceSchedule()
+    terminal.applier = SimpleNamespace(schedule=schedule, close=lambda: None)
+    try:
+        assert terminal.engine is not None
+        handle = terminal.engine.handle
+        calls = []
+
+        def fails_once(p: Presentation) -> object:
+            calls.append(p)
+            if len(calls) == 1:
+                raise RuntimeError("decision failed")
+            return handle(p)
+
+        monkeypatch.setattr(terminal.engine, "handle", fails_once)
+        holders = cards.population.holders
+        cards.tap(holders[0])                     # its decision raises
+        cards.tap(holders[1])                     # decided and journaled
+        assert terminal.drain(10) and len(calls) == 2
+        assert schedule.in_flight == 0, "a tap whose decision failed is still counted"
+        assert terminal.journal is not None and terminal.journal.checkpointer is not None
+        assert not terminal.journal.checkpointer.busy
+    finally:
+        terminal.stop()

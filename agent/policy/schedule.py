@@ -187,6 +187,11 @@ class MaintenanceSchedule:
             finally:
                 self._lock.release()
 
+    @property
+    def in_flight(self) -> int:
+        """Presentations reported by :meth:`activity` and not yet by :meth:`tap_done`."""
+        return self._in_flight
+
     def quiet(self) -> bool:
         """True when no tap has come for ``quiet_s`` seconds."""
         return self.mono() - self._last_tap >= self.quiet_s
