@@ -18,6 +18,14 @@ for this bench wrote "1,500 write IOPS"; A1's write figure is 500, and 500 is wh
 1,500 for comparison. The throttle shapes bandwidth and operation rate, not the card's
 internal garbage collection pauses, so a real card can only be worse.
 
+One way the emulation is *kinder* than a card (``docs/decisions.md`` 47): blk-throttle
+saves up unspent budget while bios keep arriving without ever having to queue. With a
+4 KiB write and ``fdatasync`` every 5 ms on the journal partition (the bench's idle
+taps), a 1 MiB ``dd conv=fsync`` on the data partition took 5 ms; alone, 113 ms (4 MiB:
+251 vs 423 ms), as on a 10 MB/s card. So another process's burst is free while only
+taps run, and costs its full time once something else (a policy child) has spent the
+saved budget — the bench's *writer* rows compare phases with an idle that no card has.
+
 Needs root (``losetup``, ``mount``, the cgroup files); :func:`available` says why not.
 """
 
