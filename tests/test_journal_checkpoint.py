@@ -125,18 +125,24 @@ def test_a_writer_killed_while_checkpoints_run_loses_nothing(tmp_path: Path) -> 
             j.close()
 
 
-def test_the_daemon_journals_on_its_own_file_system_and_checkpoints_between_taps(
-        tmp_path: Path) -> None:
+def _sim_terminal(tmp_path: Path, tid: str, extra: str = "") -> tuple[Terminal, SimCardSource]:
+    """A started demo terminal (no MQTT) whose taps come from the returned sim cards."""
     cfg_path = tmp_path / "terminal.toml"
     cfg_path.write_text(
-        f'[terminal]\nid = "BUS-JFS"\ndata_dir = "{tmp_path / "data"}"\ndemo = true\n'
-        f'[journal]\ndir = "{tmp_path / "journal-fs"}"\n'
+        f'[terminal]\nid = "{tid}"\ndata_dir = "{tmp_path / "data"}"\ndemo = true\n{extra}'
         '[cards]\nbackend = "sim"\noptions = { rate_per_min = 0, population_size = 5 }\n'
         "[mqtt]\nenabled = false\n")
     terminal = Terminal(load_config(cfg_path), actuators=[SimPrompter()])
     cards = SimCardSource(terminal.pseudonymizer, population_size=5)
     terminal._sources_override = [cards]
     terminal.start()
+    return terminal, cards
+
+
+def test_the_daemon_journals_on_its_own_file_system_and_checkpoints_between_taps(
+        tmp_path: Path) -> None:
+    terminal, cards = _sim_terminal(
+        tmp_path, "BUS-JFS", f'[journal]\ndir = "{tmp_path / "journal-fs"}"\n')
     try:
         for holder in cards.population.holders[:3]:
             cards.tap(holder)
@@ -160,15 +166,7 @@ def test_a_failed_decision_releases_the_policy_children_and_the_checkpoint(
     """One hook marks a tap in flight for the schedule and the checkpointer, and one ends
     it — also when the decision raised: a presentation left counted would hold a delta
     child after every later tap (the schedule's count once leaked this way)."""
-    cfg_path = tmp_path / "terminal.toml"
-    cfg_path.write_text(
-        f'[terminal]\nid = "BUS-REL"\ndata_dir = "{tmp_path / "data"}"\ndemo = true\n'
-        '[cards]\nbackend = "sim"\noptions = { rate_per_min = 0, population_size = 5 }\n'
-        "[mqtt]\nenabled = false\n")
-    terminal = Terminal(load_config(cfg_path), actuators=[SimPrompter()])
-    cards = SimCardSource(terminal.pseudonymizer, population_size=5)
-    terminal._sources_override = [cards]
-    terminal.start()
+    terminal, cards = _sim_terminal(tmp_path, "BUS-REL")
     schedule = MaintenanceSchedule()
     terminal.applier = SimpleNamespace(schedule=schedule, close=lambda: None)
     try:
