@@ -171,15 +171,15 @@ class Terminal:
         self._tap_begins()
         try:
             self._queue.put(self.services.apply(p), timeout=1.0)
-        except BaseException as err:
+        except queue.Full:
             self._tap_ends()
-            if not isinstance(err, queue.Full):
-                raise
             log.error("presentation queue full: dropping a %s from %s", p.kind, p.source)
+        except BaseException:
+            self._tap_ends()
+            raise
 
     def _tap_begins(self) -> None:
-        """A presentation is in flight: the policy children yield to it (snapshot and merge
-        stop, a delta holds) and no WAL checkpoint starts ahead of its commit."""
+        """A presentation is in flight: policy children yield, no WAL checkpoint starts."""
         if self.applier is not None:
             self.applier.schedule.activity()
         if self.journal is not None and self.journal.checkpointer is not None:

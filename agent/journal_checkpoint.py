@@ -7,8 +7,9 @@ an SD card that is hundreds of random page writes in front of one rider.
 
 :class:`Checkpointer` moves that work to a background thread with its own connection: it
 runs ``PRAGMA wal_checkpoint(PASSIVE)`` in a pause between taps (``quiet_s``), or after
-``every`` commits (:data:`EVERY_COMMITS`) when taps never pause — but only while no tap is being decided (:meth:`tap_started` … :meth:`tap_done`, the daemon calls them
-around each presentation), so a checkpoint never starts in front of a tap's commit. A
+``every`` commits (:data:`EVERY_COMMITS`) when taps never pause — but only while no tap
+is being decided (:meth:`tap_started` … :meth:`tap_done`, the daemon calls them around
+each presentation), so a checkpoint never starts in front of a tap's commit. A
 PASSIVE checkpoint takes no writer lock, so a tap that arrives while one runs commits
 beside it. Durability is unchanged: a tap's commit is still durable (WAL,
 ``synchronous=FULL``) before it returns, and a checkpoint interrupted by a crash is redone

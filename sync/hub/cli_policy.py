@@ -90,7 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     srv.set_defaults(func=_serve)
 
 
-
 def _repo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", required=True, type=Path, help="policy repository directory")
     p.add_argument("--channel", required=True, help="e.g. city/370302/bus")
@@ -109,8 +108,6 @@ def _mqtt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", type=Path, help="the client certificate's private key")
     p.add_argument("--mqtt-username", default=None,
                    help="MQTT user name (password from $YKT_MQTT_PASSWORD or credentials)")
-
-
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -160,8 +157,8 @@ def _rotate(args: argparse.Namespace) -> int:
     kids = ",".join(k.kid for k in root.keys)
     hot_kids = ",".join(k.kid for k in root.hotlist_keys) or "none"
     return out(args, {"serial": root.serial, "kid": kids, "hotlist_kid": hot_kids},
-                f"signer root #{root.serial}: {kids}, online hotlist key {hot_kids} "
-                f"(signed by {old.public.kid})")
+               f"signer root #{root.serial}: {kids}, online hotlist key {hot_kids} "
+               f"(signed by {old.public.kid})")
 
 
 def _pseudonymizer(demo: bool) -> Any:
@@ -295,7 +292,7 @@ def _publish(args: argparse.Namespace) -> int:
         repo.close()
     where = _where(settings, policy_manifest(args.channel))
     return out(args, {"channel": args.channel, "version": version, "published_to": where},
-                f"published {args.channel}@{version} retained on {where}")
+               f"published {args.channel}@{version} retained on {where}")
 
 
 def _serve(args: argparse.Namespace) -> int:

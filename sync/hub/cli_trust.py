@@ -38,8 +38,6 @@ from sync.hub.web_console import add_console_args
 __all__ = ["register"]
 
 
-
-
 def _identity(p: argparse.ArgumentParser) -> None:
     p.add_argument("--identity", required=True, type=Path,
                    help="the hub identity directory (ca.key, ca.crt, hub.crt, …)")
@@ -146,16 +144,16 @@ def _reload_args(p: argparse.ArgumentParser) -> None:
 def _ca_init(args: argparse.Namespace) -> int:
     ca = HubCA.init(args.identity, hub_id=args.hub_id)
     return out(args, {"identity": str(args.identity), "ca_fingerprint": ca.fingerprint,
-                       "hub_id": args.hub_id, "admin": ADMIN_NAME},
-                f"hub CA created in {args.identity}\n  fingerprint sha256 {ca.fingerprint}")
+                      "hub_id": args.hub_id, "admin": ADMIN_NAME},
+               f"hub CA created in {args.identity}\n  fingerprint sha256 {ca.fingerprint}")
 
 
 def _identity_issue(args: argparse.Namespace) -> int:
     ca = HubCA(args.identity)
     key, cert = ca.issue_identity(args.name, args.role, args.out)
     return out(args, {"name": args.name, "role": args.role, "certificate": str(cert),
-                       "key": str(key)},
-                f"{args.role} {args.name}: {cert} (key {key}, mode 0600)")
+                      "key": str(key)},
+               f"{args.role} {args.name}: {cert} (key {key}, mode 0600)")
 
 
 def _broker_config(args: argparse.Namespace) -> int:
@@ -165,8 +163,8 @@ def _broker_config(args: argparse.Namespace) -> int:
                                 user=args.user, max_packet_size=args.max_packet_size,
                                 hubs=args.hub, operators=args.operator)
     return out(args, {"conf": str(files.conf), "dynsec": str(files.dynsec),
-                       "crl": str(files.crl), "terminals": ca.enrolled()},
-                f"wrote {files.conf} (run: mosquitto -c {files.conf})")
+                      "crl": str(files.crl), "terminals": ca.enrolled()},
+               f"wrote {files.conf} (run: mosquitto -c {files.conf})")
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -246,7 +244,7 @@ def _revoke(args: argparse.Namespace) -> int:
         revoke_terminal(admin_settings(ca, args.host, args.port), args.terminal)
         steps.append(f"disabled in the broker at {args.host}:{args.port} (dropped now)")
     return out(args, {"terminal": args.terminal, "revoked_serials": serials, "steps": steps},
-                f"revoked {args.terminal}:\n  " + "\n  ".join(steps))
+               f"revoked {args.terminal}:\n  " + "\n  ".join(steps))
 
 
 def _crl(args: argparse.Namespace) -> int:
@@ -254,6 +252,6 @@ def _crl(args: argparse.Namespace) -> int:
     crl = ca.write_crl(days=args.days)
     steps = _reload(args, ca)
     return out(args, {"crl": str(ca.paths.crl), "next_update":
-                       crl.next_update_utc.isoformat() if crl.next_update_utc else None,
-                       "steps": steps},
-                f"CRL re-issued, valid until {crl.next_update_utc}; " + "; ".join(steps))
+                      crl.next_update_utc.isoformat() if crl.next_update_utc else None,
+                      "steps": steps},
+               f"CRL re-issued, valid until {crl.next_update_utc}; " + "; ".join(steps))

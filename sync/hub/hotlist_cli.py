@@ -67,6 +67,6 @@ def _change(args: argparse.Namespace) -> int:
              f"published at {where}:"]
     lines += [f"  {ch}: online #{seq} on {res.topics[ch]}" for ch, seq in res.published.items()]
     return out(args, {"action": change.action, "kind": change.kind, "key_prefix":
-                       res.key_prefix, "reason": change.reason, "broker": where,
-                       "published": res.published, "topics": res.topics,
-                       "seconds": round(res.seconds, 3)}, "\n".join(lines))
+                      res.key_prefix, "reason": change.reason, "broker": where,
+                      "published": res.published, "topics": res.topics,
+                      "seconds": round(res.seconds, 3)}, "\n".join(lines))

@@ -68,8 +68,6 @@ def _accounts_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-
-
 def _accounts(args: argparse.Namespace) -> Any:
     from sync.hub.console.accounts import Accounts
 
@@ -121,7 +119,7 @@ def _user_list(args: argparse.Namespace) -> int:
     def work(acc: Any) -> int:
         rows = [{"name": a.name, "role": a.role, "disabled": a.disabled} for a in acc.all()]
         return out(args, rows, "\n".join(f"{r['name']:24} {r['role']}" for r in rows)
-                    or "no accounts")
+                   or "no accounts")
     return _with_accounts(args, work)
 
 
@@ -146,7 +144,7 @@ def _user_role(args: argparse.Namespace) -> int:
         acc.set_role(args.name, args.role)
         acc.audit(_who(), "user_role", target=args.name, reason=f"role {args.role}")
         return out(args, {"name": args.name, "role": args.role},
-                    f"{args.name} is now {args.role}")
+                   f"{args.name} is now {args.role}")
     return _with_accounts(args, work)
 
 
