@@ -36,12 +36,13 @@ test: $(STAMP) firmware
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The parser properties of tests/test_fuzz_parsers.py with a long, random budget
-# (hypothesis profile "fuzz"; `make test` runs the same file with the small "ci" one).
+# The parser properties of tests/test_fuzz_parsers.py and the QR verifier's of
+# tests/test_qr_fuzz.py with a long, random budget (hypothesis profile "fuzz"; `make test`
+# runs the same files with the small "ci" one).
 # docs/testing.md says what each target covers and how to replay a failure.
 fuzz: $(STAMP) firmware
 	YKT_HYPOTHESIS_PROFILE=fuzz YKT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) \
-	  $(BIN)/pytest -q tests/test_fuzz_parsers.py $(PYTEST_ARGS)
+	  $(BIN)/pytest -q tests/test_fuzz_parsers.py tests/test_qr_fuzz.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

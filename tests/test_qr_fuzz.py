@@ -14,7 +14,10 @@ from agent.model import Credential, Reason, Rejection
 from simulator.phone import Phone
 from tests.fixtures.qr import QR_NOW, QR_PSEUDO
 
-_SETTINGS = settings(max_examples=1500, deadline=None, derandomize=True,
+# the budget comes from the loaded profile, × 4 as in tests/test_fuzz_parsers.py (400
+# under "ci"; `make fuzz` runs this file too, docs/testing.md)
+_EXAMPLES = settings.default.max_examples * 4
+_SETTINGS = settings(max_examples=_EXAMPLES,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 cbor_values = st.recursive(
@@ -78,7 +81,7 @@ def test_mutated_genuine_codes(qr_trust: TrustStore, qr_phone: Callable[..., Pho
     v = CodeVerifier(qr_trust, pseudonymizer=QR_PSEUDO, clock=lambda: QR_NOW)
     phone = qr_phone("ES256")
 
-    @settings(max_examples=1500, deadline=None, derandomize=True)
+    @settings(max_examples=_EXAMPLES)
     @given(pos=st.integers(0, 10_000), op=st.sampled_from(["flip", "drop", "insert"]),
            byte=st.integers(1, 255))
     def run(pos: int, op: str, byte: int) -> None:
