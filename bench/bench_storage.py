@@ -70,6 +70,8 @@ SD_SNAPSHOT_ROWS_PER_S = 20_000
 SD_MERGE_BATCH_ROWS = 50
 SD_DIRTY_MAX_KB = 64
 """The SD layout's settings (docs/operations.md)."""
+SLOW_MS = 20.0
+"""A tap slower than this is printed with what the bench was doing (not a budget)."""
 DISK = SdModel("this machine's disk, unthrottled", write_bps=0, write_iops=0)
 DAY = date(2026, 11, 25)
 CATS = ("elderly", "disabled", "youfu", "student")
@@ -114,16 +116,21 @@ def write_parts(d: Path, n_ent: int, n_hot: int, n_delta: int) -> dict[str, Path
 
 
 @contextmanager
-def writer(path: Path, mbps: float) -> Iterator[None]:
-    """Another process writing ``mbps`` MB/s to ``path`` (buffered, fsync per MiB)."""
+def writer(path: Path, mbps: float, chunk_kb: int = 64) -> Iterator[None]:
+    """Another process writing ``mbps`` MB/s to ``path``: buffered ``write()`` calls of
+    ``chunk_kb`` KiB, an ``fsync`` per MiB (a recording or a logger; 1024: the whole MiB
+    in one ``write()``, the pattern ``docs/operations.md`` advises against)."""
     code = ("import os,sys,time\n"
-            "p,rate=sys.argv[1],float(sys.argv[2]);buf=b'x'*(1<<20);n=0\n"
+            "p,rate,ck=sys.argv[1],float(sys.argv[2]),int(sys.argv[3]);n=0\n"
+            "buf=b'x'*(ck<<10);per=max(1,1024//ck)\n"
             "fd=os.open(p,os.O_WRONLY|os.O_CREAT);t=time.monotonic()\n"
             "while True:\n"
-            " os.write(fd,buf);os.fsync(fd);n+=1\n"
+            " for _ in range(per): os.write(fd,buf)\n"
+            " os.fsync(fd);n+=1\n"
             " if n%64==0: os.lseek(fd,0,0)\n"
             " t+=1.048576/rate;time.sleep(max(0,t-time.monotonic()))\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(mbps)])
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(mbps),
+                             str(chunk_kb)])
     try:
         yield
     finally:
@@ -157,6 +164,8 @@ class Bench:
         self.schedule, self.runner, self.compactor = scheduled_apply(
             cfg, self.store, "Asia/Shanghai", now=time.time)
         self.k = 0
+        self.events: dict[str, float] = {}
+        """monotonic time of the last child start / end / garbage collection (slow taps)."""
 
     def tap(self) -> float:
         """One tap, timed whole (ms); in flight for the schedule and the checkpointer from
@@ -175,7 +184,19 @@ class Bench:
         self.schedule.tap_done()
         if self.cp is not None:
             self.cp.tap_done()
+        if dt > SLOW_MS:
+            self.report_slow(dt)
         return dt
+
+    def report_slow(self, dt: float) -> None:
+        """Print when a slow tap came: the children's state and the last child events."""
+        now = time.monotonic()
+        since = ", ".join(f"{k} {now - t:.2f} s ago" for k, t in sorted(
+            self.events.items(), key=lambda kv: -kv[1]))
+        child = ("stopped" if self.schedule._stopped else "running") \
+            if self.schedule._child is not None else "none"
+        print(f"    slow tap {dt:.1f} ms: apply child {child}, merge "
+              f"{'running' if self.compactor.running else 'off'}; {since}", flush=True)
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
         """Tap every interval while ``busy()`` (in bursts if ``bursts``) up to --taps."""
@@ -200,10 +221,12 @@ class Bench:
         err: list[BaseException] = []
 
         def go() -> None:
+            self.events["child start"] = time.monotonic()
             try:
                 self.runner.run(plan)
             except BaseException as e:       # reported below
                 err.append(e)
+            self.events["child end"] = time.monotonic()
 
         self.store.hold()
         th = threading.Thread(target=go)
@@ -215,6 +238,7 @@ class Bench:
         self.store.refresh()
         if plan.mode == "snapshot":
             self.store.collect_garbage()
+            self.events["old generation deleted"] = time.monotonic()
 
     def phase(self, name: str) -> list[float]:
         out: list[float] = []
@@ -227,6 +251,7 @@ class Bench:
             if self.store.overlay_rows() == 0:
                 self.run_child(self.delta_plan(), [], bursts=False)
             assert self.compactor.start()
+            self.events["merge start"] = time.monotonic()
             self.taps_while(lambda: self.compactor.running, out, bursts=True)
             self.compactor.stop()
         while name == "snapshot" and len(out) < a.taps:
@@ -255,7 +280,8 @@ def one_run(d: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float
     res: dict[str, dict[str, list[float]]] = {}
     try:
         for cond in ("quiet", "writer"):
-            ctx = writer(d / "noise.bin", args.writer_mbps) if cond == "writer" else None
+            ctx = (writer(d / "noise.bin", args.writer_mbps, args.writer_chunk_kb)
+                   if cond == "writer" else None)
             if ctx is not None:
                 ctx.__enter__()
             try:
@@ -327,6 +353,9 @@ def main() -> None:
     ap.add_argument("--gap-s", type=float, default=0.5)
     ap.add_argument("--quiet-s", type=float, default=0.3)
     ap.add_argument("--writer-mbps", type=float, default=2.0)
+    ap.add_argument("--writer-chunk-kb", type=int, default=64,
+                    help="the writer's write() size, KiB (an fsync per MiB); 1024: one "
+                    "1 MiB write() per fsync, outside the SD layout's advice")
     ap.add_argument("--dirty-max-kb", type=int, default=SD_DIRTY_MAX_KB,
                     help="cap the card's dirty page cache (bdi max_bytes, strict_limit; "
                     "the SD layout's %(default)s KiB; 0: the kernel's default)")
@@ -397,12 +426,15 @@ def main() -> None:
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
             f"--hotlist {args.hotlist} --delta {args.delta} --interval-ms {args.interval_ms:g}"
-            + (f" --card-backing {args.card_backing}" if args.card_backing else "") + "`"
+            + (f" --card-backing {args.card_backing}" if args.card_backing else "")
+            + (f" --writer-chunk-kb {args.writer_chunk_kb}" if args.writer_chunk_kb != 64
+               else "") + "`"
             f" (`make bench-sd`). A tap is a store lookup plus `Engine.handle` with its "
             f"durable journal commit, one every {args.interval_ms:g} ms; merge and snapshot "
             f"taps in {args.burst_s:g} s bursts with {args.gap_s:g} s gaps (the children go "
             f"on after {args.quiet_s:g} s quiet). *writer*: another process writes "
-            f"{args.writer_mbps:g} MB/s to the same file system. Budget: p99.9 ≤ 2× idle, "
+            f"{args.writer_mbps:g} MB/s to the same file system in {args.writer_chunk_kb} KiB "
+            "`write()` calls, an `fsync` per MiB. Budget: p99.9 ≤ 2× idle, "
             "longest ≤ 2× the longest idle tap, never over 100 ms.\n\n" + "\n\n".join(sections))
     print(json.dumps({"done": True}))
     if not args.no_report:
