@@ -28,9 +28,14 @@ durable journal commit; a tap is timed as a whole) and reports each tap to the s
   ``--quiet-s``), switched and the old generation deleted, taps in bursts as above.
 
 Every phase is run twice per run: on a quiet device, and with another process writing
-to the same file system (``--writer-mbps`` MB/s buffered, fsync per MiB: a camera or a
-logger). Budget (issue 15): p99.9 during a phase ≤ 2× idle's, the longest tap ≤ 2× the
-longest idle tap of the same run and condition, and never over 100 ms.
+to the same file system (``--writer-mbps`` MB/s buffered in ``--writer-chunk-kb``
+``write()`` calls, fsync per MiB: a camera or a logger that keeps to the SD layout's
+advice, ``docs/operations.md``; ``--writer-chunk-kb 1024`` writes each MiB in one call,
+which the card's dirty cap cannot pace, ``docs/decisions.md`` 48). Budget (issue 15):
+p99.9 during a phase ≤ 2× idle's, the longest tap ≤ 2× the longest idle tap of the same
+run and condition, and never over 100 ms. A tap over ``SLOW_MS`` is printed as it happens
+with the apply and merge children's state and the time since the last child start, end
+and old-generation delete (to tell what a slow tap waited behind).
 """
 
 from __future__ import annotations
@@ -391,13 +396,13 @@ def main() -> None:
         for n in range(args.runs):
             print(f"== {storage} run {n + 1}/{args.runs}", flush=True)
             if storage == "disk-parts":
-                with emulated_sd(DISK, size_mb=4096, backing_dir=os.environ.get("TMPDIR"),
+                with emulated_sd(DISK, size_mb=1024, backing_dir=os.environ.get("TMPDIR"),
                                  dirty_max_bytes=args.dirty_max_kb * 1024,
                                  journal_mb=256, direct_io=True) as mnt:
                     runs.append(one_run(mnt, args))
                 desc = ("this machine's disk (virtio) with the SD layout: the data and the "
-                        "journal partitions as direct-I/O loop devices over a file on it, "
-                        "unthrottled")
+                        "journal partitions as direct-I/O loop devices over a 1 GiB file on "
+                        "it, written out in full first, unthrottled")
             elif storage == "sd":
                 model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
                 with emulated_sd(model, size_mb=4096, backing_dir=args.card_backing,

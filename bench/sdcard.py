@@ -24,7 +24,9 @@ saves up unspent budget while bios keep arriving without ever having to queue. W
 taps), a 1 MiB ``dd conv=fsync`` on the data partition took 5 ms; alone, 113 ms (4 MiB:
 251 vs 423 ms), as on a 10 MB/s card. So another process's burst is free while only
 taps run, and costs its full time once something else (a policy child) has spent the
-saved budget — the bench's *writer* rows compare phases with an idle that no card has.
+saved budget — with such a writer, the bench's *writer* rows would compare phases with an
+idle that no card has. The bench's writer therefore writes in 64 KiB pieces (decision
+48), which the card's dirty cap paces at the card's rate whatever the throttle saved.
 
 Needs root (``losetup``, ``mount``, the cgroup files); :func:`available` says why not.
 """
@@ -121,7 +123,10 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
     devices scan no partition tables), so both share the card's one queue and budget
     as partitions do, while each has its own ext4 journal and a flush of one is a flush
     of the card. The journal partition's range of the backing file is written out first
-    (no host-side allocation inside a tap's flush). Raises ``RuntimeError`` naming the
+    (no host-side allocation inside a tap's flush); with ``direct_io`` the whole file is
+    (a flush of the journal's partition is an ``fsync`` of the backing file, which would
+    commit the host's allocations for the data partition's new blocks too: a 33.5 ms tap
+    right after a delta child started, where a real partition allocates nothing). Raises ``RuntimeError`` naming the
     command that failed; undoes what it did. ``direct_io`` attaches the card device
     itself with direct I/O (a backing file on a real disk: the host's page cache and its
     writeback stay out; with an unthrottled ``model`` this is the disk with the SD
@@ -135,8 +140,11 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
         backing = work / "card.img"
         with open(backing, "wb") as f:
             f.truncate(size_mb << 20)
-            f.seek((size_mb - journal_mb) << 20)
-            for _ in range(journal_mb):
+            # on a real disk (direct I/O) all of it: a hole written inside a phase
+            # allocates blocks of the host's file system, and the next flush of *either*
+            # partition — a tap's — is an fsync of this file that commits them
+            f.seek(0 if direct_io else (size_mb - journal_mb) << 20)
+            for _ in range(size_mb if direct_io else journal_mb):
                 f.write(b"\0" * (1 << 20))
             os.fsync(f.fileno())
         card = _run("losetup", *(["--direct-io=on"] if direct_io else []), "--find", "--show",
