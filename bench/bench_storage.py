@@ -75,6 +75,8 @@ SD_SNAPSHOT_ROWS_PER_S = 20_000
 SD_MERGE_BATCH_ROWS = 50
 SD_DIRTY_MAX_KB = 64
 """The SD layout's settings (docs/operations.md)."""
+WRITER_CHUNK_KB = 64
+"""The other writer's ``write()`` size: the SD layout's advice (docs/operations.md)."""
 SLOW_MS = 20.0
 """A tap slower than this is printed with what the bench was doing (not a budget)."""
 DISK = SdModel("this machine's disk, unthrottled", write_bps=0, write_iops=0)
@@ -121,13 +123,13 @@ def write_parts(d: Path, n_ent: int, n_hot: int, n_delta: int) -> dict[str, Path
 
 
 @contextmanager
-def writer(path: Path, mbps: float, chunk_kb: int = 64) -> Iterator[None]:
+def writer(path: Path, mbps: float, chunk_kb: int = WRITER_CHUNK_KB) -> Iterator[None]:
     """Another process writing ``mbps`` MB/s to ``path``: buffered ``write()`` calls of
     ``chunk_kb`` KiB, an ``fsync`` per MiB (a recording or a logger; 1024: the whole MiB
     in one ``write()``, the pattern ``docs/operations.md`` advises against)."""
     code = ("import os,sys,time\n"
             "p,rate,ck=sys.argv[1],float(sys.argv[2]),int(sys.argv[3]);n=0\n"
-            "buf=b'x'*(ck<<10);per=max(1,1024//ck)\n"
+            "buf=b'x'*(ck<<10);per=1024//ck\n"
             "fd=os.open(p,os.O_WRONLY|os.O_CREAT);t=time.monotonic()\n"
             "while True:\n"
             " for _ in range(per): os.write(fd,buf)\n"
@@ -170,7 +172,8 @@ class Bench:
             cfg, self.store, "Asia/Shanghai", now=time.time)
         self.k = 0
         self.events: dict[str, float] = {}
-        """monotonic time of the last child start / end / garbage collection (slow taps)."""
+        """Monotonic time of the last child start, child end, old-generation delete and
+        merge start (printed with a slow tap)."""
 
     def tap(self) -> float:
         """One tap, timed whole (ms); in flight for the schedule and the checkpointer from
@@ -198,9 +201,7 @@ class Bench:
         now = time.monotonic()
         since = ", ".join(f"{k} {now - t:.2f} s ago" for k, t in sorted(
             self.events.items(), key=lambda kv: -kv[1]))
-        child = ("stopped" if self.schedule._stopped else "running") \
-            if self.schedule._child is not None else "none"
-        print(f"    slow tap {dt:.1f} ms: apply child {child}, merge "
+        print(f"    slow tap {dt:.1f} ms: apply child {self.schedule.child_state}, merge "
               f"{'running' if self.compactor.running else 'off'}; {since}", flush=True)
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
@@ -358,9 +359,9 @@ def main() -> None:
     ap.add_argument("--gap-s", type=float, default=0.5)
     ap.add_argument("--quiet-s", type=float, default=0.3)
     ap.add_argument("--writer-mbps", type=float, default=2.0)
-    ap.add_argument("--writer-chunk-kb", type=int, default=64,
-                    help="the writer's write() size, KiB (an fsync per MiB); 1024: one "
-                    "1 MiB write() per fsync, outside the SD layout's advice")
+    ap.add_argument("--writer-chunk-kb", type=int, default=WRITER_CHUNK_KB,
+                    help="the writer's write() size, KiB, a divisor of 1024 (an fsync per "
+                    "MiB); 1024: one 1 MiB write() per fsync, outside the SD layout's advice")
     ap.add_argument("--dirty-max-kb", type=int, default=SD_DIRTY_MAX_KB,
                     help="cap the card's dirty page cache (bdi max_bytes, strict_limit; "
                     "the SD layout's %(default)s KiB; 0: the kernel's default)")
@@ -381,6 +382,9 @@ def main() -> None:
                     "and the card's writes off the disk a --storage disk run measures)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
+    if args.writer_chunk_kb < 1 or 1024 % args.writer_chunk_kb:
+        ap.error(f"--writer-chunk-kb {args.writer_chunk_kb}: give a divisor of 1024 "
+                 "(the writer fsyncs each MiB)")
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sections = []
@@ -432,7 +436,7 @@ def main() -> None:
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
             f"--hotlist {args.hotlist} --delta {args.delta} --interval-ms {args.interval_ms:g}"
             + (f" --card-backing {args.card_backing}" if args.card_backing else "")
-            + (f" --writer-chunk-kb {args.writer_chunk_kb}" if args.writer_chunk_kb != 64
+            + (f" --writer-chunk-kb {args.writer_chunk_kb}" if args.writer_chunk_kb != WRITER_CHUNK_KB
                else "") + "`"
             f" (`make bench-sd`). A tap is a store lookup plus `Engine.handle` with its "
             f"durable journal commit, one every {args.interval_ms:g} ms; merge and snapshot "

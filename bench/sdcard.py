@@ -123,11 +123,11 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
     devices scan no partition tables), so both share the card's one queue and budget
     as partitions do, while each has its own ext4 journal and a flush of one is a flush
     of the card. The journal partition's range of the backing file is written out first
-    (no host-side allocation inside a tap's flush); with ``direct_io`` the whole file is
-    (a flush of the journal's partition is an ``fsync`` of the backing file, which would
-    commit the host's allocations for the data partition's new blocks too: a 33.5 ms tap
-    right after a delta child started, where a real partition allocates nothing). Raises ``RuntimeError`` naming the
-    command that failed; undoes what it did. ``direct_io`` attaches the card device
+    (no host-side allocation inside a tap's flush); with ``direct_io`` the whole file is,
+    because a flush of either partition is then an ``fsync`` of the backing file on the
+    host and commits the host's allocations for the other's new blocks too (a 33.5 ms
+    tap right after a delta child started; a real partition allocates nothing). Raises
+    ``RuntimeError`` naming the command that failed; undoes what it did. ``direct_io`` attaches the card device
     itself with direct I/O (a backing file on a real disk: the host's page cache and its
     writeback stay out; with an unthrottled ``model`` this is the disk with the SD
     layout's partitions)."""
@@ -140,9 +140,7 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
         backing = work / "card.img"
         with open(backing, "wb") as f:
             f.truncate(size_mb << 20)
-            # on a real disk (direct I/O) all of it: a hole written inside a phase
-            # allocates blocks of the host's file system, and the next flush of *either*
-            # partition — a tap's — is an fsync of this file that commits them
+            # with direct I/O all of it (docstring: no host allocation in a tap's flush)
             f.seek(0 if direct_io else (size_mb - journal_mb) << 20)
             for _ in range(size_mb if direct_io else journal_mb):
                 f.write(b"\0" * (1 << 20))

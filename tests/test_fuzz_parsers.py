@@ -61,11 +61,11 @@ from drivers.ssc_records import (
 )
 from profiles import profile_path
 from simulator.vcard import VirtualSscCard, card_population
+from tests.fixtures.fuzz import fuzz_examples
 from tests.fixtures.qr import QR_NOW
 
-# the budget comes from the loaded profile (deadline, derandomize; max_examples × 4: these
-# properties are cheap: about 20 s for the file under "ci")
-_FUZZ = settings(max_examples=settings.default.max_examples * 4,
+# the budget comes from the loaded profile (deadline, derandomize, fuzz_examples())
+_FUZZ = settings(max_examples=fuzz_examples(),
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 

@@ -12,11 +12,10 @@ from agent.codes import CodeVerifier, TrustStore, b45decode, b45encode
 from agent.codes.base45 import ALPHABET
 from agent.model import Credential, Reason, Rejection
 from simulator.phone import Phone
+from tests.fixtures.fuzz import fuzz_examples
 from tests.fixtures.qr import QR_NOW, QR_PSEUDO
 
-# the budget comes from the loaded profile, × 4 as in tests/test_fuzz_parsers.py (400
-# under "ci"; `make fuzz` runs this file too, docs/testing.md)
-_EXAMPLES = settings.default.max_examples * 4
+_EXAMPLES = fuzz_examples()   # `make fuzz` runs this file too
 _SETTINGS = settings(max_examples=_EXAMPLES,
                      suppress_health_check=[HealthCheck.function_scoped_fixture])
 

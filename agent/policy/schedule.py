@@ -188,6 +188,13 @@ class MaintenanceSchedule:
                 self._lock.release()
 
     @property
+    def child_state(self) -> str:
+        """The watched child: ``"none"``, ``"stopped"`` or ``"running"`` (for reports)."""
+        if self._child is None:
+            return "none"
+        return "stopped" if self._stopped else "running"
+
+    @property
     def in_flight(self) -> int:
         """Presentations reported by :meth:`activity` and not yet by :meth:`tap_done`."""
         return self._in_flight
