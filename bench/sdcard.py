@@ -123,14 +123,14 @@ def emulated_sd(model: SdModel = SD_A1, size_mb: int = 4096,
     devices scan no partition tables), so both share the card's one queue and budget
     as partitions do, while each has its own ext4 journal and a flush of one is a flush
     of the card. The journal partition's range of the backing file is written out first
-    (no host-side allocation inside a tap's flush); with ``direct_io`` the whole file is,
-    because a flush of either partition is then an ``fsync`` of the backing file on the
-    host and commits the host's allocations for the other's new blocks too (a 33.5 ms
-    tap right after a delta child started; a real partition allocates nothing). Raises
-    ``RuntimeError`` naming the command that failed; undoes what it did. ``direct_io`` attaches the card device
-    itself with direct I/O (a backing file on a real disk: the host's page cache and its
-    writeback stay out; with an unthrottled ``model`` this is the disk with the SD
-    layout's partitions)."""
+    (no host-side allocation inside a tap's flush). ``direct_io`` attaches the card
+    device itself with direct I/O (a backing file on a real disk: the host's page cache
+    and its writeback stay out; with an unthrottled ``model`` this is the disk with the
+    SD layout's partitions) and writes out the whole file, because a flush of either
+    partition is then an ``fsync`` of the backing file on the host and commits the
+    host's allocations for the other's new blocks too (a 33.5 ms tap right after a
+    delta child started; a real partition allocates nothing). Raises ``RuntimeError``
+    naming the command that failed; undoes what it did."""
     why = available()
     if why:
         raise RuntimeError(f"cannot emulate an SD card: {why}")
