@@ -439,6 +439,7 @@ def main() -> None:
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
             f"--hotlist {args.hotlist} --delta {args.delta} --interval-ms {args.interval_ms:g}"
+            + (f" --model {args.model}" if args.model != "a1" else "")
             + (f" --card-backing {args.card_backing}" if args.card_backing else "")
             + (f" --writer-chunk-kb {args.writer_chunk_kb}"
                if args.writer_chunk_kb != WRITER_CHUNK_KB else "") + "`"
@@ -451,8 +452,11 @@ def main() -> None:
             "longest ≤ 2× the longest idle tap, never over 100 ms.\n\n" + "\n\n".join(sections))
     print(json.dumps({"done": True}))
     if not args.no_report:
-        update_section(f"storage-{args.storage}", f"## Taps during policy I/O, storage "
-                       f"{args.storage} (`bench/bench_storage.py`)\n\n" + text)
+        # a1-500 keeps its own section: it must not overwrite the a1 card's table
+        key = args.storage + ("-a1-500" if args.model == "a1-500"
+                              and args.storage in ("sd", "both") else "")
+        update_section(f"storage-{key}", f"## Taps during policy I/O, storage {key} "
+                       "(`bench/bench_storage.py`)\n\n" + text)
 
 
 if __name__ == "__main__":
