@@ -442,7 +442,9 @@ def main() -> None:
             + (f" --model {args.model}" if args.model != "a1" else "")
             + (f" --card-backing {args.card_backing}" if args.card_backing else "")
             + (f" --writer-chunk-kb {args.writer_chunk_kb}"
-               if args.writer_chunk_kb != WRITER_CHUNK_KB else "") + "`"
+               if args.writer_chunk_kb != WRITER_CHUNK_KB else "")
+            + (f" --dirty-max-kb {args.dirty_max_kb}"
+               if args.dirty_max_kb != SD_DIRTY_MAX_KB else "") + "`"
             f" (`make bench-sd`). A tap is a store lookup plus `Engine.handle` with its "
             f"durable journal commit, one every {args.interval_ms:g} ms; merge and snapshot "
             f"taps in {args.burst_s:g} s bursts with {args.gap_s:g} s gaps (the children go "
