@@ -75,6 +75,9 @@ SD_SNAPSHOT_ROWS_PER_S = 20_000
 SD_MERGE_BATCH_ROWS = 50
 SD_DIRTY_MAX_KB = 64
 """The SD layout's settings (docs/operations.md)."""
+SD_MODELS = {"a1": SD_A1_LOOSE, "a1-500": SD_A1}
+"""``--model``: the card each name emulates; the first is the default."""
+DEFAULT_MODEL = next(iter(SD_MODELS))
 WRITER_CHUNK_KB = 64
 """The other writer's ``write()`` size: the SD layout's advice (docs/operations.md)."""
 SLOW_MS = 20.0
@@ -350,7 +353,7 @@ def main() -> None:
                     help="disk-parts: this machine's disk with the SD layout — the data and "
                     "the journal partitions as direct-I/O loop devices over a file on the "
                     "disk, unthrottled, the dirty cap on the data partition")
-    ap.add_argument("--model", choices=("a1", "a1-500"), default="a1",
+    ap.add_argument("--model", choices=tuple(SD_MODELS), default=DEFAULT_MODEL,
                     help="a1: 10 MB/s, 1,500 write IOPS (as issue 15 asks); a1-500: the "
                     "SD spec's 500 write IOPS")
     ap.add_argument("--runs", type=int, default=3)
@@ -412,7 +415,7 @@ def main() -> None:
                         "journal partitions as direct-I/O loop devices over a 1 GiB file on "
                         "it, written out in full first, unthrottled")
             elif storage == "sd":
-                model = SD_A1 if args.model == "a1-500" else SD_A1_LOOSE
+                model = SD_MODELS[args.model]
                 with emulated_sd(model, size_mb=4096, backing_dir=args.card_backing,
                                  dirty_max_bytes=args.dirty_max_kb * 1024,
                                  journal_mb=256 if args.journal_fs else 0) as mnt:
@@ -439,7 +442,7 @@ def main() -> None:
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
             f"--hotlist {args.hotlist} --delta {args.delta} --interval-ms {args.interval_ms:g}"
-            + (f" --model {args.model}" if args.model != "a1" else "")
+            + (f" --model {args.model}" if args.model != DEFAULT_MODEL else "")
             + (f" --card-backing {args.card_backing}" if args.card_backing else "")
             + (f" --writer-chunk-kb {args.writer_chunk_kb}"
                if args.writer_chunk_kb != WRITER_CHUNK_KB else "")
@@ -454,8 +457,8 @@ def main() -> None:
             "longest ≤ 2× the longest idle tap, never over 100 ms.\n\n" + "\n\n".join(sections))
     print(json.dumps({"done": True}))
     if not args.no_report:
-        # a1-500 keeps its own section: it must not overwrite the a1 card's table
-        key = args.storage + ("-a1-500" if args.model == "a1-500"
+        # another model keeps its own section: it must not overwrite the default card's
+        key = args.storage + (f"-{args.model}" if args.model != DEFAULT_MODEL
                               and args.storage in ("sd", "both") else "")
         update_section(f"storage-{key}", f"## Taps during policy I/O, storage {key} "
                        "(`bench/bench_storage.py`)\n\n" + text)
