@@ -57,12 +57,18 @@ def stage_command(plan_path: str | Path, python: str = sys.executable,
     """The command line that applies a plan file in a child process (with ``compact``:
     that merges the delta overlay of the store at ``plan_path``). With ``background``
     the child runs at lower CPU priority (``nice 10``) and in the idle I/O class
-    (``ionice -c 3``) when those tools exist, so the taps' journal commits go first."""
+    (``ionice -c 3``) when those tools exist, so the taps' journal commits go first.
+
+    Lowering a priority is best effort and never stops the apply: where the system
+    refuses the call (a seccomp filter without ``setpriority``/``ioprio_set``, e.g.
+    systemd's ``SystemCallFilter=~@resources``), ``nice`` warns and runs the command, and
+    ``ionice -t`` (ignore failures) runs it too — plain ``ionice`` would exit 1 without
+    running it, failing every apply (``docs/decisions.md`` 51)."""
     cmd = [python, "-m", "agent.policy.stage", *(["--compact"] if compact else []),
            str(plan_path), *([str(batch_rows)] if compact and batch_rows else [])]
     if background:
         if shutil.which("ionice"):
-            cmd = ["ionice", "-c", "3", *cmd]
+            cmd = ["ionice", "-t", "-c", "3", *cmd]
         if shutil.which("nice"):
             cmd = ["nice", "-n", "10", *cmd]
     return cmd

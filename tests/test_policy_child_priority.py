@@ -1,0 +1,173 @@
+"""The policy children yield to the taps (``nice 10``, the idle I/O class), and a system
+that refuses them the calls to lower their priority still applies every policy.
+
+Found by reading the installed unit against the runner: ``ykt-agent.service`` filters
+``~@resources`` (``setpriority``, ``ioprio_set``) with ``EPERM``, and ``stage_command``
+ran the child as ``nice -n 10 ionice -c 3 python …``: ``nice`` warns and goes on, but
+``ionice`` exits 1 without running the command, so every apply on an installed terminal
+failed. Here the kernel's own seccomp filter refuses those calls, as systemd's does
+(``docs/decisions.md`` 51).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from agent.policy.parts import PartWriter
+from agent.policy.runners import SubprocessRunner, stage_command
+from agent.policy.stage import ApplyPlan
+from agent.store import PolicyStore
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = ROOT / "systemd" / "ykt-agent.service"
+
+# syscall numbers of the priority calls in systemd's @resources group, by machine
+_NRS = {"x86_64": {"setpriority": 141, "ioprio_set": 251, "sched_setscheduler": 144},
+        "aarch64": {"setpriority": 140, "ioprio_set": 30, "sched_setscheduler": 119}}
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+
+
+def refuse_priority_calls() -> None:
+    """Install a seccomp filter on this process (and every process it starts) that
+    fails ``setpriority``, ``ioprio_set`` and ``sched_setscheduler`` with ``EPERM`` —
+    what ``SystemCallFilter=~@resources`` with ``SystemCallErrorNumber=EPERM`` does.
+    Raises ``OSError`` when the kernel refuses the filter."""
+    nrs = list(_NRS[platform.machine()].values())
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06
+    prog = [(ld_abs, 0, 0, 4),                                   # seccomp_data.arch
+            (jeq, 1, 0, _AUDIT_ARCH[platform.machine()]),
+            (ret, 0, 0, 0x7FFF0000),                             # another ABI: allow
+            (ld_abs, 0, 0, 0)]                                   # seccomp_data.nr
+    prog += [(jeq, len(nrs) - i, 0, nr) for i, nr in enumerate(nrs)]
+    prog += [(ret, 0, 0, 0x7FFF0000),                            # SECCOMP_RET_ALLOW
+             (ret, 0, 0, 0x00050000 | 1)]                        # SECCOMP_RET_ERRNO|EPERM
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *p) for p in prog))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fprog = SockFprog(len(prog), ctypes.cast(code, ctypes.c_void_p))
+    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):
+        err = ctypes.get_errno()                 # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
+        raise OSError(err, os.strerror(err))
+
+
+needs_filter = pytest.mark.skipif(platform.machine() not in _NRS,
+                                  reason="seccomp numbers known for x86_64 and aarch64")
+
+
+def _snapshot_plan(d: Path) -> ApplyPlan:
+    """A small first snapshot (a terminal with no policy yet) and its part files."""
+    with open(d / "ent", "wb") as f:
+        w = PartWriter(f, "entitlements", "snapshot")
+        for i in range(50):
+            w.add(f"{i:032x}", "elderly", "", "")
+        w.close()
+    with open(d / "hot", "wb") as f:
+        w = PartWriter(f, "hotlist", "snapshot")
+        w.add("f" * 32, "card", "lost", "")
+        w.close()
+    info = {"channel": "city/370302/bus", "version": 7, "hash": "7" * 64,
+            "expires": "2036-01-01T00:00:00Z"}
+    return ApplyPlan(store=str(d / "store.db"), mode="snapshot", info=info,
+                     entitlements=str(d / "ent"), hotlist=str(d / "hot"),
+                     totals={"entitlements": 50, "hotlist": 1})
+
+
+def _apply_in_a_child(plan: ApplyPlan, *, refuse: bool) -> subprocess.CompletedProcess[str]:
+    """Run the daemon's ``SubprocessRunner`` on ``plan`` in a fresh process, under the
+    filter when ``refuse`` (so nice, ionice and the apply child all inherit it)."""
+    code = ("import json, sys\n"
+            "from tests.test_policy_child_priority import refuse_priority_calls\n"
+            "from agent.policy.runners import SubprocessRunner\n"
+            "from agent.policy.stage import ApplyPlan\n"
+            f"if {refuse!r}: refuse_priority_calls()\n"
+            "SubprocessRunner().run(ApplyPlan.from_json(sys.stdin.read()))\n"
+            "print(json.dumps({'applied': True}))\n")
+    return subprocess.run([sys.executable, "-c", code], input=plan.to_json(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@needs_filter
+@pytest.mark.skipif(shutil.which("ionice") is None, reason="needs util-linux ionice")
+def test_a_policy_applies_where_lowering_the_priority_is_refused(tmp_path: Path) -> None:
+    # the filter is real: under it, the very command the runner used to build fails
+    probe = subprocess.run(
+        [sys.executable, "-c", "from tests.test_policy_child_priority import "
+         "refuse_priority_calls as r; import os; r(); "
+         "os.execvp('ionice', ['ionice', '-c', '3', 'true'])"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert probe.returncode == 1 and "ioprio_set failed" in probe.stderr
+    plan = _snapshot_plan(tmp_path)
+    r = _apply_in_a_child(plan, refuse=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"applied": True}
+    store = PolicyStore(plan.store)
+    try:
+        assert store.info.version == 7
+        assert store.entitlements(f"{3:032x}", date(2026, 11, 27)) == {"elderly"}
+        assert store.hotlisted("f" * 32) == "lost"
+    finally:
+        store.close()
+
+
+def test_the_apply_child_runs_at_nice_10_in_the_idle_io_class(tmp_path: Path) -> None:
+    """What the child runs with: a stand-in ``python`` records the priorities the
+    runner's command line gave it, then runs the real apply."""
+    if shutil.which("nice") is None or shutil.which("ionice") is None:
+        pytest.skip("needs coreutils nice and util-linux ionice")
+    seen = tmp_path / "seen.json"
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n"
+                    f"printf '{{\"nice\": %s, \"io\": \"%s\"}}' \"$(nice)\" "
+                    f"\"$(ionice -p $$)\" > {seen}\n"
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    plan = _snapshot_plan(tmp_path)
+    SubprocessRunner(python=str(fake)).run(plan)
+    got = json.loads(seen.read_text())
+    assert got == {"nice": min(19, before + 10), "io": "idle"}
+    assert stage_command("p.json")[:5] == ["nice", "-n", "10", "ionice", "-t"]
+
+
+def _group(name: str) -> set[str]:
+    """The system calls of a systemd group (``systemd-analyze syscall-filter``)."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True,
+                         text=True, check=True).stdout
+    return {w for w in re.findall(r"^\s+([a-z0-9_]+)\s*$", out, re.M)}
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_agent_unit_lets_its_children_lower_their_priority() -> None:
+    """The unit's ``SystemCallFilter=`` lines, read in order as systemd does (the first is
+    an allow list, ``~`` lines remove, later plain lines add back): ``setpriority`` and
+    ``ioprio_set`` stay allowed, and the real-time calls stay refused."""
+    allowed: set[str] = set()
+    for line in UNIT.read_text().splitlines():
+        if not line.startswith("SystemCallFilter="):
+            continue
+        value = line.split("=", 1)[1]
+        deny = value.startswith("~")
+        names: set[str] = set()
+        for word in value.lstrip("~").split():
+            names |= _group(word) if word.startswith("@") else {word}
+        if deny:
+            allowed -= names
+        else:
+            allowed |= names
+    assert {"setpriority", "ioprio_set"} <= allowed
+    assert not {"sched_setscheduler", "sched_setattr"} & allowed
