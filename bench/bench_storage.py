@@ -387,6 +387,10 @@ def main() -> None:
                     help="sd: where the card's backing file lives (default: the temp dir; "
                     "/dev/shm keeps the host disk's own latency out of the card's numbers "
                     "and the card's writes off the disk a --storage disk run measures)")
+    ap.add_argument("--machine-note", default="", metavar="TEXT",
+                    help="what was done to keep the machine quiet, printed with the table "
+                    "(e.g. a service paused: this machine's RabbitMQ starts an Erlang VM "
+                    "every 60 s that takes a core, docs/decisions.md 51)")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     if args.writer_chunk_kb < 1 or 1024 % args.writer_chunk_kb:
@@ -454,7 +458,9 @@ def main() -> None:
             f"on after {args.quiet_s:g} s quiet). *writer*: another process writes "
             f"{args.writer_mbps:g} MB/s to the same file system in {args.writer_chunk_kb} KiB "
             "`write()` calls, an `fsync` per MiB. Budget: p99.9 ≤ 2× idle, "
-            "longest ≤ 2× the longest idle tap, never over 100 ms.\n\n" + "\n\n".join(sections))
+            "longest ≤ 2× the longest idle tap, never over 100 ms."
+            + (f" The machine: {args.machine_note.rstrip('.')}." if args.machine_note else "")
+            + "\n\n" + "\n\n".join(sections))
     print(json.dumps({"done": True}))
     if not args.no_report:
         # another model keeps its own section: it must not overwrite the default card's
