@@ -77,13 +77,15 @@ def stage_command(plan_path: str | Path, python: str = sys.executable,
 def relay_child_stderr(text: str, who: str) -> None:
     """Pass what a policy child process wrote to stderr on to this process's log: its
     ERROR/CRITICAL lines and tracebacks at ERROR, its WARNING lines at WARNING (the child
-    logs with ``logging.basicConfig``'s ``LEVEL:name:message``). Nothing a child reports
-    is lost in a pipe, and the test suite's log guard sees it."""
+    logs with ``logging.basicConfig``'s ``LEVEL:name:message``), and at WARNING what
+    ``nice`` or ``ionice`` says when the system refuses to lower the child's priority
+    (the child then runs at the daemon's: worth knowing on a slow terminal). Nothing a
+    child reports is lost in a pipe, and the test suite's log guard sees it."""
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith(("ERROR:", "CRITICAL:")):
             log.error("%s: %s", who, line)
-        elif line.startswith("WARNING:"):
+        elif line.startswith(("WARNING:", "nice: ", "ionice: ")):
             log.warning("%s: %s", who, line)
         elif line.startswith("Traceback (most recent call last):"):
             tail = next((x for x in lines[i + 1:] if x and not x.startswith(" ")), "")
