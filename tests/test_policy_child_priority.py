@@ -11,13 +11,11 @@ failed. Here the kernel's own seccomp filter refuses those calls, as systemd's d
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
 import re
 import shutil
-import struct
 import subprocess
 import sys
 from datetime import date
@@ -29,43 +27,12 @@ from agent.policy.parts import PartWriter
 from agent.policy.runners import SubprocessRunner, stage_command
 from agent.policy.stage import ApplyPlan
 from agent.store import PolicyStore
+from tests.fixtures.seccomp import NRS, run_refused
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "ykt-agent.service"
 
-# syscall numbers of the priority calls in systemd's @resources group, by machine
-_NRS = {"x86_64": {"setpriority": 141, "ioprio_set": 251, "sched_setscheduler": 144},
-        "aarch64": {"setpriority": 140, "ioprio_set": 30, "sched_setscheduler": 119}}
-_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-
-
-def refuse_priority_calls() -> None:
-    """Install a seccomp filter on this process (and every process it starts) that
-    fails ``setpriority``, ``ioprio_set`` and ``sched_setscheduler`` with ``EPERM`` —
-    what ``SystemCallFilter=~@resources`` with ``SystemCallErrorNumber=EPERM`` does.
-    Raises ``OSError`` when the kernel refuses the filter."""
-    nrs = list(_NRS[platform.machine()].values())
-    ld_abs, jeq, ret = 0x20, 0x15, 0x06
-    prog = [(ld_abs, 0, 0, 4),                                   # seccomp_data.arch
-            (jeq, 1, 0, _AUDIT_ARCH[platform.machine()]),
-            (ret, 0, 0, 0x7FFF0000),                             # another ABI: allow
-            (ld_abs, 0, 0, 0)]                                   # seccomp_data.nr
-    prog += [(jeq, len(nrs) - i, 0, nr) for i, nr in enumerate(nrs)]
-    prog += [(ret, 0, 0, 0x7FFF0000),                            # SECCOMP_RET_ALLOW
-             (ret, 0, 0, 0x00050000 | 1)]                        # SECCOMP_RET_ERRNO|EPERM
-    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *p) for p in prog))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    fprog = SockFprog(len(prog), ctypes.cast(code, ctypes.c_void_p))
-    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):
-        err = ctypes.get_errno()                 # PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP
-        raise OSError(err, os.strerror(err))
-
-
-needs_filter = pytest.mark.skipif(platform.machine() not in _NRS,
+needs_filter = pytest.mark.skipif(platform.machine() not in NRS,
                                   reason="seccomp numbers known for x86_64 and aarch64")
 
 
@@ -87,32 +54,19 @@ def _snapshot_plan(d: Path) -> ApplyPlan:
                      totals={"entitlements": 50, "hotlist": 1})
 
 
-def _apply_in_a_child(plan: ApplyPlan, *, refuse: bool) -> subprocess.CompletedProcess[str]:
-    """Run the daemon's ``SubprocessRunner`` on ``plan`` in a fresh process, under the
-    filter when ``refuse`` (so nice, ionice and the apply child all inherit it)."""
-    code = ("import json, sys\n"
-            "from tests.test_policy_child_priority import refuse_priority_calls\n"
-            "from agent.policy.runners import SubprocessRunner\n"
-            "from agent.policy.stage import ApplyPlan\n"
-            f"if {refuse!r}: refuse_priority_calls()\n"
-            "SubprocessRunner().run(ApplyPlan.from_json(sys.stdin.read()))\n"
-            "print(json.dumps({'applied': True}))\n")
-    return subprocess.run([sys.executable, "-c", code], input=plan.to_json(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
 @needs_filter
 @pytest.mark.skipif(shutil.which("ionice") is None, reason="needs util-linux ionice")
 def test_a_policy_applies_where_lowering_the_priority_is_refused(tmp_path: Path) -> None:
     # the filter is real: under it, the very command the runner used to build fails
-    probe = subprocess.run(
-        [sys.executable, "-c", "from tests.test_policy_child_priority import "
-         "refuse_priority_calls as r; import os; r(); "
-         "os.execvp('ionice', ['ionice', '-c', '3', 'true'])"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    probe = run_refused("import os\nos.execvp('ionice', ['ionice', '-c', '3', 'true'])\n")
     assert probe.returncode == 1 and "ioprio_set failed" in probe.stderr
     plan = _snapshot_plan(tmp_path)
-    r = _apply_in_a_child(plan, refuse=True)
+    # the daemon's runner, in a process whose nice, ionice and apply child inherit the filter
+    r = run_refused("import json, sys\n"
+                    "from agent.policy.runners import SubprocessRunner\n"
+                    "from agent.policy.stage import ApplyPlan\n"
+                    "SubprocessRunner().run(ApplyPlan.from_json(sys.stdin.read()))\n"
+                    "print(json.dumps({'applied': True}))\n", plan.to_json())
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"applied": True}
     store = PolicyStore(plan.store)
