@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent import journal_effects
 from agent.errors import YktError
 from agent.journal_checkpoint import HARD_LIMIT_PAGES, Checkpointer
 from agent.model import JournalRecord
@@ -66,15 +67,6 @@ CREATE TABLE IF NOT EXISTS records (
     ts   REAL    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters (
-    holder_key TEXT NOT NULL, counter TEXT NOT NULL, day TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (holder_key, counter, day)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS last_taps (
-    credential_key TEXT NOT NULL, scope TEXT NOT NULL, ts REAL NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (credential_key, scope)
-) WITHOUT ROWID;
 """
 
 
@@ -139,6 +131,11 @@ class Journal:
             with self._db:
                 self._db.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
         self.epoch: str = epoch  # incarnation id; the hub keys records by (terminal, epoch, seq)
+        try:     # the counters and passback times (agent.journal_effects)
+            self._fx = journal_effects.load(self._db, self._meta(journal_effects.CUT_KEY),
+                                            self.last_time)
+        except (ValueError, KeyError, TypeError) as err:
+            raise JournalError(f"{self.path}: unreadable counters: {err!r}") from err
         self._reader_lock = threading.Lock()
         self._reader = self._connect()
         self.checkpointer: Checkpointer | None = None   # WAL checkpoints between taps
@@ -221,17 +218,9 @@ class Journal:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.execute("INSERT INTO records VALUES (?,?,?,?)", (seq, text, digest, ts))
-                    for (holder, counter, day), delta in (counters or {}).items():
-                        self._db.execute(
-                            "INSERT INTO counters VALUES (?,?,?,?) ON CONFLICT DO UPDATE "
-                            "SET count = max(0, count + excluded.count)",
-                            (holder, counter, day, delta),
-                        )
-                    if last_tap is not None:
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO last_taps VALUES (?,?,?,?)",
-                            (last_tap[0], last_tap[1], ts, seq),
-                        )
+                    fx = journal_effects.row_for(counters, last_tap)
+                    if fx is not None:
+                        self._db.execute("INSERT INTO effects VALUES (?,?,?)", (seq, ts, fx))
                     self._db.execute("COMMIT")
                 except BaseException:
                     if self._db.in_transaction:   # SQLITE_FULL has rolled it back already
@@ -241,6 +230,7 @@ class Journal:
                 raise JournalError(f"cannot append to journal {self.path}: {err}",
                                    disk_full=_is_disk_full(err)) from err
             self._last_seq, self._last_hash = seq, digest
+            self._fx.apply(ts, counters, last_tap)
         if self.checkpointer is not None:
             self.checkpointer.committed()
         return JournalRecord(seq=seq, body=body, hash=digest)
@@ -321,11 +311,32 @@ class Journal:
                 deleted += cur.rowcount
                 if cur.rowcount < batch:
                     break
-        with self._lock, self._db:
-            day_cut = utc_stamp(cutoff - 2 * 86400)[:10]
-            self._db.execute("DELETE FROM counters WHERE day < ?", (day_cut,))
-            self._db.execute("DELETE FROM last_taps WHERE ts < ?", (cutoff,))
+        self._prune_effects(cutoff, batch)
         return deleted
+
+    def _prune_effects(self, cutoff: float, batch: int) -> None:
+        """Forget counters of days before ``cutoff`` - 2 days and passback times before
+        ``cutoff`` (the cut, in meta: a reopen forgets them too), and delete the prefix
+        of the effects log older than ``cutoff`` - 3 days, in batches."""
+        day_cut = utc_stamp(cutoff - 2 * 86400)[:10]
+        with self._lock, self._db:
+            old = json.loads(self._meta(journal_effects.CUT_KEY) or '{"day":"","ts":0}')
+            day_cut, cutoff = max(day_cut, old["day"]), max(cutoff, old["ts"])
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (
+                journal_effects.CUT_KEY, json.dumps({"day": day_cut, "ts": cutoff})))
+            self._fx.cut(day_cut, cutoff)
+            top = self._last_seq
+        with self._reader_lock:
+            keep = self._reader.execute("SELECT min(seq) FROM effects WHERE ts >= ?",
+                                        (cutoff - 3 * 86400,)).fetchone()[0]
+        end = top + 1 if keep is None else min(keep, top + 1)
+        while True:
+            with self._lock, self._db:
+                first = self._db.execute("SELECT min(seq) FROM effects").fetchone()[0]
+                if first is None or first >= end:
+                    return
+                self._db.execute("DELETE FROM effects WHERE seq >= ? AND seq < ?",
+                                 (first, min(end, first + batch)))
 
     def check(self) -> str | None:
         """Is the file still the journal this object writes? None if so, else what is wrong.
@@ -394,20 +405,13 @@ class Journal:
 
     def count(self, holder_key: str, counter: str, day: str) -> int:
         """Current value of a per-holder counter for a local day (``YYYY-MM-DD``)."""
-        with self._lock:  # never read inside another thread's open transaction (prune, ack)
-            row = self._db.execute(
-                "SELECT count FROM counters WHERE holder_key=? AND counter=? AND day=?",
-                (holder_key, counter, day),
-            ).fetchone()
-        return int(row[0]) if row else 0
+        with self._lock:
+            return self._fx.counts.get((holder_key, counter, day), 0)
 
     def last_tap(self, credential_key: str, scope: str) -> float | None:
         """Wall time (epoch s) of this credential's last counted tap in ``scope``, if any."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT ts FROM last_taps WHERE credential_key=? AND scope=?",
-                (credential_key, scope)).fetchone()
-        return float(row[0]) if row else None
+            return self._fx.last.get((credential_key, scope))
 
     def verify(self) -> list[ChainBreak]:
         """Verify the whole chain that is still on disk. Returns the breaks (empty = good)."""

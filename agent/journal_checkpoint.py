@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 HARD_LIMIT_PAGES = 1024
 """The writer's own automatic checkpoint (pages of 4 KiB): the WAL's bound."""
 EVERY_COMMITS = 16
-"""When taps never pause: a checkpoint after this many commits. Each tap dirties a few
-random pages (its counters, its passback entry), so a checkpoint after 64 commits wrote
-~95 random pages at once — 63 ms of an A1 card's 1,500 write IOPS that the next taps'
-WAL writes queued behind; after 16, ~25 (``docs/decisions.md`` 47)."""
+"""When taps never pause: a checkpoint after this many commits. While each tap dirtied a
+random page of two B-trees (its counters, its passback entry), a checkpoint after 64
+commits wrote ~95 random pages at once — 63 ms of an A1 card's 1,500 write IOPS that the
+next taps' WAL writes queued behind; after 16, ~25 (``docs/decisions.md`` 47). Since
+those live in an append-only log (:mod:`agent.journal_effects`, decision 52) 16 commits
+dirty ~4 neighbouring pages."""
 
 
 class Checkpointer:
