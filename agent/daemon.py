@@ -25,6 +25,7 @@ from agent.control import ControlServer, control_server, health, heartbeat
 from agent.datalock import DataDirLock
 from agent.diskguard import DiskGuard
 from agent.engine import Engine, Outcome
+from agent.gcquiet import QuietCollector
 from agent.hardware_events import journal_hardware_event
 from agent.journal import Journal
 from agent.kiosk import ServiceChoice
@@ -104,6 +105,7 @@ class Terminal:
         self._lock = DataDirLock(cfg.terminal.data_dir)
         self.worker_beat = time.monotonic()    # the decision worker's last sign of life
         self.taps = TapTimer(self.ruleset.profile.tap_budget_ms)   # slow taps (status)
+        self.gc = QuietCollector()          # Python's full collections between taps
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -179,7 +181,8 @@ class Terminal:
             raise
 
     def _tap_begins(self) -> None:
-        """A presentation is in flight: policy children yield, no WAL checkpoint starts."""
+        """A presentation is in flight: children yield, no checkpoint or full GC starts."""
+        self.gc.tap_started()
         if self.applier is not None:
             self.applier.schedule.activity()
         if self.journal is not None and self.journal.checkpointer is not None:
@@ -188,6 +191,7 @@ class Terminal:
     def _tap_ends(self) -> None:
         """The presentation is journaled (or dropped, or its decision failed): exactly once
         per :meth:`_tap_begins`, or a delta child would be held after every later tap."""
+        self.gc.tap_done()
         if self.applier is not None:
             self.applier.schedule.tap_done()
         if self.journal is not None and self.journal.checkpointer is not None:
@@ -200,15 +204,12 @@ class Terminal:
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued presentation has been decided."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
-                return True
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.005)
-        return False
+        return self._queue.unfinished_tasks == 0
 
     def status(self) -> dict[str, Any]:
-        """Heartbeat fields (:func:`agent.control.heartbeat`): profile, policy, clock,
-        journal position, alarms."""
+        """Heartbeat fields: profile, policy, clock, journal, alarms (``control.heartbeat``)."""
         return heartbeat(self)
 
     # -- components ------------------------------------------------------------------------
@@ -354,8 +355,10 @@ class Terminal:
         self._worker.start()
         self.control = control_server(self)      # `ykt status` for the technician
         self.control.start()
+        self.gc.start()                          # start-up is done: freeze what it made
 
     def _stop_worker(self) -> None:
+        self.gc.close()
         if self.control is not None:
             self.control.stop()
         self._queue.put(None)
@@ -370,16 +373,14 @@ class Terminal:
     def _start_sources(self) -> None:
         if self._sources_override is not None:
             self.sources = list(self._sources_override)
-        else:
-            if self.cfg.cards.enabled:
-                backend = self.card_backend()      # "auto" resolved: its options are defaults
-                options = options_for("cards", backend, self.cfg.cards.options)
-                self.sources.append(load_source("cards", backend).from_options(
-                    options, pseudonymizer=self.pseudonymizer))
-            if self.cfg.codes.enabled:
-                codes = self.cfg.codes
-                self.sources.append(load_source("codes", codes.backend).from_options(
-                    codes.options, pseudonymizer=self.pseudonymizer))
+        if self._sources_override is None and self.cfg.cards.enabled:
+            backend = self.card_backend()      # "auto" resolved: its options are defaults
+            self.sources.append(load_source("cards", backend).from_options(
+                options_for("cards", backend, self.cfg.cards.options),
+                pseudonymizer=self.pseudonymizer))
+        if self._sources_override is None and self.cfg.codes.enabled:
+            self.sources.append(load_source("codes", self.cfg.codes.backend).from_options(
+                self.cfg.codes.options, pseudonymizer=self.pseudonymizer))
         for s in self.sources:
             s.start(self.submit)
 
@@ -425,9 +426,8 @@ class Terminal:
         took_ms = self.taps.took_ms(p)
         d = outcome.decision
         log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
-                 outcome.record.seq if outcome.record else "-",
-                 "accept" if d.accepted else "deny", d.reason.value, d.product or "-",
-                 d.amount_cents, d.rule_id)
+                  outcome.record.seq if outcome.record else "-", "accept" if d.accepted
+                  else "deny", d.reason.value, d.product or "-", d.amount_cents, d.rule_id)
         for a in self.actuators:
             try:
                 if outcome.actionable:

@@ -188,5 +188,6 @@ def test_a_failed_decision_releases_the_policy_children_and_the_checkpoint(
         assert schedule.in_flight == 0, "a tap whose decision failed is still counted"
         assert terminal.journal is not None and terminal.journal.checkpointer is not None
         assert not terminal.journal.checkpointer.busy
+        assert not terminal.gc.busy, "a full garbage collection stays held by a failed tap"
     finally:
         terminal.stop()
