@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections.abc import Mapping
 
 __all__ = ["SCHEMA", "CUT_KEY", "Effects", "load", "row_for"]
@@ -52,7 +53,8 @@ class Effects:
               last_tap: tuple[str, str] | None) -> None:
         """Apply one tap's effects: a counter moves by its delta and never below 0 (a
         counter not yet held starts at the delta, as the SQL upsert did)."""
-        for key, delta in (counters or {}).items():
+        for (holder, counter, day), delta in (counters or {}).items():
+            key = (holder, sys.intern(counter), sys.intern(day))   # a few names and days
             old = self.counts.get(key)
             self.counts[key] = delta if old is None else max(0, old + delta)
         if last_tap is not None:
