@@ -28,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from agent.between_taps import TapWatch
+
 __all__ = ["NEVER", "QuietCollector"]
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ def _uninstall() -> None:
             _saved = None
 
 
-class QuietCollector:
+class QuietCollector(TapWatch):
     """Runs Python's full garbage collection between taps. :meth:`tap_started` /
     :meth:`tap_done` bracket each presentation (the daemon's tap hooks); :meth:`start`
     installs the process-wide settings and the thread; :meth:`close` stops it (never
@@ -69,13 +71,10 @@ class QuietCollector:
 
     def __init__(self, *, quiet_s: float = 1.0, every_s: float = 60.0, at_most_s: float = 600.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
         self.quiet_s, self.every_s, self.at_most_s = quiet_s, every_s, at_most_s
-        self.clock = clock
         self.runs = 0
-        self._cond = threading.Condition()
-        self._in_flight = 0
         self._last_tap = self._last_run = clock()
-        self._stop = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -83,24 +82,6 @@ class QuietCollector:
         self._last_tap = self._last_run = self.clock()
         self._thread = threading.Thread(target=self._loop, name="gc-quiet", daemon=True)
         self._thread.start()
-
-    def tap_started(self) -> None:
-        """A presentation arrived: no full collection starts until it is decided."""
-        with self._cond:
-            self._in_flight += 1
-            self._last_tap = self.clock()
-
-    def tap_done(self) -> None:
-        """The presentation is decided (or dropped)."""
-        with self._cond:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._last_tap = self.clock()
-            self._cond.notify_all()
-
-    @property
-    def busy(self) -> bool:
-        """True while a presentation is being decided."""
-        return self._in_flight > 0
 
     def _wait_s(self) -> float | None:
         """0 when a collection may start now, else how long to wait (None: for a tap)."""
@@ -115,12 +96,7 @@ class QuietCollector:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stop:
-                    wait = self._wait_s()
-                    if wait == 0.0:
-                        break
-                    self._cond.wait(wait)
-                if self._stop:
+                if not self._due(self._wait_s):
                     return
             t0 = time.perf_counter()
             found = gc.collect()

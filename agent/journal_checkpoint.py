@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from agent.between_taps import TapWatch
+
 __all__ = ["EVERY_COMMITS", "HARD_LIMIT_PAGES", "Checkpointer"]
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ those live in an append-only log (:mod:`agent.journal_effects`, decision 52) 16 
 dirty ~4 neighbouring pages."""
 
 
-class Checkpointer:
+class Checkpointer(TapWatch):
     """Checkpoints the WAL of the SQLite file at ``path`` in a thread, between taps.
 
     A checkpoint runs once no tap has come for ``quiet_s`` seconds (monotonic), or, when
@@ -54,46 +56,25 @@ class Checkpointer:
 
     def __init__(self, path: str | Path, *, every: int = EVERY_COMMITS,
                  quiet_s: float = 0.2) -> None:
+        super().__init__()
         self.path = Path(path)
         self.every = max(1, every)
         self.quiet_s = quiet_s
-        self._last_tap = -1e18
         self.runs = 0
         self.held = 0
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
         self._db.execute("PRAGMA synchronous=FULL")
-        self._cond = threading.Condition()
         self._pending = 0            # commits since the last checkpoint
-        self._in_flight = 0          # taps reported and not yet decided
-        self._stop = False
         self._thread = threading.Thread(target=self._loop, name="journal-checkpoint",
                                         daemon=True)
         self._thread.start()
-
-    def tap_started(self) -> None:
-        """A presentation arrived: no checkpoint starts until it is decided."""
-        with self._cond:
-            self._in_flight += 1
-            self._last_tap = time.monotonic()
-
-    def tap_done(self) -> None:
-        """The presentation is decided and journaled (or dropped)."""
-        with self._cond:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._last_tap = time.monotonic()
-            self._cond.notify_all()
 
     def committed(self) -> None:
         """The journal committed a transaction (called after the commit, off its lock)."""
         with self._cond:
             self._pending += 1
             self._cond.notify_all()
-
-    @property
-    def busy(self) -> bool:
-        """True while a tap is being decided."""
-        return self._in_flight > 0
 
     def _wait_s(self) -> float | None:
         """0 when a checkpoint may start now, else how long to wait (None: for news)."""
@@ -111,12 +92,7 @@ class Checkpointer:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stop:
-                    wait = self._wait_s()
-                    if wait == 0.0:
-                        break
-                    self._cond.wait(wait)
-                if self._stop:
+                if not self._due(self._wait_s):
                     return
                 self._pending = 0
             try:
