@@ -277,9 +277,8 @@ class Terminal:
         if self._actuators_override is not None:
             self.actuators = list(self._actuators_override)
         elif self.cfg.prompt.enabled:
-            prompt = self.cfg.prompt
-            self.actuators.append(load_actuator("prompt", prompt.backend).from_options(
-                prompt.options))
+            self.actuators.append(load_actuator("prompt", self.cfg.prompt.backend)
+                                  .from_options(self.cfg.prompt.options))
         from drivers.gate import Gate, GateActuator
 
         if self.cfg.gate.enabled:
@@ -318,7 +317,6 @@ class Terminal:
 
     def _start_policy(self) -> None:
         from agent.daemon_policy import start_policy
-
         start_policy(self)     # applier, its listeners and the downlink (docs/policy.md)
 
     def _stop_policy(self) -> None:
@@ -373,14 +371,15 @@ class Terminal:
     def _start_sources(self) -> None:
         if self._sources_override is not None:
             self.sources = list(self._sources_override)
-        if self._sources_override is None and self.cfg.cards.enabled:
-            backend = self.card_backend()      # "auto" resolved: its options are defaults
-            self.sources.append(load_source("cards", backend).from_options(
-                options_for("cards", backend, self.cfg.cards.options),
-                pseudonymizer=self.pseudonymizer))
-        if self._sources_override is None and self.cfg.codes.enabled:
-            self.sources.append(load_source("codes", self.cfg.codes.backend).from_options(
-                self.cfg.codes.options, pseudonymizer=self.pseudonymizer))
+        else:
+            if self.cfg.cards.enabled:
+                backend = self.card_backend()      # "auto" resolved: its options are defaults
+                self.sources.append(load_source("cards", backend).from_options(
+                    options_for("cards", backend, self.cfg.cards.options),
+                    pseudonymizer=self.pseudonymizer))
+            if self.cfg.codes.enabled:
+                self.sources.append(load_source("codes", self.cfg.codes.backend).from_options(
+                    self.cfg.codes.options, pseudonymizer=self.pseudonymizer))
         for s in self.sources:
             s.start(self.submit)
 
@@ -426,8 +425,9 @@ class Terminal:
         took_ms = self.taps.took_ms(p)
         d = outcome.decision
         log.debug("decided seq=%s %s reason=%s product=%s amount=%d rule=%s",
-                  outcome.record.seq if outcome.record else "-", "accept" if d.accepted
-                  else "deny", d.reason.value, d.product or "-", d.amount_cents, d.rule_id)
+                  outcome.record.seq if outcome.record else "-",
+                  "accept" if d.accepted else "deny", d.reason.value, d.product or "-",
+                  d.amount_cents, d.rule_id)
         for a in self.actuators:
             try:
                 if outcome.actionable:

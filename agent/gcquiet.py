@@ -74,7 +74,7 @@ class QuietCollector(TapWatch):
         super().__init__(clock)
         self.quiet_s, self.every_s, self.at_most_s = quiet_s, every_s, at_most_s
         self.runs = 0
-        self._last_tap = self._last_run = clock()
+        self._last_run = clock()          # both reset by start()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:

@@ -22,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -294,25 +294,29 @@ class Journal:
         tap's append. Returns how many records were deleted.
         """
         cutoff = self._clock() - retention_s
-        deleted = 0
         with self._reader_lock:      # a scan, off the writer's lock: records only grow newer
             young = self._reader.execute("SELECT min(seq) FROM records WHERE ts >= ?",
                                          (cutoff,)).fetchone()[0]
-        while True:
-            with self._lock, self._db:
-                upto = min(self._acked, self._last_seq - 1,
-                           self._last_seq if young is None else young - 1)
-                first = self._db.execute("SELECT min(seq) FROM records").fetchone()[0]
-                if first is None or first > upto:
-                    break
-                cur = self._db.execute(
-                    "DELETE FROM records WHERE seq BETWEEN ? AND ?",
-                    (first, min(upto, first + batch - 1)))
-                deleted += cur.rowcount
-                if cur.rowcount < batch:
-                    break
+        deleted = self._delete_prefix("records", lambda: min(
+            self._acked + 1, self._last_seq, self._last_seq + 1 if young is None else young),
+            batch)
         self._prune_effects(cutoff, batch)
         return deleted
+
+    def _delete_prefix(self, table: str, below: Callable[[], int], batch: int) -> int:
+        """Delete the rows of ``table`` (``records`` or ``effects``) whose ``seq`` is below
+        ``below()`` (read under the writer lock for each batch), at most ``batch`` seqs a
+        transaction, releasing the lock in between so that no tap's append waits behind a
+        large prune. Returns how many rows went."""
+        deleted = 0
+        while True:
+            with self._lock, self._db:
+                end = below()
+                first = self._db.execute(f"SELECT min(seq) FROM {table}").fetchone()[0]
+                if first is None or first >= end:
+                    return deleted
+                deleted += self._db.execute(f"DELETE FROM {table} WHERE seq >= ? AND seq < ?",
+                                            (first, min(end, first + batch))).rowcount
 
     def _prune_effects(self, cutoff: float, batch: int) -> None:
         """Forget counters of days before ``cutoff`` - 2 days and passback times before
@@ -330,13 +334,7 @@ class Journal:
             keep = self._reader.execute("SELECT min(seq) FROM effects WHERE ts >= ?",
                                         (cutoff - 3 * 86400,)).fetchone()[0]
         end = top + 1 if keep is None else min(keep, top + 1)
-        while True:
-            with self._lock, self._db:
-                first = self._db.execute("SELECT min(seq) FROM effects").fetchone()[0]
-                if first is None or first >= end:
-                    return
-                self._db.execute("DELETE FROM effects WHERE seq >= ? AND seq < ?",
-                                 (first, min(end, first + batch)))
+        self._delete_prefix("effects", lambda: end, batch)
 
     def check(self) -> str | None:
         """Is the file still the journal this object writes? None if so, else what is wrong.

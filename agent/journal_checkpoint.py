@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 from agent.between_taps import TapWatch
@@ -87,7 +86,7 @@ class Checkpointer(TapWatch):
             return None
         if self._pending >= self.every:
             return 0.0
-        return max(0.0, self._last_tap + self.quiet_s - time.monotonic())
+        return max(0.0, self._last_tap + self.quiet_s - self.clock())
 
     def _loop(self) -> None:
         while True:

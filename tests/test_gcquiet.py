@@ -59,9 +59,10 @@ def test_no_full_collection_starts_while_a_tap_is_being_decided(
         c.tap_started()
         full_collections.clear()
         keep = _survivors()
-        time.sleep(0.3)               # quiet long enough, but a tap is in flight
-        assert full_collections == [], "a full collection ran inside the tap"
         runs = c.runs
+        # quiet_s passes six times over, but a tap is in flight: no collection
+        assert not c.wait_runs(runs + 1, timeout=0.3)
+        assert full_collections == [], "a full collection ran inside the tap"
         c.tap_done()
         done = time.monotonic()
         assert c.wait_runs(runs + 1), "no full collection once the terminal was quiet"
@@ -72,16 +73,15 @@ def test_no_full_collection_starts_while_a_tap_is_being_decided(
 
 
 def test_a_terminal_never_quiet_still_collects_between_taps() -> None:
-    c = QuietCollector(quiet_s=10.0, every_s=0.0, at_most_s=0.3)
+    """Never 10 s quiet: after ``at_most_s`` the collection runs as soon as the tap then in
+    flight is decided — not inside it, and without waiting for quiet."""
+    c = QuietCollector(quiet_s=10.0, every_s=0.0, at_most_s=0.2)
     c.start()
     try:
-        deadline = time.monotonic() + 5
-        while c.runs == 0 and time.monotonic() < deadline:
-            c.tap_started()               # a tap every 20 ms: never 10 s quiet
-            time.sleep(0.01)
-            c.tap_done()
-            time.sleep(0.01)
-        assert c.runs >= 1
+        c.tap_started()
+        assert not c.wait_runs(1, timeout=0.4), "collected inside a tap"
+        c.tap_done()
+        assert c.wait_runs(1, timeout=5), "a terminal never quiet never collected"
     finally:
         c.close()
 
