@@ -67,13 +67,15 @@ class QuietCollector(TapWatch):
     """Runs Python's full garbage collection between taps. :meth:`tap_started` /
     :meth:`tap_done` bracket each presentation (the daemon's tap hooks); :meth:`start`
     installs the process-wide settings and the thread; :meth:`close` stops it (never
-    raises). ``runs`` counts the collections it made."""
+    raises). ``runs`` counts the collections it made; ``last_ms`` is the last one's length
+    (ms) and ``last_end`` when it ended (the clock's seconds; what a slow tap waited for)."""
 
     def __init__(self, *, quiet_s: float = 1.0, every_s: float = 60.0, at_most_s: float = 600.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
         self.quiet_s, self.every_s, self.at_most_s = quiet_s, every_s, at_most_s
         self.runs = 0
+        self.last_ms, self.last_end = 0.0, 0.0
         self._last_run = clock()          # both reset by start()
         self._thread: threading.Thread | None = None
 
@@ -100,12 +102,14 @@ class QuietCollector(TapWatch):
                     return
             t0 = time.perf_counter()
             found = gc.collect()
+            took = (time.perf_counter() - t0) * 1000
             with self._cond:
-                self._last_run = self.clock()
+                self._last_run = self.last_end = self.clock()
+                self.last_ms = took
                 self.runs += 1
                 self._cond.notify_all()
             log.debug("full garbage collection between taps: %d objects freed in %.1f ms",
-                      found, (time.perf_counter() - t0) * 1000)
+                      found, took)
 
     def wait_runs(self, n: int, timeout: float = 10.0) -> bool:
         """Wait until ``n`` collections have run (tests). True if they did."""

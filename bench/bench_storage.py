@@ -56,6 +56,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from agent.config import MaintenanceSection
 from agent.engine import Engine
@@ -83,6 +84,9 @@ WRITER_CHUNK_KB = 64
 """The other writer's ``write()`` size: the SD layout's advice (docs/operations.md)."""
 SLOW_MS = 20.0
 """A tap slower than this is printed with what the bench was doing (not a budget)."""
+WARM_TAPS = 500
+"""Untimed taps before the first phase: the first tap of a process imports and fills
+caches (161 ms on a fresh machine), which is start-up, not the storage being measured."""
 DISK = SdModel("this machine's disk, unthrottled", write_bps=0, write_iops=0)
 DAY = date(2026, 11, 25)
 CATS = ("elderly", "disabled", "youfu", "student")
@@ -150,6 +154,37 @@ def writer(path: Path, mbps: float, chunk_kb: int = WRITER_CHUNK_KB) -> Iterator
         path.unlink(missing_ok=True)
 
 
+class TimedJournal(Journal):
+    """The terminal's journal with its last append's length kept (``last_ms``, ms: the
+    record, its effects and the durable commit) for a slow tap's breakdown."""
+
+    last_ms = 0.0
+
+    def append(self, *a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return super().append(*a, **k)
+        finally:
+            self.last_ms = (time.perf_counter() - t0) * 1000
+
+
+def _schedstat_fd() -> int | None:
+    """The calling thread's ``/proc`` schedstat (ns on the CPU, ns waiting in the run
+    queue, slices), or None where the kernel has none."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _sched(fd: int | None) -> tuple[int, int]:
+    """(ns on the CPU, ns in the run queue) of the thread ``fd`` was opened by."""
+    if fd is None:
+        return 0, 0
+    f = os.pread(fd, 80, 0).split()
+    return int(f[0]), int(f[1])
+
+
 class Bench:
     def __init__(self, d: Path, args: argparse.Namespace) -> None:
         self.d, self.args = d, args
@@ -164,7 +199,7 @@ class Bench:
         self.store = PolicyStore(self.store_path)
         jdir = d.parent / "journal" if args.journal_fs and (d.parent / "journal").is_dir() \
             else d
-        self.journal = Journal(jdir / "journal.db", "BENCH-SD",
+        self.journal = TimedJournal(jdir / "journal.db", "BENCH-SD",
                                background_checkpoint=not args.inline_checkpoint)
         self.cp = self.journal.checkpointer
         self.engine = Engine(load_ruleset(profile_path("bus_validator")), self.store,
@@ -177,6 +212,7 @@ class Bench:
         self.gc = QuietCollector()      # as the daemon: full collections between taps
         self.gc.start()
         self.k = 0
+        self.sched_fd = _schedstat_fd()      # the tapping (main) thread's
         self.events: dict[str, float] = {}
         """Monotonic time of the last child start, child end, old-generation delete and
         merge start (printed with a slow tap)."""
@@ -190,9 +226,11 @@ class Bench:
             self.cp.tap_started()
         self.k += 1
         i = self.rnd.randrange(self.args.entitlements)
+        s0 = _sched(self.sched_fd)
         t0 = time.perf_counter()
         self.store.hotlisted(ckey(self.k), hkey(i))
         self.store.entitlements(hkey(i), DAY)
+        t1 = time.perf_counter()
         cred = Credential("ssc_card", ckey(self.args.hotlist * 5 + self.k), hkey(i))
         self.engine.handle(Presentation(PresentationKind.CARD, "bench", 0, credential=cred))
         dt = (time.perf_counter() - t0) * 1000
@@ -201,16 +239,27 @@ class Bench:
         if self.cp is not None:
             self.cp.tap_done()
         if dt > SLOW_MS:
-            self.report_slow(dt)
+            s1 = _sched(self.sched_fd)
+            self.report_slow(dt, (t1 - t0) * 1000, (s1[0] - s0[0]) / 1e6,
+                             (s1[1] - s0[1]) / 1e6)
         return dt
 
-    def report_slow(self, dt: float) -> None:
-        """Print when a slow tap came: the children's state and the last child events."""
+    def report_slow(self, dt: float, lookup_ms: float, cpu_ms: float, runq_ms: float) -> None:
+        """Print what a slow tap (``dt`` ms) spent its time on — the store lookup, the
+        journal append with its durable commit, on the CPU, waiting for a CPU; the rest
+        of its time off the CPU is I/O or a lock (the interpreter's too) — and when it
+        came: the children's state, the last child events and the last full garbage
+        collection."""
         now = time.monotonic()
+        ev = {**self.events, "full gc": self.gc.last_end} if self.gc.runs else self.events
         since = ", ".join(f"{k} {now - t:.2f} s ago" for k, t in sorted(
-            self.events.items(), key=lambda kv: -kv[1]))
-        print(f"    slow tap {dt:.1f} ms: apply child {self.schedule.child_state}, merge "
-              f"{'running' if self.compactor.running else 'off'}; {since}", flush=True)
+            ev.items(), key=lambda kv: -kv[1]))
+        print(f"    slow tap {dt:.1f} ms (lookup {lookup_ms:.1f}, journal append "
+              f"{self.journal.last_ms:.1f}; on CPU {cpu_ms:.1f}, run queue {runq_ms:.1f}, "
+              f"off CPU {dt - cpu_ms - runq_ms:.1f}): apply child "
+              f"{self.schedule.child_state}, merge "
+              f"{'running' if self.compactor.running else 'off'}; last full gc "
+              f"{self.gc.last_ms:.1f} ms; {since}", flush=True)
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
         """Tap every interval while ``busy()`` (in bursts if ``bursts``) up to --taps."""
@@ -277,7 +326,15 @@ class Bench:
                 out, bursts=True)
         return out
 
+    def warm(self) -> None:
+        """:data:`WARM_TAPS` untimed taps (imports, caches, the journal's first pages)."""
+        for _ in range(WARM_TAPS):
+            self.tap()
+            time.sleep(self.args.interval_ms / 1000)
+
     def close(self) -> None:
+        if self.sched_fd is not None:
+            os.close(self.sched_fd)
         self.gc.close()
         self.compactor.stop()
         self.journal.close()
@@ -294,6 +351,7 @@ def one_run(d: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float
     b = Bench(d, args)
     res: dict[str, dict[str, list[float]]] = {}
     try:
+        b.warm()
         for cond in ("quiet", "writer"):
             ctx = (writer(d / "noise.bin", args.writer_mbps, args.writer_chunk_kb)
                    if cond == "writer" else None)
