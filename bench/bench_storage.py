@@ -14,8 +14,14 @@ the root blkio cgroup to the SD A1 class: 10 MB/s and 1,500 write IOPS as issue 
 The terminal's data directory (journal, store, staged parts) lives on that storage. This
 process taps every ``--interval-ms`` (a store lookup plus ``Engine.handle`` with its
 durable journal commit; a tap is timed as a whole) and reports each tap to the same
-:class:`agent.policy.schedule.MaintenanceSchedule` the daemon uses. Phases, each until
-``--taps`` taps were timed inside it:
+:class:`agent.policy.schedule.MaintenanceSchedule` the daemon uses, after
+:data:`WARM_TAPS` untimed ones. Phases, each until ``--taps`` taps were timed inside it,
+**interleaved** (:meth:`Bench.condition`): one delta, one merge, one snapshot, each
+followed by idle taps a third as many as it timed, round after round — these machines
+are shared, and a slow spell of the disk or of another program lasting minutes fell on
+whichever phase ran then (a fresh machine's disk: fsyncs of 20–200 ms for ~3 minutes, in
+the writer's idle and delta phases of one run and in no other), so idle now samples the
+same spells as the phases it is compared with:
 
 * **idle** — nothing else runs;
 * **delta** — ``--delta``-row deltas (90 % entitlements, 10 % hotlist) applied one after
@@ -84,6 +90,9 @@ WRITER_CHUNK_KB = 64
 """The other writer's ``write()`` size: the SD layout's advice (docs/operations.md)."""
 SLOW_MS = 20.0
 """A tap slower than this is printed with what the bench was doing (not a budget)."""
+IDLE_UNIT_MIN = 100
+"""The fewest idle taps after each delta, merge or snapshot unit (a third of the unit's
+taps otherwise: idle's --taps accrue at the phases' pace)."""
 WARM_TAPS = 500
 """Untimed taps before the first phase: the first tap of a process imports and fills
 caches (161 ms on a fresh machine), which is start-up, not the storage being measured."""
@@ -261,12 +270,15 @@ class Bench:
               f"{'running' if self.compactor.running else 'off'}; last full gc "
               f"{self.gc.last_ms:.1f} ms; {since}", flush=True)
 
-    def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool) -> None:
-        """Tap every interval while ``busy()`` (in bursts if ``bursts``) up to --taps."""
+    def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool,
+                   limit: int | None = None) -> None:
+        """Tap every interval while ``busy()`` (in bursts if ``bursts``) until ``out``
+        holds ``limit`` taps (default --taps)."""
         a = self.args
-        while busy() and len(out) < a.taps:
+        limit = a.taps if limit is None else limit
+        while busy() and len(out) < limit:
             end = time.monotonic() + (a.burst_s if bursts else 1e9)
-            while time.monotonic() < end and busy() and len(out) < a.taps:
+            while time.monotonic() < end and busy() and len(out) < limit:
                 out.append(self.tap())
                 time.sleep(a.interval_ms / 1000)
             if bursts and busy():
@@ -303,28 +315,54 @@ class Bench:
             self.store.collect_garbage()
             self.events["old generation deleted"] = time.monotonic()
 
-    def phase(self, name: str) -> list[float]:
-        out: list[float] = []
-        a = self.args
+    def unit(self, name: str, out: list[float], idle_taps: int = 0) -> None:
+        """One unit of phase ``name``, its taps appended to ``out`` (at most --taps in
+        all; a child still running then finishes untimed): idle — ``idle_taps`` taps;
+        delta — one delta applied; merge — one overlay merge (a delta applied first,
+        untimed, if the overlay is empty); snapshot — one full snapshot applied,
+        switched and the old generation deleted."""
         if name == "idle":
-            self.taps_while(lambda: True, out, bursts=False)
-        while name == "delta" and len(out) < a.taps:
+            self.taps_while(lambda: True, out, bursts=False,
+                            limit=min(self.args.taps, len(out) + idle_taps))
+        elif name == "delta":
             self.run_child(self.delta_plan(), out, bursts=False)
-        while name == "merge" and len(out) < a.taps:
+        elif name == "merge":
             if self.store.overlay_rows() == 0:
                 self.run_child(self.delta_plan(), [], bursts=False)
             assert self.compactor.start()
             self.events["merge start"] = time.monotonic()
             self.taps_while(lambda: self.compactor.running, out, bursts=True)
             self.compactor.stop()
-        while name == "snapshot" and len(out) < a.taps:
+        elif name == "snapshot":
             self.compactor.stop()
             self.version += 1
             self.run_child(ApplyPlan(
                 store=str(self.store_path), mode="snapshot", info=info(self.version),
                 entitlements=str(self.parts["ent"]), hotlist=str(self.parts["hot"])),
                 out, bursts=True)
-        return out
+
+    def condition(self) -> tuple[dict[str, list[float]], dict[str, float]]:
+        """Every phase's taps (--taps each) under the current condition and the seconds
+        each phase took, the phases interleaved: a delta, a merge, a snapshot, each
+        followed by an idle unit of a third as many taps as it timed (at least
+        :data:`IDLE_UNIT_MIN`), round after round — so that a slow spell of the
+        machine's own (its disk, another program) falls on idle as it falls on the
+        phases. Each unit starts after ``os.sync()`` (what the one before left is
+        written out)."""
+        taps: dict[str, list[float]] = {ph: [] for ph in PHASES}
+        spent = dict.fromkeys(PHASES, 0.0)
+        while any(len(xs) < self.args.taps for xs in taps.values()):
+            for ph in PHASES[1:]:
+                before = len(taps[ph])
+                for name in (ph, "idle"):
+                    if len(taps[name]) >= self.args.taps:
+                        continue
+                    os.sync()
+                    t0 = time.monotonic()
+                    self.unit(name, taps[name],
+                              max(IDLE_UNIT_MIN, (len(taps[ph]) - before) // 3))
+                    spent[name] += time.monotonic() - t0
+        return taps, spent
 
     def warm(self) -> None:
         """:data:`WARM_TAPS` untimed taps (imports, caches, the journal's first pages)."""
@@ -358,13 +396,10 @@ def one_run(d: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float
             if ctx is not None:
                 ctx.__enter__()
             try:
-                res[cond] = {}
+                res[cond], spent = b.condition()
                 for ph in PHASES:
-                    os.sync()           # what setup or the phase before left is written out
-                    t0 = time.monotonic()
-                    res[cond][ph] = b.phase(ph)
                     print(f"  {cond:6} {ph:8} {len(res[cond][ph]):6,} taps "
-                          f"{time.monotonic() - t0:6.0f} s  p99.9 "
+                          f"{spent[ph]:6.0f} s  p99.9 "
                           f"{pct(res[cond][ph], 0.999):6.2f} max {max(res[cond][ph]):6.1f} ms",
                           flush=True)
             finally:
@@ -517,7 +552,10 @@ def main() -> None:
             + (f" --dirty-max-kb {args.dirty_max_kb}"
                if args.dirty_max_kb != SD_DIRTY_MAX_KB else "") + "`"
             f" (`make bench-sd`). A tap is a store lookup plus `Engine.handle` with its "
-            f"durable journal commit, one every {args.interval_ms:g} ms; merge and snapshot "
+            f"durable journal commit, one every {args.interval_ms:g} ms, after {WARM_TAPS} "
+            "untimed ones; the phases interleaved (a delta, a merge, a snapshot, each "
+            "followed by idle taps a third as many as it timed, round after round); "
+            f"merge and snapshot "
             f"taps in {args.burst_s:g} s bursts with {args.gap_s:g} s gaps (the children go "
             f"on after {args.quiet_s:g} s quiet). *writer*: another process writes "
             f"{args.writer_mbps:g} MB/s to the same file system in {args.writer_chunk_kb} KiB "
