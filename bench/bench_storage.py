@@ -39,7 +39,7 @@ to the same file system (``--writer-mbps`` MB/s buffered in ``--writer-chunk-kb`
 advice, ``docs/operations.md``; ``--writer-chunk-kb 1024`` writes each MiB in one call,
 which the card's dirty cap cannot pace, ``docs/decisions.md`` 48). Budget (issue 15):
 p99.9 during a phase ≤ 2× idle's, the longest tap ≤ 2× the longest idle tap of the same
-run and condition, and never over 100 ms. A tap over ``SLOW_MS`` is printed as it happens
+run and condition, and on the emulated card never over :data:`CAP_MS`. A tap over ``SLOW_MS`` is printed as it happens
 with the apply and merge children's state and the time since the last child start, end
 and old-generation delete (to tell what a slow tap waited behind).
 """
@@ -88,6 +88,12 @@ SD_MODELS = {"a1": SD_A1_LOOSE, "a1-500": SD_A1}
 DEFAULT_MODEL = next(iter(SD_MODELS))
 WRITER_CHUNK_KB = 64
 """The other writer's ``write()`` size: the SD layout's advice (docs/operations.md)."""
+CAP_MS = 100.0
+"""Issue 15's absolute cap on a tap, which it sets for the emulated card ("never over 100
+ms on the emulated SD card"). On this machine's disk a tap's ``fdatasync`` waits for the
+shared host, whose spells of 100 ms flushes come and go by the minute and fall on the
+interleaved idle taps as on the phases (``docs/decisions.md`` 53); there the ratios to
+idle are the budget and the taps over the cap are counted in the table."""
 SLOW_MS = 20.0
 """A tap slower than this is printed with what the bench was doing (not a budget)."""
 IDLE_UNIT_MIN = 100
@@ -410,11 +416,14 @@ def one_run(d: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float
     return res
 
 
-def verdict(r: dict[str, list[float]], ph: str) -> tuple[float, float, bool]:
-    """(p99.9 ratio to idle, max ratio to idle max, within budget)."""
+def verdict(r: dict[str, list[float]], ph: str,
+            cap_ms: float | None) -> tuple[float, float, bool]:
+    """(p99.9 ratio to idle, max ratio to idle max, within budget): p99.9 and the longest
+    tap each ≤ 2× idle's, and the longest ≤ ``cap_ms`` (None: no absolute cap)."""
     i999, imax = pct(r["idle"], 0.999), max(r["idle"])
     p, m = pct(r[ph], 0.999), max(r[ph])
-    return p / i999, m / imax, (p <= 2 * i999 and m <= 2 * imax and m <= 100)
+    return p / i999, m / imax, (p <= 2 * i999 and m <= 2 * imax
+                                and (cap_ms is None or m <= cap_ms))
 
 
 def spread(runs: list[list[float]], f: Callable[[list[float]], float]) -> str:
@@ -427,10 +436,11 @@ def spread(runs: list[list[float]], f: Callable[[list[float]], float]) -> str:
 def report(storage: str, runs: list[dict[str, dict[str, list[float]]]], desc: str,
            args: argparse.Namespace) -> str:
     rows: list[list[object]] = []
+    cap = CAP_MS if storage == "sd" else None
     for cond in ("quiet", "writer"):
         for ph in PHASES:
             xs = [r[cond][ph] for r in runs]
-            ok = [verdict(r[cond], ph) for r in runs] if ph != "idle" else []
+            ok = [verdict(r[cond], ph, cap) for r in runs] if ph != "idle" else []
             rows.append([cond, ph, f"{sum(len(r[cond][ph]) for r in runs) // len(runs):,}",
                          spread(xs, lambda x: pct(x, 0.5)), spread(xs, lambda x: pct(x, 0.99)),
                          spread(xs, lambda x: pct(x, 0.999)), spread(xs, max),
@@ -439,6 +449,11 @@ def report(storage: str, runs: list[dict[str, dict[str, list[float]]]], desc: st
                          f"×{max(o[0] for o in ok):.2f} / ×{max(o[1] for o in ok):.2f} "
                          f"**{'PASS' if all(o[2] for o in ok) else 'FAIL'}**"])
     over = f"over {SLOW_MS:g} ms"
+    n_cap = [sum(t > CAP_MS for r in runs for t in r[c][ph]) for c in ("quiet", "writer")
+             for ph in PHASES]
+    desc += (f"; budget: the ratios and never over {CAP_MS:g} ms" if cap is not None else
+             f"; budget: the ratios (the {CAP_MS:g} ms cap is the card's); taps over "
+             f"{CAP_MS:g} ms in all: {sum(n_cap)}, of which idle {n_cap[0] + n_cap[4]}")
     return (f"**{storage}**: {desc}. {len(runs)} run(s); median (min–max) over the runs, "
             f"ms; *{over}*: how many taps of each run took longer (idle's count is the "
             "machine's own rate).\n\n" + table(["device", "phase", "taps/run", "p50", "p99",
@@ -490,6 +505,9 @@ def main() -> None:
                     help="what was done to keep the machine quiet, printed with the table "
                     "(e.g. a service paused: this machine's RabbitMQ starts an Erlang VM "
                     "every 60 s that takes a core, docs/decisions.md 51)")
+    ap.add_argument("--raw", default=None, metavar="FILE",
+                    help="also write every tap's latency (ms) as JSON: {storage: [run: "
+                    "{condition: {phase: [ms, ...]}}]}")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args()
     if args.writer_chunk_kb < 1 or 1024 % args.writer_chunk_kb:
@@ -498,6 +516,7 @@ def main() -> None:
     # SIGTERM runs the finally blocks too: the emulated card is always taken down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sections = []
+    raw: dict[str, list[dict[str, dict[str, list[float]]]]] = {}
     given = args
     for storage in (("sd", "disk") if given.storage == "both" else (given.storage,)):
         runs = []
@@ -540,6 +559,7 @@ def main() -> None:
                  if args.inline_checkpoint else "between taps (background)"))
         desc += (f"; `[maintenance] snapshot_rows_per_s = {args.snapshot_rows_per_s}`, "
                  f"`merge_batch_rows = {args.merge_batch_rows}`")
+        raw[storage] = runs
         sections.append(report(storage, runs, desc, args))
         print(sections[-1], flush=True)
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
@@ -560,9 +580,12 @@ def main() -> None:
             f"on after {args.quiet_s:g} s quiet). *writer*: another process writes "
             f"{args.writer_mbps:g} MB/s to the same file system in {args.writer_chunk_kb} KiB "
             "`write()` calls, an `fsync` per MiB. Budget: p99.9 ≤ 2× idle, "
-            "longest ≤ 2× the longest idle tap, never over 100 ms."
+            "longest ≤ 2× the longest idle tap, and on the emulated card never over "
+            f"{CAP_MS:g} ms."
             + (f" The machine: {args.machine_note.rstrip('.')}." if args.machine_note else "")
             + "\n\n" + "\n\n".join(sections))
+    if args.raw:
+        Path(args.raw).write_text(json.dumps(raw))
     print(json.dumps({"done": True}))
     if not args.no_report:
         # another model keeps its own section: it must not overwrite the default card's
