@@ -68,20 +68,21 @@ class QuietCollector(TapWatch):
     :meth:`tap_done` bracket each presentation (the daemon's tap hooks); :meth:`start`
     installs the process-wide settings and the thread; :meth:`close` stops it (never
     raises). ``runs`` counts the collections it made; ``last_ms`` is the last one's length
-    (ms) and ``last_end`` when it ended (the clock's seconds; what a slow tap waited for)."""
+    (ms) and ``last_end`` when it ended (the clock's seconds; until the first, when the
+    collector started): the next is due ``every_s`` after it."""
 
     def __init__(self, *, quiet_s: float = 1.0, every_s: float = 60.0, at_most_s: float = 600.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
         self.quiet_s, self.every_s, self.at_most_s = quiet_s, every_s, at_most_s
         self.runs = 0
-        self.last_ms, self.last_end = 0.0, 0.0
-        self._last_run = clock()          # both reset by start()
+        self.last_ms = 0.0
+        self.last_end = clock()           # reset by start(), as the last tap's time
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         _install()
-        self._last_tap = self._last_run = self.clock()
+        self._last_tap = self.last_end = self.clock()
         self._thread = threading.Thread(target=self._loop, name="gc-quiet", daemon=True)
         self._thread.start()
 
@@ -90,8 +91,8 @@ class QuietCollector(TapWatch):
         if self._in_flight:
             return None
         now = self.clock()
-        due = self._last_run + self.every_s
-        if now >= self._last_run + self.at_most_s:
+        due = self.last_end + self.every_s
+        if now >= self.last_end + self.at_most_s:
             return 0.0
         return max(0.0, due - now, self._last_tap + self.quiet_s - now)
 
@@ -104,7 +105,7 @@ class QuietCollector(TapWatch):
             found = gc.collect()
             took = (time.perf_counter() - t0) * 1000
             with self._cond:
-                self._last_run = self.last_end = self.clock()
+                self.last_end = self.clock()
                 self.last_ms = took
                 self.runs += 1
                 self._cond.notify_all()

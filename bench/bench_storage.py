@@ -357,17 +357,20 @@ class Bench:
         written out)."""
         taps: dict[str, list[float]] = {ph: [] for ph in PHASES}
         spent = dict.fromkeys(PHASES, 0.0)
+
+        def timed(name: str, idle_taps: int = 0) -> int:
+            """Run one unit of ``name`` unless it has its taps; how many it timed."""
+            if len(taps[name]) >= self.args.taps:
+                return 0
+            os.sync()
+            n, t0 = len(taps[name]), time.monotonic()
+            self.unit(name, taps[name], idle_taps)
+            spent[name] += time.monotonic() - t0
+            return len(taps[name]) - n
+
         while any(len(xs) < self.args.taps for xs in taps.values()):
             for ph in PHASES[1:]:
-                before = len(taps[ph])
-                for name in (ph, "idle"):
-                    if len(taps[name]) >= self.args.taps:
-                        continue
-                    os.sync()
-                    t0 = time.monotonic()
-                    self.unit(name, taps[name],
-                              max(IDLE_UNIT_MIN, (len(taps[ph]) - before) // 3))
-                    spent[name] += time.monotonic() - t0
+                timed("idle", max(IDLE_UNIT_MIN, timed(ph) // 3))
         return taps, spent
 
     def warm(self) -> None:
@@ -449,11 +452,12 @@ def report(storage: str, runs: list[dict[str, dict[str, list[float]]]], desc: st
                          f"×{max(o[0] for o in ok):.2f} / ×{max(o[1] for o in ok):.2f} "
                          f"**{'PASS' if all(o[2] for o in ok) else 'FAIL'}**"])
     over = f"over {SLOW_MS:g} ms"
-    n_cap = [sum(t > CAP_MS for r in runs for t in r[c][ph]) for c in ("quiet", "writer")
-             for ph in PHASES]
+    over_cap = {ph: sum(t > CAP_MS for r in runs for xs in r.values() for t in xs[ph])
+                for ph in PHASES}
     desc += (f"; budget: the ratios and never over {CAP_MS:g} ms" if cap is not None else
              f"; budget: the ratios (the {CAP_MS:g} ms cap is the card's); taps over "
-             f"{CAP_MS:g} ms in all: {sum(n_cap)}, of which idle {n_cap[0] + n_cap[4]}")
+             f"{CAP_MS:g} ms in all: {sum(over_cap.values())}, of which idle "
+             f"{over_cap['idle']}")
     return (f"**{storage}**: {desc}. {len(runs)} run(s); median (min–max) over the runs, "
             f"ms; *{over}*: how many taps of each run took longer (idle's count is the "
             "machine's own rate).\n\n" + table(["device", "phase", "taps/run", "p50", "p99",
