@@ -200,6 +200,27 @@ def _sched(fd: int | None) -> tuple[int, int]:
     return int(f[0]), int(f[1])
 
 
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fd() -> int | None:
+    """``/proc/stat``, whose first line sums every CPU's time, or None where absent."""
+    try:
+        return os.open("/proc/stat", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _stolen_ms(fd: int | None) -> float:
+    """Time the hypervisor ran something else while this machine's CPUs had work (ms,
+    all CPUs, in clock ticks of 10 ms here; 0 where the kernel does not count it). A
+    thread's ``schedstat`` counts stolen time as time on the CPU."""
+    if fd is None:
+        return 0.0
+    f = os.pread(fd, 256, 0).split(b"\n", 1)[0].split()
+    return int(f[8]) * _TICK_MS if len(f) > 8 else 0.0
+
+
 class Bench:
     def __init__(self, d: Path, args: argparse.Namespace) -> None:
         self.d, self.args = d, args
@@ -228,6 +249,7 @@ class Bench:
         self.gc.start()
         self.k = 0
         self.sched_fd = _schedstat_fd()      # the tapping (main) thread's
+        self.stat_fd = _stat_fd()
         self.events: dict[str, float] = {}
         """Monotonic time of the last child start, child end, old-generation delete and
         merge start (printed with a slow tap)."""
@@ -241,7 +263,7 @@ class Bench:
             self.cp.tap_started()
         self.k += 1
         i = self.rnd.randrange(self.args.entitlements)
-        s0 = _sched(self.sched_fd)
+        s0, h0 = _sched(self.sched_fd), _stolen_ms(self.stat_fd)
         t0 = time.perf_counter()
         self.store.hotlisted(ckey(self.k), hkey(i))
         self.store.entitlements(hkey(i), DAY)
@@ -256,21 +278,24 @@ class Bench:
         if dt > SLOW_MS:
             s1 = _sched(self.sched_fd)
             self.report_slow(dt, (t1 - t0) * 1000, (s1[0] - s0[0]) / 1e6,
-                             (s1[1] - s0[1]) / 1e6)
+                             (s1[1] - s0[1]) / 1e6, _stolen_ms(self.stat_fd) - h0)
         return dt
 
-    def report_slow(self, dt: float, lookup_ms: float, cpu_ms: float, runq_ms: float) -> None:
+    def report_slow(self, dt: float, lookup_ms: float, cpu_ms: float, runq_ms: float,
+                    stolen_ms: float) -> None:
         """Print what a slow tap (``dt`` ms) spent its time on — the store lookup, the
-        journal append with its durable commit, on the CPU, waiting for a CPU; the rest
-        of its time off the CPU is I/O or a lock (the interpreter's too) — and when it
-        came: the children's state, the last child events and the last full garbage
-        collection."""
+        journal append with its durable commit, on the CPU (stolen time included: the
+        machine's CPUs' stolen ticks meanwhile are printed beside it), waiting for a CPU;
+        the rest of its time off the CPU is I/O or a lock (the interpreter's too) — and
+        when it came: the children's state, the last child events and the last full
+        garbage collection."""
         now = time.monotonic()
         ev = {**self.events, "full gc": self.gc.last_end} if self.gc.runs else self.events
         since = ", ".join(f"{k} {now - t:.2f} s ago" for k, t in sorted(
             ev.items(), key=lambda kv: -kv[1]))
         print(f"    slow tap {dt:.1f} ms (lookup {lookup_ms:.1f}, journal append "
-              f"{self.journal.last_ms:.1f}; on CPU {cpu_ms:.1f}, run queue {runq_ms:.1f}, "
+              f"{self.journal.last_ms:.1f}; on CPU {cpu_ms:.1f} (host stole {stolen_ms:.0f} "
+              f"of the CPUs'), run queue {runq_ms:.1f}, "
               f"off CPU {dt - cpu_ms - runq_ms:.1f}): apply child "
               f"{self.schedule.child_state}, merge "
               f"{'running' if self.compactor.running else 'off'}; last full gc "
@@ -347,9 +372,9 @@ class Bench:
                 entitlements=str(self.parts["ent"]), hotlist=str(self.parts["hot"])),
                 out, bursts=True)
 
-    def condition(self) -> tuple[dict[str, list[float]], dict[str, float]]:
-        """Every phase's taps (--taps each) under the current condition and the seconds
-        each phase took, the phases interleaved: a delta, a merge, a snapshot, each
+    def condition(self) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
+        """Every phase's taps (--taps each) under the current condition, the seconds each
+        phase took and the CPU seconds the host stole meanwhile, the phases interleaved: a delta, a merge, a snapshot, each
         followed by an idle unit of a third as many taps as it timed (at least
         :data:`IDLE_UNIT_MIN`), round after round — so that a slow spell of the
         machine's own (its disk, another program) falls on idle as it falls on the
@@ -357,21 +382,23 @@ class Bench:
         written out)."""
         taps: dict[str, list[float]] = {ph: [] for ph in PHASES}
         spent = dict.fromkeys(PHASES, 0.0)
+        stolen = dict.fromkeys(PHASES, 0.0)
 
         def timed(name: str, idle_taps: int = 0) -> int:
             """Run one unit of ``name`` unless it has its taps; how many it timed."""
             if len(taps[name]) >= self.args.taps:
                 return 0
             os.sync()
-            n, t0 = len(taps[name]), time.monotonic()
+            n, t0, h0 = len(taps[name]), time.monotonic(), _stolen_ms(self.stat_fd)
             self.unit(name, taps[name], idle_taps)
             spent[name] += time.monotonic() - t0
+            stolen[name] += (_stolen_ms(self.stat_fd) - h0) / 1000
             return len(taps[name]) - n
 
         while any(len(xs) < self.args.taps for xs in taps.values()):
             for ph in PHASES[1:]:
                 timed("idle", max(IDLE_UNIT_MIN, timed(ph) // 3))
-        return taps, spent
+        return taps, spent, stolen
 
     def warm(self) -> None:
         """:data:`WARM_TAPS` untimed taps (imports, caches, the journal's first pages)."""
@@ -380,8 +407,9 @@ class Bench:
             time.sleep(self.args.interval_ms / 1000)
 
     def close(self) -> None:
-        if self.sched_fd is not None:
-            os.close(self.sched_fd)
+        for fd in (self.sched_fd, self.stat_fd):
+            if fd is not None:
+                os.close(fd)
         self.gc.close()
         self.compactor.stop()
         self.journal.close()
@@ -393,10 +421,16 @@ def _rows(path: Path, kind: str) -> Iterator[tuple[str, ...]]:
     return read_rows(path, kind, "snapshot", "+")  # type: ignore[arg-type]
 
 
-def one_run(d: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
-    """{condition: {phase: tap latencies ms}} for one run in data directory ``d``."""
+Run = tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]
+"""One run: ({condition: {phase: tap latencies, ms}}, {condition: {phase: CPU seconds the
+host stole during the phase}})."""
+
+
+def one_run(d: Path, args: argparse.Namespace) -> Run:
+    """One run (:data:`Run`) in data directory ``d``."""
     b = Bench(d, args)
     res: dict[str, dict[str, list[float]]] = {}
+    steal: dict[str, dict[str, float]] = {}
     try:
         b.warm()
         for cond in ("quiet", "writer"):
@@ -405,18 +439,18 @@ def one_run(d: Path, args: argparse.Namespace) -> dict[str, dict[str, list[float
             if ctx is not None:
                 ctx.__enter__()
             try:
-                res[cond], spent = b.condition()
+                res[cond], spent, steal[cond] = b.condition()
                 for ph in PHASES:
                     print(f"  {cond:6} {ph:8} {len(res[cond][ph]):6,} taps "
                           f"{spent[ph]:6.0f} s  p99.9 "
-                          f"{pct(res[cond][ph], 0.999):6.2f} max {max(res[cond][ph]):6.1f} ms",
-                          flush=True)
+                          f"{pct(res[cond][ph], 0.999):6.2f} max {max(res[cond][ph]):6.1f} ms"
+                          f"  host stole {steal[cond][ph]:5.2f} CPU-s", flush=True)
             finally:
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
     finally:
         b.close()
-    return res
+    return res, steal
 
 
 def verdict(r: dict[str, list[float]], ph: str,
@@ -436,8 +470,8 @@ def spread(runs: list[list[float]], f: Callable[[list[float]], float]) -> str:
             if len(vals) > 1 else f"{vals[0]:.2f}")
 
 
-def report(storage: str, runs: list[dict[str, dict[str, list[float]]]], desc: str,
-           args: argparse.Namespace) -> str:
+def report(storage: str, runs: list[dict[str, dict[str, list[float]]]],
+           steals: list[dict[str, dict[str, float]]], desc: str) -> str:
     rows: list[list[object]] = []
     cap = CAP_MS if storage == "sd" else None
     for cond in ("quiet", "writer"):
@@ -448,6 +482,7 @@ def report(storage: str, runs: list[dict[str, dict[str, list[float]]]], desc: st
                          spread(xs, lambda x: pct(x, 0.5)), spread(xs, lambda x: pct(x, 0.99)),
                          spread(xs, lambda x: pct(x, 0.999)), spread(xs, max),
                          " / ".join(str(sum(t > SLOW_MS for t in x)) for x in xs),
+                         " / ".join(f"{st[cond][ph]:.1f}" for st in steals),
                          "" if not ok else
                          f"×{max(o[0] for o in ok):.2f} / ×{max(o[1] for o in ok):.2f} "
                          f"**{'PASS' if all(o[2] for o in ok) else 'FAIL'}**"])
@@ -460,8 +495,9 @@ def report(storage: str, runs: list[dict[str, dict[str, list[float]]]], desc: st
              f"{over_cap['idle']}")
     return (f"**{storage}**: {desc}. {len(runs)} run(s); median (min–max) over the runs, "
             f"ms; *{over}*: how many taps of each run took longer (idle's count is the "
-            "machine's own rate).\n\n" + table(["device", "phase", "taps/run", "p50", "p99",
-                                                 "p99.9", "max", over,
+            "machine's own rate); *stolen CPU-s*: each run's CPU time the hypervisor gave "
+            "to others during the phase (`/proc/stat`, both CPUs).\n\n" + table(["device", "phase", "taps/run", "p50", "p99",
+                                                 "p99.9", "max", over, "stolen CPU-s",
                                                  "worst p99.9 / max vs idle"], rows))
 
 
@@ -523,7 +559,7 @@ def main() -> None:
     raw: dict[str, list[dict[str, dict[str, list[float]]]]] = {}
     given = args
     for storage in (("sd", "disk") if given.storage == "both" else (given.storage,)):
-        runs = []
+        runs: list[Run] = []
         sd_layout = storage in ("sd", "disk-parts")     # the SD layout's settings and partitions
         # each storage its own defaults (with "both", disk must not inherit the card's pace)
         args = argparse.Namespace(**{**vars(given), **{
@@ -563,8 +599,8 @@ def main() -> None:
                  if args.inline_checkpoint else "between taps (background)"))
         desc += (f"; `[maintenance] snapshot_rows_per_s = {args.snapshot_rows_per_s}`, "
                  f"`merge_batch_rows = {args.merge_batch_rows}`")
-        raw[storage] = runs
-        sections.append(report(storage, runs, desc, args))
+        raw[storage] = [r for r, _ in runs]
+        sections.append(report(storage, [r for r, _ in runs], [st for _, st in runs], desc))
         print(sections[-1], flush=True)
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
