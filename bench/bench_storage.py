@@ -39,9 +39,12 @@ to the same file system (``--writer-mbps`` MB/s buffered in ``--writer-chunk-kb`
 advice, ``docs/operations.md``; ``--writer-chunk-kb 1024`` writes each MiB in one call,
 which the card's dirty cap cannot pace, ``docs/decisions.md`` 48). Budget (issue 15):
 p99.9 during a phase ≤ 2× idle's, the longest tap ≤ 2× the longest idle tap of the same
-run and condition, and on the emulated card never over :data:`CAP_MS`. A tap over ``SLOW_MS`` is printed as it happens
-with the apply and merge children's state and the time since the last child start, end
-and old-generation delete (to tell what a slow tap waited behind).
+run and condition, and on the emulated card never over :data:`CAP_MS`. A tap over
+``SLOW_MS`` is printed as it happens with where its time went and the apply and merge
+children's state and the time since the last child start, end and old-generation delete
+(to tell what a slow tap waited behind). The CPU time the hypervisor stole (``/proc/stat``)
+is counted per phase and printed beside each slow tap: on a shared host it, not the
+terminal, made nearly every slow tap (``docs/decisions.md`` 54).
 """
 
 from __future__ import annotations
