@@ -377,8 +377,8 @@ class Bench:
 
     def condition(self) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
         """Every phase's taps (--taps each) under the current condition, the seconds each
-        phase took and the CPU seconds the host stole meanwhile, the phases interleaved: a delta, a merge, a snapshot, each
-        followed by an idle unit of a third as many taps as it timed (at least
+        phase took and the CPU seconds the host stole meanwhile, the phases interleaved: a
+        delta, a merge, a snapshot, each followed by an idle unit of a third as many taps as it timed (at least
         :data:`IDLE_UNIT_MIN`), round after round — so that a slow spell of the
         machine's own (its disk, another program) falls on idle as it falls on the
         phases. Each unit starts after ``os.sync()`` (what the one before left is
@@ -473,8 +473,9 @@ def spread(runs: list[list[float]], f: Callable[[list[float]], float]) -> str:
             if len(vals) > 1 else f"{vals[0]:.2f}")
 
 
-def report(storage: str, runs: list[dict[str, dict[str, list[float]]]],
-           steals: list[dict[str, dict[str, float]]], desc: str) -> str:
+def report(storage: str, results: list[Run], desc: str) -> str:
+    runs = [r for r, _ in results]
+    steals = [st for _, st in results]
     rows: list[list[object]] = []
     cap = CAP_MS if storage == "sd" else None
     for cond in ("quiet", "writer"):
@@ -499,9 +500,9 @@ def report(storage: str, runs: list[dict[str, dict[str, list[float]]]],
     return (f"**{storage}**: {desc}. {len(runs)} run(s); median (min–max) over the runs, "
             f"ms; *{over}*: how many taps of each run took longer (idle's count is the "
             "machine's own rate); *stolen CPU-s*: each run's CPU time the hypervisor gave "
-            "to others during the phase (`/proc/stat`, both CPUs).\n\n" + table(["device", "phase", "taps/run", "p50", "p99",
-                                                 "p99.9", "max", over, "stolen CPU-s",
-                                                 "worst p99.9 / max vs idle"], rows))
+            "to others during the phase (`/proc/stat`, both CPUs).\n\n"
+            + table(["device", "phase", "taps/run", "p50", "p99", "p99.9", "max", over,
+                     "stolen CPU-s", "worst p99.9 / max vs idle"], rows))
 
 
 def main() -> None:
@@ -603,7 +604,7 @@ def main() -> None:
         desc += (f"; `[maintenance] snapshot_rows_per_s = {args.snapshot_rows_per_s}`, "
                  f"`merge_batch_rows = {args.merge_batch_rows}`")
         raw[storage] = [r for r, _ in runs]
-        sections.append(report(storage, [r for r, _ in runs], [st for _, st in runs], desc))
+        sections.append(report(storage, runs, desc))
         print(sections[-1], flush=True)
     text = (f"Run on {machine()}; `python -m bench.bench_storage --storage {args.storage} "
             f"--runs {args.runs} --taps {args.taps} --entitlements {args.entitlements} "
