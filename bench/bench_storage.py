@@ -80,6 +80,7 @@ from agent.store import PolicyInfo, PolicyStore, build_generation, switch_genera
 from bench.bench_policy import ckey, hkey, pct  # the same keys and percentiles
 from bench.report import machine, table, update_section
 from bench.sdcard import SD_A1, SD_A1_LOOSE, SdModel, emulated_sd
+from bench.stall import StallSampler
 from profiles import profile_path
 
 SD_SNAPSHOT_ROWS_PER_S = 20_000
@@ -253,6 +254,7 @@ class Bench:
         self.k = 0
         self.sched_fd = _schedstat_fd()      # the tapping (main) thread's
         self.stat_fd = _stat_fd()
+        self.stalls = StallSampler(threading.get_native_id())   # the tapping thread's
         self.events: dict[str, float] = {}
         """Monotonic time of the last child start, child end, old-generation delete and
         merge start (printed with a slow tap)."""
@@ -267,6 +269,7 @@ class Bench:
         self.k += 1
         i = self.rnd.randrange(self.args.entitlements)
         s0, h0 = _sched(self.sched_fd), _stolen_ms(self.stat_fd)
+        self.stalls.begin()
         t0 = time.perf_counter()
         self.store.hotlisted(ckey(self.k), hkey(i))
         self.store.entitlements(hkey(i), DAY)
@@ -274,6 +277,7 @@ class Bench:
         cred = Credential("ssc_card", ckey(self.args.hotlist * 5 + self.k), hkey(i))
         self.engine.handle(Presentation(PresentationKind.CARD, "bench", 0, credential=cred))
         dt = (time.perf_counter() - t0) * 1000
+        waits = self.stalls.end()
         self.schedule.tap_done()
         self.gc.tap_done()
         if self.cp is not None:
@@ -281,17 +285,18 @@ class Bench:
         if dt > SLOW_MS:
             s1 = _sched(self.sched_fd)
             self.report_slow(dt, (t1 - t0) * 1000, (s1[0] - s0[0]) / 1e6,
-                             (s1[1] - s0[1]) / 1e6, _stolen_ms(self.stat_fd) - h0)
+                             (s1[1] - s0[1]) / 1e6, _stolen_ms(self.stat_fd) - h0, waits)
         return dt
 
     def report_slow(self, dt: float, lookup_ms: float, cpu_ms: float, runq_ms: float,
-                    stolen_ms: float) -> None:
+                    stolen_ms: float, waits: dict[str, int]) -> None:
         """Print what a slow tap (``dt`` ms) spent its time on — the store lookup, the
         journal append with its durable commit, on the CPU (stolen time included: the
         machine's CPUs' stolen ticks meanwhile are printed beside it), waiting for a CPU;
         the rest of its time off the CPU is I/O or a lock (the interpreter's too) — and
         when it came: the children's state, the last child events and the last full
-        garbage collection."""
+        garbage collection; then what the kernel held the tapping thread in
+        (:class:`~bench.stall.StallSampler`'s ``waits``)."""
         now = time.monotonic()
         ev = {**self.events, "full gc": self.gc.last_end} if self.gc.runs else self.events
         since = ", ".join(f"{k} {now - t:.2f} s ago" for k, t in sorted(
@@ -303,6 +308,10 @@ class Bench:
               f"{self.schedule.child_state}, merge "
               f"{'running' if self.compactor.running else 'off'}; last full gc "
               f"{self.gc.last_ms:.1f} ms; {since}", flush=True)
+        if waits:     # where the tapping thread was, sampled every 5 ms after 20 ms
+            print("      kernel stacks: " + "; ".join(
+                f"{n}x {sig}" for sig, n in sorted(waits.items(), key=lambda kv: -kv[1])),
+                flush=True)
 
     def taps_while(self, busy: Callable[[], bool], out: list[float], bursts: bool,
                    limit: int | None = None) -> None:
@@ -414,6 +423,7 @@ class Bench:
             if fd is not None:
                 os.close(fd)
         self.gc.close()
+        self.stalls.close()
         self.compactor.stop()
         self.journal.close()
         self.store.close()
