@@ -249,7 +249,6 @@ class PolicyStore:
         info: PolicyInfo | None = None,
         artifacts: Mapping[str, tuple[str, bytes]] | None = None,
         expect: PolicyInfo | None = None,
-        before_commit: Callable[[], None] | None = None,
     ) -> None:
         """Apply changes in ONE transaction on a separate connection: all or nothing.
 
@@ -262,9 +261,7 @@ class PolicyStore:
         the transaction fail with :class:`StoreError` unless the stored policy is exactly
         that (a delta's base). Rows are streamed:
         memory stays bounded whatever the size. Readers keep seeing the old state until
-        the commit. ``before_commit()`` is called with everything written but not yet
-        committed (the delta child stops itself there, so that its commit's ``fsync`` comes
-        right after a tap: :attr:`agent.policy.stage.ApplyPlan.commit_between_taps`).
+        the commit.
         """
         conn = self._connect()
         try:
@@ -297,8 +294,6 @@ class PolicyStore:
                                      (name, digest, body))
                 if info is not None:
                     write_info(conn, info)
-                if before_commit is not None:
-                    before_commit()
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

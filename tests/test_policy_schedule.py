@@ -7,11 +7,9 @@ asserted: the tests wait on counters and states.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -21,15 +19,8 @@ import pytest
 from agent.policy.apply import InProcessRunner, PolicyApplier
 from agent.policy.compaction import Compactor
 from agent.policy.errors import Refusal, SnapshotDeferred
-from agent.policy.parts import PartWriter
 from agent.policy.runners import SubprocessRunner
-from agent.policy.schedule import (
-    COMMIT_WAIT_S,
-    WATCH_S,
-    BusyHours,
-    MaintenanceSchedule,
-    parse_span,
-)
+from agent.policy.schedule import BusyHours, MaintenanceSchedule, parse_span
 from agent.policy.stage import ApplyPlan
 from agent.store import PolicyInfo, PolicyStore
 from simulator.broker import Mosquitto
@@ -399,75 +390,3 @@ def test_a_stopped_snapshot_child_does_not_burst_when_continued(
     # the other 15,000 rows still take 1.5 s, less at most PACE_CREDIT_S (0.05 s) of
     # saved-up credit and one 1,000-row step
     assert now[0] - t >= 1.5 - 0.05 - 0.1
-
-
-def _delta_runner(tmp: Path, mono: Taps) -> tuple[MaintenanceSchedule, SubprocessRunner,
-                                                  PolicyStore, Callable[[int], ApplyPlan]]:
-    """A store holding v1, a schedule on the clock ``mono`` with the daemon's runner, and
-    plans of one-row hotlist deltas v → v+1."""
-    store = PolicyStore(tmp / "store.db")
-    v1 = PolicyInfo(CHANNEL, 1, f"{1:064x}", "2036-01-01T00:00:00Z")
-    store.apply(hotlist=[("AA" * 16, "card", "lost", "")], info=v1, replace=True)
-    sched = schedule(FixedClock(at(8)), mono)
-    runner = SubprocessRunner(watcher=sched.watcher(lambda: store.info),
-                              commit_between_taps=True)
-
-    def plan(v: int) -> ApplyPlan:
-        part = tmp / f"hot{v}"
-        with open(part, "wb") as f:
-            w = PartWriter(f, "hotlist", "delta")
-            w.add(f"{v:02X}" * 16, "card", "lost", "")
-            w.close()
-        return ApplyPlan(store=str(store.path), mode="delta",
-                         info=asdict(PolicyInfo(CHANNEL, v + 1, f"{v + 1:064x}", v1.expires)),
-                         expect=asdict(PolicyInfo(CHANNEL, v, f"{v:064x}", v1.expires)),
-                         hotlist=str(part))
-    return sched, runner, store, plan
-
-
-def test_a_delta_commits_right_after_a_tap_not_during_one(tmp_path: Path) -> None:
-    """The delta child's commit (its fsync) waits, the child stopped by itself, until a
-    tap has been journaled (or no tap has come for COMMIT_WAIT_S); a tap that comes
-    meanwhile does not let it go."""
-    mono = Taps()                                  # moves only when the test says
-    sched, runner, store, plan = _delta_runner(tmp_path, mono)
-    errors: list[BaseException] = []
-
-    def apply(p: ApplyPlan) -> threading.Thread:
-        def go() -> None:
-            try:
-                runner.run(p)
-            except BaseException as err:
-                errors.append(err)
-        th = threading.Thread(target=go)
-        th.start()
-        return th
-
-    def committed() -> int:
-        with sqlite3.connect(store.path) as c:
-            return int(c.execute("SELECT version FROM policy").fetchone()[0])
-
-    try:
-        th = apply(plan(1))
-        wait_until(lambda: sched.child_state == "ready to commit", 30,
-                   "the delta child to stop itself before its commit")
-        sched.activity()                           # a tap comes: the commit keeps waiting
-        for _ in range(5):
-            th.join(0.05)
-            assert th.is_alive() and committed() == 1
-        sched.tap_done()                           # journaled: the commit goes now
-        th.join(30)
-        assert not th.is_alive() and not errors and committed() == 2
-        assert (sched.commits_after_tap, sched.commits_when_quiet) == (1, 0)
-
-        th = apply(plan(2))                        # no tap at all: it waits COMMIT_WAIT_S
-        wait_until(lambda: sched.child_state == "ready to commit", 30, "ready again")
-        th.join(5 * WATCH_S)
-        assert th.is_alive() and committed() == 2
-        mono.t += COMMIT_WAIT_S
-        th.join(30)
-        assert not th.is_alive() and not errors and committed() == 3
-        assert (sched.commits_after_tap, sched.commits_when_quiet) == (1, 1)
-    finally:
-        mono.t += 10
-        store.close()

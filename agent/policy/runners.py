@@ -104,17 +104,13 @@ class SubprocessRunner:
     """Runs plans in ``python -m agent.policy.stage`` (the default on terminals): the
     insert work never holds the daemon's GIL, and a crash of the child is just a failed
     apply. ``timeout_s`` bounds one apply (seconds of the child running: time it spends
-    stopped by the ``watcher`` for taps is not counted). With ``commit_between_taps`` a
-    delta child waits, stopped, before its commit until the ``watcher`` continues it
-    (:attr:`ApplyPlan.commit_between_taps`; only for a watcher that does)."""
+    stopped by the ``watcher`` for taps is not counted)."""
 
     def __init__(self, python: str = sys.executable, timeout_s: float = 3600.0,
-                 watcher: Watcher | None = None, snapshot_rows_per_s: int = 0,
-                 commit_between_taps: bool = False) -> None:
+                 watcher: Watcher | None = None, snapshot_rows_per_s: int = 0) -> None:
         self.python = python
         self.timeout_s = timeout_s
         self.watcher = watcher
-        self.commit_between_taps = commit_between_taps and watcher is not None
         self.snapshot_rows_per_s = snapshot_rows_per_s
         """Cap on a snapshot's write rate (rows/s, 0: none): :attr:`ApplyPlan.rows_per_s`."""
 
@@ -137,8 +133,6 @@ class SubprocessRunner:
     def run(self, plan: ApplyPlan) -> None:
         if plan.mode == "snapshot" and self.snapshot_rows_per_s:
             plan = dataclasses.replace(plan, rows_per_s=self.snapshot_rows_per_s)
-        if plan.mode == "delta" and self.commit_between_taps:
-            plan = dataclasses.replace(plan, commit_between_taps=True)
         plan_path = Path(plan.store + ".plan.json")
         plan_path.write_text(plan.to_json(), encoding="utf-8")
         try:

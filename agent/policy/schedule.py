@@ -14,9 +14,7 @@ delta must reach every terminal in seconds); the bulk writes are scheduled here:
 * **Quiet windows**: a running snapshot child, like the merge child
   (:class:`~agent.policy.compaction.Compactor`), is stopped (``SIGSTOP``) the moment a
   tap comes and continued once no tap has come for ``quiet_s`` seconds
-  (:meth:`watch`, a :class:`~agent.policy.runners.SubprocessRunner` watcher). A delta
-  child is stopped only while a tap is being decided, and its commit (one ``fsync``)
-  waits until just after a tap (:data:`COMMIT_WAIT_S`).
+  (:meth:`watch`, a :class:`~agent.policy.runners.SubprocessRunner` watcher).
 * **Deadline**: none of this defers a snapshot on a terminal that has no policy yet, nor
   past ``expiry_margin_s`` seconds before the applied policy expires: from then on the
   snapshot starts at once and runs without yielding, busy or not.
@@ -38,7 +36,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -74,11 +71,6 @@ DELTA_RUN_S = 0.1
 """A delta child is stopped for a tap at most ``DELTA_HOLD_S`` seconds at a time; held
 that long, it then runs at least ``DELTA_RUN_S`` (a flood of taps slows it, never stops
 it)."""
-COMMIT_WAIT_S = 0.1
-"""A delta child that stopped itself before its commit (:attr:`ApplyPlan.commit_between_taps`)
-is continued right after the next tap is journaled (:meth:`MaintenanceSchedule.tap_done`),
-or after waiting ``COMMIT_WAIT_S`` seconds with no tap in flight: the commit's ``fsync``
-then starts just after a tap, not just before one (decision 55)."""
 
 
 def parse_span(text: str) -> tuple[int, int]:
@@ -161,11 +153,6 @@ class MaintenanceSchedule:
         self._mode = ""                # the watched child's: snapshot | delta
         self._in_flight = 0            # presentations reported and not yet decided
         self._run_until = -1e18        # a delta child held too long runs until then
-        self._ready_since: float | None = None   # mono() a delta child was seen ready
-        self.commits_after_tap = 0
-        """Delta commits let go right after a tap (:data:`COMMIT_WAIT_S`)."""
-        self.commits_when_quiet = 0
-        """Delta commits let go after :data:`COMMIT_WAIT_S` with no tap in flight."""
 
     def on_tap(self, fn: Callable[[], None]) -> None:
         """Also call ``fn()`` on each :meth:`activity` (the merge's compactor)."""
@@ -192,40 +179,20 @@ class MaintenanceSchedule:
         stopped for it goes on (once no other tap is in flight)."""
         self._in_flight = max(0, self._in_flight - 1)
         have = self._have
-        if (self._mode == "delta" and have is not None
-                and (self._stopped or self._commit_ready())
+        if (self._mode == "delta" and self._stopped and have is not None
                 and self._lock.acquire(blocking=False)):
             try:
                 if not self._hold(have):
-                    if self._ready_since is not None or self._commit_ready():
-                        self.commits_after_tap += 1
                     self._send(signal.SIGCONT, False)
             finally:
                 self._lock.release()
-
-    def _commit_ready(self) -> bool:
-        """True when the watched delta child has stopped itself before its commit (stopped,
-        and not by us), noting since when; a state /proc cannot tell counts as ready
-        (continuing a running child does nothing)."""
-        child = self._child
-        if child is None or self._stopped or self._mode != "delta":
-            return False
-        try:
-            stat = Path(f"/proc/{child[0].pid}/stat").read_text()
-            ready = stat.rsplit(")", 1)[1].split()[0] == "T"
-        except OSError:
-            ready = child[0].poll() is None
-        if ready and self._ready_since is None:
-            self._ready_since = self.mono()
-        return ready
 
     @property
     def child_state(self) -> str:
         """The watched child: ``"none"``, ``"stopped"`` or ``"running"`` (for reports)."""
         if self._child is None:
             return "none"
-        return ("stopped" if self._stopped
-                else "ready to commit" if self._commit_ready() else "running")
+        return "stopped" if self._stopped else "running"
 
     @property
     def in_flight(self) -> int:
@@ -301,19 +268,9 @@ class MaintenanceSchedule:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child[0].pid, sig)
                 self._stopped = stopped
-                if not stopped:
-                    self._ready_since = None
                 if stopped:
                     self.pauses += 1
                     self._stopped_at = self.mono()
-
-    def _commit_when_quiet(self) -> None:
-        """A delta child waits to commit and no tap is in flight: continue it once it has
-        waited :data:`COMMIT_WAIT_S` (a tap journaled meanwhile continues it sooner)."""
-        since = self._ready_since
-        if since is not None and self.mono() - since >= COMMIT_WAIT_S:
-            self.commits_when_quiet += 1
-            self._send(signal.SIGCONT, False)
 
     def watcher(self, policy: Callable[[], PolicyInfo]) -> Watcher:
         """A :class:`~agent.policy.runners.SubprocessRunner` watcher judging by the policy
@@ -326,9 +283,7 @@ class MaintenanceSchedule:
         """While a snapshot child ``proc`` runs: stop it the moment a tap comes (from
         :meth:`activity`) or busy hours begin, continue it once quiet — unless
         :meth:`must_run`. A delta child is stopped only while a tap is being decided
-        (:meth:`tap_done`), at most :data:`DELTA_HOLD_S` at a time; one that stopped
-        itself before its commit is continued right after a tap or once no tap has been in
-        flight for :data:`COMMIT_WAIT_S`. Yields a function
+        (:meth:`tap_done`), at most :data:`DELTA_HOLD_S` at a time. Yields a function
         telling whether the child is stopped now; the child is continued on exit."""
         done = threading.Event()
         with self._lock:
@@ -343,8 +298,6 @@ class MaintenanceSchedule:
                         self._send(signal.SIGSTOP, True)
                     elif not hold and self._stopped:
                         self._send(signal.SIGCONT, False)
-                    elif not hold and self._commit_ready():
-                        self._commit_when_quiet()
 
         with self._lock:
             if self._hold(have):
@@ -377,6 +330,5 @@ def scheduled_apply(cfg: MaintenanceSettings, store: PolicyStore, timezone: str,
                           allowed=schedule.merge_allowed, batch_rows=cfg.merge_batch_rows)
     schedule.on_tap(lambda: compactor.activity())    # looked up per tap
     runner = SubprocessRunner(watcher=schedule.watcher(lambda: store.info),
-                              snapshot_rows_per_s=cfg.snapshot_rows_per_s,
-                              commit_between_taps=True)
+                              snapshot_rows_per_s=cfg.snapshot_rows_per_s)
     return schedule, runner, compactor

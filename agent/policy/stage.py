@@ -27,7 +27,6 @@ import ctypes
 import json
 import logging
 import os
-import signal
 import sqlite3
 import sys
 import threading
@@ -65,12 +64,6 @@ class ApplyPlan:
     artifacts: dict[str, tuple[str, str]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
     rows_per_s: int = 0          # a snapshot's write rate cap (rows/s; 0: none), SD cards
-    commit_between_taps: bool = False
-    """A delta child stops itself (``SIGSTOP``) with its transaction written and not yet
-    committed, for its watcher to continue it right after a tap has been journaled, so
-    that the commit's ``fsync`` is not queued ahead of a tap's
-    (:meth:`agent.policy.schedule.MaintenanceSchedule.watch`). Set only by a runner whose
-    watcher continues such a child; never in-process."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -185,11 +178,6 @@ def _store_files(base: str) -> Callable[[], list[Path]]:
     return paths
 
 
-def _stop_self() -> None:
-    """Stop this process (``SIGSTOP``) until its watcher continues it (``SIGCONT``)."""
-    os.kill(os.getpid(), signal.SIGSTOP)
-
-
 def _artifacts(plan: ApplyPlan) -> dict[str, tuple[str, bytes]]:
     return {name: (digest, Path(p).read_bytes()) for name, (digest, p) in plan.artifacts.items()}
 
@@ -212,8 +200,7 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
                 entitlements=_rows(plan.entitlements, "entitlements", "delta", "+", progress),
                 hotlist=_rows(plan.hotlist, "hotlist", "delta", "+", progress),
                 artifacts=artifacts, info=info,
-                expect=PolicyInfo(**plan.expect) if plan.expect else None,
-                before_commit=_stop_self if plan.commit_between_taps else None)
+                expect=PolicyInfo(**plan.expect) if plan.expect else None)
         finally:
             store.close()
         if progress:
