@@ -308,7 +308,7 @@ class Bench:
               f"{self.schedule.child_state}, merge "
               f"{'running' if self.compactor.running else 'off'}; last full gc "
               f"{self.gc.last_ms:.1f} ms; {since}", flush=True)
-        if waits:     # where the tapping thread was, sampled every 5 ms after 20 ms
+        if waits:     # where the tapping thread was (StallSampler's samples)
             print("      kernel stacks: " + "; ".join(
                 f"{n}x {sig}" for sig, n in sorted(waits.items(), key=lambda kv: -kv[1])),
                 flush=True)
@@ -387,8 +387,8 @@ class Bench:
     def condition(self) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
         """Every phase's taps (--taps each) under the current condition, the seconds each
         phase took and the CPU seconds the host stole meanwhile, the phases interleaved: a
-        delta, a merge, a snapshot, each followed by an idle unit of a third as many taps as it timed (at least
-        :data:`IDLE_UNIT_MIN`), round after round — so that a slow spell of the
+        delta, a merge, a snapshot, each followed by an idle unit of a third as many taps
+        as it timed (at least :data:`IDLE_UNIT_MIN`), round after round — so that a slow spell of the
         machine's own (its disk, another program) falls on idle as it falls on the
         phases. Each unit starts after ``os.sync()`` (what the one before left is
         written out)."""

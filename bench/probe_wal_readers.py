@@ -11,7 +11,7 @@ the writer commits batches as the merge does and ends with the merge's
 row up every 10 ms. It prints, per delayed system call, the lookups made and the
 longest. Needs ``strace`` (``apt install strace``); takes a few minutes::
 
-    python -m bench.probe_wal_readers [--calls ftruncate,fdatasync,pwrite64,fcntl]
+    python -m bench.probe_wal_readers [--calls ftruncate,fdatasync,fsync,pwrite64,pread64,fcntl]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from pathlib import Path
 
 from agent.store_schema import connect
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The project's root: the writer imports :mod:`agent.store_schema` from there."""
 ROWS = 20_000
 BATCHES = 20          # the writer's commits (50 rows each) before its checkpoint
 
@@ -63,7 +65,7 @@ def probe(d: Path, call: str, delay_s: float) -> tuple[int, float, float]:
     rnd = random.Random(1)
     lookups, longest = 0, 0.0
     t0 = time.monotonic()
-    writer = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    writer = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     while writer.poll() is None:
         t = time.perf_counter()
         reader.execute("SELECT v FROM t WHERE k = ?", (rnd.randrange(ROWS),)).fetchone()

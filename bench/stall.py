@@ -5,9 +5,10 @@ watches one thread from another: once a tap has been in flight ``after_ms``, it 
 the tapping thread's kernel stack (``/proc/self/task/TID/stack``, readable by root only;
 without it the sampler reports nothing) every ``every_s`` and counts each distinct
 stack. A stack names the system call (``__x64_sys_pread64``, ``__x64_sys_futex`` — a
-lock, the interpreter's included) and what the kernel waits in (``io_schedule``,
-``jbd2_log_wait_commit``, ``folio_wait_writeback``…); an empty stack means the thread
-was running in user space, or runnable.
+lock, the interpreter's included) and what the kernel waits in
+(``jbd2_log_wait_commit``, ``folio_wait_writeback``…; the scheduler's own frames, which
+every wait shares, are left out); an empty stack means the thread was running in user
+space, or runnable.
 """
 
 from __future__ import annotations
