@@ -52,6 +52,11 @@ from agent.store_schema import (
 __all__ = ["MIGRATIONS", "Generation", "PolicyInfo", "PolicyStore", "StoreError",
            "active_generation", "build_generation", "switch_generation"]
 
+WAL_CHECKPOINT_BYTES = 1000 * 4096
+"""A WAL larger than this (bytes) after a delta committed with ``wal_sync`` is
+checkpointed: SQLite's own automatic checkpoint (1,000 pages of 4 KiB), which that commit
+turns off. Normally the overlay merge truncates the WAL long before."""
+
 
 class PolicyStore:
     """The policy store in the SQLite file at ``path`` (created and migrated if needed).
@@ -249,6 +254,7 @@ class PolicyStore:
         info: PolicyInfo | None = None,
         artifacts: Mapping[str, tuple[str, bytes]] | None = None,
         expect: PolicyInfo | None = None,
+        wal_sync: Callable[[Path], object] | None = None,
     ) -> None:
         """Apply changes in ONE transaction on a separate connection: all or nothing.
 
@@ -262,8 +268,19 @@ class PolicyStore:
         that (a delta's base). Rows are streamed:
         memory stays bounded whatever the size. Readers keep seeing the old state until
         the commit.
+
+        ``wal_sync(wal_path)``, when given, makes the commit durable instead of SQLite's
+        own ``fsync`` (:func:`agent.policy.walsync.trickle_sync`: in small pieces): the
+        transaction commits with ``synchronous=NORMAL`` and without an automatic
+        checkpoint, then ``wal_sync`` runs before this returns; a WAL grown past
+        :data:`WAL_CHECKPOINT_BYTES` is then checkpointed (PASSIVE) as SQLite's automatic
+        checkpoint would have. An ``OSError`` from it propagates: the transaction is
+        committed but maybe not durable.
         """
         conn = self._connect()
+        if wal_sync is not None:
+            conn.execute("PRAGMA synchronous=NORMAL")      # no fsync in the COMMIT
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -298,6 +315,12 @@ class PolicyStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if wal_sync is not None:
+                wal = self.active_path.with_name(self.active_path.name + "-wal")
+                wal_sync(wal)
+                if wal.stat().st_size > WAL_CHECKPOINT_BYTES:
+                    conn.execute("PRAGMA synchronous=FULL")
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         finally:
             conn.close()
         with self._lock:

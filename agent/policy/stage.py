@@ -18,7 +18,9 @@ the big tables (:meth:`agent.store.PolicyStore.compact`), printing ``{"phase": "
 
 While it writes, a :class:`WritebackPacer` starts the kernel's writeback of the files it
 dirties every few milliseconds (Linux ``sync_file_range``), so dirty pages never pile up
-into one long flush that the taps' journal ``fsync`` would wait behind.
+into one long flush that the taps' journal ``fsync`` would wait behind. A delta's WAL is
+left to :func:`agent.policy.walsync.trickle_sync` instead, which makes the commit durable
+in 32 KiB pieces (``docs/decisions.md`` 56).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.policy import walsync
 from agent.policy.errors import BundleRefused, PolicyError, Refusal
 from agent.policy.parts import DataKind, Mode, read_rows
 from agent.store import PolicyInfo, PolicyStore, StoreError
@@ -168,14 +171,21 @@ class WritebackPacer:
                 os.close(fd)
 
 
-def _store_files(base: str) -> Callable[[], list[Path]]:
-    """The files an apply to ``base`` writes: the current generation and its WAL, and any
-    generation being staged."""
+def _store_files(base: str, wal: bool = True) -> Callable[[], list[Path]]:
+    """The files an apply to ``base`` writes: the current generation and (if ``wal``) its
+    WAL, and any generation being staged."""
     def paths() -> list[Path]:
         gen = active_generation(base)
         staged = Path(base).parent.glob(Path(base).name + ".g*.staging")
-        return [gen, gen.with_name(gen.name + "-wal"), *staged]
+        return [gen, *([gen.with_name(gen.name + "-wal")] if wal else []), *staged]
     return paths
+
+
+def _trickle(plan: ApplyPlan) -> bool:
+    """Whether ``plan``'s commit is made durable by :func:`walsync.trickle_sync` (a delta,
+    where the kernel can tell dirty pages): then the :class:`WritebackPacer` leaves the
+    WAL alone, or it would write the whole commit back at once."""
+    return plan.mode == "delta" and walsync.supported(Path(plan.store).parent)
 
 
 def _artifacts(plan: ApplyPlan) -> dict[str, tuple[str, bytes]]:
@@ -200,7 +210,8 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
                 entitlements=_rows(plan.entitlements, "entitlements", "delta", "+", progress),
                 hotlist=_rows(plan.hotlist, "hotlist", "delta", "+", progress),
                 artifacts=artifacts, info=info,
-                expect=PolicyInfo(**plan.expect) if plan.expect else None)
+                expect=PolicyInfo(**plan.expect) if plan.expect else None,
+                wal_sync=walsync.trickle_sync if _trickle(plan) else None)
         finally:
             store.close()
         if progress:
@@ -267,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(3600)
 
     try:
-        with WritebackPacer(_store_files(plan.store)):
+        with WritebackPacer(_store_files(plan.store, wal=not _trickle(plan))):
             info = execute_plan(plan, progress)
     except StoreError as err:
         print(json.dumps({"error": Refusal.BASE_MISMATCH.value, "detail": str(err)}))
