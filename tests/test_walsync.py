@@ -135,3 +135,4 @@ def test_the_apply_child_trickles_a_deltas_wal(tmp_path: Path,
                            expect=asdict(PolicyInfo("c/1", 1, "h1")), entitlements=str(ent))
     assert stage.execute_plan(plan) == PolicyInfo("c/1", 2, "h2")
     assert [(p.name.endswith("-wal"), n > 0) for p, n in calls] == [(True, True)]
+
