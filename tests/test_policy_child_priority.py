@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy.parts import PartWriter
+from agent.policy.parts import write_part
 from agent.policy.runners import SubprocessRunner, stage_command
 from agent.policy.stage import ApplyPlan
 from agent.store import PolicyStore
@@ -38,15 +38,9 @@ needs_filter = pytest.mark.skipif(platform.machine() not in NRS,
 
 def _snapshot_plan(d: Path) -> ApplyPlan:
     """A small first snapshot (a terminal with no policy yet) and its part files."""
-    with open(d / "ent", "wb") as f:
-        w = PartWriter(f, "entitlements", "snapshot")
-        for i in range(50):
-            w.add(f"{i:032x}", "elderly", "", "")
-        w.close()
-    with open(d / "hot", "wb") as f:
-        w = PartWriter(f, "hotlist", "snapshot")
-        w.add("f" * 32, "card", "lost", "")
-        w.close()
+    write_part(d / "ent", "entitlements", "snapshot",
+               ((f"{i:032x}", "elderly", "", "") for i in range(50)))
+    write_part(d / "hot", "hotlist", "snapshot", [("f" * 32, "card", "lost", "")])
     info = {"channel": "city/370302/bus", "version": 7, "hash": "7" * 64,
             "expires": "2036-01-01T00:00:00Z"}
     return ApplyPlan(store=str(d / "store.db"), mode="snapshot", info=info,

@@ -360,14 +360,11 @@ def test_a_stopped_snapshot_child_does_not_burst_when_continued(
     taps are no credit for writing faster afterwards (the bench saw a child continued
     in a gap write unpaced, because its pace counted from the start of the part)."""
     from agent.policy import stage
-    from agent.policy.parts import PartWriter
+    from agent.policy.parts import write_part
 
     part = tmp_path / "ent"
-    with open(part, "wb") as f:
-        w = PartWriter(f, "entitlements", "snapshot")
-        for i in range(20_000):
-            w.add(f"{i:032x}", "elderly", "", "")
-        w.close()
+    write_part(part, "entitlements", "snapshot",
+               ((f"{i:032x}", "elderly", "", "") for i in range(20_000)))
     now = [0.0]                                   # a clock that moves only when slept on
 
     class FakeTime:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy import stage, walsync
-from agent.policy.parts import PartWriter
+from agent.policy.parts import write_part
 from agent.store import WAL_CHECKPOINT_BYTES, PolicyInfo, PolicyStore
 
 pytestmark = pytest.mark.skipif(not walsync.supported(Path(__file__).parent),
@@ -121,11 +121,8 @@ def test_the_apply_child_trickles_a_deltas_wal(tmp_path: Path,
     store.apply(replace=True, info=PolicyInfo("c/1", 1, "h1"), entitlements=[], hotlist=[])
     store.close()
     ent = tmp_path / "ent.delta"
-    with open(ent, "wb") as f:
-        w = PartWriter(f, "entitlements", "delta")
-        for i in range(3000):
-            w.add(f"{i:032x}", "elderly", "", "")
-        w.close()
+    write_part(ent, "entitlements", "delta",
+               ((f"{i:032x}", "elderly", "", "") for i in range(3000)))
     calls: list[tuple[Path, int]] = []
     real = walsync.trickle_sync
     monkeypatch.setattr(walsync, "trickle_sync",
@@ -135,4 +132,3 @@ def test_the_apply_child_trickles_a_deltas_wal(tmp_path: Path,
                            expect=asdict(PolicyInfo("c/1", 1, "h1")), entitlements=str(ent))
     assert stage.execute_plan(plan) == PolicyInfo("c/1", 2, "h2")
     assert [(p.name.endswith("-wal"), n > 0) for p, n in calls] == [(True, True)]
-
