@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHUNK_BYTES", "PERIOD_S", "dirty_bytes", "supported", "trickle_sync"]
+__all__ = ["CHUNK_BYTES", "HAS_WRITE_BACK", "PERIOD_S", "dirty_bytes", "supported",
+           "trickle_sync", "write_back"]
 
 CHUNK_BYTES = 32 * 1024
 """Bytes written back at a time: a tap's flush meets at most this much of a delta. On the
@@ -47,18 +48,34 @@ class _Stat(ctypes.Structure):
                 ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
 
 
-def _libc_functions() -> tuple[Any, Any] | None:
-    """libc's ``sync_file_range`` and ``syscall`` (None where either is missing)."""
+def _libc_function(name: str) -> Any:
+    """libc's function ``name`` (None where it or libc is missing)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        sfr, syscall = libc.sync_file_range, libc.syscall
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    sfr.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return sfr, syscall
 
 
-_LIBC = _libc_functions()
+_SYNC_FILE_RANGE = _libc_function("sync_file_range")
+if _SYNC_FILE_RANGE is not None:
+    _SYNC_FILE_RANGE.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+_SYSCALL = _libc_function("syscall")
+
+HAS_WRITE_BACK = _SYNC_FILE_RANGE is not None
+"""Whether :func:`write_back` does anything here (Linux's ``sync_file_range``)."""
+
+
+def write_back(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Write the open file ``fd``'s dirty pages in ``[offset, offset + length)``
+    (``length`` 0: to the end) back to the device and wait for them, after waiting for any
+    writeback already under way (``sync_file_range`` with ``WAIT_BEFORE | WRITE |
+    WAIT_AFTER``): data only, no metadata, no cache flush. A no-op where
+    :data:`HAS_WRITE_BACK` is False. Raises ``OSError``."""
+    if _SYNC_FILE_RANGE is not None and _SYNC_FILE_RANGE(
+            fd, offset, length, _SYNC_WRITE_AND_WAIT) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -67,10 +84,10 @@ def dirty_bytes(fd: int, offset: int = 0, length: int = 0) -> int | None:
     """Bytes of the open file ``fd`` in ``[offset, offset + length)`` (``length`` 0: to
     the end) that are dirty or being written back in the page cache, by ``cachestat``;
     None where the call does not exist. Raises ``OSError`` for any other failure."""
-    if _LIBC is None:
+    if _SYSCALL is None:
         return None
     rng, st = _Range(offset, length), _Stat()
-    if _LIBC[1](ctypes.c_long(_SYS_CACHESTAT), ctypes.c_int(fd), ctypes.byref(rng),
+    if _SYSCALL(ctypes.c_long(_SYS_CACHESTAT), ctypes.c_int(fd), ctypes.byref(rng),
                 ctypes.byref(st), ctypes.c_uint(0)) != 0:
         err = ctypes.get_errno()
         if err in (errno.ENOSYS, errno.EPERM):      # an old kernel, a seccomp filter
@@ -80,8 +97,10 @@ def dirty_bytes(fd: int, offset: int = 0, length: int = 0) -> int | None:
 
 
 def supported(directory: str | Path) -> bool:
-    """Whether :func:`trickle_sync` can find dirty pages of files in ``directory`` (the
-    kernel has ``cachestat``). Never raises."""
+    """Whether :func:`trickle_sync` can find and write back dirty pages of files in
+    ``directory`` (the kernel has ``cachestat`` and ``sync_file_range``). Never raises."""
+    if not HAS_WRITE_BACK:
+        return False
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -114,9 +133,7 @@ def trickle_sync(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES,
                 break                        # no cachestat: fdatasync does it all
             if not dirty:
                 continue
-            if _LIBC is None or _LIBC[0](fd, off, chunk_bytes, _SYNC_WRITE_AND_WAIT) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), str(path))
+            write_back(fd, off, chunk_bytes)
             pieces += 1
             if after_chunk is not None:
                 after_chunk(off)
