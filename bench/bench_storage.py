@@ -114,6 +114,17 @@ CHANNEL = "city/370302/bus"
 EXPIRES = "2036-01-01T00:00:00Z"
 
 
+def disk_probe_args(taps: int) -> argparse.Namespace:
+    """The bench's settings for a probe on this machine's disk (:class:`Bench`'s
+    ``args``): its defaults — a 200 k store, 5 k-row deltas, a tap every 5 ms, 1 s bursts
+    — with no journal file system, the checkpointer in the background, no snapshot pacing
+    and ``taps`` taps a phase."""
+    return argparse.Namespace(
+        entitlements=200_000, hotlist=20_000, delta=5_000, journal_fs=False,
+        inline_checkpoint=False, quiet_s=0.3, snapshot_rows_per_s=0, merge_batch_rows=50,
+        interval_ms=5.0, burst_s=1.0, gap_s=0.5, taps=taps)
+
+
 def info(v: int) -> dict[str, object]:
     return asdict(PolicyInfo(CHANNEL, v, f"{v:064x}", EXPIRES))
 

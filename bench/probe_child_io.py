@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench.bench_policy import pct
-from bench.bench_storage import Bench
+from bench.bench_storage import Bench, disk_probe_args
 
 ROOT = Path(__file__).resolve().parents[1]
 """The project's root: the old-way child imports :mod:`agent` from there."""
@@ -49,10 +49,7 @@ def main() -> None:
     ap.add_argument("--dir", default=os.environ.get("TMPDIR", "/var/tmp"),
                     help="where the terminal's data directory goes (default /var/tmp)")
     a = ap.parse_args()
-    args = argparse.Namespace(
-        entitlements=200_000, hotlist=20_000, delta=5_000, journal_fs=False,
-        inline_checkpoint=False, quiet_s=0.3, snapshot_rows_per_s=0, merge_batch_rows=50,
-        interval_ms=5.0, burst_s=1.0, gap_s=0.5, taps=a.taps)
+    args = disk_probe_args(a.taps)
     d = Path(tempfile.mkdtemp(prefix="ykt-probe-child-io-", dir=a.dir))
     try:
         wrapper = d / "python"

@@ -18,8 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from agent.policy.stage import merge_checkpoint_pages
 from agent.store import PolicyStore
-from bench.bench_storage import Bench
+from bench.bench_storage import Bench, disk_probe_args
 
 
 def written_mib(device: str) -> float:
@@ -34,10 +35,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[50, 500, 5000])
     ap.add_argument("--dir", default=os.environ.get("TMPDIR", "/var/tmp"))
     a = ap.parse_args()
-    args = argparse.Namespace(
-        entitlements=200_000, hotlist=20_000, delta=5_000, journal_fs=False,
-        inline_checkpoint=False, quiet_s=0.3, snapshot_rows_per_s=0, merge_batch_rows=50,
-        interval_ms=5.0, burst_s=1.0, gap_s=0.5, taps=1)
+    args = disk_probe_args(1)
     d = Path(tempfile.mkdtemp(prefix="ykt-probe-merge-", dir=a.dir))
     b = Bench(d, args)
     try:
@@ -48,7 +46,7 @@ def main() -> None:
             store = PolicyStore(str(b.store_path))
             try:
                 moved = store.compact(batch_rows=batch, pause_s=0,
-                                      checkpoint_pages=max(16, batch // 4))
+                                      checkpoint_pages=merge_checkpoint_pages(batch))
             finally:
                 store.close()
             mib = written_mib(a.device) - w0

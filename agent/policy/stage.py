@@ -44,7 +44,7 @@ from agent.policy.parts import DataKind, Mode, read_rows
 from agent.store import PolicyInfo, PolicyStore, StoreError
 from agent.store_generations import active_generation, build_generation, switch_generation
 
-__all__ = ["ApplyPlan", "WritebackPacer", "execute_plan", "main"]
+__all__ = ["ApplyPlan", "WritebackPacer", "execute_plan", "main", "merge_checkpoint_pages"]
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,9 @@ class WritebackPacer:
 
     Uses :func:`walsync.write_back` (``sync_file_range`` with ``WAIT_BEFORE | WRITE |
     WAIT_AFTER``) on each whole file in its own thread: data only, no journal commit,
-    and it waits for each file's writeback to finish before starting more, so the dirty backlog stays at what is written in one period and
-    at most that much is queued ahead of a tap's journal ``fsync`` (with ``WRITE`` alone,
+    and it waits for each file's writeback to finish before starting more, so the dirty
+    backlog stays at what is written in one period and at most that much is queued
+    ahead of a tap's journal ``fsync`` (with ``WRITE`` alone,
     one bench run: longest tap during the overlay merge 18–29 ms; with the waits 9.5 ms).
     A no-op where the call does not exist (not Linux).
     Use as a context manager; files that do not exist yet are looked for again.
@@ -285,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def merge_checkpoint_pages(batch_rows: int) -> int:
+    """The merge child's WAL auto-checkpoint (pages) for batches of ``batch_rows``: a
+    quarter of a batch, at least 16, so that no checkpoint queues many page writes."""
+    return max(16, batch_rows // 4)
+
+
 def _compact_main(store_path: str, batch_rows: int = 500) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -297,7 +304,7 @@ def _compact_main(store_path: str, batch_rows: int = 500) -> int:
         try:
             with WritebackPacer(_store_files(store_path)):
                 moved = store.compact(after_batch=report, batch_rows=batch_rows,
-                                      checkpoint_pages=max(16, batch_rows // 4))
+                                      checkpoint_pages=merge_checkpoint_pages(batch_rows))
         finally:
             store.close()
     except (sqlite3.Error, OSError, StoreError) as err:
