@@ -208,7 +208,9 @@ class PolicyStore:
     def compact(self, *, batch_rows: int = 500, pause_s: float = 0.05,
                 stop: Callable[[], bool] = lambda: False,
                 after_batch: Callable[[int], None] | None = None,
-                checkpoint_pages: int | None = None) -> int:
+                checkpoint_pages: int | None = None,
+                wal_sync: Callable[[Path], object] | None = None,
+                checkpoint_sync: Callable[[Path, Path], object] | None = None) -> int:
         """Merge the overlays into the big tables; return the rows merged.
 
         Each batch (``batch_rows`` overlay rows in key order) is one transaction on its own
@@ -218,24 +220,46 @@ class PolicyStore:
         (seconds) between batches paces the disk writes so the taps' journal fsyncs are
         not queued behind a long flush. Returns early when ``stop()`` is true;
         ``after_batch(rows_so_far)`` is called after each commit. Raises
-        ``sqlite3.Error`` (the batch in progress is rolled back). ``checkpoint_pages``
+        ``sqlite3.Error`` (the batch in progress is rolled back) or ``OSError`` (from the
+        syncs). ``checkpoint_pages``
         sets the WAL auto-checkpoint (pages): small on slow storage, so that no single
         checkpoint queues thousands of random page writes ahead of a tap's fsync.
+
+        With ``wal_sync`` and ``checkpoint_sync`` (:func:`agent.policy.walsync.trickle_sync`
+        and :func:`~agent.policy.walsync.checkpoint_sync`) SQLite syncs nothing itself
+        (``synchronous=OFF``, no automatic checkpoint): after each commit ``wal_sync(wal)``
+        makes the WAL durable, then a PASSIVE checkpoint copies the batch's pages into the
+        database file and ``checkpoint_sync(db, wal)`` makes them durable, both in small
+        pieces, before the next batch may restart the WAL. ``checkpoint_sync`` also runs
+        first, for a merge killed between its checkpoint and that sync.
         """
         conn = self._connect()
-        if checkpoint_pages:
+        db = self.active_path
+        wal = db.with_name(db.name + "-wal")
+        paced = wal_sync is not None and checkpoint_sync is not None
+        if paced:
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        elif checkpoint_pages:
             conn.execute(f"PRAGMA wal_autocheckpoint = {int(checkpoint_pages)}")
         moved = 0
         try:
+            if checkpoint_sync is not None:
+                checkpoint_sync(db, wal)
             while not stop():
                 n = _compact_batch(conn, batch_rows)
                 if n == 0:
                     break
                 moved += n
+                if wal_sync is not None and checkpoint_sync is not None:
+                    wal_sync(wal)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    checkpoint_sync(db, wal)
                 if after_batch is not None:
                     after_batch(moved)
                 time.sleep(pause_s)
             if moved:     # leave an empty WAL behind (readers are between statements)
+                conn.execute("PRAGMA synchronous=FULL")   # synced before it is truncated
                 conn.execute("PRAGMA busy_timeout = 1000")
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:

@@ -132,3 +132,153 @@ def test_the_apply_child_trickles_a_deltas_wal(tmp_path: Path,
                            expect=asdict(PolicyInfo("c/1", 1, "h1")), entitlements=str(ent))
     assert stage.execute_plan(plan) == PolicyInfo("c/1", 2, "h2")
     assert [(p.name.endswith("-wal"), n > 0) for p, n in calls] == [(True, True)]
+
+
+def _unsynced_checkpoint(store: PolicyStore, rows: int, tag: str) -> tuple[Path, list[int]]:
+    """Commit ``rows`` overlay rows and checkpoint them as the paced merge does
+    (``synchronous=OFF``: SQLite syncs nothing); return the WAL and the pages its frames
+    named. The database file is made clean first, so what is dirty is the checkpoint's."""
+    db = store.active_path
+    wal = db.with_name(db.name + "-wal")
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        os.sync()
+        assert _dirty(db) == 0
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO entitlements_overlay VALUES (?, 'student', '', '', 0)",
+                         ((f"{tag}{i:05d}",) for i in range(rows)))
+        conn.execute("COMMIT")
+        _size, pages = walsync.wal_frames(wal)
+        assert conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    finally:
+        conn.close()
+    return wal, pages
+
+
+def _store_with(tmp_path: Path, rows: int) -> PolicyStore:
+    store = PolicyStore(tmp_path / "store.db")
+    store.apply(replace=True, info=PolicyInfo("c/1", 1, "h1"), hotlist=[],
+                entitlements=[(f"h{i:06d}", "elderly", "", "") for i in range(rows)])
+    return store
+
+
+def test_wal_frames_name_every_page_a_checkpoint_writes(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, 20_000)
+    try:
+        db = store.active_path
+        wal, pages = _unsynced_checkpoint(store, 3000, "a")
+        page_size = walsync.wal_frames(wal)[0]
+        assert page_size == 4096 and len(pages) > 10
+        dirty = {off // page_size + 1 for off in range(0, db.stat().st_size, page_size)
+                 if _dirty(db, off, page_size)}
+        assert dirty and dirty <= set(pages)       # nothing the list would miss
+        with sqlite3.connect(db, isolation_level=None) as conn:   # the WAL restarts:
+            conn.execute("INSERT INTO hotlist_overlay VALUES ('k', 'card', '', '', 0)")
+        size2, pages2 = walsync.wal_frames(wal)              # older frames, other salts
+        assert size2 == page_size and 0 < len(pages2) < len(pages) // 4
+        assert walsync.wal_frames(tmp_path / "none-wal") == (0, [])
+        (tmp_path / "junk-wal").write_bytes(b"not a wal" * 100)
+        assert walsync.wal_frames(tmp_path / "junk-wal") == (0, [])
+    finally:
+        store.close()
+
+
+def test_checkpoint_sync_writes_the_pages_a_piece_at_a_time(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, 20_000)
+    try:
+        db = store.active_path
+        _unsynced_checkpoint(store, 3000, "a")
+        before = _dirty(db)
+        assert before > 2 * PIECE                    # SQLite did not sync the checkpoint
+        seen: list[tuple[int, int, int]] = []        # (offset, piece dirty, file dirty)
+        synced: list[int] = []
+
+        def datasync(fd: int) -> None:
+            synced.append(len(seen))
+            os.fdatasync(fd)
+
+        n = walsync.checkpoint_sync(db, datasync=datasync, after_chunk=lambda off: seen.append(
+            (off, _dirty(db, off, PIECE), _dirty(db))))
+        assert n == len(seen) > 2
+        assert [s[0] for s in seen] == sorted({s[0] for s in seen})     # in file order
+        assert all(s[0] % PIECE == 0 and s[1] == 0 for s in seen)       # each written out
+        left = [before] + [s[2] for s in seen]
+        assert all(a > b for a, b in zip(left, left[1:], strict=False))  # a piece at a time
+        assert left[-1] == 0 and synced == [n]       # then flushed, once
+        assert walsync.checkpoint_sync(db, datasync=datasync) == 0 and synced == [n]
+    finally:
+        store.close()
+
+
+def test_the_merge_makes_each_checkpoint_durable_in_pieces(tmp_path: Path) -> None:
+    """The paced merge: no fsync by SQLite, each batch's WAL then its checkpointed pages
+    written back piece by piece before the next batch — and a checkpoint left unsynced by
+    a killed merge is synced before the first batch."""
+    store = _store_with(tmp_path, 20_000)
+    try:
+        db = store.active_path
+        _unsynced_checkpoint(store, 500, "k")                # as a killed merge leaves it
+        store.apply(info=PolicyInfo("c/1", 2, "h2"), wal_sync=walsync.trickle_sync,
+                    entitlements=[(f"n{i:05d}", "student", "", "") for i in range(2500)])
+        log: list[tuple[str, int, int]] = []       # (step, file dirty before, pieces)
+
+        def wal_sync(path: Path) -> None:
+            dirty = _dirty(path)
+            log.append(("wal", dirty, walsync.trickle_sync(path)))
+
+        def checkpoint_sync(d: Path, w: Path) -> None:
+            dirty = _dirty(d)
+            log.append(("db", dirty, walsync.checkpoint_sync(d, w)))
+            assert _dirty(d) == 0
+
+        batches: list[int] = []
+        assert store.compact(batch_rows=500, pause_s=0, wal_sync=wal_sync,
+                             checkpoint_sync=checkpoint_sync,
+                             after_batch=batches.append) == 3000
+        assert batches == [500, 1000, 1500, 2000, 2500, 3000]
+        assert [s for s, _d, _n in log] == ["db"] + ["wal", "db"] * 6
+        assert log[0][1] > 0 and log[0][2] > 0          # the killed merge's pages, first
+        assert all(d > 0 and n > 1 for _s, d, n in log[1:])   # SQLite synced none of it
+        assert store.overlay_rows() == 0 and _dirty(db) == 0
+        assert store.counts()["entitlements"] == 20_000 + 3000
+        assert db.with_name(db.name + "-wal").stat().st_size == 0      # truncated
+    finally:
+        store.close()
+
+
+def test_the_merge_child_and_a_delta_sync_a_killed_merges_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store_with(tmp_path, 20_000)        # open throughout, as the daemon's reader:
+    try:                                         # the last close would checkpoint and sync
+        db = store.active_path
+        _unsynced_checkpoint(store, 500, "k")
+        assert _dirty(db) > 0
+        _delta_then_merge(tmp_path, db, monkeypatch)
+    finally:
+        store.close()
+
+
+def _delta_then_merge(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, int]] = []
+    real = walsync.checkpoint_sync
+    monkeypatch.setattr(walsync, "checkpoint_sync",
+                        lambda d, w=None: calls.append((Path(d).name, real(d, w))))
+    ent = tmp_path / "ent.delta"
+    write_part(ent, "entitlements", "delta",
+               ((f"{i:032x}", "elderly", "", "") for i in range(1000)))
+    plan = stage.ApplyPlan(store=str(tmp_path / "store.db"), mode="delta",
+                           info=asdict(PolicyInfo("c/1", 2, "h2")),
+                           expect=asdict(PolicyInfo("c/1", 1, "h1")), entitlements=str(ent))
+    assert stage.execute_plan(plan) == PolicyInfo("c/1", 2, "h2")
+    assert calls == [(db.name, calls[0][1])] and calls[0][1] > 0    # before the delta
+    assert _dirty(db) == 0
+    calls.clear()
+    assert stage.main(["--compact", str(tmp_path / "store.db"), "400"]) == 0
+    assert calls[0] == (db.name, 0)             # nothing left to sync at the start
+    assert len(calls) == 1 + 4 and all(n > 0 for _p, n in calls[1:])   # 1,500 rows
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM entitlements_overlay").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM entitlements").fetchone() == (21_500,)

@@ -20,7 +20,10 @@ While it writes, a :class:`WritebackPacer` starts the kernel's writeback of the 
 dirties every few milliseconds (Linux ``sync_file_range``), so dirty pages never pile up
 into one long flush that the taps' journal ``fsync`` would wait behind. A delta's WAL is
 left to :func:`agent.policy.walsync.trickle_sync` instead, which makes the commit durable
-in 32 KiB pieces (``docs/decisions.md`` 56).
+in 32 KiB pieces (``docs/decisions.md`` 56); so is the merge's, batch by batch, and the
+pages each of its checkpoints copies into the database file go out the same way
+(:func:`agent.policy.walsync.checkpoint_sync`, decision 58). Where the kernel cannot tell
+dirty pages (no ``cachestat``) the pacer does it all.
 """
 
 from __future__ import annotations
@@ -196,6 +199,8 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
     if plan.mode == "delta":
         store = PolicyStore(plan.store)
         try:
+            if _trickle(plan):   # a merge killed before it synced its last checkpoint
+                walsync.checkpoint_sync(store.active_path)
             store.apply(
                 remove_entitlements=((k, n) for k, n in _rows(
                     plan.entitlements, "entitlements", "delta", "-", None)),
@@ -302,9 +307,14 @@ def _compact_main(store_path: str, batch_rows: int = 500) -> int:
     try:
         store = PolicyStore(store_path)
         try:
-            with WritebackPacer(_store_files(store_path)):
+            if walsync.supported(Path(store_path).parent):   # each checkpoint in pieces
                 moved = store.compact(after_batch=report, batch_rows=batch_rows,
-                                      checkpoint_pages=merge_checkpoint_pages(batch_rows))
+                                      wal_sync=walsync.trickle_sync,
+                                      checkpoint_sync=walsync.checkpoint_sync)
+            else:
+                with WritebackPacer(_store_files(store_path)):
+                    moved = store.compact(after_batch=report, batch_rows=batch_rows,
+                                          checkpoint_pages=merge_checkpoint_pages(batch_rows))
         finally:
             store.close()
     except (sqlite3.Error, OSError, StoreError) as err:

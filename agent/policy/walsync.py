@@ -13,6 +13,12 @@ The child reports the delta applied only after that, so the commit is exactly as
 durable as before, just not in one burst. Where ``cachestat`` or ``sync_file_range`` is
 missing (Debian 12's own 6.1 kernel, not Linux), :func:`supported` is False and the
 delta commits with SQLite's ``fsync`` as before.
+
+The overlay merge (decision 58) uses the same pieces for its checkpoints:
+:func:`checkpoint_sync` writes back the database pages that a checkpoint made with
+``synchronous=OFF`` copied out of the WAL — the pages its frames name
+(:func:`wal_frames`, read from the WAL's documented format) — one piece at a time, and
+then calls ``fdatasync`` on the database file.
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHUNK_BYTES", "HAS_WRITE_BACK", "PERIOD_S", "dirty_bytes", "supported",
-           "trickle_sync", "write_back"]
+__all__ = ["CHUNK_BYTES", "HAS_WRITE_BACK", "PERIOD_S", "checkpoint_sync", "dirty_bytes",
+           "supported", "trickle_sync", "wal_frames", "write_back"]
 
 CHUNK_BYTES = 32 * 1024
 """Bytes written back at a time: a tap's flush meets at most this much of a delta. On the
@@ -116,29 +123,96 @@ def supported(directory: str | Path) -> bool:
 def trickle_sync(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES,
                  period_s: float = PERIOD_S,
                  datasync: Callable[[int], None] = os.fdatasync,
-                 after_chunk: Callable[[int], None] | None = None) -> int:
+                 after_chunk: Callable[[int], None] | None = None,
+                 pieces: Iterable[int] | None = None) -> int:
     """Make the file at ``path`` durable: write its dirty pages back ``chunk_bytes`` at a
     time, in file order, each piece finished before ``period_s`` seconds of pause and the
     next, then ``datasync`` it (``fdatasync``: the device's cache flushed). Returns how
     many pieces were written. ``after_chunk(offset)`` is called after each piece (tests).
+
+    ``pieces``, when given, are the only offsets (bytes, multiples of ``chunk_bytes``,
+    ascending) looked at, and ``datasync`` runs only if one of them was dirty:
+    the caller knows where the writes went (:func:`checkpoint_sync`).
     Raises ``OSError`` (the file, an I/O error); where dirty pages cannot be found
     (:func:`supported` False) the whole file is synced at once."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        pieces = 0
-        size = os.fstat(fd).st_size
-        for off in range(0, size, chunk_bytes):
+        written = 0
+        offsets = range(0, os.fstat(fd).st_size, chunk_bytes) if pieces is None else pieces
+        for off in offsets:
             dirty = dirty_bytes(fd, off, chunk_bytes)
             if dirty is None:
-                break                        # no cachestat: fdatasync does it all
+                pieces = None                # no cachestat: fdatasync does it all
+                break
             if not dirty:
                 continue
             write_back(fd, off, chunk_bytes)
-            pieces += 1
+            written += 1
             if after_chunk is not None:
                 after_chunk(off)
             time.sleep(period_s)
-        datasync(fd)
-        return pieces
+        if pieces is None or written:
+            datasync(fd)
+        return written
     finally:
         os.close(fd)
+
+
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+_WAL_HEADER = struct.Struct(">8I")      # magic, version, page size, seq, salts, checksums
+_FRAME_HEADER = struct.Struct(">6I")    # page number, size after commit, salts, checksums
+
+
+def wal_frames(wal: str | Path) -> tuple[int, list[int]]:
+    """The page size (bytes) of the SQLite WAL file ``wal`` and the database page numbers
+    (1-based) its current frames hold, in frame order: the frames after the header whose
+    salts match the header's (SQLite's own test of a frame; older frames left behind a
+    restarted WAL have other salts). ``(0, [])`` for a missing, empty or foreign file.
+    Checksums are not verified: the list only steers :func:`checkpoint_sync`, whose
+    ``fdatasync`` covers every page anyway. Raises ``OSError`` for a read error."""
+    try:
+        fd = os.open(wal, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0, []
+    try:
+        head = os.pread(fd, _WAL_HEADER.size, 0)
+        if len(head) < _WAL_HEADER.size:
+            return 0, []
+        magic, _version, page_size, _seq, salt1, salt2, _c1, _c2 = _WAL_HEADER.unpack(head)
+        if magic not in _WAL_MAGIC:
+            return 0, []
+        pages: list[int] = []
+        off = _WAL_HEADER.size
+        while True:
+            frame = os.pread(fd, _FRAME_HEADER.size, off)
+            if len(frame) < _FRAME_HEADER.size:
+                break
+            pgno, _commit, s1, s2, _c1, _c2 = _FRAME_HEADER.unpack(frame)
+            if (s1, s2) != (salt1, salt2):
+                break
+            pages.append(pgno)
+            off += _FRAME_HEADER.size + page_size
+        return page_size, pages
+    finally:
+        os.close(fd)
+
+
+def checkpoint_sync(db: str | Path, wal: str | Path | None = None, *,
+                    chunk_bytes: int = CHUNK_BYTES, period_s: float = PERIOD_S,
+                    datasync: Callable[[int], None] = os.fdatasync,
+                    after_chunk: Callable[[int], None] | None = None) -> int:
+    """Make durable what a checkpoint without ``fsync`` (``synchronous=OFF``) copied from
+    the WAL ``wal`` (default: ``db`` + ``-wal``) into the database file ``db``: the
+    pieces of ``chunk_bytes`` holding the pages the WAL's frames name are written back
+    one at a time as in :func:`trickle_sync`, then ``db`` is flushed (``fdatasync``) — only if
+    one of them was dirty, so it costs two system calls a piece when there is nothing to
+    do. Call it before anything else writes to the database, which could restart the WAL
+    and so drop the only durable copy of those pages. Returns the pieces written.
+    Raises ``OSError``."""
+    db = Path(db)
+    page_size, pages = wal_frames(wal if wal is not None else db.with_name(db.name + "-wal"))
+    if not pages:
+        return 0
+    offsets = sorted({(p - 1) * page_size // chunk_bytes * chunk_bytes for p in pages})
+    return trickle_sync(db, chunk_bytes=chunk_bytes, period_s=period_s, datasync=datasync,
+                        after_chunk=after_chunk, pieces=offsets)
