@@ -31,7 +31,12 @@ same spells as the phases it is compared with:
   taps come in bursts (``--burst-s`` of taps, ``--gap-s`` without); it yields to taps;
 * **snapshot** — full snapshots (``--entitlements`` + ``--hotlist`` rows) applied by the
   apply child under the schedule's watcher (stopped while taps come, on after
-  ``--quiet-s``), switched and the old generation deleted, taps in bursts as above.
+  ``--quiet-s``), switched and the old generation deleted, taps in bursts as above;
+* **control** — nothing else runs, exactly as idle, in units of
+  :data:`CONTROL_UNIT_TAPS` interleaved with the others (``--no-control`` leaves it out):
+  judged by the same budget as the policy phases, it shows how often the machine alone
+  misses it — what no code of the terminal's can do better than (``docs/decisions.md``
+  58).
 
 Every phase is run twice per run: on a quiet device, and with another process writing
 to the same file system (``--writer-mbps`` MB/s buffered in ``--writer-chunk-kb``
@@ -101,6 +106,8 @@ idle are the budget and the taps over the cap are counted in the table."""
 SLOW_MS = 20.0
 """A tap slower than this is printed with what the bench was doing (not a budget)."""
 IDLE_UNIT_MIN = 100
+CONTROL_UNIT_TAPS = 2_000
+"""Taps in one control unit: about what a delta or merge unit times on this disk."""
 """The fewest idle taps after each delta, merge or snapshot unit (a third of the unit's
 taps otherwise: idle's --taps accrue at the phases' pace)."""
 WARM_TAPS = 500
@@ -109,7 +116,7 @@ caches (161 ms on a fresh machine), which is start-up, not the storage being mea
 DISK = SdModel("this machine's disk, unthrottled", write_bps=0, write_iops=0)
 DAY = date(2026, 11, 25)
 CATS = ("elderly", "disabled", "youfu", "student")
-PHASES = ("idle", "delta", "merge", "snapshot")
+PHASES = ("idle", "delta", "merge", "snapshot", "control")
 CHANNEL = "city/370302/bus"
 EXPIRES = "2036-01-01T00:00:00Z"
 
@@ -122,7 +129,7 @@ def disk_probe_args(taps: int) -> argparse.Namespace:
     return argparse.Namespace(
         entitlements=200_000, hotlist=20_000, delta=5_000, journal_fs=False,
         inline_checkpoint=False, quiet_s=0.3, snapshot_rows_per_s=0, merge_batch_rows=50,
-        interval_ms=5.0, burst_s=1.0, gap_s=0.5, taps=taps)
+        interval_ms=5.0, burst_s=1.0, gap_s=0.5, taps=taps, control=False)
 
 
 def info(v: int) -> dict[str, object]:
@@ -239,6 +246,8 @@ def _stolen_ms(fd: int | None) -> float:
 class Bench:
     def __init__(self, d: Path, args: argparse.Namespace) -> None:
         self.d, self.args = d, args
+        self.phases = PHASES if args.control else PHASES[:-1]
+        """The phases timed, idle first."""
         self.rnd = random.Random(1)
         self.parts = write_parts(d, args.entitlements, args.hotlist, args.delta)
         self.store_path = d / "store.db"
@@ -374,10 +383,12 @@ class Bench:
         all; a child still running then finishes untimed): idle — ``idle_taps`` taps;
         delta — one delta applied; merge — one overlay merge (a delta applied first,
         untimed, if the overlay is empty); snapshot — one full snapshot applied,
-        switched and the old generation deleted."""
-        if name == "idle":
+        switched and the old generation deleted; control — :data:`CONTROL_UNIT_TAPS`
+        taps with nothing else running."""
+        if name in ("idle", "control"):
+            n = idle_taps if name == "idle" else CONTROL_UNIT_TAPS
             self.taps_while(lambda: True, out, bursts=False,
-                            limit=min(self.args.taps, len(out) + idle_taps))
+                            limit=min(self.args.taps, len(out) + n))
         elif name == "delta":
             self.run_child(self.delta_plan(), out, bursts=False)
         elif name == "merge":
@@ -403,9 +414,10 @@ class Bench:
         machine's own (its disk, another program) falls on idle as it falls on the
         phases. Each unit starts after ``os.sync()`` (what the one before left is
         written out)."""
-        taps: dict[str, list[float]] = {ph: [] for ph in PHASES}
-        spent = dict.fromkeys(PHASES, 0.0)
-        stolen = dict.fromkeys(PHASES, 0.0)
+        phases = self.phases
+        taps: dict[str, list[float]] = {ph: [] for ph in phases}
+        spent = dict.fromkeys(phases, 0.0)
+        stolen = dict.fromkeys(phases, 0.0)
 
         def timed(name: str, idle_taps: int = 0) -> int:
             """Run one unit of ``name`` unless it has its taps; how many it timed."""
@@ -419,7 +431,7 @@ class Bench:
             return len(taps[name]) - n
 
         while any(len(xs) < self.args.taps for xs in taps.values()):
-            for ph in PHASES[1:]:
+            for ph in phases[1:]:
                 timed("idle", max(IDLE_UNIT_MIN, timed(ph) // 3))
         return taps, spent, stolen
 
@@ -464,7 +476,7 @@ def one_run(d: Path, args: argparse.Namespace) -> Run:
                 ctx.__enter__()
             try:
                 res[cond], spent, steal[cond] = b.condition()
-                for ph in PHASES:
+                for ph in b.phases:
                     print(f"  {cond:6} {ph:8} {len(res[cond][ph]):6,} taps "
                           f"{spent[ph]:6.0f} s  p99.9 "
                           f"{pct(res[cond][ph], 0.999):6.2f} max {max(res[cond][ph]):6.1f} ms"
@@ -499,8 +511,9 @@ def report(storage: str, results: list[Run], desc: str) -> str:
     steals = [st for _, st in results]
     rows: list[list[object]] = []
     cap = CAP_MS if storage == "sd" else None
+    phases = list(runs[0]["quiet"])
     for cond in ("quiet", "writer"):
-        for ph in PHASES:
+        for ph in phases:
             xs = [r[cond][ph] for r in runs]
             ok = [verdict(r[cond], ph, cap) for r in runs] if ph != "idle" else []
             rows.append([cond, ph, f"{sum(len(r[cond][ph]) for r in runs) // len(runs):,}",
@@ -513,7 +526,7 @@ def report(storage: str, results: list[Run], desc: str) -> str:
                          f"**{'PASS' if all(o[2] for o in ok) else 'FAIL'}**"])
     over = f"over {SLOW_MS:g} ms"
     over_cap = {ph: sum(t > CAP_MS for r in runs for xs in r.values() for t in xs[ph])
-                for ph in PHASES}
+                for ph in phases}
     desc += (f"; budget: the ratios and never over {CAP_MS:g} ms" if cap is not None else
              f"; budget: the ratios (the {CAP_MS:g} ms cap is the card's); taps over "
              f"{CAP_MS:g} ms in all: {sum(over_cap.values())}, of which idle "
@@ -556,6 +569,9 @@ def main() -> None:
                     "20000 on sd, 0 on disk)")
     ap.add_argument("--merge-batch-rows", type=int, default=None,
                     help="[maintenance] merge_batch_rows (default: 50, sd and disk)")
+    ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                    help="time a control phase: idle taps under another name, judged by "
+                    "the phases' budget (what the machine alone does; default on)")
     ap.add_argument("--inline-checkpoint", action="store_true",
                     help="the journal's WAL checkpoints inside the commit (SQLite's "
                     "automatic checkpoint, as before decision 44), not between taps")
@@ -635,11 +651,14 @@ def main() -> None:
             + (f" --writer-chunk-kb {args.writer_chunk_kb}"
                if args.writer_chunk_kb != WRITER_CHUNK_KB else "")
             + (f" --dirty-max-kb {args.dirty_max_kb}"
-               if args.dirty_max_kb != SD_DIRTY_MAX_KB else "") + "`"
+               if args.dirty_max_kb != SD_DIRTY_MAX_KB else "")
+            + ("" if args.control else " --no-control") + "`"
             f" (`make bench-sd`). A tap is a store lookup plus `Engine.handle` with its "
             f"durable journal commit, one every {args.interval_ms:g} ms, after {WARM_TAPS} "
             "untimed ones; the phases interleaved (a delta, a merge, a snapshot, each "
-            "followed by idle taps a third as many as it timed, round after round); "
+            "followed by idle taps a third as many as it timed, round after round"
+            + (f"; and a control: {CONTROL_UNIT_TAPS:,} taps with nothing else running, "
+               "judged as the phases are" if args.control else "") + "); "
             f"merge and snapshot "
             f"taps in {args.burst_s:g} s bursts with {args.gap_s:g} s gaps (the children go "
             f"on after {args.quiet_s:g} s quiet). *writer*: another process writes "

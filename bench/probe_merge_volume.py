@@ -3,8 +3,8 @@
 Decision 57 asks whether the merge's disk writes could be cut by merging in larger
 batches. This builds the storage bench's terminal (:class:`bench.bench_storage.Bench`:
 a 200 k store, 5 k-row deltas) in a temporary directory on this machine's disk, and for
-each batch size applies one delta and merges the overlay with the store's own
-:meth:`~agent.store.PolicyStore.compact` (no pause, no taps), reading the block
+each batch size applies one delta and merges the overlay as the merge child does
+(:func:`~agent.policy.stage.merge_overlay`, no pause, no taps), reading the block
 device's sectors written (``/sys/block/DEV/stat``, after ``sync``) around the merge::
 
     python -m bench.probe_merge_volume [--device vda] [--batches 50 500 5000]
@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from agent.policy.stage import merge_checkpoint_pages
+from agent.policy.stage import merge_overlay
 from agent.store import PolicyStore
 from bench.bench_storage import Bench, disk_probe_args
 
@@ -45,8 +45,7 @@ def main() -> None:
             w0 = written_mib(a.device)
             store = PolicyStore(str(b.store_path))
             try:
-                moved = store.compact(batch_rows=batch, pause_s=0,
-                                      checkpoint_pages=merge_checkpoint_pages(batch))
+                moved = merge_overlay(store, batch, pause_s=0)
             finally:
                 store.close()
             mib = written_mib(a.device) - w0

@@ -47,7 +47,8 @@ from agent.policy.parts import DataKind, Mode, read_rows
 from agent.store import PolicyInfo, PolicyStore, StoreError
 from agent.store_generations import active_generation, build_generation, switch_generation
 
-__all__ = ["ApplyPlan", "WritebackPacer", "execute_plan", "main", "merge_checkpoint_pages"]
+__all__ = ["ApplyPlan", "WritebackPacer", "execute_plan", "main", "merge_checkpoint_pages",
+           "merge_overlay"]
 
 log = logging.getLogger(__name__)
 
@@ -292,9 +293,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def merge_checkpoint_pages(batch_rows: int) -> int:
-    """The merge child's WAL auto-checkpoint (pages) for batches of ``batch_rows``: a
-    quarter of a batch, at least 16, so that no checkpoint queues many page writes."""
+    """The merge's WAL auto-checkpoint (pages) for batches of ``batch_rows`` where the
+    kernel has no ``cachestat``: a quarter of a batch, at least 16, so that no checkpoint
+    queues many page writes."""
     return max(16, batch_rows // 4)
+
+
+def merge_overlay(store: PolicyStore, batch_rows: int, **kw: Any) -> int:
+    """Merge ``store``'s overlay as the merge child does; return the rows merged. Each
+    batch's WAL and checkpoint are made durable in :data:`walsync.CHUNK_BYTES` pieces
+    (:func:`walsync.trickle_sync`, :func:`walsync.checkpoint_sync`) where the kernel can
+    tell dirty pages, else a :class:`WritebackPacer` and SQLite's own checkpoints every
+    :func:`merge_checkpoint_pages`. ``kw`` goes to :meth:`PolicyStore.compact`
+    (``after_batch``, ``pause_s``, ``stop``). Raises as that does."""
+    if walsync.supported(store.path.parent):
+        return store.compact(batch_rows=batch_rows, wal_sync=walsync.trickle_sync,
+                             checkpoint_sync=walsync.checkpoint_sync, **kw)
+    with WritebackPacer(_store_files(str(store.path))):
+        return store.compact(batch_rows=batch_rows,
+                             checkpoint_pages=merge_checkpoint_pages(batch_rows), **kw)
 
 
 def _compact_main(store_path: str, batch_rows: int = 500) -> int:
@@ -307,14 +324,7 @@ def _compact_main(store_path: str, batch_rows: int = 500) -> int:
     try:
         store = PolicyStore(store_path)
         try:
-            if walsync.supported(Path(store_path).parent):   # each checkpoint in pieces
-                moved = store.compact(after_batch=report, batch_rows=batch_rows,
-                                      wal_sync=walsync.trickle_sync,
-                                      checkpoint_sync=walsync.checkpoint_sync)
-            else:
-                with WritebackPacer(_store_files(store_path)):
-                    moved = store.compact(after_batch=report, batch_rows=batch_rows,
-                                          checkpoint_pages=merge_checkpoint_pages(batch_rows))
+            moved = merge_overlay(store, batch_rows, after_batch=report)
         finally:
             store.close()
     except (sqlite3.Error, OSError, StoreError) as err:
