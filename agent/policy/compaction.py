@@ -53,8 +53,9 @@ class Compactor:
     and only while the terminal is quiet.
 
     Each merged batch leaves the decisions unchanged, so the daemon's reader (not held
-    between applies, see :meth:`PolicyStore.hold`) may read any of them, and SQLite
-    checkpoints the merged pages as it goes. The merge still writes hundreds of MB for a
+    between applies, see :meth:`PolicyStore.hold`) may read any of them, and each batch
+    is checkpointed as it goes, in 32 KiB pieces (:func:`agent.policy.stage.merge_overlay`).
+    The merge still writes hundreds of MB for a
     100k-row delta on a 10M-row store, so the daemon reports each presentation
     (:meth:`activity`): the child is stopped (``SIGSTOP``) at once and continued
     (``SIGCONT``) once no tap has come for ``quiet_s`` seconds (measured with ``clock``,
