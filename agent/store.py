@@ -76,6 +76,11 @@ class PolicyStore:
     def _connect(self, path: Path | None = None) -> sqlite3.Connection:
         return connect(path or self.active_path)
 
+    @property
+    def wal_path(self) -> Path:
+        """The current generation's WAL file (it need not exist)."""
+        return self.active_path.with_name(self.active_path.name + "-wal")
+
     @staticmethod
     def migrate(db: sqlite_utils.Database) -> int:
         """Apply pending migrations; return the schema version (see
@@ -231,13 +236,12 @@ class PolicyStore:
         makes the WAL durable, then a PASSIVE checkpoint copies the batch's pages into the
         database file and ``checkpoint_sync(db, wal)`` makes them durable, both in small
         pieces, before the next batch may restart the WAL. ``checkpoint_sync`` also runs
-        first, for a merge killed between its checkpoint and that sync.
+        first, for a merge killed between its checkpoint and that sync (as in
+        :meth:`apply`).
         """
         conn = self._connect()
-        db = self.active_path
-        wal = db.with_name(db.name + "-wal")
-        paced = wal_sync is not None and checkpoint_sync is not None
-        if paced:
+        db, wal = self.active_path, self.wal_path
+        if wal_sync is not None and checkpoint_sync is not None:
             conn.execute("PRAGMA synchronous=OFF")
             conn.execute("PRAGMA wal_autocheckpoint=0")
         elif checkpoint_pages:
@@ -279,6 +283,7 @@ class PolicyStore:
         artifacts: Mapping[str, tuple[str, bytes]] | None = None,
         expect: PolicyInfo | None = None,
         wal_sync: Callable[[Path], object] | None = None,
+        checkpoint_sync: Callable[[Path, Path], object] | None = None,
     ) -> None:
         """Apply changes in ONE transaction on a separate connection: all or nothing.
 
@@ -299,8 +304,13 @@ class PolicyStore:
         checkpoint, then ``wal_sync`` runs before this returns; a WAL grown past
         :data:`WAL_CHECKPOINT_BYTES` is then checkpointed (PASSIVE) as SQLite's automatic
         checkpoint would have. An ``OSError`` from it propagates: the transaction is
-        committed but maybe not durable.
+        committed but maybe not durable. ``checkpoint_sync(db, wal)``
+        (:func:`agent.policy.walsync.checkpoint_sync`), when given, runs before anything is
+        written: a merge killed between a checkpoint and its sync (:meth:`compact`) left
+        those pages in the page cache only, and this commit may restart the WAL.
         """
+        if checkpoint_sync is not None:
+            checkpoint_sync(self.active_path, self.wal_path)
         conn = self._connect()
         if wal_sync is not None:
             conn.execute("PRAGMA synchronous=NORMAL")      # no fsync in the COMMIT
@@ -340,7 +350,7 @@ class PolicyStore:
                 conn.execute("ROLLBACK")
                 raise
             if wal_sync is not None:
-                wal = self.active_path.with_name(self.active_path.name + "-wal")
+                wal = self.wal_path
                 wal_sync(wal)
                 if wal.stat().st_size > WAL_CHECKPOINT_BYTES:
                     conn.execute("PRAGMA synchronous=FULL")

@@ -106,10 +106,10 @@ idle are the budget and the taps over the cap are counted in the table."""
 SLOW_MS = 20.0
 """A tap slower than this is printed with what the bench was doing (not a budget)."""
 IDLE_UNIT_MIN = 100
-CONTROL_UNIT_TAPS = 2_000
-"""Taps in one control unit: about what a delta or merge unit times on this disk."""
 """The fewest idle taps after each delta, merge or snapshot unit (a third of the unit's
 taps otherwise: idle's --taps accrue at the phases' pace)."""
+CONTROL_UNIT_TAPS = 2_000
+"""Taps in one control unit: about what a delta or merge unit times on this disk."""
 WARM_TAPS = 500
 """Untimed taps before the first phase: the first tap of a process imports and fills
 caches (161 ms on a fresh machine), which is start-up, not the storage being measured."""

@@ -134,12 +134,12 @@ def test_the_apply_child_trickles_a_deltas_wal(tmp_path: Path,
     assert [(p.name.endswith("-wal"), n > 0) for p, n in calls] == [(True, True)]
 
 
-def _unsynced_checkpoint(store: PolicyStore, rows: int, tag: str) -> tuple[Path, list[int]]:
+def _unsynced_checkpoint(store: PolicyStore, rows: int, tag: str) -> tuple[int, list[int]]:
     """Commit ``rows`` overlay rows and checkpoint them as the paced merge does
-    (``synchronous=OFF``: SQLite syncs nothing); return the WAL and the pages its frames
-    named. The database file is made clean first, so what is dirty is the checkpoint's."""
+    (``synchronous=OFF``: SQLite syncs nothing); return the WAL's page size and the pages
+    its frames named. The database file is made clean first, so what is dirty is the
+    checkpoint's."""
     db = store.active_path
-    wal = db.with_name(db.name + "-wal")
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -151,11 +151,11 @@ def _unsynced_checkpoint(store: PolicyStore, rows: int, tag: str) -> tuple[Path,
         conn.executemany("INSERT INTO entitlements_overlay VALUES (?, 'student', '', '', 0)",
                          ((f"{tag}{i:05d}",) for i in range(rows)))
         conn.execute("COMMIT")
-        _size, pages = walsync.wal_frames(wal)
+        page_size, pages = walsync.wal_frames(store.wal_path)
         assert conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
     finally:
         conn.close()
-    return wal, pages
+    return page_size, pages
 
 
 def _store_with(tmp_path: Path, rows: int) -> PolicyStore:
@@ -169,8 +169,8 @@ def test_wal_frames_name_every_page_a_checkpoint_writes(tmp_path: Path) -> None:
     store = _store_with(tmp_path, 20_000)
     try:
         db = store.active_path
-        wal, pages = _unsynced_checkpoint(store, 3000, "a")
-        page_size = walsync.wal_frames(wal)[0]
+        wal = store.wal_path
+        page_size, pages = _unsynced_checkpoint(store, 3000, "a")
         assert page_size == 4096 and len(pages) > 10
         dirty = {off // page_size + 1 for off in range(0, db.stat().st_size, page_size)
                  if _dirty(db, off, page_size)}
@@ -200,15 +200,17 @@ def test_checkpoint_sync_writes_the_pages_a_piece_at_a_time(tmp_path: Path) -> N
             synced.append(len(seen))
             os.fdatasync(fd)
 
-        n = walsync.checkpoint_sync(db, datasync=datasync, after_chunk=lambda off: seen.append(
-            (off, _dirty(db, off, PIECE), _dirty(db))))
+        n = walsync.checkpoint_sync(db, store.wal_path, datasync=datasync,
+                                    after_chunk=lambda off: seen.append(
+                                        (off, _dirty(db, off, PIECE), _dirty(db))))
         assert n == len(seen) > 2
         assert [s[0] for s in seen] == sorted({s[0] for s in seen})     # in file order
         assert all(s[0] % PIECE == 0 and s[1] == 0 for s in seen)       # each written out
         left = [before] + [s[2] for s in seen]
         assert all(a > b for a, b in zip(left, left[1:], strict=False))  # a piece at a time
         assert left[-1] == 0 and synced == [n]       # then flushed, once
-        assert walsync.checkpoint_sync(db, datasync=datasync) == 0 and synced == [n]
+        assert walsync.checkpoint_sync(db, store.wal_path, datasync=datasync) == 0
+        assert synced == [n]
     finally:
         store.close()
 
@@ -244,7 +246,7 @@ def test_the_merge_makes_each_checkpoint_durable_in_pieces(tmp_path: Path) -> No
         assert all(d > 0 and n > 1 for _s, d, n in log[1:])   # SQLite synced none of it
         assert store.overlay_rows() == 0 and _dirty(db) == 0
         assert store.counts()["entitlements"] == 20_000 + 3000
-        assert db.with_name(db.name + "-wal").stat().st_size == 0      # truncated
+        assert store.wal_path.stat().st_size == 0      # truncated
     finally:
         store.close()
 
@@ -265,7 +267,7 @@ def _delta_then_merge(tmp_path: Path, db: Path, monkeypatch: pytest.MonkeyPatch)
     calls: list[tuple[str, int]] = []
     real = walsync.checkpoint_sync
     monkeypatch.setattr(walsync, "checkpoint_sync",
-                        lambda d, w=None: calls.append((Path(d).name, real(d, w))))
+                        lambda d, w: calls.append((Path(d).name, real(d, w))))
     ent = tmp_path / "ent.delta"
     write_part(ent, "entitlements", "delta",
                ((f"{i:032x}", "elderly", "", "") for i in range(1000)))

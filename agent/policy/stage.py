@@ -198,10 +198,9 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
     info = PolicyInfo(**plan.info)
     artifacts = _artifacts(plan)
     if plan.mode == "delta":
+        trickle = _trickle(plan)
         store = PolicyStore(plan.store)
         try:
-            if _trickle(plan):   # a merge killed before it synced its last checkpoint
-                walsync.checkpoint_sync(store.active_path)
             store.apply(
                 remove_entitlements=((k, n) for k, n in _rows(
                     plan.entitlements, "entitlements", "delta", "-", None)),
@@ -210,7 +209,8 @@ def execute_plan(plan: ApplyPlan, progress: Progress | None = None) -> PolicyInf
                 hotlist=_rows(plan.hotlist, "hotlist", "delta", "+", progress),
                 artifacts=artifacts, info=info,
                 expect=PolicyInfo(**plan.expect) if plan.expect else None,
-                wal_sync=walsync.trickle_sync if _trickle(plan) else None)
+                wal_sync=walsync.trickle_sync if trickle else None,
+                checkpoint_sync=walsync.checkpoint_sync if trickle else None)
         finally:
             store.close()
         if progress:

@@ -137,12 +137,12 @@ def trickle_sync(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES,
     (:func:`supported` False) the whole file is synced at once."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        written = 0
+        written, blind = 0, pieces is None     # blind: sync whatever was looked at
         offsets = range(0, os.fstat(fd).st_size, chunk_bytes) if pieces is None else pieces
         for off in offsets:
             dirty = dirty_bytes(fd, off, chunk_bytes)
             if dirty is None:
-                pieces = None                # no cachestat: fdatasync does it all
+                blind = True                 # no cachestat: fdatasync does it all
                 break
             if not dirty:
                 continue
@@ -151,7 +151,7 @@ def trickle_sync(path: str | Path, *, chunk_bytes: int = CHUNK_BYTES,
             if after_chunk is not None:
                 after_chunk(off)
             time.sleep(period_s)
-        if pieces is None or written:
+        if blind or written:
             datasync(fd)
         return written
     finally:
@@ -197,20 +197,19 @@ def wal_frames(wal: str | Path) -> tuple[int, list[int]]:
         os.close(fd)
 
 
-def checkpoint_sync(db: str | Path, wal: str | Path | None = None, *,
+def checkpoint_sync(db: str | Path, wal: str | Path, *,
                     chunk_bytes: int = CHUNK_BYTES, period_s: float = PERIOD_S,
                     datasync: Callable[[int], None] = os.fdatasync,
                     after_chunk: Callable[[int], None] | None = None) -> int:
     """Make durable what a checkpoint without ``fsync`` (``synchronous=OFF``) copied from
-    the WAL ``wal`` (default: ``db`` + ``-wal``) into the database file ``db``: the
+    the WAL ``wal`` into the database file ``db``: the
     pieces of ``chunk_bytes`` holding the pages the WAL's frames name are written back
     one at a time as in :func:`trickle_sync`, then ``db`` is flushed (``fdatasync``) — only if
     one of them was dirty, so it costs two system calls a piece when there is nothing to
     do. Call it before anything else writes to the database, which could restart the WAL
     and so drop the only durable copy of those pages. Returns the pieces written.
     Raises ``OSError``."""
-    db = Path(db)
-    page_size, pages = wal_frames(wal if wal is not None else db.with_name(db.name + "-wal"))
+    page_size, pages = wal_frames(wal)
     if not pages:
         return 0
     offsets = sorted({(p - 1) * page_size // chunk_bytes * chunk_bytes for p in pages})
